@@ -1,0 +1,183 @@
+"""Where the database is, and how to open it: the one module that knows SQLite from PostgreSQL.
+
+A `Database` is cheap to create and makes its engine lazily in each process (an engine must not cross a
+`fork()`, and background jobs are forked). SQLite writers use WAL so readers keep reading while the indexer
+writes; readers open the file read-only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, select
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.errors import (
+    DatabaseNotFound,
+    DatabaseUnreachable,
+    NotADinoscopeDatabase,
+    SchemaMismatch,
+)
+from db.schema import SCHEMA_VERSION, Base, SchemaInfo
+
+DB_ENV = "DINOSCOPE_DB"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def default_database_path() -> Path:
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home) / "dinoscope" / "dinoscope.db"
+
+
+def resolve_url(db: str | None) -> str:
+    """A SQLAlchemy URL from `--db`: a URL as given, a file path as SQLite, nothing as $DINOSCOPE_DB or the default."""
+    db = db or os.environ.get(DB_ENV) or str(default_database_path())
+    if "://" in db:
+        return db
+    return f"sqlite:///{Path(db).expanduser().resolve()}"
+
+
+def display_url(url: str) -> str:
+    """The URL for messages: a SQLite file as its path, a server URL without its password."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.database or ":memory:"
+    return parsed.render_as_string(hide_password=True)
+
+
+class Database:
+    """An opened dinoscope database: `with db.session() as s:` is one transaction, committed on success."""
+
+    def __init__(self, url: str, *, readonly: bool) -> None:
+        self.url = url
+        self.readonly = readonly
+        self._engine: Engine | None = None
+        self._pid = -1
+        self._sessions: sessionmaker[Session] | None = None
+
+    def __repr__(self) -> str:
+        return f"Database({display_url(self.url)!r}, readonly={self.readonly})"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return make_url(self.url).get_backend_name() == "sqlite"
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None or self._pid != os.getpid():
+            if self._engine is not None:
+                self._engine.dispose(close=False)  # the parent's connections stay the parent's
+            self._engine = _create_engine(self.url, readonly=self.readonly)
+            self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+            self._pid = os.getpid()
+        return self._engine
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        self.engine  # noqa: B018  (makes the engine and session factory for this process)
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except OperationalError as error:
+            raise DatabaseUnreachable(f"database {display_url(self.url)}: {_first_line(error.orig)}") from error
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+
+def open_database(db: str | None = None, *, readonly: bool = False) -> Database:
+    """Open (a writer creates, if need be) the database that `--db` names, and check its schema version."""
+    url = resolve_url(db)
+    if make_url(url).get_backend_name() == "sqlite":
+        path = Path(make_url(url).database)
+        if readonly and not path.exists():
+            raise DatabaseNotFound(f"no database at {path}: index a folder into it first with `dinoscope index`")
+        if not readonly:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    database = Database(url, readonly=readonly)
+    _check_schema(database)
+    return database
+
+
+def _first_line(error: BaseException | None) -> str:
+    return str(error).strip().splitlines()[0] if error and str(error).strip() else type(error).__name__
+
+
+def _create_engine(url: str, *, readonly: bool) -> Engine:
+    parsed = make_url(url)
+    try:
+        if parsed.get_backend_name() != "sqlite":
+            return create_engine(url, pool_pre_ping=True)
+        connect_url = f"sqlite:///file:{parsed.database}?mode=ro&uri=true" if readonly else url
+        engine = create_engine(connect_url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    except (NoSuchModuleError, ModuleNotFoundError, ArgumentError) as error:
+        raise DatabaseUnreachable(
+            f"cannot use database URL {display_url(url)}: {_first_line(error)}"
+            " (for PostgreSQL: pip install 'dinoscope[postgres]' and use postgresql+psycopg://...)"
+        ) from error
+    _configure_sqlite(engine, readonly=readonly)
+    return engine
+
+
+def _configure_sqlite(engine: Engine, *, readonly: bool) -> None:
+    """Pragmas per connection, and explicit BEGINs: pysqlite's own transaction handling would otherwise run each
+    SELECT outside a snapshot and upgrade a writer's lock late (the SQLAlchemy docs' recipe)."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        if readonly:
+            cursor.execute("PRAGMA query_only=ON")
+        else:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def _check_schema(database: Database) -> None:
+    where = display_url(database.url)
+    try:
+        with database.engine.connect() as connection:
+            tables = set(inspect(connection).get_table_names())
+    except OperationalError as error:
+        raise DatabaseUnreachable(f"cannot open database {where}: {_first_line(error.orig)}") from error
+    if SchemaInfo.__tablename__ not in tables:
+        if tables and set(Base.metadata.tables) & tables:
+            raise NotADinoscopeDatabase(f"{where} has dinoscope tables but no schema version: it is damaged")
+        if tables and database.is_sqlite:
+            raise NotADinoscopeDatabase(
+                f"{where} is not a dinoscope database (it holds tables {', '.join(sorted(tables)[:3])}):"
+                " point --db at another file"
+            )
+        if database.readonly:
+            raise NotADinoscopeDatabase(f"{where} holds no dinoscope data yet: run `dinoscope index` into it first")
+        Base.metadata.create_all(database.engine)
+        with database.session() as session:
+            session.add(SchemaInfo(version=SCHEMA_VERSION))
+        return
+    with database.session() as session:
+        versions = session.scalars(select(SchemaInfo.version)).all()
+    if versions != [SCHEMA_VERSION]:
+        found = max(versions) if versions else None
+        if found is not None and found > SCHEMA_VERSION:
+            raise SchemaMismatch(
+                f"{where} was written by a newer dinoscope (schema {found}; this one reads {SCHEMA_VERSION}):"
+                " upgrade dinoscope to open it"
+            )
+        raise SchemaMismatch(
+            f"{where} was written by an older dinoscope (schema {found}; this one reads {SCHEMA_VERSION}) and"
+            " cannot be upgraded in place: index your folders into a new database (--db NEW_FILE)"
+        )

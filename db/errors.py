@@ -1,0 +1,29 @@
+"""Errors of the storage layer. Each message is one readable line that says what to do."""
+
+
+class DinoscopeDbError(Exception):
+    """Base class: anything the storage layer refuses or cannot do."""
+
+
+class DatabaseNotFound(DinoscopeDbError):
+    pass
+
+
+class DatabaseUnreachable(DinoscopeDbError):
+    pass
+
+
+class SchemaMismatch(DinoscopeDbError):
+    pass
+
+
+class NotADinoscopeDatabase(DinoscopeDbError):
+    pass
+
+
+class DatasetNotFound(DinoscopeDbError):
+    pass
+
+
+class CorruptArray(DinoscopeDbError):
+    pass

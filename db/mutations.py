@@ -1,0 +1,120 @@
+"""Writing the database: what the indexer stores per image and per dataset. Callers own the transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from db.queries import EMBEDDING_DTYPE, PATCH_GRID_DTYPE
+from db.schema import Dataset, Embedding, Image, PatchGrid, Thumbnail, utcnow
+
+
+@dataclass(frozen=True)
+class JpegImage:
+    jpeg: bytes
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class ImageContent:
+    """Everything derived from an image's bytes: the same bytes always give the same content."""
+
+    width: int
+    height: int
+    embedding: np.ndarray  # (D,)
+    patch_grid: np.ndarray  # (grid height, grid width, D)
+    thumbnails: dict[str, JpegImage]  # by kind: "gallery", "preview"
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What the file system says about an image file."""
+
+    relpath: str
+    label: str | None
+    content_hash: str
+    size_bytes: int
+    mtime_ns: int
+
+
+def add_image(session: Session, dataset: Dataset, facts: FileFacts, content: ImageContent) -> Image:
+    image = Image(dataset_id=dataset.id, relpath=facts.relpath, label=facts.label, content_hash=facts.content_hash,
+                  size_bytes=facts.size_bytes, mtime_ns=facts.mtime_ns, width=content.width, height=content.height)
+    session.add(image)
+    session.flush()
+    _store_content(session, image.id, content)
+    return image
+
+
+def replace_image_content(session: Session, image_id: int, facts: FileFacts, content: ImageContent) -> None:
+    """A file changed in place: its row keeps its id, its derived data is replaced."""
+    for table in (Embedding, PatchGrid, Thumbnail):
+        session.execute(delete(table).where(table.image_id == image_id))
+    session.execute(
+        update(Image).where(Image.id == image_id).values(
+            label=facts.label, content_hash=facts.content_hash, size_bytes=facts.size_bytes,
+            mtime_ns=facts.mtime_ns, width=content.width, height=content.height, indexed_at=utcnow(),
+        )
+    )
+    _store_content(session, image_id, content)
+
+
+def stored_content(session: Session, dataset: Dataset, image_id: int) -> ImageContent:
+    """Read back an image's derived data, to give a file with the same bytes without running the model."""
+    image = session.get(Image, image_id)
+    embedding = session.get(Embedding, image_id).array(EMBEDDING_DTYPE, (dataset.embed_dim,))
+    grid = session.get(PatchGrid, image_id).array(
+        PATCH_GRID_DTYPE, (dataset.grid_height, dataset.grid_width, dataset.embed_dim)
+    )
+    thumbnails = {
+        t.kind: JpegImage(t.jpeg, t.width, t.height)
+        for t in session.scalars(select(Thumbnail).where(Thumbnail.image_id == image_id))
+    }
+    return ImageContent(image.width, image.height, embedding, grid, thumbnails)
+
+
+def move_image(session: Session, image_id: int, facts: FileFacts) -> None:
+    """A file was renamed or moved within the dataset: same bytes, new path (and so maybe a new label)."""
+    session.execute(
+        update(Image).where(Image.id == image_id).values(
+            relpath=facts.relpath, label=facts.label, size_bytes=facts.size_bytes, mtime_ns=facts.mtime_ns
+        )
+    )
+
+
+def touch_image(session: Session, image_id: int, facts: FileFacts) -> None:
+    """A file's time stamp changed but its bytes did not: remember the new time stamp, keep the embedding."""
+    session.execute(update(Image).where(Image.id == image_id).values(size_bytes=facts.size_bytes,
+                                                                     mtime_ns=facts.mtime_ns))
+
+
+def remove_images(session: Session, image_ids: list[int]) -> None:
+    for start in range(0, len(image_ids), 500):
+        session.execute(delete(Image).where(Image.id.in_(image_ids[start:start + 500])))
+
+
+def bump_generation(session: Session, dataset: Dataset) -> None:
+    session.execute(
+        update(Dataset).where(Dataset.id == dataset.id).values(generation=Dataset.generation + 1, updated_at=utcnow())
+    )
+
+
+def remove_dataset(session: Session, dataset: Dataset) -> None:
+    session.execute(delete(Dataset).where(Dataset.id == dataset.id))
+
+
+def _store_content(session: Session, image_id: int, content: ImageContent) -> None:
+    embedding = Embedding(image_id=image_id, normalized=False)
+    embedding.set_array(content.embedding, EMBEDDING_DTYPE)
+    grid = PatchGrid(image_id=image_id)
+    grid.set_array(content.patch_grid, PATCH_GRID_DTYPE)
+    session.add_all([embedding, grid])
+    session.add_all(
+        Thumbnail(image_id=image_id, kind=kind, width=t.width, height=t.height, jpeg=t.jpeg)
+        for kind, t in content.thumbnails.items()
+    )
+    session.flush()

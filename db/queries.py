@@ -1,0 +1,109 @@
+"""Reading the database in the domain's words: datasets, their images, embeddings, patch grids and thumbnails."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.errors import DatasetNotFound
+from db.schema import Dataset, Embedding, Image, IndexRun, PatchGrid, Thumbnail
+
+EMBEDDING_DTYPE = "<f4"
+PATCH_GRID_DTYPE = "<f2"
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    id: int
+    relpath: str
+    content_hash: str
+    size_bytes: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    dataset: Dataset
+    image_count: int
+    last_run: IndexRun | None
+
+    @property
+    def last_indexed(self) -> datetime | None:
+        return self.last_run.finished_at if self.last_run else None
+
+
+def find_dataset(session: Session, name: str) -> Dataset | None:
+    return session.scalar(select(Dataset).where(Dataset.name == name))
+
+
+def dataset_by_name(session: Session, name: str) -> Dataset:
+    dataset = find_dataset(session, name)
+    if dataset is None:
+        known = session.scalars(select(Dataset.name).order_by(Dataset.name)).all()
+        listing = ", ".join(known) if known else "none yet"
+        raise DatasetNotFound(f"no dataset named {name!r} (datasets: {listing})")
+    return dataset
+
+
+def dataset_summaries(session: Session) -> list[DatasetSummary]:
+    counts = dict(session.execute(select(Image.dataset_id, func.count()).group_by(Image.dataset_id)).all())
+    summaries = []
+    for dataset in session.scalars(select(Dataset).order_by(Dataset.name)):
+        last_run = session.scalar(
+            select(IndexRun).where(IndexRun.dataset_id == dataset.id).order_by(IndexRun.id.desc()).limit(1)
+        )
+        summaries.append(DatasetSummary(dataset, counts.get(dataset.id, 0), last_run))
+    return summaries
+
+
+def dataset_generation(session: Session, dataset_id: int) -> int:
+    return session.scalar(select(Dataset.generation).where(Dataset.id == dataset_id))
+
+
+def stored_images(session: Session, dataset_id: int) -> dict[str, StoredImage]:
+    """What the database holds of a dataset's files, by relative path."""
+    rows = session.execute(
+        select(Image.id, Image.relpath, Image.content_hash, Image.size_bytes, Image.mtime_ns)
+        .where(Image.dataset_id == dataset_id)
+    )
+    return {row.relpath: StoredImage(*row) for row in rows}
+
+
+def dataset_images(session: Session, dataset_id: int) -> list[Image]:
+    return list(session.scalars(select(Image).where(Image.dataset_id == dataset_id).order_by(Image.relpath)))
+
+
+def load_embeddings(session: Session, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(image ids, float32 matrix of shape (N, D)) of a dataset, in relative-path order."""
+    rows = session.execute(
+        select(Image.id, Embedding.data, Embedding.dtype, Embedding.shape)
+        .join(Embedding, Embedding.image_id == Image.id)
+        .where(Image.dataset_id == dataset.id)
+        .order_by(Image.relpath)
+    ).all()
+    matrix = np.empty((len(rows), dataset.embed_dim), dtype=np.float32)
+    for i, row in enumerate(rows):
+        matrix[i] = Embedding(data=row.data, dtype=row.dtype, shape=row.shape).array(
+            EMBEDDING_DTYPE, (dataset.embed_dim,)
+        )
+    return np.array([row.id for row in rows], dtype=np.int64), matrix
+
+
+def patch_grid(session: Session, image_id: int) -> np.ndarray:
+    """The float16 patch grid (grid height, grid width, D) of an image."""
+    grid, dataset = session.execute(
+        select(PatchGrid, Dataset)
+        .join(Image, Image.id == PatchGrid.image_id)
+        .join(Dataset, Dataset.id == Image.dataset_id)
+        .where(PatchGrid.image_id == image_id)
+    ).one()
+    return grid.array(PATCH_GRID_DTYPE, (dataset.grid_height, dataset.grid_width, dataset.embed_dim))
+
+
+def thumbnail(session: Session, image_id: int, kind: str = "gallery") -> bytes | None:
+    """The JPEG bytes of an image's gallery thumbnail or preview, or None for an unknown id."""
+    return session.scalar(select(Thumbnail.jpeg).where(Thumbnail.image_id == image_id, Thumbnail.kind == kind))

@@ -1,0 +1,173 @@
+"""The `dinoscope` command line: a thin layer over the indexer and the database.
+
+Library code raises its own errors; only this module turns them into one-line messages and exit codes. Heavy
+imports (torch, timm) happen inside the commands that need them, so `dinoscope datasets` stays quick.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from db.engine import DB_ENV, default_database_path
+
+_DB_HELP = f"Database: a SQLite file path or a SQLAlchemy URL. [env {DB_ENV}; default {default_database_path()}]"
+
+
+def default_workers() -> int:
+    """Decode workers: half the cores (at least one), so decoding and the model share the machine."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def db_option(function):
+    return click.option("--db", envvar=DB_ENV, show_envvar=False, help=_DB_HELP)(function)
+
+
+def _fail(error: Exception) -> click.ClickException:
+    return click.ClickException(str(error))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Explore image collections through DINOv2 embeddings."""
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--dataset", help="Dataset name. [default: the folder's name]")
+@db_option
+@click.option("--model", help="timm model name. [default for a new dataset: vit_base_patch14_reg4_dinov2.lvd142m]")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
+              help="Local weights file (timm safetensors or Meta's .pth) instead of the hub.")
+@click.option("--random-weights", is_flag=True, help="Randomly initialised model (seeded): for demos and tests.")
+@click.option("--image-size", type=click.IntRange(14, 2044),
+              help="Square input size in pixels, a multiple of 14. [default for a new dataset: 224]")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True)
+@click.option("--workers", type=click.IntRange(0, 64), default=default_workers, show_default="half the cores",
+              help="Decode worker processes (0 decodes in the main process).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+              show_default=True, help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def index(folder, dataset, db, model, weights, random_weights, image_size, batch_size, workers, device, precision,
+          quiet):
+    """Embed the images of FOLDER (recursively) into a dataset; re-runs only do the new work."""
+    from db import DinoscopeDbError, open_database
+    from indexer.model import ModelError, WeightsChoice
+    from indexer.run import IndexRefused, IndexRequest, index_folder
+
+    if weights and random_weights:
+        raise click.UsageError("--weights and --random-weights exclude each other: choose one")
+    choice = WeightsChoice("file", weights) if weights else WeightsChoice("random") if random_weights else None
+    request = IndexRequest(folder, dataset, model, choice, image_size, batch_size, workers, device, precision)
+    try:
+        database = open_database(db)
+        summary = index_folder(database, request, show_progress=not quiet)
+    except (DinoscopeDbError, IndexRefused, ModelError) as error:
+        raise _fail(error) from None
+    _echo_summary(summary)
+
+
+def _echo_summary(summary) -> None:
+    for note in summary.notes:
+        click.echo(f"note: {note}")
+    changed = summary.added + summary.updated + summary.moved + summary.removed
+    if not changed and not summary.failures:
+        click.echo(f"nothing to do: all {summary.unchanged} images of {summary.dataset!r} are unchanged "
+                   "(nothing embedded)")
+        return
+    click.echo(
+        f"{summary.dataset}: {summary.added} added, {summary.updated} updated, {summary.unchanged} unchanged, "
+        f"{summary.moved} moved, {summary.removed} removed, {summary.failed} failed; {summary.embedded} embedded "
+        f"in {summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s)"
+    )
+    if summary.failures:
+        click.echo("failed (not indexed; fix or remove them and run again):", err=True)
+        for relpath, reason in summary.failures:
+            click.echo(f"  {relpath}: {reason}", err=True)
+
+
+@main.command()
+@db_option
+def datasets(db):
+    """List the datasets with their image counts and provenance."""
+    from db import DinoscopeDbError, open_database
+    from db.queries import dataset_summaries
+
+    try:
+        with open_database(db, readonly=True).session() as session:
+            summaries = dataset_summaries(session)
+    except DinoscopeDbError as error:
+        raise _fail(error) from None
+    if not summaries:
+        click.echo("no datasets yet: index a folder with `dinoscope index FOLDER`")
+    for item in summaries:
+        d = item.dataset
+        last = item.last_run
+        when = (f"last run {last.status} {last.finished_at or last.started_at:%Y-%m-%d %H:%M} UTC"
+                if last else "never indexed")
+        warning = "  [RANDOM WEIGHTS: not meaningful]" if d.weights_kind == "random" else ""
+        click.echo(f"{d.name}: {item.image_count} images from {d.root}{warning}")
+        click.echo(f"  {d.model_name} at {d.image_size} px ({d.grid_height}x{d.grid_width} patches, {d.embed_dim} "
+                   f"dims), {d.precision}, weights {d.weights_identity}; generation {d.generation}; {when}")
+
+
+@main.command()
+@click.argument("dataset")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="The .npz file to write.")
+@click.option("--patch-grids", is_flag=True, help="Also export the float16 patch grids (large).")
+@db_option
+def export(dataset, output, patch_grids, db):
+    """Write a dataset's paths, labels and embeddings to an .npz file for numpy.load."""
+    from db import DinoscopeDbError, open_database
+    from db.export import export_npz
+    from db.queries import dataset_by_name
+
+    try:
+        with open_database(db, readonly=True).session() as session:
+            count = export_npz(session, dataset_by_name(session, dataset), output, patch_grids=patch_grids)
+    except DinoscopeDbError as error:
+        raise _fail(error) from None
+    except OSError as error:
+        raise click.ClickException(f"cannot write {output}: {error.strerror or error}") from None
+    click.echo(f"wrote {count} images of {dataset!r} to {output}")
+
+
+@main.command()
+@click.argument("dataset")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@db_option
+def remove(dataset, yes, db):
+    """Remove a dataset and everything stored for it (the image files are not touched)."""
+    from db import DinoscopeDbError, open_database
+    from db.mutations import remove_dataset
+    from db.queries import dataset_by_name
+
+    try:
+        database = open_database(db)
+        with database.session() as session:
+            dataset_by_name(session, dataset)
+        if not yes:
+            click.confirm(f"remove dataset {dataset!r} and all its embeddings?", abort=True)
+        with database.session() as session:
+            remove_dataset(session, dataset_by_name(session, dataset))
+    except DinoscopeDbError as error:
+        raise _fail(error) from None
+    click.echo(f"removed dataset {dataset!r}")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+def samples(folder):
+    """Copy the sample photographs (from scikit-image and scikit-learn) into FOLDER/<label>/."""
+    from indexer.samples import copy_samples
+
+    try:
+        copied = copy_samples(folder)
+    except OSError as error:
+        raise click.ClickException(f"cannot write into {folder}: {error.strerror or error}") from None
+    labels = sorted({path.parent.name for path in copied})
+    click.echo(f"{len(copied)} sample images in {folder} ({len(labels)} labels: {', '.join(labels)})")

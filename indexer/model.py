@@ -1,0 +1,208 @@
+"""The DINOv2 model: where its weights come from, which device and precision run it, and the exact preprocessing.
+
+Weights come from one of three places, and the dataset records which (its weights identity):
+- the Hugging Face hub through timm (read from the local cache when it is there; downloaded otherwise),
+- a local file (`--weights`: timm safetensors or Meta's original .pth; timm converts Meta's keys),
+- a seeded random initialisation (`--random-weights`), for tests and demos on machines without a network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import timm
+import torch
+from timm.data import create_transform
+
+DEFAULT_MODEL = "vit_base_patch14_reg4_dinov2.lvd142m"
+DEFAULT_IMAGE_SIZE = 224
+RANDOM_SEED = 0
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class ModelError(Exception):
+    """The model cannot be built as asked; the message says what to change."""
+
+
+class WeightsUnavailable(ModelError):
+    pass
+
+
+@dataclass(frozen=True)
+class WeightsChoice:
+    kind: str  # "hub", "file" or "random"
+    file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Weights:
+    kind: str
+    identity: str  # what makes two runs' weights the same: a hub revision, a file hash, or the random seed
+    source: str | None  # where they were read from: a file path, a hub repository, or nothing
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    name: str
+    weights: Weights
+    image_size: int
+    patch_size: int
+    embed_dim: int
+    num_prefix_tokens: int  # CLS + registers, ahead of the patch tokens in forward_features
+    transform: object
+    preprocessing: dict
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return self.image_size // self.patch_size, self.image_size // self.patch_size
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for, but torch sees no CUDA device here (use --device cpu)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ModelError("--device mps was asked for, but this torch has no MPS device (use --device cpu)")
+    return torch.device(device)
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "mps":
+        return "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+def load_model(name: str, weights: WeightsChoice, image_size: int) -> LoadedModel:
+    """Build the model at `image_size` (position embeddings resampled once if the weights were made for another)."""
+    if not timm.is_model(name):
+        raise ModelError(f"timm has no model named {name!r} (for example: {DEFAULT_MODEL})")
+    if weights.kind == "random":
+        torch.manual_seed(RANDOM_SEED)
+        model = _create(name, image_size, pretrained=False)
+        source = Weights("random", f"random-init (seed {RANDOM_SEED}, timm {timm.__version__})", None)
+    elif weights.kind == "file":
+        model = _create_from_file(name, image_size, weights.file)
+        source = Weights("file", f"sha256:{_file_sha256(weights.file)}", str(weights.file.resolve()))
+    else:
+        file, repo, revision = _hub_weights_file(name)
+        model = _create_from_file(name, image_size, file)
+        source = Weights("hub", f"hf-hub:{repo}@{revision}", repo)
+    model.eval()
+    patch_size = model.patch_embed.patch_size[0]
+    if image_size % patch_size:
+        raise ModelError(f"image size {image_size} is not a multiple of the patch size {patch_size}"
+                         f" (try {image_size // patch_size * patch_size or patch_size})")
+    config = model.pretrained_cfg
+    transform = create_transform(
+        input_size=(3, image_size, image_size), interpolation=config.get("interpolation", "bicubic"),
+        mean=config["mean"], std=config["std"], crop_pct=1.0, crop_mode="squash",
+    )
+    preprocessing = {
+        "resize": f"whole image squashed to {image_size}x{image_size} (no crop; aspect ratio not kept)",
+        "interpolation": config.get("interpolation", "bicubic"),
+        "mean": list(config["mean"]),
+        "std": list(config["std"]),
+        "exif_orientation": "applied",
+        "transparency": "composited on white",
+        "timm_transform": repr(transform),
+    }
+    return LoadedModel(model, name, source, image_size, patch_size, model.num_features, model.num_prefix_tokens,
+                       transform, preprocessing)
+
+
+def _create(name: str, image_size: int, **kwargs) -> torch.nn.Module:
+    model = timm.create_model(name, img_size=image_size, num_classes=0, **kwargs)
+    if not hasattr(model, "patch_embed") or not hasattr(model, "num_prefix_tokens"):
+        raise ModelError(f"{name} is not a vision transformer with patch tokens; use a DINOv2 model such as "
+                         f"{DEFAULT_MODEL}")
+    return model
+
+
+def _create_from_file(name: str, image_size: int, file: Path) -> torch.nn.Module:
+    if not file.is_file():
+        raise ModelError(f"weights file {file} does not exist")
+    try:
+        return _create(name, image_size, pretrained=True, pretrained_cfg_overlay={"file": str(file)})
+    except ModelError:
+        raise
+    except Exception as error:  # safetensors, pickle and state-dict errors all mean: not weights for this model
+        detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ModelError(f"weights file {file} cannot be loaded into {name}: {detail}") from error
+
+
+def _file_sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _hub_weights_file(name: str) -> tuple[Path, str, str]:
+    """The cached weights file of a pretrained timm model, downloading it first if the hub can be reached."""
+    import huggingface_hub
+
+    config = timm.models.get_pretrained_cfg(name)
+    repo = getattr(config, "hf_hub_id", None)
+    if not repo:
+        raise ModelError(f"timm has no pretrained weights on the hub for {name}: use --weights FILE or "
+                         "--random-weights")
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        cached = huggingface_hub.try_to_load_from_cache(repo, filename)
+        if isinstance(cached, str):
+            return Path(cached), repo, Path(cached).parent.name
+    if huggingface_hub.constants.HF_HUB_OFFLINE or not _hub_reachable():
+        raise WeightsUnavailable(
+            f"no pretrained weights for {name}: the model hub cannot be reached and the Hugging Face cache "
+            f"({huggingface_hub.constants.HF_HUB_CACHE}) does not hold {repo}. Either fill the cache on a machine "
+            f"with a network (`hf download {repo}`) and copy it here, pass --weights FILE, or pass "
+            "--random-weights for a demo"
+        )
+    cached = huggingface_hub.hf_hub_download(repo, "model.safetensors")
+    return Path(cached), repo, Path(cached).parent.name
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host answers on TCP; behind a proxy, assume yes and let the download decide."""
+    if any(os.environ.get(var) for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    import huggingface_hub
+
+    endpoint = urlparse(huggingface_hub.constants.ENDPOINT)
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False

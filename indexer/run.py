@@ -1,0 +1,283 @@
+"""One index run: check the request against the dataset, plan, then apply the plan batch by batch.
+
+Each batch is one transaction (its images, embeddings, patch grids, thumbnails, failures and the dataset's
+generation), so a run killed at any moment leaves only whole images behind, and the next run picks up the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import PIL
+import timm
+import torch
+from sqlalchemy import select, update
+from tqdm import tqdm
+
+from db.engine import Database
+from db.mutations import (
+    add_image,
+    bump_generation,
+    move_image,
+    remove_images,
+    replace_image_content,
+    stored_content,
+    touch_image,
+)
+from db.queries import find_dataset, stored_images
+from db.schema import Dataset, Failure, IndexRun, utcnow
+from indexer.embed import embed_files
+from indexer.model import (
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_MODEL,
+    LoadedModel,
+    WeightsChoice,
+    load_model,
+    resolve_device,
+    resolve_precision,
+)
+from indexer.plan import IndexPlan, plan_index
+from indexer.scan import IMAGE_SUFFIXES, content_hash, scan_folder
+
+
+class IndexRefused(Exception):
+    """The run cannot go ahead as asked; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class IndexRequest:
+    folder: Path
+    dataset: str | None = None
+    model: str | None = None  # None: the dataset's model, or the default for a new dataset
+    weights: WeightsChoice | None = None  # None: the dataset's weights, or the hub for a new dataset
+    image_size: int | None = None
+    batch_size: int = 16
+    workers: int = 1
+    device: str = "auto"
+    precision: str = "auto"
+
+    @property
+    def dataset_name(self) -> str:
+        return self.dataset or self.folder.resolve().name
+
+
+@dataclass
+class IndexSummary:
+    dataset: str
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    moved: int = 0
+    removed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    embedded: int = 0  # images that went through the model (the rest were copied or moved)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds else 0.0
+
+
+def index_folder(database: Database, request: IndexRequest, *, show_progress: bool = True) -> IndexSummary:
+    started = time.perf_counter()
+    folder = request.folder.resolve()
+    if not folder.is_dir():
+        raise IndexRefused(f"{request.folder} is not a folder")
+    found = scan_folder(folder)
+    if not found:
+        raise IndexRefused(f"no image files in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))} in any "
+                           "letter case, hidden files skipped); nothing was changed")
+    summary = IndexSummary(request.dataset_name)
+
+    with database.session() as session:
+        dataset = find_dataset(session, request.dataset_name)
+        model_name, weights, image_size = _model_request(dataset, request, folder)
+        stored = stored_images(session, dataset.id) if dataset else {}
+    plan = plan_index(found, stored, content_hash,
+                      lambda files: tqdm(files, desc="hashing", unit="file", disable=not show_progress or
+                                         len(files) < 1000))
+
+    device = resolve_device(request.device)
+    precision = resolve_precision(request.precision, device)
+    loaded = load_model(model_name, weights, image_size) if plan.embed or dataset is None else None
+    if dataset is not None and precision != dataset.precision and plan.embed:
+        summary.notes.append(f"this run embeds in {precision}; the dataset was built in {dataset.precision}")
+
+    with database.session() as session:
+        if dataset is None:
+            dataset = _create_dataset(session, request.dataset_name, folder, loaded, precision)
+        dataset_id = dataset.id
+        _mark_abandoned_runs(session, dataset_id)
+        run = IndexRun(dataset_id=dataset_id, host=socket.gethostname(), pid=os.getpid(),
+                       options=_run_options(request, model_name, image_size, device, precision))
+        session.add(run)
+        session.flush()
+        run_id = run.id
+
+    try:
+        _apply_changes_without_model(database, dataset_id, run_id, plan, summary)
+        if plan.embed:
+            _embed_and_store(database, dataset_id, run_id, plan, loaded, device, precision, request, summary,
+                             show_progress)
+    except BaseException as error:
+        _finish_run(database, run_id, summary, started,
+                    "interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
+        raise
+    summary.seconds = time.perf_counter() - started
+    _finish_run(database, run_id, summary, started, "completed")
+    return summary
+
+
+def _model_request(dataset: Dataset | None, request: IndexRequest, folder: Path) -> tuple[str, WeightsChoice, int]:
+    """The model, weights and input size of this run: what was asked, or what the dataset was built with."""
+    if dataset is None:
+        return (request.model or DEFAULT_MODEL, request.weights or WeightsChoice("hub"),
+                request.image_size or DEFAULT_IMAGE_SIZE)
+    if Path(dataset.root) != folder:
+        raise IndexRefused(
+            f"dataset {dataset.name!r} holds the images of {dataset.root}, not {folder}: pick another name with "
+            f"--dataset, or `dinoscope remove {dataset.name}` first"
+        )
+    stored_weights = WeightsChoice(dataset.weights_kind,
+                                   Path(dataset.weights_source) if dataset.weights_kind == "file" else None)
+    asked = (request.model or dataset.model_name, request.weights or stored_weights,
+             request.image_size or dataset.image_size)
+    differences = []
+    if asked[0] != dataset.model_name:
+        differences.append(f"model {asked[0]} instead of {dataset.model_name}")
+    if asked[2] != dataset.image_size:
+        differences.append(f"image size {asked[2]} instead of {dataset.image_size}")
+    if asked[1].kind != dataset.weights_kind:
+        differences.append(f"{_describe_weights(asked[1].kind)} instead of {_describe_weights(dataset.weights_kind)}")
+    elif asked[1].kind == "file" and request.weights is not None and asked[1].file.is_file() \
+            and f"sha256:{content_hash(asked[1].file)}" != dataset.weights_identity:
+        differences.append(f"weights file {asked[1].file}, which differs from {dataset.weights_source}")
+    if differences:
+        raise IndexRefused(
+            f"dataset {dataset.name!r} was built with {dataset.model_name} at {dataset.image_size} px and "
+            f"{_describe_weights(dataset.weights_kind)}; this run asks for {', '.join(differences)}. Embeddings "
+            f"of different models cannot be mixed: index into a new dataset (--dataset NEW_NAME), or rebuild "
+            f"this one (`dinoscope remove {dataset.name}`, then index again)"
+        )
+    return asked
+
+
+def _describe_weights(kind: str) -> str:
+    return {"hub": "pretrained hub weights", "file": "a weights file", "random": "random weights"}[kind]
+
+
+def _create_dataset(session, name: str, folder: Path, loaded: LoadedModel, precision: str) -> Dataset:
+    grid_height, grid_width = loaded.grid_size
+    dataset = Dataset(
+        name=name, root=str(folder), model_name=loaded.name, weights_kind=loaded.weights.kind,
+        weights_identity=loaded.weights.identity, weights_source=loaded.weights.source,
+        image_size=loaded.image_size, patch_size=loaded.patch_size, grid_height=grid_height, grid_width=grid_width,
+        embed_dim=loaded.embed_dim, precision=precision, preprocessing=loaded.preprocessing,
+        library_versions={"torch": torch.__version__, "timm": timm.__version__, "pillow": PIL.__version__},
+    )
+    session.add(dataset)
+    session.flush()
+    return dataset
+
+
+def _run_options(request: IndexRequest, model: str, image_size: int, device: torch.device, precision: str) -> dict:
+    return {"model": model, "image_size": image_size, "batch_size": request.batch_size, "workers": request.workers,
+            "device": str(device), "precision": precision}
+
+
+def _mark_abandoned_runs(session, dataset_id: int) -> None:
+    """Runs of this host still marked running whose process is gone were killed: say so."""
+    for run in session.scalars(select(IndexRun).where(IndexRun.dataset_id == dataset_id,
+                                                      IndexRun.status == "running",
+                                                      IndexRun.host == socket.gethostname())):
+        if not _process_alive(run.pid):
+            run.status = "interrupted"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _apply_changes_without_model(database: Database, dataset_id: int, run_id: int, plan: IndexPlan,
+                                 summary: IndexSummary) -> None:
+    summary.unchanged = plan.unchanged
+    with database.session() as session:
+        dataset = session.get(Dataset, dataset_id)
+        for image_id, facts in plan.touched:
+            touch_image(session, image_id, facts)
+        for image_id, facts in plan.moved:
+            move_image(session, image_id, facts)
+        for source_id, facts, replaced in plan.copies:
+            content = stored_content(session, dataset, source_id)
+            if replaced is None:
+                add_image(session, dataset, facts, content)
+            else:
+                replace_image_content(session, replaced, facts, content)
+        remove_images(session, plan.removed)
+        _record_failures(session, run_id, plan.unreadable)
+        if plan.changes_without_model:
+            bump_generation(session, dataset)
+    summary.moved = len(plan.moved)
+    summary.removed = len(plan.removed)
+    summary.added += sum(1 for _, _, replaced in plan.copies if replaced is None)
+    summary.updated += sum(1 for _, _, replaced in plan.copies if replaced is not None)
+    summary.failures.extend(plan.unreadable)
+
+
+def _embed_and_store(database: Database, dataset_id: int, run_id: int, plan: IndexPlan, loaded: LoadedModel,
+                     device: torch.device, precision: str, request: IndexRequest, summary: IndexSummary,
+                     show_progress: bool) -> None:
+    batches = embed_files([job.path for job in plan.embed], loaded, device, precision,
+                          request.batch_size, request.workers)
+    with tqdm(total=len(plan.embed), desc="embedding", unit="img", disable=not show_progress) as progress:
+        for batch in batches:
+            with database.session() as session:
+                dataset = session.get(Dataset, dataset_id)
+                failures = []
+                for result in batch:
+                    for facts, replaced in plan.embed[result.index].targets:
+                        if result.content is None:
+                            failures.append((facts.relpath, result.failure))
+                            if replaced is not None:  # the stored vectors describe bytes that are gone
+                                remove_images(session, [replaced])
+                        elif replaced is None:
+                            add_image(session, dataset, facts, result.content)
+                            summary.added += 1
+                        else:
+                            replace_image_content(session, replaced, facts, result.content)
+                            summary.updated += 1
+                _record_failures(session, run_id, failures)
+                bump_generation(session, dataset)
+                session.execute(update(IndexRun).where(IndexRun.id == run_id).values(
+                    added=summary.added, updated=summary.updated, failed=summary.failed + len(failures)))
+            summary.failures.extend(failures)
+            summary.embedded += sum(1 for result in batch if result.content is not None)
+            progress.update(len(batch))
+
+
+def _record_failures(session, run_id: int, failures: list[tuple[str, str]]) -> None:
+    session.add_all(Failure(run_id=run_id, relpath=relpath, reason=reason) for relpath, reason in failures)
+
+
+def _finish_run(database: Database, run_id: int, summary: IndexSummary, started: float, status: str) -> None:
+    with database.session() as session:
+        session.execute(update(IndexRun).where(IndexRun.id == run_id).values(
+            status=status, finished_at=utcnow(), seconds=time.perf_counter() - started, added=summary.added,
+            updated=summary.updated, unchanged=summary.unchanged, moved=summary.moved, removed=summary.removed,
+            failed=summary.failed,
+        ))
