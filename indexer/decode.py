@@ -27,13 +27,18 @@ class UnreadableImage(Exception):
 
 @dataclass(frozen=True)
 class DecodedImage:
-    rgb: Image.Image  # upright, RGB, at least `working_size` on both sides unless the original is smaller
+    rgb: Image.Image  # upright RGB; a JPEG may come reduced, but never below what the model and preview need
     width: int  # of the original, as displayed (after EXIF orientation)
     height: int
 
 
-def decode_image(data: bytes, working_size: int) -> DecodedImage:
-    """Decode, orient and convert an image; JPEGs decode at a reduced scale that still covers `working_size`."""
+def decode_image(data: bytes, image_size: int) -> DecodedImage:
+    """Decode, orient and convert an image for a model input of `image_size` pixels and the thumbnails.
+
+    JPEGs decode at the smallest of 1/8, 1/4, 1/2 or full scale that still covers both, which is most of the
+    decoding time saved on camera-sized files.
+    """
+    working_size = max(image_size, PREVIEW_LONG_SIDE)
     if not data:
         raise UnreadableImage("empty file")
     with warnings.catch_warnings():

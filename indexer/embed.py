@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from db.mutations import ImageContent, JpegImage
-from indexer.decode import PREVIEW_LONG_SIDE, UnreadableImage, decode_image, thumbnails
+from indexer.decode import UnreadableImage, decode_image, thumbnails
 from indexer.model import LoadedModel, autocast
 
 
@@ -41,7 +41,7 @@ class ImageFiles(Dataset):
     def __init__(self, paths: Sequence[Path], transform, image_size: int) -> None:
         self.paths = list(paths)
         self.transform = transform
-        self.working_size = max(image_size, PREVIEW_LONG_SIDE)
+        self.image_size = image_size
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -52,7 +52,7 @@ class ImageFiles(Dataset):
         except OSError as error:
             return DecodedFile(index, None, None, failure=f"cannot read file: {error.strerror or error}")
         try:
-            decoded = decode_image(data, self.working_size)
+            decoded = decode_image(data, self.image_size)
         except UnreadableImage as error:
             return DecodedFile(index, None, None, failure=str(error))
         return DecodedFile(index, self.transform(decoded.rgb), thumbnails(decoded.rgb), decoded.width, decoded.height)

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from indexer.cli import main
+
+# The small DINOv2 with registers at a tiny input keeps tests fast; the architecture is the real one.
+MODEL = "vit_small_patch14_reg4_dinov2.lvd142m"
+IMAGE_SIZE = 56  # 4 x 4 patches of 14 pixels
+FAST = ["--model", MODEL, "--image-size", str(IMAGE_SIZE), "--workers", "0", "--quiet"]
+
+
+def run_cli(*args: str, expect: int = 0):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == expect, f"exit {result.exit_code}: {result.output}"
+    return result
+
+
+def run_cli_process(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """The real `dinoscope` command in its own process (for environment variables read at import, and kills)."""
+    return subprocess.run(
+        [sys.executable, "-c", "from indexer.cli import main; main()", *map(str, args)],
+        env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300, **kwargs,
+    )
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory) -> Path:
+    """A randomly initialised ViT-S/14 saved as timm safetensors at the pretrained 518-pixel geometry."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1234)
+    model = timm.create_model(MODEL, pretrained=False)
+    path = tmp_path_factory.mktemp("weights") / "vit_small_reg4.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture
+def db_path(tmp_path) -> Path:
+    return tmp_path / "index.db"

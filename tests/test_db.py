@@ -1,0 +1,126 @@
+"""The storage layer: typed arrays, URLs, schema versions, read-only readers next to a writer."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
+
+from db.arrays import decode_array, encode_array
+from db.engine import open_database, resolve_url
+from db.errors import CorruptArray, DatabaseNotFound, DatabaseUnreachable, NotADinoscopeDatabase, SchemaMismatch
+from db.schema import SCHEMA_VERSION, Dataset, SchemaInfo
+
+
+def _dataset(name: str) -> Dataset:
+    return Dataset(name=name, root="/photos", model_name="m", weights_kind="random", weights_identity="seed 0",
+                   weights_source=None, image_size=56, patch_size=14, grid_height=4, grid_width=4, embed_dim=8,
+                   precision="fp32", preprocessing={}, library_versions={})
+
+
+def test_arrays_round_trip_with_their_dtype_and_shape():
+    grid = np.random.default_rng(0).standard_normal((4, 3, 8)).astype(np.float32)
+    encoded = encode_array(grid, "<f2")
+    assert (encoded.dtype, encoded.shape) == ("<f2", "4,3,8")
+    decoded = decode_array(encoded.data, encoded.dtype, encoded.shape, expected_dtype="<f2", expected_shape=(4, None, 8))
+    np.testing.assert_array_equal(decoded, grid.astype(np.float16))
+
+
+@pytest.mark.parametrize(
+    ("data_slice", "expected_dtype", "expected_shape", "message"),
+    [
+        (slice(0, -2), None, None, "has 62 bytes, not 64"),
+        (slice(None), "<f4", None, "dtype <f2, expected <f4"),
+        (slice(None), None, (4, 9), "shape (4, 8), expected (4, 9)"),
+    ],
+)
+def test_arrays_that_do_not_match_their_record_are_refused(data_slice, expected_dtype, expected_shape, message):
+    encoded = encode_array(np.ones((4, 8)), "<f2")
+    with pytest.raises(CorruptArray, match=message.replace("(", r"\(").replace(")", r"\)")):
+        decode_array(encoded.data[data_slice], encoded.dtype, encoded.shape,
+                     expected_dtype=expected_dtype, expected_shape=expected_shape)
+
+
+def test_db_option_takes_urls_paths_and_the_environment(monkeypatch, tmp_path):
+    assert resolve_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert resolve_url(str(tmp_path / "a.db")) == f"sqlite:///{tmp_path / 'a.db'}"
+    monkeypatch.setenv("DINOSCOPE_DB", str(tmp_path / "env.db"))
+    assert resolve_url(None) == f"sqlite:///{tmp_path / 'env.db'}"
+    monkeypatch.delenv("DINOSCOPE_DB")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert resolve_url(None) == f"sqlite:///{tmp_path / 'data' / 'dinoscope' / 'dinoscope.db'}"
+
+
+def test_a_reader_needs_an_existing_file_and_names_it(tmp_path):
+    with pytest.raises(DatabaseNotFound, match=str(tmp_path / "missing.db")):
+        open_database(str(tmp_path / "missing.db"), readonly=True)
+
+
+def test_a_file_of_another_program_is_refused_untouched(tmp_path):
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE invoices (id INTEGER)")
+    with pytest.raises(NotADinoscopeDatabase, match="not a dinoscope database.*invoices"):
+        open_database(str(path))
+    with sqlite3.connect(path) as connection:
+        tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    assert tables == ["invoices"]
+
+
+@pytest.mark.parametrize(("version", "message"), [(SCHEMA_VERSION + 1, "newer dinoscope"),
+                                                  (SCHEMA_VERSION - 1, "older dinoscope")])
+def test_another_schema_version_is_refused_with_what_to_do(tmp_path, version, message):
+    path = tmp_path / "index.db"
+    with open_database(str(path)).session() as session:
+        session.execute(text("UPDATE dinoscope_schema SET version = :v"), {"v": version})
+    for readonly in (False, True):
+        with pytest.raises(SchemaMismatch, match=f"{message} \\(schema {version}; this one reads {SCHEMA_VERSION}\\)"):
+            open_database(str(path), readonly=readonly)
+
+
+def test_a_new_database_records_its_schema_version(tmp_path):
+    with open_database(str(tmp_path / "index.db")).session() as session:
+        assert session.scalars(select(SchemaInfo.version)).all() == [SCHEMA_VERSION]
+
+
+def test_readers_see_only_committed_writes_and_cannot_write(tmp_path):
+    path = str(tmp_path / "index.db")
+    writer = open_database(path)
+    reader = open_database(path, readonly=True)
+    with writer.session() as session:
+        session.add(_dataset("first"))
+        session.flush()
+        with reader.session() as reading:  # the writer's transaction is still open
+            assert reading.scalar(select(func.count()).select_from(Dataset)) == 0
+    with reader.session() as reading:
+        assert reading.scalar(select(func.count()).select_from(Dataset)) == 1
+    with pytest.raises(DatabaseUnreachable, match="readonly|read-only|query_only"):
+        with reader.session() as reading:
+            reading.add(_dataset("second"))
+
+
+def test_removing_a_dataset_removes_its_rows_in_every_table(tmp_path):
+    from db.mutations import FileFacts, ImageContent, JpegImage, add_image, remove_dataset
+    from db.schema import Embedding, Image, PatchGrid, Thumbnail
+
+    database = open_database(str(tmp_path / "index.db"))
+    content = ImageContent(10, 10, np.zeros(8), np.zeros((4, 4, 8)), {"gallery": JpegImage(b"x", 1, 1)})
+    with database.session() as session:
+        kept, dropped = _dataset("kept"), _dataset("dropped")
+        session.add_all([kept, dropped])
+        session.flush()
+        for dataset in (kept, dropped):
+            add_image(session, dataset, FileFacts("a.png", None, "h", 1, 1), content)
+    with database.session() as session:
+        remove_dataset(session, session.scalar(select(Dataset).where(Dataset.name == "dropped")))
+    with database.session() as session:
+        for table in (Image, Embedding, PatchGrid, Thumbnail):
+            assert session.scalar(select(func.count()).select_from(table)) == 1, table.__tablename__
+
+
+def test_an_unreachable_server_is_named_in_the_error():
+    with pytest.raises((DatabaseUnreachable, OperationalError), match="127.0.0.1:1"):
+        open_database("postgresql+psycopg://nobody@127.0.0.1:1/none")
