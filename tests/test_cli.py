@@ -1,0 +1,92 @@
+"""The other commands: datasets, export, remove, samples, and their messages for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from db.engine import open_database
+from db.queries import dataset_by_name, load_embeddings, patch_grid
+from indexer.cli import main
+from tests.conftest import FAST, IMAGE_SIZE, MODEL, run_cli
+from tests.images import noise
+
+
+@pytest.fixture
+def indexed(tmp_path) -> Path:
+    noise(tmp_path / "photos" / "cats" / "a.png", seed=1)
+    noise(tmp_path / "photos" / "dogs" / "b.png", seed=2)
+    noise(tmp_path / "photos" / "c.png", seed=3)
+    db = tmp_path / "index.db"
+    run_cli("index", tmp_path / "photos", "--db", db, "--random-weights", *FAST)
+    return db
+
+
+def test_datasets_lists_counts_provenance_and_warns_of_random_weights(indexed, tmp_path):
+    noise(tmp_path / "more" / "x.png", seed=9)
+    run_cli("index", tmp_path / "more", "--dataset", "extra", "--db", indexed, "--random-weights", *FAST)
+    output = run_cli("datasets", "--db", indexed).output
+    assert f"extra: 1 images from {tmp_path / 'more'}" in output
+    assert f"photos: 3 images from {tmp_path / 'photos'}  [RANDOM WEIGHTS: not meaningful]" in output
+    assert f"{MODEL} at {IMAGE_SIZE} px (4x4 patches, 384 dims)" in output and "last run completed" in output
+
+
+def test_datasets_reads_the_database_from_the_environment(indexed, monkeypatch):
+    monkeypatch.setenv("DINOSCOPE_DB", str(indexed))
+    assert "photos: 3 images" in run_cli("datasets").output
+
+
+def test_export_round_trips_through_numpy_load(indexed, tmp_path):
+    target = tmp_path / "photos.npz"
+    assert "wrote 3 images of 'photos'" in run_cli("export", "photos", "--db", indexed, "-o", target,
+                                                  "--patch-grids").output
+    archive = np.load(target)  # no allow_pickle needed
+    assert list(archive["relpaths"]) == ["c.png", "cats/a.png", "dogs/b.png"]
+    assert list(archive["labels"]) == ["", "cats", "dogs"]
+    assert json.loads(str(archive["provenance"]))["model_name"] == MODEL
+    with open_database(str(indexed), readonly=True).session() as session:
+        ids, matrix = load_embeddings(session, dataset_by_name(session, "photos"))
+        np.testing.assert_array_equal(archive["image_ids"], ids)
+        np.testing.assert_array_equal(archive["embeddings"], matrix)
+        for row, image_id in enumerate(ids):
+            np.testing.assert_array_equal(archive["patch_grids"][row], patch_grid(session, int(image_id)))
+    run_cli("export", "photos", "--db", indexed, "-o", target)
+    assert "patch_grids" not in np.load(target)
+
+
+def test_remove_asks_first_and_then_removes(indexed):
+    refused = CliRunner().invoke(main, ["remove", "photos", "--db", str(indexed)], input="n\n")
+    assert refused.exit_code == 1 and "Aborted" in refused.output
+    assert "photos: 3 images" in run_cli("datasets", "--db", indexed).output
+    assert "removed dataset 'photos'" in run_cli("remove", "photos", "--yes", "--db", indexed).output
+    assert "no datasets yet" in run_cli("datasets", "--db", indexed).output
+
+
+def test_unknown_dataset_names_the_known_ones(indexed, tmp_path):
+    for command in (["remove", "dogs", "--yes"], ["export", "dogs", "-o", tmp_path / "x.npz"]):
+        result = run_cli(*command, "--db", indexed, expect=1)
+        assert "no dataset named 'dogs' (datasets: photos)" in result.output
+
+
+def test_samples_are_copied_into_labelled_folders(tmp_path):
+    output = run_cli("samples", tmp_path / "s").output
+    files = sorted(p.relative_to(tmp_path / "s").as_posix() for p in (tmp_path / "s").rglob("*.*"))
+    assert f"{len(files)} sample images" in output
+    assert {"animals/chelsea.png", "vehicles/rocket.jpg", "scenes/china.jpg"} <= set(files)
+    mtimes = [p.stat().st_mtime_ns for p in sorted((tmp_path / "s").rglob("*.*"))]
+    run_cli("samples", tmp_path / "s")
+    assert mtimes == [p.stat().st_mtime_ns for p in sorted((tmp_path / "s").rglob("*.*"))]  # left alone
+
+
+def test_wrong_paths_and_conflicting_options_name_themselves(tmp_path):
+    result = run_cli("index", tmp_path / "nowhere", "--random-weights", expect=2)
+    assert "nowhere" in result.output and "does not exist" in result.output
+    (tmp_path / "photos").mkdir()
+    result = run_cli("index", tmp_path / "photos", "--random-weights", "--weights", tmp_path / "w.pt", expect=2)
+    assert "--weights and --random-weights exclude each other" in result.output
+    result = run_cli("datasets", "--db", tmp_path / "missing.db", expect=1)
+    assert f"no database at {tmp_path / 'missing.db'}" in result.output
