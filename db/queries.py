@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -30,10 +28,6 @@ class DatasetSummary:
     dataset: Dataset
     image_count: int
     last_run: IndexRun | None
-
-    @property
-    def last_indexed(self) -> datetime | None:
-        return self.last_run.finished_at if self.last_run else None
 
 
 def find_dataset(session: Session, name: str) -> Dataset | None:

@@ -23,17 +23,12 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from db.arrays import decode_array, encode_array
 
 # Bump whenever a table or column changes meaning; db.engine refuses files written with another version.
 SCHEMA_VERSION = 1
-
-WEIGHTS_KINDS = ("hub", "file", "random")
-THUMBNAIL_KINDS = ("gallery", "preview")
-RUN_STATUSES = ("running", "completed", "failed", "interrupted")
-
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -58,7 +53,7 @@ class Dataset(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     root: Mapped[str] = mapped_column(Text)
     model_name: Mapped[str] = mapped_column(String(200))
-    weights_kind: Mapped[str] = mapped_column(String(16))
+    weights_kind: Mapped[str] = mapped_column(String(16))  # "hub", "file" or "random"
     weights_identity: Mapped[str] = mapped_column(Text)
     weights_source: Mapped[str | None] = mapped_column(Text)
     image_size: Mapped[int] = mapped_column(Integer)
@@ -73,8 +68,6 @@ class Dataset(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Bumped by every transaction that changes the dataset's images: caches key on it.
     generation: Mapped[int] = mapped_column(Integer, default=0)
-
-    images: Mapped[list[Image]] = relationship(back_populates="dataset", passive_deletes=True)
 
 
 class Image(Base):
@@ -96,8 +89,6 @@ class Image(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-    dataset: Mapped[Dataset] = relationship(back_populates="images")
 
 
 class _StoredArray:
@@ -152,7 +143,7 @@ class IndexRun(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(16), default="running")
+    status: Mapped[str] = mapped_column(String(16), default="running")  # then completed, interrupted or failed
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

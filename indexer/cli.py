@@ -81,7 +81,7 @@ def _echo_summary(summary) -> None:
     click.echo(
         f"{summary.dataset}: {summary.added} added, {summary.updated} updated, {summary.unchanged} unchanged, "
         f"{summary.moved} moved, {summary.removed} removed, {summary.failed} failed; {summary.embedded} embedded "
-        f"in {summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s)"
+        f"({summary.images_per_second:.1f} images/s); {summary.seconds:.1f} s in all"
     )
     if summary.failures:
         click.echo("failed (not indexed; fix or remove them and run again):", err=True)

@@ -39,10 +39,6 @@ class IndexPlan:
     def changes_without_model(self) -> bool:
         return bool(self.touched or self.moved or self.copies or self.removed)
 
-    @property
-    def images_to_embed(self) -> int:
-        return sum(len(job.targets) for job in self.embed)
-
 
 def plan_index(
     found: list[FoundFile],

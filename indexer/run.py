@@ -75,7 +75,8 @@ class IndexSummary:
     removed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     embedded: int = 0  # images that went through the model (the rest were copied or moved)
-    seconds: float = 0.0
+    embedding_seconds: float = 0.0  # from the first batch asked for to the last one stored
+    seconds: float = 0.0  # the whole run: scan, hashing, model loading included
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -84,7 +85,7 @@ class IndexSummary:
 
     @property
     def images_per_second(self) -> float:
-        return self.embedded / self.seconds if self.seconds else 0.0
+        return self.embedded / self.embedding_seconds if self.embedding_seconds else 0.0
 
 
 def index_folder(database: Database, request: IndexRequest, *, show_progress: bool = True) -> IndexSummary:
@@ -242,6 +243,7 @@ def _apply_changes_without_model(database: Database, dataset_id: int, run_id: in
 def _embed_and_store(database: Database, dataset_id: int, run_id: int, plan: IndexPlan, loaded: LoadedModel,
                      device: torch.device, precision: str, request: IndexRequest, summary: IndexSummary,
                      show_progress: bool) -> None:
+    embedding_started = time.perf_counter()
     batches = embed_files([job.path for job in plan.embed], loaded, device, precision,
                           request.batch_size, request.workers)
     with tqdm(total=len(plan.embed), desc="embedding", unit="img", disable=not show_progress) as progress:
@@ -268,6 +270,7 @@ def _embed_and_store(database: Database, dataset_id: int, run_id: int, plan: Ind
             summary.failures.extend(failures)
             summary.embedded += sum(1 for result in batch if result.content is not None)
             progress.update(len(batch))
+    summary.embedding_seconds = time.perf_counter() - embedding_started
 
 
 def _record_failures(session, run_id: int, failures: list[tuple[str, str]]) -> None:
