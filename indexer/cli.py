@@ -171,3 +171,48 @@ def samples(folder):
         raise click.ClickException(f"cannot write into {folder}: {error.strerror or error}") from None
     labels = sorted({path.parent.name for path in copied})
     click.echo(f"{len(copied)} sample images in {folder} ({len(labels)} labels: {', '.join(labels)})")
+
+
+@main.command()
+@db_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8050, show_default=True)
+@click.option("--cache-dir", envvar="DINOSCOPE_CACHE_DIR", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder shared by all workers for background results. [env DINOSCOPE_CACHE_DIR; default: "
+                   "a dinoscope-cache folder in the system's temporary folder]")
+def serve(db, host, port, cache_dir):
+    """Serve the dashboard on the database (read-only)."""
+    _serve(db, host, port, cache_dir)
+
+
+def _serve(db, host, port, cache_dir) -> None:
+    from dashboard.app import create_app
+    from dashboard.settings import Settings
+
+    app = create_app(Settings.from_env(db, cache_dir))
+    click.echo(f"dinoscope dashboard on http://{host}:{port}/ (Ctrl+C stops it)")
+    app.run(host=host, port=port, debug=False)
+
+
+@main.command()
+@click.option("--folder", type=click.Path(file_okay=False, path_type=Path), default=Path("dinoscope-samples"),
+              show_default=True, help="Where to copy the sample photographs.")
+@db_option
+@click.option("--random-weights", is_flag=True, help="Index with random weights (machines without the model hub).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8050, show_default=True)
+def demo(folder, db, random_weights, host, port):
+    """Copy the sample photographs, index them, and serve the dashboard."""
+    from db import DinoscopeDbError, open_database
+    from indexer.model import ModelError, WeightsChoice
+    from indexer.run import IndexRefused, IndexRequest, index_folder
+    from indexer.samples import copy_samples
+
+    copy_samples(folder)
+    request = IndexRequest(folder, "samples", weights=WeightsChoice("random") if random_weights else None,
+                           workers=default_workers())
+    try:
+        _echo_summary(index_folder(open_database(db), request))
+    except (DinoscopeDbError, IndexRefused, ModelError) as error:
+        raise _fail(error) from None
+    _serve(db, host, port, None)

@@ -47,3 +47,35 @@ def weights_file(tmp_path_factory) -> Path:
 @pytest.fixture
 def db_path(tmp_path) -> Path:
     return tmp_path / "index.db"
+
+
+os.environ.setdefault("DASH_TEST_CHROMEPATH", "/usr/bin/chromium")
+
+
+def pytest_setup_options():
+    """Chromium options for dash[testing]: no background traffic on a machine without a network."""
+    from selenium.webdriver.chrome.options import Options
+
+    options = Options()
+    for flag in ("--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--disable-quic", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    return options
+
+
+@pytest.fixture(scope="session")
+def sample_db(tmp_path_factory) -> Path:
+    """The sample photographs indexed with the real (small) architecture and random weights."""
+    root = tmp_path_factory.mktemp("sample-set")
+    run_cli("samples", root / "samples")
+    db = root / "samples.db"
+    run_cli("index", root / "samples", "--db", db, "--random-weights", *FAST)
+    return db
+
+
+@pytest.fixture
+def dashboard_app(sample_db, tmp_path):
+    from dashboard.app import create_app
+    from dashboard.settings import Settings
+
+    return create_app(Settings(f"sqlite:///{sample_db}", tmp_path / "cache", "test-secret"))

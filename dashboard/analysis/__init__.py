@@ -1,0 +1,1 @@
+"""Pure analysis for the dashboard: projections, clusters and similarity on embedding arrays."""

@@ -1,0 +1,128 @@
+"""Gallery: every image of a dataset as thumbnails, ten to a row, by page and label; click one for its details."""
+
+from __future__ import annotations
+
+import dash
+import dash_bootstrap_components as dbc
+from dash import ALL, ClientsideFunction, Dash, Input, Output, State, ctx, dcc, html
+
+from dashboard.browse import GALLERY_COLUMNS, GALLERY_PAGE_SIZE, PAGE_SIZES, gallery_page, image_detail, label_options
+from dashboard.data import DatasetStore, DatasetView
+from dashboard.shell import page_shell
+
+PATH = "/gallery"
+
+
+def thumbnail_url(image_id: int, kind: str = "gallery") -> str:
+    return f"/thumbnails/{image_id}/{kind}.jpg"
+
+
+def register(app: Dash, store: DatasetStore) -> None:
+    def layout(dataset: str | None = None, label: str | None = None, page: str = "1",
+               per_page: str = str(GALLERY_PAGE_SIZE), **_query):
+        size = _as_int(per_page, GALLERY_PAGE_SIZE)
+        size = size if size in PAGE_SIZES else GALLERY_PAGE_SIZE
+
+        def content(provenance):
+            view = store.view(provenance.name)
+            shown = gallery_page(view, label, _as_int(page, 1), size)
+            return html.Div([
+                dcc.Store(id="gallery-dataset", data=view.name),
+                dcc.Store(id="gallery-filter", data={"label": label, "per_page": size}),
+                dbc.Row([
+                    dbc.Col(dcc.Dropdown(id="gallery-label", options=label_options(view), value=label,
+                                         placeholder="all labels"), md=3),
+                    dbc.Col(dbc.Select(id="gallery-per-page", value=str(size),
+                                       options=[{"label": f"{n} per page", "value": str(n)} for n in PAGE_SIZES]),
+                            md=2),
+                    dbc.Col(dbc.Pagination(id="gallery-pages", max_value=shown.page_count,
+                                           active_page=shown.page, fully_expanded=False), md="auto"),
+                    dbc.Col(html.Span(id="gallery-count", children=_count_text(shown.total)),
+                            className="text-muted align-self-center"),
+                ], className="mb-2 g-2"),
+                html.Div(id="gallery-grid", children=_grid(view, shown.positions)),
+                dbc.Modal(id="gallery-detail", size="lg", is_open=False),
+            ])
+
+        return page_shell(store, PATH, dataset, content)
+
+    dash.register_page("gallery", path=PATH, name="Gallery", title="dinoscope: gallery", layout=layout, order=1)
+    dash.register_page("home", path="/", name="Home", title="dinoscope", layout=layout, order=0)
+
+    @app.callback(
+        Output("gallery-grid", "children"), Output("gallery-pages", "max_value"),
+        Output("gallery-pages", "active_page"), Output("gallery-count", "children"), Output("gallery-filter", "data"),
+        Input("gallery-label", "value"), Input("gallery-pages", "active_page"), Input("gallery-per-page", "value"),
+        State("gallery-dataset", "data"), State("gallery-filter", "data"), prevent_initial_call=True,
+    )
+    def show_page(label, page, per_page, dataset, shown_filter):
+        view = store.view(dataset)
+        chosen = {"label": label, "per_page": int(per_page)}
+        shown = gallery_page(view, label, page or 1 if chosen == shown_filter else 1, chosen["per_page"])
+        return _grid(view, shown.positions), shown.page_count, shown.page, _count_text(shown.total), chosen
+
+    @app.callback(
+        Output("gallery-detail", "children"), Output("gallery-detail", "is_open"),
+        Input({"type": "gallery-thumb", "index": ALL}, "n_clicks"),
+        Input({"type": "detail-neighbour", "index": ALL}, "n_clicks"),
+        State("gallery-dataset", "data"), prevent_initial_call=True,
+    )
+    def open_detail(_grid_clicks, _neighbour_clicks, dataset):
+        if not ctx.triggered or not ctx.triggered[0]["value"]:
+            return dash.no_update, dash.no_update  # thumbnails re-rendered, nobody clicked
+        detail = image_detail(store.view(dataset), ctx.triggered_id["index"])
+        return (_detail_body(dataset, detail), True) if detail else (dash.no_update, False)
+
+    app.clientside_callback(
+        ClientsideFunction(namespace="dinoscope", function_name="galleryQuery"),
+        Output("gallery-dataset", "id"),  # a no-op output: the callback only rewrites the address bar
+        Input("gallery-dataset", "data"), Input("gallery-label", "value"), Input("gallery-pages", "active_page"),
+        Input("gallery-per-page", "value"), State("gallery-dataset", "id"),
+    )
+
+
+def _as_int(text: str | None, default: int) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return default
+
+
+def _count_text(total: int) -> str:
+    return f"{total} image{'s' if total != 1 else ''}"
+
+
+def _grid(view: DatasetView, positions: list[int]) -> html.Div:
+    cells = [
+        html.Div(html.Img(src=thumbnail_url(int(view.image_ids[i])), alt=view.relpaths[i], title=view.relpaths[i],
+                          style={"width": "100%", "aspectRatio": "1", "objectFit": "cover"}),
+                 id={"type": "gallery-thumb", "index": int(view.image_ids[i])}, n_clicks=0, role="button",
+                 className="gallery-thumb")
+        for i in positions
+    ]
+    return html.Div(cells, style={"display": "grid", "gridTemplateColumns": f"repeat({GALLERY_COLUMNS}, 1fr)",
+                                  "gap": "6px"})
+
+
+def _detail_body(dataset: str, detail) -> list:
+    facts = [("Path", detail.relpath), ("Label", detail.label or "none"),
+             ("Size", f"{detail.width} x {detail.height} px"), ("Image id", str(detail.image_id))]
+    neighbours = html.Div([
+        html.Figure([
+            html.Img(src=thumbnail_url(n.image_id), title=n.relpath, style={"width": "96px", "height": "96px",
+                                                                            "objectFit": "cover"}),
+            html.Figcaption(f"{n.score:.3f}", className="small text-center"),
+        ], id={"type": "detail-neighbour", "index": n.image_id}, n_clicks=0, role="button", className="me-2")
+        for n in detail.neighbours
+    ], className="d-flex flex-wrap", id="detail-neighbours")
+    return [
+        dbc.ModalHeader(dbc.ModalTitle(detail.relpath)),
+        dbc.ModalBody([
+            html.Img(src=thumbnail_url(detail.image_id, "preview"), id="detail-preview",
+                     style={"maxWidth": "100%", "maxHeight": "60vh"}),
+            html.Table([html.Tr([html.Th(name, className="pe-3"), html.Td(value)]) for name, value in facts],
+                       className="table table-sm mt-2", id="detail-facts"),
+            html.H6("Nearest neighbours (cosine similarity)"),
+            neighbours,
+        ]),
+    ]

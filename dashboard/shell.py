@@ -1,0 +1,65 @@
+"""The frame every page shares: navigation, the dataset picker, the provenance line and the state panels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import dash_bootstrap_components as dbc
+from dash import dcc, html
+
+from dashboard.data import DatasetStore, Provenance
+from db.errors import DinoscopeDbError
+
+# (title, path) of the pages in navigation order; a page appears once its module registers it.
+PAGES = (("Gallery", "/gallery"),)
+
+
+def page_shell(store: DatasetStore, path: str, dataset: str | None,
+               content: Callable[[Provenance], object]) -> html.Div:
+    """The page at `path` for the dataset named in the URL (or the first one), or a panel that says what to do."""
+    try:
+        provenances = store.provenances()
+    except DinoscopeDbError as error:
+        return _frame(path, None, [], _panel("The database cannot be opened", str(error), "danger"))
+    if not provenances:
+        return _frame(path, None, [], _panel(
+            "No datasets yet", "Index a folder of images first: dinoscope index FOLDER (then reload this page).",
+            "info"))
+    names = [p.name for p in provenances]
+    chosen = next((p for p in provenances if p.name == dataset), None) if dataset else provenances[0]
+    if chosen is None:
+        return _frame(path, None, names, _panel(f"No dataset named {dataset!r}",
+                                                f"Pick one of: {', '.join(names)}.", "warning"))
+    return _frame(path, chosen, names, html.Div([_provenance_line(chosen), _random_banner(chosen), content(chosen)]))
+
+
+def _frame(path: str, chosen: Provenance | None, names: list[str], body) -> html.Div:
+    query = f"?dataset={chosen.name}" if chosen else ""
+    links = [dbc.NavItem(dbc.NavLink(title, href=f"{href}{query}", active=href == path, id=f"nav-{href.strip('/')}"))
+             for title, href in PAGES]
+    picker = dcc.Dropdown(id="dataset-picker", options=names, value=chosen.name if chosen else None,
+                          clearable=False, placeholder="dataset", style={"minWidth": "14rem"})
+    navbar = dbc.Navbar(dbc.Container([dbc.NavbarBrand("dinoscope", href=f"/gallery{query}"),
+                                       dbc.Nav(links, navbar=True, className="me-auto"), picker], fluid=True),
+                        color="dark", dark=True, className="mb-3")
+    shown = dcc.Store(id="shell-dataset", data=chosen.name if chosen else None)
+    return html.Div([shown, navbar, dbc.Container(body, fluid=True)])
+
+
+def _provenance_line(p: Provenance) -> html.P:
+    when = f"last indexed {p.last_indexed:%Y-%m-%d %H:%M} UTC" if p.last_indexed else "indexing not finished"
+    return html.P(f"{p.image_count} images · {p.model_name} · weights {p.weights_identity} · input {p.image_size} px "
+                  f"({p.grid_shape[0]}x{p.grid_shape[1]} patches) · {p.precision} · {when}",
+                  id="provenance", className="text-muted small")
+
+
+def _random_banner(p: Provenance):
+    if not p.random_weights:
+        return None
+    return dbc.Alert("This dataset was indexed with random weights: its embeddings say nothing about the images. "
+                     "Use it to try the dashboard; index with pretrained weights for real analysis.",
+                     color="warning", id="random-weights-banner")
+
+
+def _panel(title: str, text: str, color: str) -> dbc.Alert:
+    return dbc.Alert([html.H4(title), html.P(text, className="mb-0")], color=color, id="state-panel")
