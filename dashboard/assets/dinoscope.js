@@ -1,14 +1,17 @@
 // Keeps a page's parameters in the address bar without reloading the page, so a link reproduces the view.
+// Inputs are the parameter values; the last argument (a State) lists their names in the same order.
 window.dash_clientside = Object.assign({}, window.dash_clientside, {
     dinoscope: {
-        galleryQuery: function (dataset, label, page, perPage, id) {
+        syncQuery: function () {
+            const values = Array.from(arguments);
+            const names = values.pop();
             const query = new URLSearchParams();
-            if (dataset) query.set("dataset", dataset);
-            if (label) query.set("label", label);
-            if (page && page > 1) query.set("page", page);
-            if (perPage && perPage !== "50") query.set("per_page", perPage);
+            names.forEach(function (name, i) {
+                const value = values[i];
+                if (value !== null && value !== undefined && value !== "") query.set(name, value);
+            });
             window.history.replaceState(null, "", window.location.pathname + "?" + query.toString());
-            return id;
+            return window.dash_clientside.no_update;
         }
     }
 });

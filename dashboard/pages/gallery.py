@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import dash
 import dash_bootstrap_components as dbc
-from dash import ALL, ClientsideFunction, Dash, Input, Output, State, ctx, dcc, html
+from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 
 from dashboard.browse import GALLERY_COLUMNS, GALLERY_PAGE_SIZE, PAGE_SIZES, gallery_page, image_detail, label_options
 from dashboard.data import DatasetStore, DatasetView
 from dashboard.shell import page_shell
+from dashboard.urlstate import as_int, sync_url, url_parameters
 
 PATH = "/gallery"
 
@@ -20,14 +23,15 @@ def thumbnail_url(image_id: int, kind: str = "gallery") -> str:
 def register(app: Dash, store: DatasetStore) -> None:
     def layout(dataset: str | None = None, label: str | None = None, page: str = "1",
                per_page: str = str(GALLERY_PAGE_SIZE), **_query):
-        size = _as_int(per_page, GALLERY_PAGE_SIZE)
+        size = as_int(per_page, GALLERY_PAGE_SIZE)
         size = size if size in PAGE_SIZES else GALLERY_PAGE_SIZE
 
         def content(provenance):
             view = store.view(provenance.name)
-            shown = gallery_page(view, label, _as_int(page, 1), size)
+            shown = gallery_page(view, label, as_int(page, 1), size)
             return html.Div([
                 dcc.Store(id="gallery-dataset", data=view.name),
+                url_parameters("gallery", ["dataset", "label", "page", "per_page"]),
                 dcc.Store(id="gallery-filter", data={"label": label, "per_page": size}),
                 dbc.Row([
                     dbc.Col(dcc.Dropdown(id="gallery-label", options=label_options(view), value=label,
@@ -73,19 +77,8 @@ def register(app: Dash, store: DatasetStore) -> None:
         detail = image_detail(store.view(dataset), ctx.triggered_id["index"])
         return (_detail_body(dataset, detail), True) if detail else (dash.no_update, False)
 
-    app.clientside_callback(
-        ClientsideFunction(namespace="dinoscope", function_name="galleryQuery"),
-        Output("gallery-dataset", "id"),  # a no-op output: the callback only rewrites the address bar
-        Input("gallery-dataset", "data"), Input("gallery-label", "value"), Input("gallery-pages", "active_page"),
-        Input("gallery-per-page", "value"), State("gallery-dataset", "id"),
-    )
-
-
-def _as_int(text: str | None, default: int) -> int:
-    try:
-        return int(text)
-    except (TypeError, ValueError):
-        return default
+    sync_url(app, "gallery", [("gallery-dataset", "data"), ("gallery-label", "value"),
+                              ("gallery-pages", "active_page"), ("gallery-per-page", "value")])
 
 
 def _count_text(total: int) -> str:
@@ -125,4 +118,6 @@ def _detail_body(dataset: str, detail) -> list:
             html.H6("Nearest neighbours (cosine similarity)"),
             neighbours,
         ]),
+        dbc.ModalFooter(dbc.Button("Find similar images", id="detail-similar-link", color="primary",
+                                   href=f"/similarity?dataset={quote(dataset)}&image={detail.image_id}")),
     ]

@@ -1,0 +1,36 @@
+"""A page's main parameters live in the URL: rewritten in the browser as controls change, read by the layout."""
+
+from __future__ import annotations
+
+from dash import ClientsideFunction, Dash, Input, Output, State, dcc
+
+
+def url_parameters(page: str, names: list[str]) -> dcc.Store:
+    """The store that names a page's URL parameters; put it in the page's layout."""
+    return dcc.Store(id=f"{page}-url-parameters", data=names)
+
+
+def sync_url(app: Dash, page: str, sources: list[tuple[str, str]]) -> None:
+    """Keep the address bar's query equal to the values of `sources` ((component id, property) per name)."""
+    app.clientside_callback(
+        ClientsideFunction(namespace="dinoscope", function_name="syncQuery"),
+        Output(f"{page}-url-parameters", "data"),
+        *[Input(component, prop) for component, prop in sources],
+        State(f"{page}-url-parameters", "data"),
+    )
+
+
+def as_int(text: str | None, default: int, low: int | None = None, high: int | None = None) -> int:
+    """An integer URL parameter, or the default when it is missing or not a number; clamped to [low, high]."""
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        return default
+    return max(low if low is not None else value, min(high if high is not None else value, value))
+
+
+def as_float(text: str | None, default: float) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return default
