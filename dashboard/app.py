@@ -11,16 +11,19 @@ import flask
 from dash import Dash, DiskcacheManager, Input, Output, State, dcc, html
 
 from dashboard.data import DatasetStore
-from dashboard.pages import gallery
+from dashboard.pages import clustering
+from dashboard.pages import gallery, similarity
 from dashboard.settings import Settings
 
 ASSETS = Path(__file__).parent / "assets"
 THUMBNAIL_MAX_AGE_S = 300
+RESULTS_CACHE_BYTES = 2 * 1024**3  # projections of old generations are evicted least recently used first
 
 
 def create_app(settings: Settings) -> Dash:
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
     manager = DiskcacheManager(diskcache.Cache(str(settings.cache_dir / "background")))
+    results = diskcache.Cache(str(settings.cache_dir / "results"), size_limit=RESULTS_CACHE_BYTES)
     app = Dash(
         __name__, use_pages=True, pages_folder="", assets_folder=str(ASSETS), title="dinoscope", update_title=None,
         background_callback_manager=manager, suppress_callback_exceptions=True, health_endpoint="health",
@@ -30,6 +33,8 @@ def create_app(settings: Settings) -> Dash:
     store = DatasetStore(settings.db_url)
     _add_image_routes(app.server, store)
     gallery.register(app, store)
+    similarity.register(app, store)
+    clustering.register(app, store, results)
     app.layout = html.Div([dcc.Location(id="navigate", refresh="callback-nav"), dash.page_container])
 
     @app.callback(Output("navigate", "href"), Input("dataset-picker", "value"), State("shell-dataset", "data"),

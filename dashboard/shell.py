@@ -11,7 +11,7 @@ from dashboard.data import DatasetStore, Provenance
 from db.errors import DinoscopeDbError
 
 # (title, path) of the pages in navigation order; a page appears once its module registers it.
-PAGES = (("Gallery", "/gallery"),)
+PAGES = (("Gallery", "/gallery"), ("Clustering", "/clustering"), ("Similarity", "/similarity"))
 
 
 def page_shell(store: DatasetStore, path: str, dataset: str | None,

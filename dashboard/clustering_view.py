@@ -1,0 +1,178 @@
+"""The clustering page's logic: its parameters, cached projections, clusterings, summaries and downloads."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import plotly.express as px
+import plotly.graph_objects as go
+
+from dashboard.analysis.clustering import NOISE, ClusterMetrics, cluster, cluster_metrics, cluster_sizes
+from dashboard.analysis.projection import Projection, normalize_rows, pca_components, project
+from dashboard.data import DatasetView
+
+HOVER_COMPONENTS = 3  # principal components shown when hovering a point
+SUMMARY_THUMBNAILS = 8  # representatives shown per cluster
+
+
+@dataclass(frozen=True)
+class ProjectionParams:
+    method: str = "pca"
+    perplexity: float = 30.0
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    seed: int = 0
+
+    def cache_key(self, view: DatasetView) -> str:
+        """Key of a projection: the dataset's generation is in it, so a re-index makes a new one."""
+        relevant = {"method": self.method, "seed": self.seed}
+        if self.method == "tsne":
+            relevant["perplexity"] = self.perplexity
+        elif self.method == "umap":
+            relevant |= {"n_neighbors": self.n_neighbors, "min_dist": self.min_dist}
+        return f"projection/{view.name}/{view.generation}/" + "/".join(f"{k}={v}" for k, v in sorted(relevant.items()))
+
+    @property
+    def runs_in_background(self) -> bool:
+        return self.method != "pca"
+
+
+@dataclass(frozen=True)
+class ClusterParams:
+    method: str = "kmeans"
+    k: int = 5
+    eps: float = 0.5
+    min_samples: int = 5
+    space: str = "embedding"  # "embedding": the normalised embeddings; "projection": the 2-D points
+
+
+@dataclass(frozen=True)
+class ClusteringResult:
+    labels: np.ndarray
+    metrics: ClusterMetrics
+    sizes: list[tuple[int, int]]
+    representatives: dict[int, list[int]]  # cluster -> dataset rows nearest its centre, best first
+
+
+def projection_params(query: dict) -> ProjectionParams:
+    return ProjectionParams(
+        method=_choice(query.get("projection"), ("pca", "tsne", "umap"), "pca"),
+        perplexity=_number(query.get("perplexity"), 30.0, 2.0, 100.0),
+        n_neighbors=int(_number(query.get("n_neighbors"), 15, 2, 200)),
+        min_dist=_number(query.get("min_dist"), 0.1, 0.0, 1.0),
+        seed=int(_number(query.get("seed"), 0, 0, 2**31 - 1)),
+    )
+
+
+def cluster_params(query: dict) -> ClusterParams:
+    return ClusterParams(
+        method=_choice(query.get("method"), ("kmeans", "dbscan", "hierarchical"), "kmeans"),
+        k=int(_number(query.get("k"), 5, 2, 30)),
+        eps=_number(query.get("eps"), 0.5, 0.01, 2.0),
+        min_samples=int(_number(query.get("min_samples"), 5, 1, 100)),
+        space=_choice(query.get("space"), ("embedding", "projection"), "embedding"),
+    )
+
+
+def query_of(projection: ProjectionParams, clustering: ClusterParams) -> dict:
+    """The URL parameters that reproduce a view (the inverse of projection_params and cluster_params)."""
+    return {"projection": projection.method, "perplexity": projection.perplexity,
+            "n_neighbors": projection.n_neighbors, "min_dist": projection.min_dist, "seed": projection.seed,
+            "method": clustering.method, "k": clustering.k, "eps": clustering.eps,
+            "min_samples": clustering.min_samples, "space": clustering.space}
+
+
+def cached_projection(cache, view: DatasetView, params: ProjectionParams,
+                      progress: Callable[[str], None] | None = None) -> Projection:
+    """The projection from the shared cache, computed and stored there first if no one has asked for it yet."""
+    key = params.cache_key(view)
+    found = cache.get(key)
+    if found is None:
+        found = project(view.embeddings, params.method, seed=params.seed, perplexity=params.perplexity,
+                        n_neighbors=params.n_neighbors, min_dist=params.min_dist, progress=progress)
+        cache[key] = found
+    return found
+
+
+def hover_components(view: DatasetView) -> np.ndarray:
+    """The first principal components of every image, shown on hover."""
+    return pca_components(view.embeddings, HOVER_COMPONENTS)[0]
+
+
+def cluster_images(view: DatasetView, coordinates: np.ndarray, params: ClusterParams) -> ClusteringResult:
+    """Cluster in cosine geometry (normalised embeddings) or on the 2-D projection, with quality metrics."""
+    points = normalize_rows(view.embeddings) if params.space == "embedding" else coordinates
+    labels = cluster(points, params.method, k=params.k, eps=params.eps, min_samples=params.min_samples)
+    true_labels = view.labels if any(view.labels) else None
+    return ClusteringResult(labels, cluster_metrics(points, labels, true_labels), cluster_sizes(labels),
+                            _representatives(points, labels))
+
+
+def _representatives(points: np.ndarray, labels: np.ndarray) -> dict[int, list[int]]:
+    chosen = {}
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        centre = points[members].mean(axis=0)
+        distances = np.linalg.norm(points[members] - centre, axis=1)
+        chosen[int(label)] = [int(i) for i in members[np.argsort(distances, kind="stable")[:SUMMARY_THUMBNAILS]]]
+    return chosen
+
+
+def cluster_name(label: int) -> str:
+    return "noise" if label == NOISE else f"cluster {label}"
+
+
+def assignment_csv(view: DatasetView, coordinates: np.ndarray, labels: np.ndarray) -> str:
+    """One row per image: id, path, folder label, cluster (-1 is DBSCAN noise), projected x and y."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image_id", "relpath", "label", "cluster", "x", "y"])
+    for row in range(len(view)):
+        writer.writerow([int(view.image_ids[row]), view.relpaths[row], view.labels[row] or "", int(labels[row]),
+                         f"{coordinates[row, 0]:.6g}", f"{coordinates[row, 1]:.6g}"])
+    return buffer.getvalue()
+
+
+def _choice(value, allowed: tuple[str, ...], default: str) -> str:
+    return value if value in allowed else default
+
+
+def _number(value, default: float, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    return default if not np.isfinite(number) else min(max(number, low), high)
+
+
+
+_AXIS_NAMES = {"pca": "PC", "tsne": "t-SNE", "umap": "UMAP"}
+
+
+def cluster_scatter(view: DatasetView, projection: Projection, result: ClusteringResult) -> go.Figure:
+    """A WebGL scatter, one trace per cluster (noise grey), each point carrying its image id for hover and click."""
+    figure = go.Figure()
+    palette = px.colors.qualitative.Plotly + px.colors.qualitative.D3 + px.colors.qualitative.Alphabet
+    for label, size in result.sizes:
+        rows = np.flatnonzero(result.labels == label)
+        noise = label == NOISE
+        figure.add_trace(go.Scattergl(
+            x=projection.coordinates[rows, 0], y=projection.coordinates[rows, 1], mode="markers",
+            name=f"{cluster_name(label)} ({size})",
+            # A list, not an array: plotly sends arrays as typed buffers that hover and click events leave out.
+            customdata=[int(view.image_ids[row]) for row in rows],
+            marker={"size": 10, "color": "#9e9e9e" if noise else palette[label % len(palette)],
+                    "symbol": "x" if noise else "circle", "line": {"width": 0.5, "color": "white"}},
+            hoverinfo="none",
+        ))
+    axis = _AXIS_NAMES[projection.method]
+    figure.update_layout(
+        xaxis_title=f"{axis} 1", yaxis_title=f"{axis} 2", legend_title_text="clusters", template="plotly_white",
+        margin={"l": 40, "r": 10, "t": 10, "b": 40}, height=560, clickmode="event",
+        uirevision=f"{view.name}/{projection.method}",  # keeps the user's zoom while clusters are recoloured
+    )
+    return figure

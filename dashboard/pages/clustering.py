@@ -1,0 +1,272 @@
+"""Clustering: a 2-D projection of the embeddings coloured by clusters, with metrics, summaries and a download.
+
+PCA is computed in the request. t-SNE and UMAP run in a background callback with progress and cancel; every
+projection is kept in the shared results cache under (dataset, generation, parameters), so whoever asks second
+gets it at once, and a re-index (a new generation) makes it stale.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+from uuid import uuid4
+
+import dash
+import dash_bootstrap_components as dbc
+from dash import Dash, Input, Output, State, dcc, html
+
+from dashboard.clustering_view import (
+    HOVER_COMPONENTS,
+    assignment_csv,
+    cached_projection,
+    cluster_images,
+    cluster_name,
+    cluster_params,
+    cluster_scatter,
+    hover_components,
+    projection_params,
+    query_of,
+)
+from dashboard.data import DatasetStore
+from dashboard.shell import page_shell
+from dashboard.urlstate import sync_url, url_parameters
+
+PATH = "/clustering"
+_PROJECTION_CONTROLS = [("clustering-projection", "value"), ("clustering-perplexity", "value"),
+                        ("clustering-neighbors", "value"), ("clustering-min-dist", "value"),
+                        ("clustering-seed", "value")]
+_CLUSTER_CONTROLS = [("clustering-method", "value"), ("clustering-k", "value"), ("clustering-eps", "value"),
+                     ("clustering-min-samples", "value"), ("clustering-space", "value")]
+_URL_NAMES = ["dataset", "projection", "perplexity", "n_neighbors", "min_dist", "seed",
+              "method", "k", "eps", "min_samples", "space"]
+
+
+def register(app: Dash, store: DatasetStore, results) -> None:
+    """`results` is the diskcache shared by every worker process, where projections are kept."""
+
+    def layout(dataset: str | None = None, **query):
+        projection, clustering = projection_params(query), cluster_params(query)
+
+        def content(provenance):
+            return html.Div([
+                dcc.Store(id="clustering-session", data=uuid4().hex),
+                dcc.Store(id="clustering-dataset", data=provenance.name),
+                dcc.Store(id="clustering-projection-key"),
+                dcc.Store(id="clustering-projection-request"),
+                url_parameters("clustering", _URL_NAMES),
+                dbc.Row([
+                    dbc.Col(_controls(projection, clustering), md=3),
+                    dbc.Col([
+                        html.Div(id="clustering-status", className="small text-muted"),
+                        dbc.Button("Cancel", id="clustering-cancel", size="sm", color="secondary",
+                                   className="mb-2", style={"display": "none"}),
+                        dcc.Graph(id="clustering-scatter", config={"displaylogo": False}),
+                        dcc.Tooltip(id="clustering-tooltip"),
+                        html.Div(id="clustering-metrics"),
+                    ], md=6),
+                    dbc.Col(html.Div(id="clustering-selected", children=html.P(
+                        "Click a point to select its image.", className="text-muted")), md=3),
+                ]),
+                html.H4("Clusters", className="mt-3"),
+                html.Div(id="clustering-summary"),
+            ])
+
+        return page_shell(store, PATH, dataset, content)
+
+    dash.register_page("clustering", path=PATH, name="Clustering", title="dinoscope: clustering", layout=layout,
+                       order=2)
+    sync_url(app, "clustering", [("clustering-dataset", "data"), *_PROJECTION_CONTROLS, *_CLUSTER_CONTROLS])
+
+    @app.callback(
+        Output("clustering-projection-key", "data"), Output("clustering-projection-request", "data"),
+        Output("clustering-status", "children"),
+        *[Input(component, prop) for component, prop in _PROJECTION_CONTROLS], State("clustering-dataset", "data"),
+    )
+    def choose_projection(method, perplexity, n_neighbors, min_dist, seed, dataset):
+        params = projection_params({"projection": method, "perplexity": perplexity, "n_neighbors": n_neighbors,
+                                    "min_dist": min_dist, "seed": seed})
+        view = store.view(dataset)
+        key = params.cache_key(view)
+        if params.runs_in_background and key not in results:
+            return dash.no_update, {"key": key, **query_of(params, cluster_params({}))}, "Starting…"
+        cached_projection(results, view, params)
+        return key, None, ""
+
+    @app.callback(
+        Output("clustering-projection-key", "data", allow_duplicate=True),
+        Input("clustering-projection-request", "data"),
+        State("clustering-dataset", "data"), State("clustering-session", "data"),
+        background=True, prevent_initial_call=True, interval=300,
+        progress=Output("clustering-status", "children"),
+        running=[(Output("clustering-cancel", "style"), {"display": "inline-block"}, {"display": "none"})],
+        cancel=Input("clustering-cancel", "n_clicks"),
+    )
+    def compute_projection(set_progress, request, dataset, _session):
+        # _session: a per-page-load id, so two users asking for the same view are two jobs (Dash 4.4.1).
+        if not request:
+            return dash.no_update
+        params = projection_params(request)
+        view = store.view(dataset)
+        cached_projection(results, view, params, progress=lambda stage: set_progress(f"Computing: {stage}…"))
+        return params.cache_key(view)
+
+    @app.callback(
+        Output("clustering-scatter", "figure"), Output("clustering-metrics", "children"),
+        Output("clustering-summary", "children"), Output("clustering-status", "children", allow_duplicate=True),
+        Input("clustering-projection-key", "data"), *[Input(c, p) for c, p in _CLUSTER_CONTROLS],
+        State("clustering-dataset", "data"), prevent_initial_call=True,
+    )
+    def show_clusters(key, method, k, eps, min_samples, space, dataset):
+        projection = results.get(key) if key else None
+        if projection is None:
+            return dash.no_update, dash.no_update, dash.no_update, dash.no_update
+        view = store.view(dataset)
+        params = cluster_params({"method": method, "k": k, "eps": eps, "min_samples": min_samples,
+                                 "space": "projection" if space else "embedding"})
+        result = cluster_images(view, projection.coordinates, params)
+        notes = html.Ul([html.Li(note) for note in projection.notes], className="small text-warning") \
+            if projection.notes else ""
+        return (cluster_scatter(view, projection, result), _metrics(result.metrics),
+                _summary(view, result, dataset), notes)
+
+    @app.callback(
+        Output("clustering-tooltip", "show"), Output("clustering-tooltip", "bbox"),
+        Output("clustering-tooltip", "children"),
+        Input("clustering-scatter", "hoverData"), State("clustering-dataset", "data"),
+    )
+    def hover_point(hover, dataset):
+        if not hover:
+            return False, dash.no_update, dash.no_update
+        point = hover["points"][0]
+        view = store.view(dataset)
+        row = view.position(point["customdata"])
+        if row is None:
+            return False, dash.no_update, dash.no_update
+        components = results.get(f"hover-components/{view.name}/{view.generation}")
+        if components is None:
+            components = hover_components(view)
+            results[f"hover-components/{view.name}/{view.generation}"] = components
+        pcs = ", ".join(f"PC{i + 1} {value:+.3f}" for i, value in enumerate(components[row][:HOVER_COMPONENTS]))
+        return True, point["bbox"], html.Div([
+            html.Img(src=f"/thumbnails/{point['customdata']}/gallery.jpg", style={"width": "160px"}),
+            html.Div(view.relpaths[row], className="fw-bold small"),
+            html.Div(f"label: {view.labels[row] or 'none'}", className="small"),
+            html.Div(pcs, className="small text-muted"),
+        ], id="clustering-hover-card", style={"width": "170px"})
+
+    @app.callback(
+        Output("clustering-selected", "children"), Input("clustering-scatter", "clickData"),
+        State("clustering-dataset", "data"), prevent_initial_call=True,
+    )
+    def select_point(click, dataset):
+        if not click:
+            return dash.no_update
+        image_id = click["points"][0]["customdata"]
+        view = store.view(dataset)
+        row = view.position(image_id)
+        if row is None:
+            return dash.no_update
+        width, height = view.sizes[row]
+        return dbc.Card([
+            dbc.CardImg(src=f"/thumbnails/{image_id}/preview.jpg", top=True),
+            dbc.CardBody([
+                html.H6(view.relpaths[row], id="clustering-selected-path"),
+                html.P(f"label {view.labels[row] or 'none'} · {width} x {height} px", className="small"),
+                dbc.Button("Find similar images", color="primary", size="sm", id="clustering-similar-link",
+                           href=f"/similarity?dataset={quote(dataset)}&image={image_id}"),
+            ]),
+        ])
+
+    @app.callback(
+        Output("clustering-download", "data"), Input("clustering-download-button", "n_clicks"),
+        State("clustering-projection-key", "data"), *[State(c, p) for c, p in _CLUSTER_CONTROLS],
+        State("clustering-dataset", "data"), prevent_initial_call=True,
+    )
+    def download_assignment(_clicks, key, method, k, eps, min_samples, space, dataset):
+        projection = results.get(key) if key else None
+        if projection is None:
+            return dash.no_update
+        view = store.view(dataset)
+        params = cluster_params({"method": method, "k": k, "eps": eps, "min_samples": min_samples,
+                                 "space": "projection" if space else "embedding"})
+        labels = cluster_images(view, projection.coordinates, params).labels
+        return {"content": assignment_csv(view, projection.coordinates, labels),
+                "filename": f"{dataset}-{projection.method}-{params.method}-clusters.csv"}
+
+    @app.callback(
+        Output("clustering-perplexity-group", "style"), Output("clustering-umap-group", "style"),
+        Output("clustering-k-group", "style"), Output("clustering-dbscan-group", "style"),
+        Input("clustering-projection", "value"), Input("clustering-method", "value"),
+    )
+    def show_relevant_controls(projection, method):
+        def shown(visible):
+            return {} if visible else {"display": "none"}
+
+        return shown(projection == "tsne"), shown(projection == "umap"), shown(method != "dbscan"), \
+            shown(method == "dbscan")
+
+
+def _number_input(component_id: str, label: str, value, step, minimum, maximum) -> dbc.Row:
+    return dbc.Row([
+        dbc.Label(label, html_for=component_id, width=7, className="small"),
+        dbc.Col(dbc.Input(id=component_id, type="number", value=value, step=step, min=minimum, max=maximum,
+                          debounce=True, size="sm"), width=5),
+    ], className="mb-1")
+
+
+def _controls(projection, clustering) -> dbc.Card:
+    return dbc.Card(dbc.CardBody([
+        html.H6("Projection"),
+        dbc.RadioItems(id="clustering-projection", value=projection.method, inline=True,
+                       options=[{"label": "PCA", "value": "pca"}, {"label": "t-SNE", "value": "tsne"},
+                                {"label": "UMAP", "value": "umap"}]),
+        html.Div(_number_input("clustering-perplexity", "perplexity", projection.perplexity, 1, 2, 100),
+                 id="clustering-perplexity-group"),
+        html.Div([_number_input("clustering-neighbors", "n_neighbors", projection.n_neighbors, 1, 2, 200),
+                  _number_input("clustering-min-dist", "min_dist", projection.min_dist, 0.05, 0, 1)],
+                 id="clustering-umap-group"),
+        _number_input("clustering-seed", "random seed", projection.seed, 1, 0, 2**31 - 1),
+        html.Hr(),
+        html.H6("Clustering"),
+        dbc.RadioItems(id="clustering-method", value=clustering.method,
+                       options=[{"label": "K-Means", "value": "kmeans"}, {"label": "DBSCAN", "value": "dbscan"},
+                                {"label": "Hierarchical (Ward)", "value": "hierarchical"}]),
+        html.Div([dbc.Label("clusters k", className="small"),
+                  dcc.Slider(id="clustering-k", min=2, max=20, step=1, value=clustering.k,
+                             marks={n: str(n) for n in (2, 5, 10, 15, 20)})], id="clustering-k-group"),
+        html.Div([_number_input("clustering-eps", "eps (chord distance)", clustering.eps, 0.05, 0.01, 2),
+                  _number_input("clustering-min-samples", "min_samples", clustering.min_samples, 1, 1, 100)],
+                 id="clustering-dbscan-group"),
+        dbc.Switch(id="clustering-space", label="cluster the 2-D projection instead",
+                   value=clustering.space == "projection", className="mt-2"),
+        html.Hr(),
+        dbc.Button("Download clusters (CSV)", id="clustering-download-button", size="sm", color="secondary"),
+        dcc.Download(id="clustering-download"),
+    ]))
+
+
+def _metrics(metrics) -> html.Div:
+    def score(value):
+        return "n/a" if value is None else f"{value:.3f}"
+
+    items = [("clusters", str(metrics.n_clusters)), ("silhouette", score(metrics.silhouette)),
+             ("adjusted Rand vs folders", score(metrics.adjusted_rand)),
+             ("NMI vs folders", score(metrics.normalized_mutual_info))]
+    if metrics.n_noise:
+        items.insert(1, ("noise points", str(metrics.n_noise)))
+    return html.Div([dbc.Badge(f"{name}: {value}", color="light", text_color="dark", className="me-2")
+                     for name, value in items], id="clustering-metric-badges", className="mt-2")
+
+
+def _summary(view, result, dataset: str) -> html.Div:
+    rows = []
+    for label, size in result.sizes:
+        thumbnails = [
+            html.A(html.Img(src=f"/thumbnails/{int(view.image_ids[row])}/gallery.jpg", title=view.relpaths[row],
+                            style={"height": "72px", "marginRight": "4px"}),
+                   href=f"/similarity?dataset={quote(dataset)}&image={int(view.image_ids[row])}")
+            for row in result.representatives[label]
+        ]
+        rows.append(html.Div([html.Div(f"{cluster_name(label)}: {size} image{'s' if size != 1 else ''}",
+                                       className="fw-bold small"), html.Div(thumbnails)],
+                             className="mb-2 cluster-summary"))
+    return html.Div(rows)
