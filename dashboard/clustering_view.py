@@ -29,11 +29,11 @@ class ProjectionParams:
 
     def cache_key(self, view: DatasetView) -> str:
         """Key of a projection: the dataset's generation is in it, so a re-index makes a new one."""
-        relevant = {"method": self.method, "seed": self.seed}
-        if self.method == "tsne":
+        relevant = {"method": self.method}
+        if self.method == "tsne":  # initialised by PCA, so its result does not depend on the seed
             relevant["perplexity"] = self.perplexity
         elif self.method == "umap":
-            relevant |= {"n_neighbors": self.n_neighbors, "min_dist": self.min_dist}
+            relevant |= {"n_neighbors": self.n_neighbors, "min_dist": self.min_dist, "seed": self.seed}
         return f"projection/{view.name}/{view.generation}/" + "/".join(f"{k}={v}" for k, v in sorted(relevant.items()))
 
     @property
@@ -74,7 +74,8 @@ def cluster_params(query: dict) -> ClusterParams:
         k=int(_number(query.get("k"), 5, 2, 30)),
         eps=_number(query.get("eps"), 0.5, 0.01, 2.0),
         min_samples=int(_number(query.get("min_samples"), 5, 1, 100)),
-        space=_choice(query.get("space"), ("embedding", "projection"), "embedding"),
+        # The page's switch reports true/false; query_of writes the names.
+        space="projection" if str(query.get("space")).lower() in ("projection", "true") else "embedding",
     )
 
 

@@ -51,6 +51,8 @@ def test_projection_cache_keys_hold_the_generation_and_only_the_parameters_that_
     assert ProjectionParams("pca", perplexity=5).cache_key(view) == ProjectionParams("pca").cache_key(view)
     assert ProjectionParams("tsne", perplexity=5).cache_key(view) != ProjectionParams("tsne").cache_key(view)
     assert ProjectionParams("umap", min_dist=0.5).cache_key(view) != ProjectionParams("umap").cache_key(view)
+    assert ProjectionParams("umap", seed=3).cache_key(view) != ProjectionParams("umap").cache_key(view)
+    assert ProjectionParams("tsne", seed=3).cache_key(view) == ProjectionParams("tsne").cache_key(view)
     assert ProjectionParams("pca").cache_key(_blobs(generation=2)) != ProjectionParams("pca").cache_key(view)
 
 
@@ -116,3 +118,152 @@ def test_the_scatter_has_a_trace_per_cluster_whose_points_carry_image_ids():
     ids = sorted(i for trace in figure.data for i in trace.customdata)
     assert ids == list(range(100, 130)) and all(isinstance(i, int) for i in figure.data[0].customdata)
     assert figure.layout.xaxis.title.text == "PC 1"
+
+
+# --- in the browser -------------------------------------------------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+from dash.testing.wait import until  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+
+from tests.test_gallery import _when_stable  # noqa: E402
+
+_FIGURE = "document.querySelector('#clustering-scatter .js-plotly-plot')"
+
+
+def _figure(dash_duo, expression: str):
+    """Evaluate a JavaScript expression on the scatter's graph div `gd` (decoded values are in gd._fullData)."""
+    return dash_duo.driver.execute_script(
+        f"try {{ const gd = {_FIGURE}; return {expression}; }} catch (notDrawnYet) {{ return null; }}")
+
+
+def _text(dash_duo, selector: str) -> str:
+    """An element's text, read in one step (Dash may replace the element between a find and a read)."""
+    return dash_duo.driver.execute_script(
+        "const element = document.querySelector(arguments[0]); return element ? element.innerText : '';", selector)
+
+
+def _trace_count(dash_duo) -> int | None:
+    return _figure(dash_duo, "gd.data.length")
+
+
+def _x_title(dash_duo) -> str | None:
+    return _figure(dash_duo, "gd.layout.xaxis.title.text")
+
+
+def _set_number(dash_duo, selector: str, value) -> None:
+    field = dash_duo.find_element(selector)
+    field.clear()
+    field.send_keys(str(value), Keys.ENTER)
+
+
+def _point_on_screen(dash_duo, trace: int = 0, point: int = 0) -> tuple[float, float]:
+    """Offsets from the plot area's centre to a data point, for pointer actions."""
+    return tuple(dash_duo.driver.execute_script(f"""
+        const gd = {_FIGURE}, xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, t = gd._fullData[{trace}];
+        const box = gd.querySelector('.nsewdrag').getBoundingClientRect();
+        return [xa.l2p(t.x[{point}]) - box.width / 2, ya.l2p(t.y[{point}]) - box.height / 2];"""))
+
+
+def test_every_control_changes_the_clusters_and_the_url_reproduces_the_view(dash_duo, dashboard_app):
+    dash_duo.start_server(dashboard_app)
+    dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples")
+    until(lambda: _trace_count(dash_duo) == 5, timeout=20)
+    assert _x_title(dash_duo) == "PC 1"
+
+    _when_stable(lambda: dash_duo.find_element("#clustering-k [role=slider]").send_keys(Keys.ARROW_LEFT * 2))
+    until(lambda: _trace_count(dash_duo) == 3, timeout=10)
+    assert "k=3" in dash_duo.driver.current_url
+
+    dash_duo.find_element("label[for='_dbcprivate_radioitems_clustering-method_input_hierarchical']").click()
+    until(lambda: "method=hierarchical" in dash_duo.driver.current_url, timeout=10)
+    until(lambda: _trace_count(dash_duo) == 3, timeout=10)
+
+    dash_duo.find_element("label[for='_dbcprivate_radioitems_clustering-method_input_dbscan']").click()
+    until(lambda: dash_duo.find_element("#clustering-eps").is_displayed(), timeout=10)
+    _set_number(dash_duo, "#clustering-min-samples", 2)
+    _set_number(dash_duo, "#clustering-eps", 2)  # every image within reach: one cluster
+    until(lambda: _trace_count(dash_duo) == 1, timeout=10)
+    _set_number(dash_duo, "#clustering-eps", 0.01)  # nobody within reach: all noise
+    until(lambda: "noise points: 22" in _text(dash_duo, "#clustering-metric-badges"), timeout=10)
+
+    dash_duo.find_element("label[for='_dbcprivate_radioitems_clustering-method_input_kmeans']").click()
+    until(lambda: _trace_count(dash_duo) == 3, timeout=10)
+    silhouette = _text(dash_duo, "#clustering-metric-badges")
+    dash_duo.find_element("#clustering-space").click()
+    until(lambda: _text(dash_duo, "#clustering-metric-badges") != silhouette, timeout=10)
+    assert "space=true" in dash_duo.driver.current_url
+
+    dash_duo.find_element("label[for='_dbcprivate_radioitems_clustering-projection_input_tsne']").click()
+    until(lambda: _x_title(dash_duo) == "t-SNE 1", timeout=60)
+    before = _figure(dash_duo, "Array.from(gd._fullData[0].x).slice(0, 3)")
+    _set_number(dash_duo, "#clustering-perplexity", 5)
+    until(lambda: _figure(dash_duo, "Array.from(gd._fullData[0].x).slice(0, 3)") != before, timeout=60)
+
+    url = dash_duo.driver.current_url
+    assert all(part in url for part in ("projection=tsne", "perplexity=5", "method=kmeans", "k=3",
+                                        "space=true"))
+    switch_on = dash_duo.find_element("#clustering-space").is_selected()
+    shown = _figure(dash_duo, "Array.from(gd._fullData[0].x)")
+    dash_duo.driver.get(url)  # the link reproduces the view, from the cache
+    until(lambda: _x_title(dash_duo) == "t-SNE 1" and _figure(dash_duo, "Array.from(gd._fullData[0].x)") == shown,
+          timeout=20)
+    assert dash_duo.find_element("#clustering-space").is_selected() == switch_on
+    assert dash_duo.get_logs() == []
+
+
+def test_umap_runs_in_the_background_and_shows_its_progress(dash_duo, dashboard_app):
+    dash_duo.start_server(dashboard_app)
+    dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples&projection=umap&n_neighbors=5")
+    until(lambda: "Computing" in _text(dash_duo, "#clustering-status")
+          or _x_title(dash_duo) == "UMAP 1", timeout=30)
+    until(lambda: _x_title(dash_duo) == "UMAP 1", timeout=120)
+    assert _trace_count(dash_duo) == 5
+    for control, value in (("#clustering-min-dist", 0.5), ("#clustering-neighbors", 3), ("#clustering-seed", 7)):
+        before = _figure(dash_duo, "Array.from(gd._fullData[0].x)")
+        _set_number(dash_duo, control, value)
+        until(lambda: _figure(dash_duo, "Array.from(gd._fullData[0].x)") != before, timeout=120)
+    assert all(part in dash_duo.driver.current_url for part in ("min_dist=0.5", "n_neighbors=3", "seed=7"))
+    assert dash_duo.get_logs() == []
+
+
+def test_hovering_shows_the_thumbnail_and_clicking_selects_the_image(dash_duo, dashboard_app):
+    dash_duo.start_server(dashboard_app)
+    dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples")
+    until(lambda: _trace_count(dash_duo) == 5, timeout=20)
+    image_id = _figure(dash_duo, "gd.data[0].customdata[0]")
+    plot_area = dash_duo.find_element("#clustering-scatter .nsewdrag")
+    x, y = _point_on_screen(dash_duo)
+    ActionChains(dash_duo.driver).move_to_element(plot_area).move_by_offset(int(x), int(y)).perform()
+    dash_duo.wait_for_element("#clustering-hover-card img")
+    card = dash_duo.find_element("#clustering-hover-card")
+    assert card.find_element("css selector", "img").get_attribute("src").endswith(f"/thumbnails/{image_id}/gallery.jpg")
+    assert "PC1" in card.text and "label:" in card.text
+    path = card.find_element("css selector", ".fw-bold").text
+
+    ActionChains(dash_duo.driver).move_to_element(plot_area).move_by_offset(int(x), int(y)).click().perform()
+    dash_duo.wait_for_text_to_equal("#clustering-selected-path", path)
+    link = dash_duo.find_element("#clustering-similar-link").get_attribute("href")
+    assert link.endswith(f"/similarity?dataset=samples&image={image_id}")
+    assert dash_duo.get_logs() == []
+
+
+def test_the_cluster_summary_and_the_csv_download(dash_duo, dashboard_app):
+    dash_duo.start_server(dashboard_app)
+    dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples&k=4")
+    until(lambda: _trace_count(dash_duo) == 4, timeout=20)
+    summaries = dash_duo.find_elements(".cluster-summary")
+    assert len(summaries) == 4
+    sizes = [int(s.text.split(": ")[1].split(" ")[0]) for s in summaries]
+    assert sum(sizes) == 22
+    assert all(len(s.find_elements("css selector", "img")) == min(8, n) for s, n in zip(summaries, sizes))
+
+    dash_duo.find_element("#clustering-download-button").click()
+    target = Path(dash_duo.download_path) / "samples-pca-kmeans-clusters.csv"
+    until(lambda: target.exists() and target.stat().st_size > 0, timeout=20)
+    rows = list(csv.DictReader(target.open()))
+    assert len(rows) == 22 and sorted({int(r["cluster"]) for r in rows}) == [0, 1, 2, 3]
+    assert sorted(sum(1 for r in rows if int(r["cluster"]) == c) for c in range(4)) == sorted(sizes)
+    assert dash_duo.get_logs() == []

@@ -1,0 +1,170 @@
+"""Similarity: a reference image, its top-K most similar images, and a heatmap of pairwise cosine similarities."""
+
+from __future__ import annotations
+
+import dash
+import dash_bootstrap_components as dbc
+from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
+
+from dashboard.data import DatasetStore, DatasetView
+from dashboard.pages.gallery import thumbnail_url
+from dashboard.shell import page_shell
+from dashboard.similarity_view import (
+    K_DEFAULT, K_MAX, Heatmap, SimilarImage, describe, heatmap_figure, hovered_cell, neighbourhood,
+    reference_image, reference_options,
+)
+from dashboard.urlstate import as_int, sync_url, url_parameters
+
+PATH = "/similarity"
+K_MARKS = {1: "1", 10: "10", 20: "20", 30: "30", 40: "40", 50: "50"}
+
+
+def register(app: Dash, store: DatasetStore) -> None:
+    def layout(dataset: str | None = None, image: str | None = None, k: str = str(K_DEFAULT), **_query):
+        def content(provenance):
+            view = store.view(provenance.name)
+            requested = as_int(image, None)
+            reference = reference_image(view, requested)
+            if reference is None:
+                return dbc.Alert("This dataset has no images yet.", color="info", id="similarity-empty")
+            count = as_int(k, K_DEFAULT, 1, K_MAX)
+            results, heatmap = neighbourhood(view, reference, count)
+            missing = None if image is None or requested == reference else dbc.Alert(
+                f"There is no image {image!r} in this dataset; showing its first image.", color="warning",
+                id="similarity-missing", dismissable=True)
+            return html.Div([
+                dcc.Store(id="similarity-dataset", data=view.name),
+                url_parameters("similarity", ["dataset", "image", "k"]),
+                missing,
+                dbc.Row([
+                    dbc.Col([dbc.Label("Reference image", html_for="similarity-reference"),
+                             dcc.Dropdown(id="similarity-reference", value=reference, clearable=False,
+                                          options=reference_options(view, "", selected=reference),
+                                          placeholder="type part of a file path")], md=6),
+                    dbc.Col([dbc.Label("Similar images shown", html_for="similarity-k"),
+                             dcc.Slider(id="similarity-k", min=1, max=K_MAX, step=1, value=count, marks=K_MARKS)],
+                            md=6),
+                ], className="mb-3 g-3"),
+                html.Div(id="similarity-results", children=_results(view, reference, results)),
+                html.H5("Pairwise cosine similarity", className="mt-4"),
+                html.P(_heatmap_caption(view, heatmap), id="similarity-heatmap-caption", className="text-muted small"),
+                dcc.Graph(id="similarity-heatmap", figure=heatmap_figure(heatmap.matrix, heatmap.relpaths, False),
+                          clear_on_unhover=True, config={"displaylogo": False}, style={"maxWidth": "1000px"}),
+                dcc.Store(id="similarity-heatmap-images", data=_heatmap_images(heatmap)),
+                dcc.Tooltip(id="similarity-tooltip", direction="bottom"),
+            ])
+
+        return page_shell(store, PATH, dataset, content)
+
+    dash.register_page("similarity", path=PATH, name="Similarity", title="dinoscope: similarity", layout=layout,
+                       order=3)
+
+    @app.callback(
+        Output("similarity-reference", "options"),
+        Input("similarity-reference", "search_value"), Input("similarity-reference", "value"),
+        State("similarity-dataset", "data"), prevent_initial_call=True,
+    )
+    def search_references(search, reference, dataset):
+        # Only a page of matches travels to the browser; the current reference is always one of them.
+        return reference_options(store.view(dataset), search, selected=reference)
+
+    @app.callback(
+        Output("similarity-results", "children"), Output("similarity-heatmap", "figure"),
+        Output("similarity-heatmap-caption", "children"), Output("similarity-heatmap-images", "data"),
+        Input("similarity-reference", "value"), Input("similarity-k", "value"),
+        State("similarity-dataset", "data"), prevent_initial_call=True,
+    )
+    def show_reference(reference, k, dataset):
+        view = store.view(dataset)
+        if reference is None or k is None or view.position(reference) is None:
+            return dash.no_update, dash.no_update, dash.no_update, dash.no_update
+        results, heatmap = neighbourhood(view, reference, as_int(k, K_DEFAULT, 1, K_MAX))
+        return (_results(view, reference, results), heatmap_figure(heatmap.matrix, heatmap.relpaths, False),
+                _heatmap_caption(view, heatmap), _heatmap_images(heatmap))
+
+    @app.callback(
+        Output("similarity-reference", "value"),
+        Input({"type": "similarity-result", "index": ALL}, "n_clicks"), prevent_initial_call=True,
+    )
+    def pick_result(_clicks):
+        if not ctx.triggered or not ctx.triggered[0]["value"]:
+            return dash.no_update  # the cards re-rendered, nobody clicked
+        return ctx.triggered_id["index"]
+
+    @app.callback(
+        Output("similarity-tooltip", "show"), Output("similarity-tooltip", "bbox"),
+        Output("similarity-tooltip", "children"),
+        Input("similarity-heatmap", "hoverData"), State("similarity-heatmap-images", "data"),
+        prevent_initial_call=True,
+    )
+    def show_cell(hover_data, images):
+        cell = hovered_cell(hover_data, images["ids"], images["relpaths"])
+        if cell is None:
+            return False, dash.no_update, dash.no_update
+        return True, hover_data["points"][0].get("bbox"), _cell_tooltip(cell)
+
+    sync_url(app, "similarity", [("similarity-dataset", "data"), ("similarity-reference", "value"),
+                                 ("similarity-k", "value")])
+
+
+def _results(view: DatasetView, reference: int, results: list[SimilarImage]) -> dbc.Row:
+    shown = describe(view, reference)
+    preview = dbc.Card([
+        dbc.CardImg(src=thumbnail_url(reference, "preview"), top=True, id="similarity-preview",
+                    alt=shown.relpath, style={"maxHeight": "50vh", "objectFit": "contain"}),
+        dbc.CardBody([html.H6(shown.relpath, className="card-title text-break", id="similarity-reference-path"),
+                      html.Div(shown.label or "no label", className="text-muted small"),
+                      _embedding_text(shown)]),
+    ], id="similarity-reference-card", color="primary", outline=True)
+    cards = [
+        html.Div(dbc.Card([
+            dbc.CardImg(src=thumbnail_url(r.image_id), top=True, alt=r.relpath, title=r.relpath,
+                        style={"aspectRatio": "1", "objectFit": "cover"}),
+            dbc.CardBody([
+                html.Div(f"{r.score:.3f}", className="fw-bold similarity-score"),
+                html.Div(r.relpath, className="small text-break similarity-path"),
+                html.Div(r.label or "no label", className="small text-muted"),
+                _embedding_text(r),
+            ], className="p-2"),
+        ], className="h-100"), id={"type": "similarity-result", "index": r.image_id}, n_clicks=0, role="button",
+            title=f"Make {r.relpath} the reference", className="similarity-result")
+        for r in results
+    ]
+    grid = html.Div(cards, id="similarity-result-grid",
+                    style={"display": "grid", "gridTemplateColumns": "repeat(auto-fill, minmax(150px, 1fr))",
+                           "gap": "8px"})
+    heading = html.H6(f"{len(results)} most similar (cosine similarity, best first)", id="similarity-result-count")
+    return dbc.Row([dbc.Col(preview, md=3), dbc.Col([heading, grid], md=9)], className="g-3")
+
+
+def _embedding_text(image: SimilarImage) -> html.Code:
+    values = ", ".join(f"{x:.3f}" for x in image.embedding_head)
+    return html.Code(f"[{values}, …]", className="small d-block text-break similarity-embedding",
+                     title=f"the first {len(image.embedding_head)} embedding values")
+
+
+def _heatmap_caption(view: DatasetView, heatmap: Heatmap) -> str:
+    if len(heatmap.image_ids) == len(view):
+        return f"All {len(view)} images of the dataset. Hover a cell to see its two images."
+    return (f"The reference and its {len(heatmap.image_ids) - 1} nearest neighbours (of {len(view)} images), "
+            "nearest first. Hover a cell to see its two images.")
+
+
+def _heatmap_images(heatmap: Heatmap) -> dict:
+    return {"ids": heatmap.image_ids, "relpaths": heatmap.relpaths}
+
+
+def _cell_tooltip(cell) -> html.Div:
+    def one(image_id: int, relpath: str) -> html.Figure:
+        return html.Figure([
+            html.Img(src=thumbnail_url(image_id), alt=relpath, style={"width": "128px", "height": "128px",
+                                                                      "objectFit": "cover"}),
+            html.Figcaption(relpath, className="small", style={"width": "128px", "whiteSpace": "normal",
+                                                               "overflowWrap": "anywhere"}),
+        ], className="m-1")
+
+    score = "" if cell.score is None else f"cosine {cell.score:.3f}"
+    return html.Div([
+        html.Div([one(cell.row_id, cell.row_relpath), one(cell.column_id, cell.column_relpath)], className="d-flex"),
+        html.Div(score, className="small text-center fw-bold"),
+    ], id="similarity-tooltip-body")
