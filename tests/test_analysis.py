@@ -250,3 +250,21 @@ def test_cosine_matrix_is_the_cosine_similarity():
 def test_heatmap_indices_shows_everything_or_the_reference_and_its_neighbours():
     assert heatmap_indices(4, 2, [1, 0, 3], limit=5) == [0, 1, 2, 3]
     assert heatmap_indices(1000, 7, [7, 3, 9, 1, 5], limit=4) == [7, 3, 9, 1]
+
+
+def _umap_shape_in_child(vectors, queue):
+    queue.put(project(vectors, "umap", n_neighbors=5, min_dist=0.3).coordinates.shape)
+
+
+def test_umap_still_runs_in_a_forked_child_after_running_in_the_parent():
+    """Background jobs are forked from the server; numba's threads must survive that (Dash's DiskcacheManager)."""
+    import multiprocessing
+
+    vectors = np.random.default_rng(0).standard_normal((40, 12)).astype(np.float32)
+    project(vectors, "umap", n_neighbors=5)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_umap_shape_in_child, args=(vectors, queue))
+    child.start()
+    child.join(120)
+    assert child.exitcode == 0 and queue.get(timeout=5) == (40, 2)

@@ -126,6 +126,11 @@ def _umap(
     notes: list[str],
     report: Callable[[str], None],
 ) -> np.ndarray:
+    import numba
+
+    # UMAP runs in forked background jobs, and numba's OpenMP layer aborts a forked child once its parent has
+    # used it; the work-queue layer is fork-safe. Set before numba first starts its threads in this process.
+    numba.config.THREADING_LAYER = "workqueue"
     import umap  # slow to import (numba): only when asked for
 
     n = len(vectors)
