@@ -174,26 +174,26 @@ def test_every_control_changes_the_clusters_and_the_url_reproduces_the_view(dash
     assert _x_title(dash_duo) == "PC 1"
 
     _when_stable(lambda: dash_duo.find_element("#clustering-k [role=slider]").send_keys(Keys.ARROW_LEFT * 2))
-    until(lambda: _trace_count(dash_duo) == 3, timeout=10)
+    until(lambda: _trace_count(dash_duo) == 3, timeout=20)
     assert "k=3" in dash_duo.driver.current_url
 
     dash_duo.find_element("label[for='_dbcprivate_radioitems_clustering-method_input_hierarchical']").click()
-    until(lambda: "method=hierarchical" in dash_duo.driver.current_url, timeout=10)
-    until(lambda: _trace_count(dash_duo) == 3, timeout=10)
+    until(lambda: "method=hierarchical" in dash_duo.driver.current_url, timeout=20)
+    until(lambda: _trace_count(dash_duo) == 3, timeout=20)
 
     dash_duo.find_element("label[for='_dbcprivate_radioitems_clustering-method_input_dbscan']").click()
-    until(lambda: dash_duo.find_element("#clustering-eps").is_displayed(), timeout=10)
+    until(lambda: dash_duo.find_element("#clustering-eps").is_displayed(), timeout=20)
     _set_number(dash_duo, "#clustering-min-samples", 2)
     _set_number(dash_duo, "#clustering-eps", 2)  # every image within reach: one cluster
-    until(lambda: _trace_count(dash_duo) == 1, timeout=10)
+    until(lambda: _trace_count(dash_duo) == 1, timeout=20)
     _set_number(dash_duo, "#clustering-eps", 0.01)  # nobody within reach: all noise
-    until(lambda: "noise points: 22" in _text(dash_duo, "#clustering-metric-badges"), timeout=10)
+    until(lambda: "noise points: 22" in _text(dash_duo, "#clustering-metric-badges"), timeout=20)
 
     dash_duo.find_element("label[for='_dbcprivate_radioitems_clustering-method_input_kmeans']").click()
-    until(lambda: _trace_count(dash_duo) == 3, timeout=10)
+    until(lambda: _trace_count(dash_duo) == 3, timeout=20)
     silhouette = _text(dash_duo, "#clustering-metric-badges")
     dash_duo.find_element("#clustering-space").click()
-    until(lambda: _text(dash_duo, "#clustering-metric-badges") != silhouette, timeout=10)
+    until(lambda: _text(dash_duo, "#clustering-metric-badges") != silhouette, timeout=20)
     assert "space=true" in dash_duo.driver.current_url
 
     dash_duo.find_element("label[for='_dbcprivate_radioitems_clustering-projection_input_tsne']").click()
@@ -226,6 +226,20 @@ def test_umap_runs_in_the_background_and_shows_its_progress(dash_duo, dashboard_
         _set_number(dash_duo, control, value)
         until(lambda: _figure(dash_duo, "Array.from(gd._fullData[0].x)") != before, timeout=120)
     assert all(part in dash_duo.driver.current_url for part in ("min_dist=0.5", "n_neighbors=3", "seed=7"))
+    assert dash_duo.get_logs() == []
+
+
+def test_a_running_projection_can_be_cancelled(dash_duo, dashboard_app):
+    dash_duo.start_server(dashboard_app)
+    dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples")
+    until(lambda: _x_title(dash_duo) == "PC 1", timeout=20)
+    dash_duo.find_element("label[for='_dbcprivate_radioitems_clustering-projection_input_umap']").click()
+    cancel = dash_duo.wait_for_element("#clustering-cancel")
+    until(cancel.is_displayed, timeout=20)
+    cancel.click()
+    until(lambda: "Cancelled" in _text(dash_duo, "#clustering-status"), timeout=20)
+    until(lambda: not dash_duo.find_element("#clustering-cancel").is_displayed(), timeout=20)
+    assert _x_title(dash_duo) == "PC 1"
     assert dash_duo.get_logs() == []
 
 

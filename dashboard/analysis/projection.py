@@ -79,6 +79,11 @@ def project(
     return Projection(np.ascontiguousarray(coordinates, dtype=np.float32), method, notes)
 
 
+def warm_up() -> None:
+    """Compile UMAP's numba code in this process (about 10 s), so background jobs forked from it start at once."""
+    project(np.random.default_rng(0).standard_normal((2 * MIN_NONLINEAR_IMAGES + 8, 8)), "umap", n_neighbors=4)
+
+
 def _pca(vectors: np.ndarray, n: int, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
     n = min(n, *vectors.shape)
     if len(vectors) < 2:  # a single point has no variance to explain

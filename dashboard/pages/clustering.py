@@ -110,6 +110,13 @@ def register(app: Dash, store: DatasetStore, results) -> None:
         return params.cache_key(view)
 
     @app.callback(
+        Output("clustering-status", "children", allow_duplicate=True), Input("clustering-cancel", "n_clicks"),
+        prevent_initial_call=True,
+    )
+    def report_cancel(_clicks):
+        return "Cancelled: the plot still shows the previous projection."
+
+    @app.callback(
         Output("clustering-scatter", "figure"), Output("clustering-metrics", "children"),
         Output("clustering-summary", "children"), Output("clustering-status", "children", allow_duplicate=True),
         Input("clustering-projection-key", "data"), *[Input(c, p) for c, p in _CLUSTER_CONTROLS],
