@@ -85,6 +85,16 @@ class Database:
         except OperationalError as error:
             raise DatabaseUnreachable(f"database {display_url(self.url)}: {_first_line(error.orig)}") from error
 
+    def checkpoint(self) -> None:
+        """Fold SQLite's write-ahead log back into the database file, so the file alone holds everything (to
+        copy it, say). Only the writer does this: concurrent checkpoints are what SQLite 3.40's WAL bug needs."""
+        if self.is_sqlite and not self.readonly:
+            connection = self.engine.raw_connection()  # in autocommit: a checkpoint cannot run in a transaction
+            try:
+                connection.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                connection.close()
+
     def dispose(self) -> None:
         if self._engine is not None:
             self._engine.dispose()

@@ -135,6 +135,7 @@ def index_folder(database: Database, request: IndexRequest, *, show_progress: bo
         raise
     summary.seconds = time.perf_counter() - started
     _finish_run(database, run_id, summary, started, "completed")
+    database.checkpoint()
     return summary
 
 

@@ -124,3 +124,15 @@ def test_removing_a_dataset_removes_its_rows_in_every_table(tmp_path):
 def test_an_unreachable_server_is_named_in_the_error():
     with pytest.raises((DatabaseUnreachable, OperationalError), match="127.0.0.1:1"):
         open_database("postgresql+psycopg://nobody@127.0.0.1:1/none")
+
+
+def test_after_a_checkpoint_the_database_file_alone_holds_every_commit(tmp_path):
+    import shutil
+
+    database = open_database(str(tmp_path / "index.db"))
+    with database.session() as session:
+        session.add(_dataset("kept"))
+    database.checkpoint()
+    shutil.copyfile(tmp_path / "index.db", tmp_path / "copy.db")  # the -wal file stays behind
+    with open_database(str(tmp_path / "copy.db"), readonly=True).session() as session:
+        assert session.scalars(select(Dataset.name)).all() == ["kept"]

@@ -1,0 +1,80 @@
+"""The frame of every page: state panels for missing or empty databases, the dataset picker, navigation."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from dash.testing.wait import until
+
+from dashboard.app import create_app
+from dashboard.data import DatasetStore
+from dashboard.settings import Settings
+from dashboard.shell import PAGES, page_shell
+from db.engine import open_database
+from tests.conftest import FAST, run_cli
+from tests.images import noise
+
+
+def _panel_text(component) -> str:
+    """All text inside a Dash component tree."""
+    if isinstance(component, str):
+        return component
+    children = getattr(component, "children", None)
+    if children is None:
+        return ""
+    if not isinstance(children, list):
+        children = [children]
+    return " ".join(_panel_text(child) for child in children)
+
+
+def _page(store: DatasetStore, dataset: str | None = None) -> str:
+    return _panel_text(page_shell(store, "/gallery", dataset, lambda provenance: f"content of {provenance.name}"))
+
+
+def test_a_missing_database_is_named_on_the_page(tmp_path):
+    text = _page(DatasetStore(f"sqlite:///{tmp_path / 'nowhere.db'}"))
+    assert "The database cannot be opened" in text and str(tmp_path / "nowhere.db") in text
+
+
+def test_an_empty_database_says_how_to_fill_it(tmp_path):
+    open_database(str(tmp_path / "empty.db"))
+    assert "No datasets yet" in _page(DatasetStore(f"sqlite:///{tmp_path / 'empty.db'}"))
+
+
+def test_an_unknown_dataset_lists_the_known_ones(sample_db):
+    store = DatasetStore(f"sqlite:///{sample_db}")
+    assert "No dataset named 'dogs'" in _page(store, "dogs") and "samples" in _page(store, "dogs")
+    assert "content of samples" in _page(store) and "content of samples" in _page(store, "samples")
+
+
+@pytest.fixture
+def two_datasets(sample_db, tmp_path):
+    db = tmp_path / "two.db"
+    shutil.copyfile(sample_db, db)
+    for i in range(3):
+        noise(tmp_path / "extra" / f"{i}.png", seed=i)
+    run_cli("index", tmp_path / "extra", "--db", db, "--random-weights", *FAST)
+    return create_app(Settings(f"sqlite:///{db}", tmp_path / "cache", "test-secret"))
+
+
+def test_the_dataset_picker_and_the_navigation_keep_the_dataset(dash_duo, two_datasets):
+    dash_duo.start_server(two_datasets)
+    dash_duo.wait_for_contains_text("#provenance", "3 images")  # the first dataset by name: extra
+    dash_duo.select_dcc_dropdown("#dataset-picker", value="samples")
+    dash_duo.wait_for_contains_text("#provenance", "22 images")
+    until(lambda: "dataset=samples" in dash_duo.driver.current_url, timeout=10)
+    for title, path in PAGES:
+        dash_duo.find_element(f"#nav-{path.strip('/')}").click()
+        until(lambda: dash_duo.driver.current_url.split("?")[0].endswith(path), timeout=10)
+        dash_duo.wait_for_contains_text("#provenance", "22 images")
+        assert "dataset=samples" in dash_duo.driver.current_url, title
+    assert dash_duo.get_logs() == []
+
+
+def test_a_page_on_a_missing_database_explains_itself(dash_duo, tmp_path):
+    app = create_app(Settings(f"sqlite:///{tmp_path / 'nowhere.db'}", tmp_path / "cache", "test-secret"))
+    dash_duo.start_server(app)
+    dash_duo.wait_for_contains_text("#state-panel", "The database cannot be opened")
+    assert "dinoscope index" in dash_duo.find_element("#state-panel").text
+    assert dash_duo.get_logs() == []
