@@ -90,3 +90,38 @@ def test_wrong_paths_and_conflicting_options_name_themselves(tmp_path):
     assert "--weights and --random-weights exclude each other" in result.output
     result = run_cli("datasets", "--db", tmp_path / "missing.db", expect=1)
     assert f"no database at {tmp_path / 'missing.db'}" in result.output
+
+
+def test_demo_indexes_the_samples_and_serves_the_dashboard(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from indexer.cli import main; main()", "demo", "--folder", str(tmp_path / "samples"),
+         "--db", str(tmp_path / "demo.db"), "--random-weights", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                assert process.poll() is None, process.stdout.read()
+                time.sleep(0.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/gallery?dataset=samples", timeout=10) as page:
+            assert page.status == 200 and b"dinoscope" in page.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/thumbnails/1/gallery.jpg", timeout=10) as image:
+            assert image.headers["Content-Type"] == "image/jpeg"
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0]
+    assert "samples: 22 added" in output and f"dinoscope dashboard on http://127.0.0.1:{port}/" in output
+    assert len(list((tmp_path / "samples").rglob("*.*"))) == 22
