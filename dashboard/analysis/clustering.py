@@ -56,7 +56,7 @@ def cluster_metrics(
     labels: np.ndarray,
     true_labels: Sequence[object] | None = None,
     *,
-    sample_size: int = 10_000,
+    sample_size: int = 2_000,
     seed: int = 0,
 ) -> ClusterMetrics:
     """Silhouette on the clustered (non-noise) points; adjusted Rand and NMI against the labelled images.
