@@ -229,11 +229,15 @@ def test_umap_runs_in_the_background_and_shows_its_progress(dash_duo, dashboard_
     assert dash_duo.get_logs() == []
 
 
-def test_a_running_projection_can_be_cancelled(dash_duo, dashboard_app):
-    dash_duo.start_server(dashboard_app)
-    dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples")
-    until(lambda: _x_title(dash_duo) == "PC 1", timeout=20)
-    dash_duo.find_element("label[for='_dbcprivate_radioitems_clustering-projection_input_umap']").click()
+def test_a_running_projection_can_be_cancelled(dash_duo, large_db, tmp_path):
+    from dashboard.app import create_app
+    from dashboard.settings import Settings
+
+    dash_duo.start_server(create_app(Settings(f"sqlite:///{large_db}", tmp_path / "cache", "test-secret")))
+    dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=large")
+    until(lambda: _x_title(dash_duo) == "PC 1", timeout=30)
+    # t-SNE of 3,000 images takes many seconds on two cores: time enough to cancel it.
+    dash_duo.find_element("label[for='_dbcprivate_radioitems_clustering-projection_input_tsne']").click()
     cancel = dash_duo.wait_for_element("#clustering-cancel")
     until(cancel.is_displayed, timeout=20)
     cancel.click()
