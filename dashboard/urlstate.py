@@ -1,8 +1,20 @@
-"""A page's main parameters live in the URL: rewritten in the browser as controls change, read by the layout."""
+"""The dashboard's URLs: a page's main parameters (rewritten in the browser as controls change, read by the
+layout), and the addresses of images and pages that link to each other."""
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from dash import ClientsideFunction, Dash, Input, Output, State, dcc
+
+
+def thumbnail_url(image_id: int, kind: str = "gallery") -> str:
+    """Where the app serves an image's thumbnail ("gallery") or 512-pixel preview ("preview")."""
+    return f"/thumbnails/{int(image_id)}/{kind}.jpg"
+
+
+def similarity_url(dataset: str, image_id: int) -> str:
+    return f"/similarity?dataset={quote(dataset)}&image={int(image_id)}"
 
 
 def url_parameters(page: str, names: list[str]) -> dcc.Store:

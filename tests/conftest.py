@@ -84,34 +84,9 @@ def dashboard_app(sample_db, tmp_path):
 @pytest.fixture(scope="session")
 def large_db(tmp_path_factory) -> Path:
     """3,000 images written straight into the database (no model): enough to keep t-SNE busy for seconds."""
-    import io
-
-    import numpy as np
-    from PIL import Image as PILImage
-
     from db.engine import open_database
-    from db.mutations import FileFacts, ImageContent, JpegImage, add_image
-    from db.schema import Dataset
+    from indexer.synthetic import write_synthetic_dataset
 
-    buffer = io.BytesIO()
-    PILImage.new("RGB", (8, 8), (90, 120, 200)).save(buffer, format="JPEG")
-    jpeg = JpegImage(buffer.getvalue(), 8, 8)
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((12, 384)).astype(np.float32)
     path = tmp_path_factory.mktemp("large") / "large.db"
-    database = open_database(str(path))
-    with database.session() as session:
-        dataset = Dataset(name="large", root="/synthetic", model_name=MODEL, weights_kind="random",
-                          weights_identity="synthetic", weights_source=None, image_size=IMAGE_SIZE, patch_size=14,
-                          grid_height=4, grid_width=4, embed_dim=384, precision="fp32", preprocessing={},
-                          library_versions={})
-        session.add(dataset)
-        session.flush()
-        for i in range(3000):
-            group = i % len(centres)
-            embedding = centres[group] + 0.3 * rng.standard_normal(384).astype(np.float32)
-            content = ImageContent(8, 8, embedding, np.zeros((4, 4, 384)), {"gallery": jpeg, "preview": jpeg})
-            add_image(session, dataset, FileFacts(f"group{group}/{i:05d}.jpg", f"group{group}", f"{i:064d}", 1, 1),
-                      content)
-    database.checkpoint()
+    write_synthetic_dataset(open_database(str(path)), "large", 3000, dim=384, clusters=12, spread=0.3)
     return path

@@ -7,7 +7,6 @@ gets it at once, and a re-index (a new generation) makes it stale.
 
 from __future__ import annotations
 
-from urllib.parse import quote
 from uuid import uuid4
 
 import dash
@@ -28,7 +27,7 @@ from dashboard.clustering_view import (
 )
 from dashboard.data import DatasetStore
 from dashboard.shell import page_shell
-from dashboard.urlstate import sync_url, url_parameters
+from dashboard.urlstate import similarity_url, sync_url, thumbnail_url, url_parameters
 
 PATH = "/clustering"
 _PROJECTION_CONTROLS = [("clustering-projection", "value"), ("clustering-perplexity", "value"),
@@ -154,7 +153,7 @@ def register(app: Dash, store: DatasetStore, results) -> None:
             results[f"hover-components/{view.name}/{view.generation}"] = components
         pcs = ", ".join(f"PC{i + 1} {value:+.3f}" for i, value in enumerate(components[row][:HOVER_COMPONENTS]))
         return True, point["bbox"], html.Div([
-            html.Img(src=f"/thumbnails/{point['customdata']}/gallery.jpg", style={"width": "160px"}),
+            html.Img(src=thumbnail_url(point["customdata"]), style={"width": "160px"}),
             html.Div(view.relpaths[row], className="fw-bold small"),
             html.Div(f"label: {view.labels[row] or 'none'}", className="small"),
             html.Div(pcs, className="small text-muted"),
@@ -174,12 +173,12 @@ def register(app: Dash, store: DatasetStore, results) -> None:
             return dash.no_update
         width, height = view.sizes[row]
         return dbc.Card([
-            dbc.CardImg(src=f"/thumbnails/{image_id}/preview.jpg", top=True),
+            dbc.CardImg(src=thumbnail_url(image_id, "preview"), top=True),
             dbc.CardBody([
                 html.H6(view.relpaths[row], id="clustering-selected-path"),
                 html.P(f"label {view.labels[row] or 'none'} · {width} x {height} px", className="small"),
                 dbc.Button("Find similar images", color="primary", size="sm", id="clustering-similar-link",
-                           href=f"/similarity?dataset={quote(dataset)}&image={image_id}"),
+                           href=similarity_url(dataset, image_id)),
             ]),
         ])
 
@@ -268,9 +267,9 @@ def _summary(view, result, dataset: str) -> html.Div:
     rows = []
     for label, size in result.sizes:
         thumbnails = [
-            html.A(html.Img(src=f"/thumbnails/{int(view.image_ids[row])}/gallery.jpg", title=view.relpaths[row],
+            html.A(html.Img(src=thumbnail_url(view.image_ids[row]), title=view.relpaths[row],
                             style={"height": "72px", "marginRight": "4px"}),
-                   href=f"/similarity?dataset={quote(dataset)}&image={int(view.image_ids[row])}")
+                   href=similarity_url(dataset, view.image_ids[row]))
             for row in result.representatives[label]
         ]
         rows.append(html.Div([html.Div(f"{cluster_name(label)}: {size} image{'s' if size != 1 else ''}",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 import dash
 import dash_bootstrap_components as dbc
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
@@ -11,13 +9,9 @@ from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 from dashboard.browse import GALLERY_COLUMNS, GALLERY_PAGE_SIZE, PAGE_SIZES, gallery_page, image_detail, label_options
 from dashboard.data import DatasetStore, DatasetView
 from dashboard.shell import page_shell
-from dashboard.urlstate import as_int, sync_url, url_parameters
+from dashboard.urlstate import as_int, similarity_url, sync_url, thumbnail_url, url_parameters
 
 PATH = "/gallery"
-
-
-def thumbnail_url(image_id: int, kind: str = "gallery") -> str:
-    return f"/thumbnails/{image_id}/{kind}.jpg"
 
 
 def register(app: Dash, store: DatasetStore) -> None:
@@ -119,5 +113,5 @@ def _detail_body(dataset: str, detail) -> list:
             neighbours,
         ]),
         dbc.ModalFooter(dbc.Button("Find similar images", id="detail-similar-link", color="primary",
-                                   href=f"/similarity?dataset={quote(dataset)}&image={detail.image_id}")),
+                                   href=similarity_url(dataset, detail.image_id))),
     ]

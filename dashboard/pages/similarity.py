@@ -7,13 +7,12 @@ import dash_bootstrap_components as dbc
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 
 from dashboard.data import DatasetStore, DatasetView
-from dashboard.pages.gallery import thumbnail_url
 from dashboard.shell import page_shell
 from dashboard.similarity_view import (
     K_DEFAULT, K_MAX, Heatmap, SimilarImage, describe, heatmap_figure, hovered_cell, neighbourhood,
     reference_image, reference_options,
 )
-from dashboard.urlstate import as_int, sync_url, url_parameters
+from dashboard.urlstate import as_int, sync_url, thumbnail_url, url_parameters
 
 PATH = "/similarity"
 K_MARKS = {1: "1", 10: "10", 20: "20", 30: "30", 40: "40", 50: "50"}
