@@ -134,3 +134,15 @@ def test_gallery_pages_hold_ten_columns_and_keep_their_place_in_the_url(dash_duo
     dash_duo.driver.get(dash_duo.driver.current_url)  # the link reproduces the view
     until(lambda: _grid_titles(dash_duo) == second_page, timeout=10)
     assert dash_duo.get_logs() == []
+
+
+def test_the_wsgi_entry_point_serves_the_database_named_in_the_environment(sample_db, tmp_path):
+    import subprocess
+    import sys
+
+    probe = ("from dashboard.wsgi import server; client = server.test_client(); "
+             "print(client.get('/health').status_code, client.get('/thumbnails/1/gallery.jpg').content_type)")
+    env = {"DINOSCOPE_DB": str(sample_db), "DINOSCOPE_CACHE_DIR": str(tmp_path / "cache"),
+           "DINOSCOPE_SECRET_KEY": "s", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["200", "image/jpeg"], result.stderr
