@@ -173,7 +173,7 @@ def cluster_scatter(view: DatasetView, projection: Projection, result: Clusterin
     axis = _AXIS_NAMES[projection.method]
     figure.update_layout(
         xaxis_title=f"{axis} 1", yaxis_title=f"{axis} 2", legend_title_text="clusters", template="plotly_white",
-        margin={"l": 40, "r": 10, "t": 10, "b": 40}, height=560, clickmode="event",
+        margin={"l": 40, "r": 10, "t": 36, "b": 40}, height=560, clickmode="event",
         uirevision=f"{view.name}/{projection.method}",  # keeps the user's zoom while clusters are recoloured
     )
     return figure
