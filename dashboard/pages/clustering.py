@@ -126,9 +126,7 @@ def register(app: Dash, store: DatasetStore, results) -> None:
         if projection is None:
             return dash.no_update, dash.no_update, dash.no_update, dash.no_update
         view = store.view(dataset)
-        params = cluster_params({"method": method, "k": k, "eps": eps, "min_samples": min_samples,
-                                 "space": "projection" if space else "embedding"})
-        result = cluster_images(view, projection.coordinates, params)
+        result = cluster_images(view, projection.coordinates, _cluster_params(method, k, eps, min_samples, space))
         notes = html.Ul([html.Li(note) for note in projection.notes], className="small text-warning") \
             if projection.notes else ""
         return (cluster_scatter(view, projection, result), _metrics(result.metrics),
@@ -192,8 +190,7 @@ def register(app: Dash, store: DatasetStore, results) -> None:
         if projection is None:
             return dash.no_update
         view = store.view(dataset)
-        params = cluster_params({"method": method, "k": k, "eps": eps, "min_samples": min_samples,
-                                 "space": "projection" if space else "embedding"})
+        params = _cluster_params(method, k, eps, min_samples, space)
         labels = cluster_images(view, projection.coordinates, params).labels
         return {"content": assignment_csv(view, projection.coordinates, labels),
                 "filename": f"{dataset}-{projection.method}-{params.method}-clusters.csv"}
@@ -209,6 +206,11 @@ def register(app: Dash, store: DatasetStore, results) -> None:
 
         return shown(projection == "tsne"), shown(projection == "umap"), shown(method != "dbscan"), \
             shown(method == "dbscan")
+
+
+def _cluster_params(method, k, eps, min_samples, space_switch):
+    return cluster_params({"method": method, "k": k, "eps": eps, "min_samples": min_samples,
+                           "space": "projection" if space_switch else "embedding"})
 
 
 def _number_input(component_id: str, label: str, value, step, minimum, maximum) -> dbc.Row:
