@@ -11,8 +11,8 @@ import flask
 from dash import Dash, DiskcacheManager, Input, Output, State, dcc, html
 
 from dashboard.data import DatasetStore
-from dashboard.pages import clustering
-from dashboard.pages import gallery, similarity
+from dashboard.pages import clustering, patches
+from dashboard.pages import embeddings, gallery, similarity
 from dashboard.settings import Settings
 
 ASSETS = Path(__file__).parent / "assets"
@@ -34,7 +34,9 @@ def create_app(settings: Settings) -> Dash:
     _add_image_routes(app.server, store)
     gallery.register(app, store)
     similarity.register(app, store)
+    embeddings.register(app, store, results)
     clustering.register(app, store, results)
+    patches.register(app, store)
     app.layout = html.Div([dcc.Location(id="navigate", refresh="callback-nav"), dash.page_container])
 
     @app.callback(Output("navigate", "href"), Input("dataset-picker", "value"), State("shell-dataset", "data"),

@@ -14,7 +14,7 @@ import numpy as np
 from sqlalchemy import select
 
 from db.engine import Database, open_database
-from db.queries import dataset_by_name, dataset_summaries, load_embeddings, thumbnail
+from db.queries import dataset_by_name, dataset_summaries, load_embeddings, patch_grid, thumbnail
 from db.schema import Dataset, Image
 
 
@@ -73,6 +73,11 @@ class DatasetStore:
         if self._database is None:
             self._database = open_database(self.db_url, readonly=True)
         return self._database
+
+    def patch_grid(self, image_id: int) -> np.ndarray:
+        """The stored float16 patch grid (grid height, grid width, D) of an image."""
+        with self.database.session() as session:
+            return patch_grid(session, image_id)
 
     def thumbnail(self, image_id: int, kind: str) -> tuple[bytes, str] | None:
         """(JPEG bytes, an ETag that changes with the image's content), or None for an unknown id."""

@@ -1,0 +1,56 @@
+"""Short, collapsible explanations for students, one per page."""
+
+from __future__ import annotations
+
+import dash_bootstrap_components as dbc
+from dash import dcc
+
+_TOKENS = """
+**CLS token.** DINOv2 cuts the image into 14 x 14-pixel patches and adds one extra token, CLS, that attends to all
+of them. Its final value is the image's **embedding**: one vector per image, the one dinoscope compares images by.
+
+**Patch tokens.** Every patch also leaves the network as a vector that describes that patch *in the context of the
+whole image*. The stored **patch grid** holds them in their places, so regions of one image can be compared.
+
+**Registers.** The model has 4 more tokens, registers, that belong to no patch. Without them, large ViTs turn a few
+background patches into scratch space with very high norms (artifacts); registers take that job, so the patch
+tokens stay clean. The patch-norm map shows it: there should be no isolated bright patches.
+"""
+
+_TEXTS = {
+    "clustering": """
+**PCA** projects onto the directions of largest variance: linear, fast, and distances between far-apart groups
+keep their meaning. **t-SNE** keeps each image's nearest neighbours close; it exaggerates gaps, and neither the
+distances between clusters nor their sizes mean much. **UMAP** also keeps neighbourhoods, and more of the global
+layout than t-SNE, but it is still not a faithful map of distances.
+
+**K-Means** assumes k round clusters of similar size and puts every image in one. **DBSCAN** finds dense regions
+of any shape and calls what lies between them noise; eps is how close neighbours must be (here a chord distance,
+sqrt(2 - 2 cos), between normalised embeddings). **Hierarchical (Ward)** merges the closest groups step by step,
+keeping clusters compact, and cuts the tree at k clusters. Clustering uses all dimensions of the embeddings, not
+the 2-D picture, unless the switch says otherwise.
+""",
+    "similarity": """
+**Cosine similarity** is the cosine of the angle between two embeddings: 1 for the same direction, 0 for
+unrelated, negative for opposite. It ignores the vectors' lengths, which is why DINOv2's embeddings are usually
+compared this way. Similar images have similar CLS embeddings; what "similar" means is what the model learnt
+without labels: objects, parts, textures and layout.
+""",
+    "patches": _TOKENS + """
+**Clusters** group patches whose tokens point the same way (K-Means on normalised tokens): parts of objects,
+background, texture. **Pooling** averages tokens over a window of patches every few patches, for coarser regions
+without running the model again. **PCA colours** show the three main directions of the tokens as red, green and
+blue. **Foreground** is the first principal component, turned so that the image's border counts as background.
+""",
+    "embeddings": _TOKENS + """
+**PCA** finds the directions in which the embeddings vary most; the explained variance says how much of the
+spread each direction holds. A few components often hold much of it: the embeddings lie near a lower-dimensional
+space.
+""",
+}
+
+
+def explanation(page: str) -> dbc.Accordion:
+    return dbc.Accordion([dbc.AccordionItem(dcc.Markdown(_TEXTS[page]), title="What am I looking at?",
+                                            item_id="explanation")],
+                         start_collapsed=True, id=f"{page}-explanation", className="mb-3")

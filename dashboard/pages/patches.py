@@ -1,0 +1,221 @@
+"""Within image: one image's patch tokens clustered, coloured and compared, drawn over its preview.
+
+Everything comes from the patch grid the indexer stored; nothing here runs the model.
+"""
+
+from __future__ import annotations
+
+import dash
+import dash_bootstrap_components as dbc
+from dash import Dash, Input, Output, State, dcc, html
+
+from dashboard.analysis.patches import patch_similarity, pool_grid
+from dashboard.analysis.similarity import top_k
+from dashboard.data import DatasetStore, DatasetView
+from dashboard.explanations import explanation
+from dashboard.patches_view import (
+    PALETTE,
+    ImageFrame,
+    PatchSettings,
+    analyse,
+    best_match,
+    examples,
+    layer_values,
+    overlay_figure,
+    query_similarity,
+    settings_from,
+    similarity_figure,
+)
+from dashboard.shell import page_shell
+from dashboard.similarity_view import reference_image, reference_options
+from dashboard.urlstate import sync_url, thumbnail_url, url_parameters
+
+PATH = "/patches"
+NEIGHBOURS = 3
+_SETTINGS = [("patches-layer", "value"), ("patches-k", "value"), ("patches-window", "value"),
+             ("patches-step", "value"), ("patches-opacity", "value"), ("patches-foreground-only", "value")]
+_LAYER_OPTIONS = [{"label": "Clusters", "value": "clusters"}, {"label": "PCA colours", "value": "pca"},
+                  {"label": "Foreground (PC 1)", "value": "foreground"}, {"label": "Patch norms", "value": "norms"}]
+
+
+def register(app: Dash, store: DatasetStore) -> None:
+    def layout(dataset: str | None = None, image: str | None = None, **query):
+        settings = settings_from(query)
+
+        def content(provenance):
+            view = store.view(provenance.name)
+            try:
+                requested = int(image) if image is not None else None
+            except ValueError:
+                requested = None
+            reference = reference_image(view, requested)
+            if reference is None:
+                return dbc.Alert("This dataset has no images yet.", color="info")
+            return html.Div([
+                dcc.Store(id="patches-dataset", data=view.name),
+                dcc.Store(id="patches-selected"),
+                url_parameters("patches", ["dataset", "image", "layer", "k", "window", "step", "opacity",
+                                           "foreground_only"]),
+                explanation("patches"),
+                dbc.Row([
+                    dbc.Col([dbc.Label("Image", html_for="patches-image"),
+                             dcc.Dropdown(id="patches-image", value=reference, clearable=False,
+                                          options=reference_options(view, "", selected=reference))], md=5),
+                    dbc.Col([dbc.Label("Show"),
+                             dbc.RadioItems(id="patches-layer", options=_LAYER_OPTIONS, value=settings.layer,
+                                            inline=True)], md=7),
+                ], className="mb-2"),
+                dbc.Row([
+                    dbc.Col(_slider("patches-k", "clusters k", 2, 10, 1, settings.k), md=3),
+                    dbc.Col(_slider("patches-window", "pooling window (patches)", 1, 4, 1, settings.window), md=3),
+                    dbc.Col(_slider("patches-step", "pooling step (patches)", 1, 4, 1, settings.step), md=3),
+                    dbc.Col(_slider("patches-opacity", "overlay opacity", 0, 1, 0.05, settings.opacity,
+                                    marks={0: "0", 0.5: "0.5", 1: "1"}), md=3),
+                ]),
+                dbc.Switch(id="patches-foreground-only", value=settings.foreground_only,
+                           label="foreground only (cluster and colour the patches PC 1 calls foreground)"),
+                dbc.Row([
+                    dbc.Col([dcc.Graph(id="patches-overlay", config={"displaylogo": False, "displayModeBar": False}),
+                             html.P("Click a patch to compare it with every other patch, here and in the nearest "
+                                    "images.", className="small text-muted")], md=7),
+                    dbc.Col([html.Div(id="patches-statistics"), html.Div(id="patches-examples")], md=5),
+                ], className="mt-2"),
+                html.Div(id="patches-similarity", className="mt-3"),
+            ])
+
+        return page_shell(store, PATH, dataset, content)
+
+    dash.register_page("patches", path=PATH, name="Within image", title="dinoscope: within image", layout=layout,
+                       order=5)
+    sync_url(app, "patches", [("patches-dataset", "data"), ("patches-image", "value"), *_SETTINGS])
+
+    @app.callback(Output("patches-image", "options"), Input("patches-image", "search_value"),
+                  State("patches-image", "value"), State("patches-dataset", "data"), prevent_initial_call=True)
+    def search_images(search, selected, dataset):
+        return reference_options(store.view(dataset), search, selected=selected)
+
+    @app.callback(
+        Output("patches-overlay", "figure"), Output("patches-statistics", "children"),
+        Output("patches-examples", "children"), Output("patches-step", "max"),
+        Input("patches-image", "value"), *[Input(c, p) for c, p in _SETTINGS], Input("patches-selected", "data"),
+        State("patches-dataset", "data"),
+    )
+    def show_image(image_id, layer, k, window, step, opacity, foreground_only, selected, dataset):
+        settings = _settings(layer, k, window, step, opacity, foreground_only)
+        grid = store.patch_grid(image_id)
+        frame, result, preview = _frame(store, dataset, image_id, grid), analyse(grid, settings), \
+            thumbnail_url(image_id, "preview")
+        marked = _cell(selected, image_id)
+        figure = overlay_figure(preview, frame, result.pooled, layer_values(result, settings), settings.layer,
+                                settings.opacity, marked)
+        statistics, crops = "", ""
+        if settings.layer == "clusters":
+            statistics, crops = _statistics(result.shares), _examples(examples(result, frame), preview, frame)
+        return figure, statistics, crops, settings.window
+
+    @app.callback(
+        Output("patches-selected", "data"), Input("patches-overlay", "clickData"),
+        State("patches-image", "value"), *[State(c, p) for c, p in _SETTINGS], State("patches-dataset", "data"),
+        prevent_initial_call=True,
+    )
+    def select_patch(click, image_id, layer, k, window, step, opacity, foreground_only, dataset):
+        if not click:
+            return dash.no_update
+        settings = _settings(layer, k, window, step, opacity, foreground_only)
+        grid = store.patch_grid(image_id)
+        pooled = pool_grid(grid, settings.window, settings.step)
+        cell = _frame(store, dataset, image_id, grid).pooled_cell_at(pooled, click["points"][0]["x"], click["points"][0]["y"])
+        return {"image": image_id, "row": cell[0], "col": cell[1]} if cell else dash.no_update
+
+    @app.callback(
+        Output("patches-similarity", "children"), Input("patches-selected", "data"),
+        Input("patches-image", "value"), Input("patches-window", "value"), Input("patches-step", "value"),
+        Input("patches-opacity", "value"), State("patches-dataset", "data"), prevent_initial_call=True,
+    )
+    def compare_patch(selected, image_id, window, step, opacity, dataset):
+        cell = _cell(selected, image_id)
+        if cell is None:
+            return ""
+        settings = _settings("clusters", 2, window, step, opacity, False)
+        view = store.view(dataset)
+        grid = store.patch_grid(image_id)
+        pooled = pool_grid(grid, settings.window, settings.step)
+        if cell[0] >= pooled.tokens.shape[0] or cell[1] >= pooled.tokens.shape[1]:
+            return ""  # the pooling changed under the selection
+        query = pooled.tokens[cell]
+        panels = [_similarity_panel(_frame(store, dataset, image_id, grid), image_id, pooled,
+                                    query_similarity(pooled, cell), settings, cell, "This image",
+                                    "patches-similarity-self")]
+        for rank, (neighbour, score) in enumerate(zip(*_neighbours(view, image_id))):
+            other_grid = store.patch_grid(neighbour)
+            other = pool_grid(other_grid, settings.window, settings.step)
+            similarity = patch_similarity(other.tokens, query)
+            panels.append(_similarity_panel(_frame(store, dataset, neighbour, other_grid), neighbour, other,
+                                            similarity, settings,
+                                            best_match(similarity), f"{view.relpaths[view.position(neighbour)]} "
+                                            f"(image similarity {score:.3f})", f"patches-similarity-{rank}"))
+        return [html.H5("Cosine similarity to the selected patch"),
+                dbc.Row([dbc.Col(panel, md=3) for panel in panels])]
+
+
+def _settings(layer, k, window, step, opacity, foreground_only) -> PatchSettings:
+    return settings_from({"layer": layer, "k": k, "window": window, "step": step, "opacity": opacity,
+                          "foreground_only": foreground_only})
+
+
+def _frame(store: DatasetStore, dataset: str, image_id: int, grid) -> ImageFrame:
+    view = store.view(dataset)
+    width, height = view.sizes[view.position(image_id)]
+    return ImageFrame(width, height, grid.shape[0], grid.shape[1])
+
+
+def _cell(selected: dict | None, image_id: int) -> tuple[int, int] | None:
+    if not selected or selected.get("image") != image_id:
+        return None
+    return selected["row"], selected["col"]
+
+
+def _neighbours(view: DatasetView, image_id: int):
+    indices, scores = top_k(view.embeddings, view.position(image_id), NEIGHBOURS)
+    return [int(view.image_ids[i]) for i in indices], [float(s) for s in scores]
+
+
+def _similarity_panel(frame, image_id, pooled, similarity, settings, marked, title, component_id):
+    figure = similarity_figure(thumbnail_url(image_id, "preview"), frame, pooled, similarity,
+                               max(settings.opacity, 0.6), marked)
+    figure.update_traces(showscale=False)
+    figure.update_layout(height=220)
+    return html.Div([html.Div(title, className="small fw-bold text-truncate"),
+                     dcc.Graph(id=component_id, figure=figure, config={"staticPlot": True})])
+
+
+def _slider(component_id: str, label: str, low, high, step, value, marks=None) -> html.Div:
+    return html.Div([dbc.Label(label, className="small"),
+                     dcc.Slider(id=component_id, min=low, max=high, step=step, value=value,
+                                marks=marks or {n: str(n) for n in range(low, high + 1)})])
+
+
+def _statistics(shares) -> dbc.Table:
+    header = html.Thead(html.Tr([html.Th("cluster"), html.Th("patches"), html.Th("share")]))
+    rows = [html.Tr([html.Td(html.Span(f"■ {label}", style={"color": PALETTE[label % len(PALETTE)]})),
+                     html.Td(count), html.Td(f"{percent:.1f} %")]) for label, count, percent in shares]
+    return dbc.Table([header, html.Tbody(rows)], size="sm", id="patches-statistics-table")
+
+
+def _examples(boxes: dict[int, list[tuple]], preview: str, frame: ImageFrame) -> html.Div:
+    """Each example patch is the preview itself, scaled and shifted inside a small box: a crop at its true place."""
+    rows = []
+    for label, tiles in boxes.items():
+        crops = []
+        for x0, y0, x1, y1 in tiles:
+            scale = 56 / max(x1 - x0, y1 - y0)
+            crops.append(html.Div(className="patch-example", style={
+                "width": f"{(x1 - x0) * scale:.1f}px", "height": f"{(y1 - y0) * scale:.1f}px",
+                "backgroundImage": f"url({preview})",
+                "backgroundSize": f"{frame.width * scale:.1f}px {frame.height * scale:.1f}px",
+                "backgroundPosition": f"{-x0 * scale:.1f}px {-y0 * scale:.1f}px",
+                "border": f"3px solid {PALETTE[label % len(PALETTE)]}", "marginRight": "4px",
+            }))
+        rows.append(html.Div([html.Span(f"cluster {label}", className="small me-2"), *crops],
+                             className="d-flex align-items-center mb-1"))
+    return html.Div([html.H6("Example patches"), *rows], id="patches-example-rows")
