@@ -60,7 +60,7 @@ def cluster_patches(tokens: np.ndarray, k: int, mask: np.ndarray | None = None, 
     labels = np.full(rows * cols, OUTSIDE, dtype=np.int64)
     k = min(max(k, 1), int(chosen.sum()))
     if k >= 2:
-        labels[chosen] = KMeans(n_clusters=k, random_state=seed, n_init=4).fit_predict(flat[chosen])
+        labels[chosen] = KMeans(n_clusters=k, random_state=seed, n_init=1).fit_predict(flat[chosen])
     elif k == 1:
         labels[chosen] = 0
     return labels.reshape(rows, cols)
