@@ -43,9 +43,13 @@ without running the model again. **PCA colours** show the three main directions 
 blue. **Foreground** is the first principal component, turned so that the image's border counts as background.
 """,
     "embeddings": _TOKENS + """
-**PCA** finds the directions in which the embeddings vary most; the explained variance says how much of the
-spread each direction holds. A few components often hold much of it: the embeddings lie near a lower-dimensional
-space.
+Single features of an embedding rarely mean something a person would name; what matters is how whole vectors
+compare (cosine similarity).
+
+**PCA** finds the directions along which the (normalised, centred) embeddings vary most, orthogonal to each
+other, largest variance first. Projecting onto the first few keeps as much of the variance as any linear
+projection to that many dimensions can; the explained variance ratio is each direction's share. PCA is linear:
+curved or clustered structure can overlap in it.
 """,
 }
 

@@ -11,8 +11,8 @@ from dashboard.data import DatasetStore, Provenance
 from db.errors import DinoscopeDbError
 
 # (title, path) of the pages in navigation order; a page appears once its module registers it.
-PAGES = (("Gallery", "/gallery"), ("Clustering", "/clustering"), ("Similarity", "/similarity"), ("Embeddings", "/embeddings"),
-         ("Within image", "/patches"))
+PAGES = (("Gallery", "/gallery"), ("Clustering", "/clustering"), ("Similarity", "/similarity"),
+         ("Embeddings", "/embeddings"), ("Within image", "/patches"))
 
 
 def page_shell(store: DatasetStore, path: str, dataset: str | None,

@@ -78,3 +78,13 @@ def test_a_page_on_a_missing_database_explains_itself(dash_duo, tmp_path):
     dash_duo.wait_for_contains_text("#state-panel", "The database cannot be opened")
     assert "dinoscope index" in dash_duo.find_element("#state-panel").text
     assert dash_duo.get_logs() == []
+
+
+@pytest.mark.parametrize(("page", "words"), [("clustering", "DBSCAN finds dense regions"),
+                                             ("similarity", "Cosine similarity")])
+def test_each_page_explains_itself_when_asked(dash_duo, dashboard_app, page, words):
+    dash_duo.start_server(dashboard_app)
+    dash_duo.driver.get(f"{dash_duo.server_url}/{page}?dataset=samples")
+    dash_duo.wait_for_element(f"#{page}-explanation .accordion-button").click()
+    dash_duo.wait_for_contains_text(f"#{page}-explanation", words)
+    assert dash_duo.get_logs() == []

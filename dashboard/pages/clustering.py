@@ -26,6 +26,7 @@ from dashboard.clustering_view import (
     query_of,
 )
 from dashboard.data import DatasetStore
+from dashboard.explanations import explanation
 from dashboard.shell import page_shell
 from dashboard.urlstate import similarity_url, sync_url, thumbnail_url, url_parameters
 
@@ -52,6 +53,7 @@ def register(app: Dash, store: DatasetStore, results) -> None:
                 dcc.Store(id="clustering-projection-key"),
                 dcc.Store(id="clustering-projection-request"),
                 url_parameters("clustering", _URL_NAMES),
+                explanation("clustering"),
                 dbc.Row([
                     dbc.Col(_controls(projection, clustering), md=3),
                     dbc.Col([

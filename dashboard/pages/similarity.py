@@ -7,6 +7,7 @@ import dash_bootstrap_components as dbc
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 
 from dashboard.data import DatasetStore, DatasetView
+from dashboard.explanations import explanation
 from dashboard.shell import page_shell
 from dashboard.similarity_view import (
     K_DEFAULT, K_MAX, Heatmap, SimilarImage, describe, heatmap_figure, hovered_cell, neighbourhood,
@@ -34,6 +35,7 @@ def register(app: Dash, store: DatasetStore) -> None:
             return html.Div([
                 dcc.Store(id="similarity-dataset", data=view.name),
                 url_parameters("similarity", ["dataset", "image", "k"]),
+                explanation("similarity"),
                 missing,
                 dbc.Row([
                     dbc.Col([dbc.Label("Reference image", html_for="similarity-reference"),

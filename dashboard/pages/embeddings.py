@@ -1,0 +1,243 @@
+"""Embeddings: one image's global embedding in numbers and plots, the dataset's PCA, and downloads."""
+
+from __future__ import annotations
+
+import dash
+import dash_bootstrap_components as dbc
+from dash import Dash, Input, Output, State, dash_table, dcc, html
+
+from dashboard.data import DatasetStore, DatasetView
+from dashboard.embeddings_view import (
+    COMPONENTS_DEFAULT,
+    COMPONENTS_MIN,
+    N_DEFAULT,
+    N_MAX,
+    DatasetPCA,
+    cached_pca,
+    component_limit,
+    dataset_npz,
+    embedding_histogram_figure,
+    embedding_line_figure,
+    embedding_npy,
+    embedding_of,
+    embedding_statistics,
+    explained_variance_figure,
+    extreme_features,
+    extremes_figure,
+    format_value,
+    pca_table,
+    raw_values_text,
+)
+from dashboard.explanations import explanation
+from dashboard.shell import page_shell
+from dashboard.similarity_view import reference_image, reference_options
+from dashboard.urlstate import (
+    as_int,
+    similarity_url,
+    sync_url,
+    thumbnail_url,
+    url_parameters,
+)
+
+PATH = "/embeddings"
+N_MARKS = {1: "1", 10: "10", 20: "20", 30: "30", 40: "40", 50: "50"}
+_GRAPH_CONFIG = {"displaylogo": False}
+
+
+def register(app: Dash, store: DatasetStore, results) -> None:
+    """`results` is the diskcache shared by every worker process, where the dataset PCA is kept."""
+
+    def layout(dataset: str | None = None, image: str | None = None, n: str = str(N_DEFAULT),
+               components: str = str(COMPONENTS_DEFAULT), **_query):
+        def content(provenance):
+            view = store.view(provenance.name)
+            requested = as_int(image, None)
+            shown = reference_image(view, requested)
+            if shown is None:
+                return dbc.Alert("This dataset has no images yet.", color="info", id="embeddings-empty")
+            count = as_int(n, N_DEFAULT, 1, N_MAX)
+            limit = component_limit(view)
+            chosen = as_int(components, COMPONENTS_DEFAULT, COMPONENTS_MIN, max(COMPONENTS_MIN, limit))
+            missing = None if image is None or requested == shown else dbc.Alert(
+                f"There is no image {image!r} in this dataset; showing its first image.", color="warning",
+                id="embeddings-missing", dismissable=True)
+            line, histogram, card, raw = _image_parts(view, shown)
+            pca = cached_pca(results, view, chosen)
+            columns, rows = pca_table(view, pca)
+            return html.Div([
+                dcc.Store(id="embeddings-dataset", data=view.name),
+                url_parameters("embeddings", ["dataset", "image", "n", "components"]),
+                missing,
+                explanation("embeddings"),
+                dbc.Row([
+                    dbc.Col([dbc.Label("Image", html_for="embeddings-image"),
+                             dcc.Dropdown(id="embeddings-image", value=shown, clearable=False,
+                                          options=reference_options(view, "", selected=shown),
+                                          placeholder="type part of a file path")], md=6),
+                    dbc.Col([dbc.Label("Largest and smallest features shown", html_for="embeddings-n"),
+                             dcc.Slider(id="embeddings-n", min=1, max=N_MAX, step=1, value=count, marks=N_MARKS)],
+                            md=6),
+                ], className="mb-3 g-3"),
+                dbc.Row([
+                    dbc.Col([html.Div(card, id="embeddings-card"), _downloads()], md=3),
+                    dbc.Col([
+                        dbc.Row([
+                            dbc.Col(dcc.Graph(id="embeddings-line", figure=line, config=_GRAPH_CONFIG), lg=6),
+                            dbc.Col(dcc.Graph(id="embeddings-histogram", figure=histogram, config=_GRAPH_CONFIG),
+                                    lg=6),
+                        ], className="g-2"),
+                        dcc.Graph(id="embeddings-extremes", config=_GRAPH_CONFIG,
+                                  figure=extremes_figure(extreme_features(embedding_of(view, shown), count))),
+                        html.Details([
+                            html.Summary(f"All {view.embeddings.shape[1]} values", id="embeddings-raw-summary"),
+                            html.Pre(raw, id="embeddings-raw", className="small border rounded p-2 bg-light",
+                                     style={"maxHeight": "320px", "overflowY": "auto"}),
+                        ], className="mt-2"),
+                    ], md=9),
+                ], className="g-3"),
+                html.H4("Dataset PCA", className="mt-4"),
+                html.P(id="embeddings-pca-caption", children=_pca_caption(view, pca),
+                       className="text-muted small"),
+                dbc.Row([
+                    dbc.Col([dbc.Label("Principal components", html_for="embeddings-components"),
+                             dcc.Slider(id="embeddings-components", min=COMPONENTS_MIN,
+                                        max=max(COMPONENTS_MIN, limit), step=1, value=chosen,
+                                        marks=_component_marks(limit), disabled=limit < COMPONENTS_MIN)], md=6),
+                ], className="mb-2"),
+                dbc.Row([
+                    dbc.Col(dcc.Graph(id="embeddings-variance", config=_GRAPH_CONFIG,
+                                      figure=explained_variance_figure(pca.ratio, pca.cumulative)), lg=5),
+                    dbc.Col(dash_table.DataTable(
+                        id="embeddings-pca-table", columns=columns, data=rows, sort_action="native",
+                        page_action="native", page_size=25, style_table={"overflowX": "auto"},
+                        style_cell={"fontFamily": "monospace", "fontSize": "0.8rem", "padding": "2px 6px"},
+                        style_header={"fontWeight": "bold"},
+                        style_cell_conditional=[{"if": {"column_id": c}, "textAlign": "left"}
+                                                for c in ("path", "label")]), lg=7),
+                ], className="g-3 mb-4"),
+            ])
+
+        return page_shell(store, PATH, dataset, content)
+
+    dash.register_page("embeddings", path=PATH, name="Embeddings", title="dinoscope: embeddings", layout=layout,
+                       order=4)
+    sync_url(app, "embeddings", [("embeddings-dataset", "data"), ("embeddings-image", "value"),
+                                 ("embeddings-n", "value"), ("embeddings-components", "value")])
+
+    @app.callback(
+        Output("embeddings-image", "options"),
+        Input("embeddings-image", "search_value"), Input("embeddings-image", "value"),
+        State("embeddings-dataset", "data"), prevent_initial_call=True,
+    )
+    def search_images(search, image_id, dataset):
+        # Only a page of matches travels to the browser; the current image is always one of them.
+        return reference_options(store.view(dataset), search, selected=image_id)
+
+    @app.callback(
+        Output("embeddings-line", "figure"), Output("embeddings-histogram", "figure"),
+        Output("embeddings-card", "children"), Output("embeddings-raw", "children"),
+        Input("embeddings-image", "value"), State("embeddings-dataset", "data"), prevent_initial_call=True,
+    )
+    def show_image(image_id, dataset):
+        view = store.view(dataset)
+        if image_id is None or view.position(image_id) is None:
+            return dash.no_update, dash.no_update, dash.no_update, dash.no_update
+        return _image_parts(view, image_id)
+
+    @app.callback(
+        Output("embeddings-extremes", "figure"),
+        Input("embeddings-image", "value"), Input("embeddings-n", "value"), State("embeddings-dataset", "data"),
+        prevent_initial_call=True,
+    )
+    def show_extremes(image_id, n, dataset):
+        view = store.view(dataset)
+        if image_id is None or n is None or view.position(image_id) is None:
+            return dash.no_update
+        return extremes_figure(extreme_features(embedding_of(view, image_id), as_int(n, N_DEFAULT, 1, N_MAX)))
+
+    @app.callback(
+        Output("embeddings-variance", "figure"), Output("embeddings-pca-table", "columns"),
+        Output("embeddings-pca-table", "data"), Output("embeddings-pca-caption", "children"),
+        Input("embeddings-components", "value"), State("embeddings-dataset", "data"), prevent_initial_call=True,
+    )
+    def show_pca(components, dataset):
+        if components is None:
+            return dash.no_update, dash.no_update, dash.no_update, dash.no_update
+        view = store.view(dataset)
+        limit = max(COMPONENTS_MIN, component_limit(view))
+        pca = cached_pca(results, view, as_int(components, COMPONENTS_DEFAULT, COMPONENTS_MIN, limit))
+        columns, rows = pca_table(view, pca)
+        return explained_variance_figure(pca.ratio, pca.cumulative), columns, rows, _pca_caption(view, pca)
+
+    @app.callback(
+        Output("embeddings-download-npy", "data"), Input("embeddings-download-npy-button", "n_clicks"),
+        State("embeddings-image", "value"), State("embeddings-dataset", "data"), prevent_initial_call=True,
+    )
+    def download_embedding(_clicks, image_id, dataset):
+        view = store.view(dataset)
+        if image_id is None or view.position(image_id) is None:
+            return dash.no_update
+        return dcc.send_bytes(embedding_npy(view, image_id), f"{dataset}-{int(image_id)}.npy")
+
+    @app.callback(
+        Output("embeddings-download-npz", "data"), Input("embeddings-download-npz-button", "n_clicks"),
+        State("embeddings-dataset", "data"), prevent_initial_call=True,
+    )
+    def download_dataset(_clicks, dataset):
+        return dcc.send_bytes(dataset_npz(store.view(dataset)), f"{dataset}-embeddings.npz")
+
+
+def _image_parts(view: DatasetView, image_id: int):
+    """The line plot, the histogram, the image card and the raw values of one image."""
+    vector = embedding_of(view, image_id)
+    return (embedding_line_figure(vector), embedding_histogram_figure(vector), _card(view, image_id, vector),
+            raw_values_text(vector))
+
+
+def _card(view: DatasetView, image_id: int, vector) -> dbc.Card:
+    row = view.position(image_id)
+    stats = embedding_statistics(vector)
+    width, height = view.sizes[row]
+    entries = [("dimension", "dimension", f"{stats.dimension}"), ("mean", "mean", format_value(stats.mean)),
+               ("std", "standard deviation", format_value(stats.std)), ("norm", "L2 norm", format_value(stats.norm)),
+               ("min", "min", f"{format_value(stats.min)} (#{stats.argmin})"),
+               ("max", "max", f"{format_value(stats.max)} (#{stats.argmax})")]
+    table = dbc.Table(html.Tbody([html.Tr([html.Th(name, className="fw-normal text-muted"),
+                                           html.Td(value, id=f"embeddings-stat-{key}", className="text-end")])
+                                  for key, name, value in entries]),
+                      size="sm", className="mb-2 font-monospace small", id="embeddings-stats")
+    return dbc.Card([
+        dbc.CardImg(src=thumbnail_url(image_id, "preview"), top=True, id="embeddings-preview", alt=view.relpaths[row],
+                    style={"maxHeight": "40vh", "objectFit": "contain"}),
+        dbc.CardBody([
+            html.H6(view.relpaths[row], className="card-title text-break", id="embeddings-path"),
+            html.Div(f"label {view.labels[row] or 'none'} · {width} x {height} px", className="text-muted small mb-2"),
+            table,
+            dbc.Button("Find similar images", color="link", size="sm", className="p-0",
+                       href=similarity_url(view.name, image_id), id="embeddings-similar-link"),
+        ]),
+    ], color="primary", outline=True)
+
+
+def _downloads() -> html.Div:
+    return html.Div([
+        dbc.Button("This embedding (.npy)", id="embeddings-download-npy-button", size="sm", color="secondary",
+                   className="me-2 mt-2"),
+        dbc.Button("All embeddings (.npz)", id="embeddings-download-npz-button", size="sm", color="secondary",
+                   className="mt-2"),
+        dcc.Download(id="embeddings-download-npy"),
+        dcc.Download(id="embeddings-download-npz"),
+    ])
+
+
+def _component_marks(limit: int) -> dict:
+    top = max(COMPONENTS_MIN, limit)
+    return {value: str(value) for value in sorted({COMPONENTS_MIN, *range(10, top, 10), top})}
+
+
+def _pca_caption(view: DatasetView, pca: DatasetPCA) -> str:
+    if len(view) < COMPONENTS_MIN:
+        return "PCA needs at least two images."
+    total = float(pca.cumulative[-1]) if pca.components else 0.0
+    return (f"PCA of the {len(view)} L2-normalised embeddings: the first {pca.components} components explain "
+            f"{total:.1%} of their variance. Click a column header to sort the table.")
