@@ -8,11 +8,24 @@ import dash_bootstrap_components as dbc
 from dash import dcc, html
 
 from dashboard.data import DatasetStore, Provenance
+from dashboard.urlstate import image_page_url
 from db.errors import DinoscopeDbError
 
 # (title, path) of the pages in navigation order; a page appears once its module registers it.
 PAGES = (("Gallery", "/gallery"), ("Clustering", "/clustering"), ("Similarity", "/similarity"),
          ("Embeddings", "/embeddings"), ("Within image", "/patches"))
+
+
+# The pages about one image, and the suffix of their links' ids: "Open this image on ..." wherever an image is shown.
+_IMAGE_PAGES = (("Similar images", "/similarity", "similar"), ("Embedding", "/embeddings", "embedding"),
+                ("Within image", "/patches", "patches"))
+
+
+def image_links(dataset: str, image_id: int, prefix: str, here: str | None = None) -> html.Div:
+    """Buttons that open the same image on the other per-image pages (`here` is left out)."""
+    return html.Div([dbc.Button(title, href=image_page_url(path, dataset, image_id), id=f"{prefix}-{suffix}-link",
+                                size="sm", color="primary", outline=True, className="me-1 mb-1")
+                     for title, path, suffix in _IMAGE_PAGES if path != here], className="image-links")
 
 
 def page_shell(store: DatasetStore, path: str, dataset: str | None,

@@ -13,8 +13,13 @@ def thumbnail_url(image_id: int, kind: str = "gallery") -> str:
     return f"/thumbnails/{int(image_id)}/{kind}.jpg"
 
 
+def image_page_url(path: str, dataset: str, image_id: int) -> str:
+    """A page about one image (similarity, embeddings, within image), opened on that image."""
+    return f"{path}?dataset={quote(dataset)}&image={int(image_id)}"
+
+
 def similarity_url(dataset: str, image_id: int) -> str:
-    return f"/similarity?dataset={quote(dataset)}&image={int(image_id)}"
+    return image_page_url("/similarity", dataset, image_id)
 
 
 def url_parameters(page: str, names: list[str]) -> dcc.Store:

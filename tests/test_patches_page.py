@@ -153,3 +153,20 @@ def test_the_explanation_opens(dash_duo, dashboard_app):
     dash_duo.wait_for_element("#patches-explanation .accordion-button").click()
     dash_duo.wait_for_contains_text("#patches-explanation", "Registers")
     assert dash_duo.get_logs() == []
+
+
+def test_the_image_stays_the_same_from_page_to_page(dash_duo, dashboard_app):
+    dash_duo.start_server(dashboard_app)
+    dash_duo.wait_for_element("#gallery-grid .gallery-thumb")
+    path = dash_duo.driver.execute_script("return document.querySelector('#gallery-grid img').title")
+    image_id = dash_duo.driver.execute_script(
+        "return JSON.parse(document.querySelector('#gallery-grid .gallery-thumb').id).index")
+    _when_stable(lambda: dash_duo.find_elements("#gallery-grid .gallery-thumb")[0].click())
+    dash_duo.wait_for_element("#detail-patches-link").click()
+    until(lambda: _overlay(dash_duo, "gd.layout.images[0].source") == f"/thumbnails/{image_id}/preview.jpg",
+          timeout=20)
+    assert f"image={image_id}" in dash_duo.driver.current_url
+    dash_duo.wait_for_element("#patches-embedding-link").click()
+    dash_duo.wait_for_contains_text("#embeddings-path", path)
+    dash_duo.wait_for_element("#embeddings-patches-link")
+    assert dash_duo.get_logs() == []

@@ -27,7 +27,7 @@ from dashboard.clustering_view import (
 )
 from dashboard.data import DatasetStore
 from dashboard.explanations import explanation
-from dashboard.shell import page_shell
+from dashboard.shell import image_links, page_shell
 from dashboard.urlstate import similarity_url, sync_url, thumbnail_url, url_parameters
 
 PATH = "/clustering"
@@ -177,8 +177,7 @@ def register(app: Dash, store: DatasetStore, results) -> None:
             dbc.CardBody([
                 html.H6(view.relpaths[row], id="clustering-selected-path"),
                 html.P(f"label {view.labels[row] or 'none'} · {width} x {height} px", className="small"),
-                dbc.Button("Find similar images", color="primary", size="sm", id="clustering-similar-link",
-                           href=similarity_url(dataset, image_id)),
+                image_links(dataset, image_id, "clustering"),
             ]),
         ])
 

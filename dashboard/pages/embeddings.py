@@ -29,11 +29,10 @@ from dashboard.embeddings_view import (
     raw_values_text,
 )
 from dashboard.explanations import explanation
-from dashboard.shell import page_shell
+from dashboard.shell import image_links, page_shell
 from dashboard.similarity_view import reference_image, reference_options
 from dashboard.urlstate import (
     as_int,
-    similarity_url,
     sync_url,
     thumbnail_url,
     url_parameters,
@@ -213,8 +212,7 @@ def _card(view: DatasetView, image_id: int, vector) -> dbc.Card:
             html.H6(view.relpaths[row], className="card-title text-break", id="embeddings-path"),
             html.Div(f"label {view.labels[row] or 'none'} · {width} x {height} px", className="text-muted small mb-2"),
             table,
-            dbc.Button("Find similar images", color="link", size="sm", className="p-0",
-                       href=similarity_url(view.name, image_id), id="embeddings-similar-link"),
+            image_links(view.name, image_id, "embeddings", here="/embeddings"),
         ]),
     ], color="primary", outline=True)
 

@@ -8,8 +8,8 @@ from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 
 from dashboard.browse import GALLERY_COLUMNS, GALLERY_PAGE_SIZE, PAGE_SIZES, gallery_page, image_detail, label_options
 from dashboard.data import DatasetStore, DatasetView
-from dashboard.shell import page_shell
-from dashboard.urlstate import as_int, similarity_url, sync_url, thumbnail_url, url_parameters
+from dashboard.shell import image_links, page_shell
+from dashboard.urlstate import as_int, sync_url, thumbnail_url, url_parameters
 
 PATH = "/gallery"
 
@@ -112,6 +112,5 @@ def _detail_body(dataset: str, detail) -> list:
             html.H6("Nearest neighbours (cosine similarity)"),
             neighbours,
         ]),
-        dbc.ModalFooter(dbc.Button("Find similar images", id="detail-similar-link", color="primary",
-                                   href=similarity_url(dataset, detail.image_id))),
+        dbc.ModalFooter(image_links(dataset, detail.image_id, "detail")),
     ]

@@ -26,7 +26,7 @@ from dashboard.patches_view import (
     settings_from,
     similarity_figure,
 )
-from dashboard.shell import page_shell
+from dashboard.shell import image_links, page_shell
 from dashboard.similarity_view import reference_image, reference_options
 from dashboard.urlstate import sync_url, thumbnail_url, url_parameters
 
@@ -60,7 +60,9 @@ def register(app: Dash, store: DatasetStore) -> None:
                 dbc.Row([
                     dbc.Col([dbc.Label("Image", html_for="patches-image"),
                              dcc.Dropdown(id="patches-image", value=reference, clearable=False,
-                                          options=reference_options(view, "", selected=reference))], md=5),
+                                          options=reference_options(view, "", selected=reference)),
+                             html.Div(id="patches-links", className="mt-1",
+                                      children=image_links(view.name, reference, "patches", here=PATH))], md=5),
                     dbc.Col([dbc.Label("Show"),
                              dbc.RadioItems(id="patches-layer", options=_LAYER_OPTIONS, value=settings.layer,
                                             inline=True)], md=7),
@@ -93,6 +95,11 @@ def register(app: Dash, store: DatasetStore) -> None:
                   State("patches-image", "value"), State("patches-dataset", "data"), prevent_initial_call=True)
     def search_images(search, selected, dataset):
         return reference_options(store.view(dataset), search, selected=selected)
+
+    @app.callback(Output("patches-links", "children"), Input("patches-image", "value"),
+                  State("patches-dataset", "data"), prevent_initial_call=True)
+    def link_image(image_id, dataset):
+        return image_links(dataset, image_id, "patches", here=PATH)
 
     @app.callback(
         Output("patches-overlay", "figure"), Output("patches-statistics", "children"),

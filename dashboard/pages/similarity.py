@@ -8,7 +8,7 @@ from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 
 from dashboard.data import DatasetStore, DatasetView
 from dashboard.explanations import explanation
-from dashboard.shell import page_shell
+from dashboard.shell import image_links, page_shell
 from dashboard.similarity_view import (
     K_DEFAULT, K_MAX, Heatmap, SimilarImage, describe, heatmap_figure, hovered_cell, neighbourhood,
     reference_image, reference_options,
@@ -115,7 +115,8 @@ def _results(view: DatasetView, reference: int, results: list[SimilarImage]) -> 
                     alt=shown.relpath, style={"maxHeight": "50vh", "objectFit": "contain"}),
         dbc.CardBody([html.H6(shown.relpath, className="card-title text-break", id="similarity-reference-path"),
                       html.Div(shown.label or "no label", className="text-muted small"),
-                      _embedding_text(shown)]),
+                      _embedding_text(shown),
+                      image_links(view.name, reference, "similarity", here="/similarity")]),
     ], id="similarity-reference-card", color="primary", outline=True)
     cards = [
         html.Div(dbc.Card([
