@@ -11,8 +11,7 @@ import flask
 from dash import Dash, DiskcacheManager, Input, Output, State, dcc, html
 
 from dashboard.data import DatasetStore
-from dashboard.pages import clustering, patches
-from dashboard.pages import embeddings, gallery, similarity
+from dashboard.pages import clustering, embeddings, gallery, patches, similarity
 from dashboard.settings import Settings
 
 ASSETS = Path(__file__).parent / "assets"

@@ -128,21 +128,10 @@ from dash.testing.wait import until  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
-from tests.test_gallery import _when_stable  # noqa: E402
-
-_FIGURE = "document.querySelector('#clustering-scatter .js-plotly-plot')"
-
+from tests.browser import on_graph, text_of as _text, when_stable as _when_stable  # noqa: E402
 
 def _figure(dash_duo, expression: str):
-    """Evaluate a JavaScript expression on the scatter's graph div `gd` (decoded values are in gd._fullData)."""
-    return dash_duo.driver.execute_script(
-        f"try {{ const gd = {_FIGURE}; return {expression}; }} catch (notDrawnYet) {{ return null; }}")
-
-
-def _text(dash_duo, selector: str) -> str:
-    """An element's text, read in one step (Dash may replace the element between a find and a read)."""
-    return dash_duo.driver.execute_script(
-        "const element = document.querySelector(arguments[0]); return element ? element.innerText : '';", selector)
+    return on_graph(dash_duo, "#clustering-scatter", expression)
 
 
 def _trace_count(dash_duo) -> int | None:
@@ -162,7 +151,8 @@ def _set_number(dash_duo, selector: str, value) -> None:
 def _point_on_screen(dash_duo, trace: int = 0, point: int = 0) -> tuple[float, float]:
     """Offsets from the plot area's centre to a data point, for pointer actions."""
     return tuple(dash_duo.driver.execute_script(f"""
-        const gd = {_FIGURE}, xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, t = gd._fullData[{trace}];
+        const gd = document.querySelector('#clustering-scatter .js-plotly-plot');
+        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, t = gd._fullData[{trace}];
         const box = gd.querySelector('.nsewdrag').getBoundingClientRect();
         return [xa.l2p(t.x[{point}]) - box.width / 2, ya.l2p(t.y[{point}]) - box.height / 2];"""))
 

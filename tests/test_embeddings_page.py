@@ -33,7 +33,7 @@ from dashboard.embeddings_view import (
 )
 from db.engine import open_database
 from db.queries import dataset_by_name, load_embeddings
-from tests.test_gallery import _when_stable
+from tests.browser import text_of as _text, when_stable as _when_stable
 
 
 def _view(n: int, dim: int = 16, seed: int = 0, generation: int = 1) -> DatasetView:
@@ -200,12 +200,6 @@ def _figure(dash_duo, graph: str, expression: str):
     return dash_duo.driver.execute_script(
         f"try {{ const gd = document.querySelector('#{graph} .js-plotly-plot'); return {expression}; }} "
         "catch (notDrawnYet) { return null; }")
-
-
-def _text(dash_duo, selector: str) -> str:
-    """An element's text, read in one step (Dash may replace the element between a find and a read)."""
-    return dash_duo.driver.execute_script(
-        "const element = document.querySelector(arguments[0]); return element ? element.innerText : '';", selector)
 
 
 def _line(dash_duo) -> list[float] | None:

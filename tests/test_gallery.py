@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import time
-
 from dash.testing.wait import until
-from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 from dashboard.browse import GALLERY_COLUMNS, NO_LABEL, gallery_page, image_detail, label_options
 from dashboard.data import DatasetStore, DatasetView
+from tests.browser import when_stable as _when_stable
 
 
 def _view(labels: list[str | None]) -> DatasetView:
@@ -72,16 +70,6 @@ def test_thumbnails_are_served_by_id_with_cache_headers(dashboard_app):
     for probe in ("/thumbnails/..%2F..%2Fetc%2Fpasswd/gallery.jpg", "/thumbnails/1/..%2F..%2Fsamples.db"):
         response = client.get(probe)
         assert response.content_type != "image/jpeg" and b"root:" not in response.data and b"SQLite" not in response.data
-
-
-def _when_stable(action, tries: int = 20):
-    """Do a browser action, again if Dash re-rendered the element under it in the meantime."""
-    for _ in range(tries - 1):
-        try:
-            return action()
-        except StaleElementReferenceException:
-            time.sleep(0.1)
-    return action()
 
 
 def _grid_titles(dash_duo) -> list[str]:

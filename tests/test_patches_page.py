@@ -10,7 +10,7 @@ from selenium.webdriver.common.keys import Keys
 
 from dashboard.analysis.patches import OUTSIDE, pool_grid
 from dashboard.patches_view import ImageFrame, PatchSettings, analyse, examples, overlay_figure, settings_from
-from tests.test_gallery import _when_stable
+from tests.browser import on_graph, text_of as _text, when_stable as _when_stable
 from tests.test_patches import _grid_with_regions
 
 
@@ -62,17 +62,8 @@ def test_analysis_computes_what_the_layer_needs_and_examples_stay_in_their_clust
 
 # --- in the browser -------------------------------------------------------------------------------------------
 
-_OVERLAY = "document.querySelector('#patches-overlay .js-plotly-plot')"
-
-
 def _overlay(dash_duo, expression: str):
-    return dash_duo.driver.execute_script(
-        f"try {{ const gd = {_OVERLAY}; return {expression}; }} catch (notDrawnYet) {{ return null; }}")
-
-
-def _text(dash_duo, selector: str) -> str:
-    return dash_duo.driver.execute_script(
-        "const element = document.querySelector(arguments[0]); return element ? element.innerText : '';", selector)
+    return on_graph(dash_duo, "#patches-overlay", expression)
 
 
 def _table_rows(dash_duo) -> int:

@@ -29,8 +29,9 @@ from dashboard.embeddings_view import (
     raw_values_text,
 )
 from dashboard.explanations import explanation
+from dashboard.image_picker import image_picker, register_image_search
 from dashboard.shell import image_links, page_shell
-from dashboard.similarity_view import reference_image, reference_options
+from dashboard.similarity_view import reference_image
 from dashboard.urlstate import (
     as_int,
     sync_url,
@@ -70,8 +71,7 @@ def register(app: Dash, store: DatasetStore, results) -> None:
                 explanation("embeddings"),
                 dbc.Row([
                     dbc.Col([dbc.Label("Image", html_for="embeddings-image"),
-                             dcc.Dropdown(id="embeddings-image", value=shown, clearable=False,
-                                          options=reference_options(view, "", selected=shown),
+                             image_picker("embeddings-image", view, shown,
                                           placeholder="type part of a file path")], md=6),
                     dbc.Col([dbc.Label("Largest and smallest features shown", html_for="embeddings-n"),
                              dcc.Slider(id="embeddings-n", min=1, max=N_MAX, step=1, value=count, marks=N_MARKS)],
@@ -123,14 +123,7 @@ def register(app: Dash, store: DatasetStore, results) -> None:
     sync_url(app, "embeddings", [("embeddings-dataset", "data"), ("embeddings-image", "value"),
                                  ("embeddings-n", "value"), ("embeddings-components", "value")])
 
-    @app.callback(
-        Output("embeddings-image", "options"),
-        Input("embeddings-image", "search_value"), Input("embeddings-image", "value"),
-        State("embeddings-dataset", "data"), prevent_initial_call=True,
-    )
-    def search_images(search, image_id, dataset):
-        # Only a page of matches travels to the browser; the current image is always one of them.
-        return reference_options(store.view(dataset), search, selected=image_id)
+    register_image_search(app, store, "embeddings-image", "embeddings-dataset")
 
     @app.callback(
         Output("embeddings-line", "figure"), Output("embeddings-histogram", "figure"),

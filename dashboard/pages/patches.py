@@ -13,6 +13,7 @@ from dashboard.analysis.patches import patch_similarity, pool_grid
 from dashboard.analysis.similarity import top_k
 from dashboard.data import DatasetStore, DatasetView
 from dashboard.explanations import explanation
+from dashboard.image_picker import image_picker, register_image_search
 from dashboard.patches_view import (
     PALETTE,
     ImageFrame,
@@ -27,7 +28,7 @@ from dashboard.patches_view import (
     similarity_figure,
 )
 from dashboard.shell import image_links, page_shell
-from dashboard.similarity_view import reference_image, reference_options
+from dashboard.similarity_view import reference_image
 from dashboard.urlstate import sync_url, thumbnail_url, url_parameters
 
 PATH = "/patches"
@@ -59,8 +60,7 @@ def register(app: Dash, store: DatasetStore) -> None:
                 explanation("patches"),
                 dbc.Row([
                     dbc.Col([dbc.Label("Image", html_for="patches-image"),
-                             dcc.Dropdown(id="patches-image", value=reference, clearable=False,
-                                          options=reference_options(view, "", selected=reference)),
+                             image_picker("patches-image", view, reference),
                              html.Div(id="patches-links", className="mt-1",
                                       children=image_links(view.name, reference, "patches", here=PATH))], md=5),
                     dbc.Col([dbc.Label("Show"),
@@ -91,10 +91,7 @@ def register(app: Dash, store: DatasetStore) -> None:
                        order=5)
     sync_url(app, "patches", [("patches-dataset", "data"), ("patches-image", "value"), *_SETTINGS])
 
-    @app.callback(Output("patches-image", "options"), Input("patches-image", "search_value"),
-                  State("patches-image", "value"), State("patches-dataset", "data"), prevent_initial_call=True)
-    def search_images(search, selected, dataset):
-        return reference_options(store.view(dataset), search, selected=selected)
+    register_image_search(app, store, "patches-image", "patches-dataset")
 
     @app.callback(Output("patches-links", "children"), Input("patches-image", "value"),
                   State("patches-dataset", "data"), prevent_initial_call=True)

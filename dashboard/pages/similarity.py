@@ -8,10 +8,18 @@ from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 
 from dashboard.data import DatasetStore, DatasetView
 from dashboard.explanations import explanation
+from dashboard.image_picker import image_picker, register_image_search
 from dashboard.shell import image_links, page_shell
 from dashboard.similarity_view import (
-    K_DEFAULT, K_MAX, Heatmap, SimilarImage, describe, heatmap_figure, hovered_cell, neighbourhood,
-    reference_image, reference_options,
+    K_DEFAULT,
+    K_MAX,
+    Heatmap,
+    SimilarImage,
+    describe,
+    heatmap_figure,
+    hovered_cell,
+    neighbourhood,
+    reference_image,
 )
 from dashboard.urlstate import as_int, sync_url, thumbnail_url, url_parameters
 
@@ -39,8 +47,7 @@ def register(app: Dash, store: DatasetStore) -> None:
                 missing,
                 dbc.Row([
                     dbc.Col([dbc.Label("Reference image", html_for="similarity-reference"),
-                             dcc.Dropdown(id="similarity-reference", value=reference, clearable=False,
-                                          options=reference_options(view, "", selected=reference),
+                             image_picker("similarity-reference", view, reference,
                                           placeholder="type part of a file path")], md=6),
                     dbc.Col([dbc.Label("Similar images shown", html_for="similarity-k"),
                              dcc.Slider(id="similarity-k", min=1, max=K_MAX, step=1, value=count, marks=K_MARKS)],
@@ -60,14 +67,7 @@ def register(app: Dash, store: DatasetStore) -> None:
     dash.register_page("similarity", path=PATH, name="Similarity", title="dinoscope: similarity", layout=layout,
                        order=3)
 
-    @app.callback(
-        Output("similarity-reference", "options"),
-        Input("similarity-reference", "search_value"), Input("similarity-reference", "value"),
-        State("similarity-dataset", "data"), prevent_initial_call=True,
-    )
-    def search_references(search, reference, dataset):
-        # Only a page of matches travels to the browser; the current reference is always one of them.
-        return reference_options(store.view(dataset), search, selected=reference)
+    register_image_search(app, store, "similarity-reference", "similarity-dataset")
 
     @app.callback(
         Output("similarity-results", "children"), Output("similarity-heatmap", "figure"),

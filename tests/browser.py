@@ -1,0 +1,32 @@
+"""Helpers for the dash[testing] browser tests: reads done in one step, and actions retried when Dash re-renders
+the element under them."""
+
+from __future__ import annotations
+
+import time
+
+from selenium.common.exceptions import StaleElementReferenceException
+
+
+def when_stable(action, tries: int = 20):
+    """Do a browser action, again if Dash re-rendered the element under it in the meantime."""
+    for _ in range(tries - 1):
+        try:
+            return action()
+        except StaleElementReferenceException:
+            time.sleep(0.1)
+    return action()
+
+
+def text_of(dash_duo, selector: str) -> str:
+    """An element's text, read in one step (Dash may replace the element between a find and a read)."""
+    return dash_duo.driver.execute_script(
+        "const element = document.querySelector(arguments[0]); return element ? element.innerText : '';", selector)
+
+
+def on_graph(dash_duo, selector: str, expression: str):
+    """Evaluate a JavaScript expression on a plotly graph div `gd` (decoded values are in gd._fullData);
+    None while the graph is not drawn yet."""
+    return dash_duo.driver.execute_script(
+        f"try {{ const gd = document.querySelector('{selector} .js-plotly-plot'); return {expression}; }} "
+        "catch (notDrawnYet) { return null; }")
