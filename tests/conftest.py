@@ -90,3 +90,15 @@ def large_db(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("large") / "large.db"
     write_synthetic_dataset(open_database(str(path)), "large", 3000, dim=384, clusters=12, spread=0.3)
     return path
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """End background-callback jobs still alive, so that a stuck one cannot keep the test run from exiting.
+
+    Dash's DiskcacheManager forks a job from a threaded server; a fork taken while another thread holds a lock
+    inside SQLite leaves the child waiting forever, and Python waits for its children before it exits.
+    """
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        child.kill()
