@@ -8,9 +8,10 @@ from pathlib import Path
 import dash
 import diskcache
 import flask
-from dash import Dash, DiskcacheManager, Input, Output, State, dcc, html
+from dash import Dash, Input, Output, State, dcc, html
 
 from dashboard.data import DatasetStore
+from dashboard.jobs import ForkServerDiskcacheManager
 from dashboard.pages import clustering, embeddings, gallery, patches, similarity
 from dashboard.settings import Settings
 
@@ -21,7 +22,7 @@ RESULTS_CACHE_BYTES = 2 * 1024**3  # projections of old generations are evicted 
 
 def create_app(settings: Settings) -> Dash:
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
-    manager = DiskcacheManager(diskcache.Cache(str(settings.cache_dir / "background")))
+    manager = ForkServerDiskcacheManager(diskcache.Cache(str(settings.cache_dir / "background")))
     results = diskcache.Cache(str(settings.cache_dir / "results"), size_limit=RESULTS_CACHE_BYTES)
     app = Dash(
         __name__, use_pages=True, pages_folder="", assets_folder=str(ASSETS), title="dinoscope", update_title=None,

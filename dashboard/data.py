@@ -67,6 +67,13 @@ class DatasetStore:
         self._views: dict[str, DatasetView] = {}
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict:
+        """Background jobs receive the store pickled: the address and size travel, connections and arrays do not."""
+        return {"db_url": self.db_url, "capacity": self._capacity}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["db_url"], state["capacity"])
+
     @property
     def database(self) -> Database:
         """Raises a db.errors.DinoscopeDbError with a readable message when the database cannot be used."""

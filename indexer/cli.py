@@ -186,13 +186,10 @@ def serve(db, host, port, cache_dir):
 
 
 def _serve(db, host, port, cache_dir) -> None:
-    from dashboard.analysis.projection import warm_up
     from dashboard.app import create_app
     from dashboard.settings import Settings
 
     app = create_app(Settings.from_env(db, cache_dir))
-    click.echo("compiling UMAP once for all background jobs (about 10 s)...")
-    warm_up()
     click.echo(f"dinoscope dashboard on http://{host}:{port}/ (Ctrl+C stops it)")
     app.run(host=host, port=port, debug=False)
 

@@ -93,11 +93,7 @@ def large_db(tmp_path_factory) -> Path:
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """End background-callback jobs still alive, so that a stuck one cannot keep the test run from exiting.
-
-    Dash's DiskcacheManager forks a job from a threaded server; a fork taken while another thread holds a lock
-    inside SQLite leaves the child waiting forever, and Python waits for its children before it exits.
-    """
+    """End background jobs and the fork server that starts them, so nothing keeps the test run from exiting."""
     import psutil
 
     for child in psutil.Process().children(recursive=True):

@@ -80,7 +80,8 @@ def project(
 
 
 def warm_up() -> None:
-    """Compile UMAP's numba code in this process (about 10 s), so background jobs forked from it start at once."""
+    """Compile UMAP's numba code in this process (about 10 s), so background jobs forked from it start at once
+    (dashboard.analysis.warm runs it in the jobs' fork server)."""
     project(np.random.default_rng(0).standard_normal((2 * MIN_NONLINEAR_IMAGES + 8, 8)), "umap", n_neighbors=4)
 
 
