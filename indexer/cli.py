@@ -216,3 +216,30 @@ def demo(folder, db, random_weights, host, port):
     except (DinoscopeDbError, IndexRefused, ModelError) as error:
         raise _fail(error) from None
     _serve(db, host, port, None)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--count", type=click.IntRange(1, 10_000_000), required=True, help="Number of images.")
+@click.option("--dim", type=click.IntRange(2, 4096), default=768, show_default=True, help="Embedding dimension.")
+@click.option("--clusters", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--grid", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Patch grid side (grid x grid tokens per image).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@db_option
+def synthetic(name, count, dim, clusters, grid, seed, db):
+    """Write a synthetic dataset of clustered embeddings straight into the database (no model, for scale tests)."""
+    from db import DinoscopeDbError, open_database
+    from db.queries import find_dataset
+    from indexer.synthetic import write_synthetic_dataset
+
+    try:
+        database = open_database(db)
+        with database.session() as session:
+            if find_dataset(session, name) is not None:
+                raise click.ClickException(f"a dataset named {name!r} exists already: pick another name, or "
+                                           f"`dinoscope remove {name}` first")
+        write_synthetic_dataset(database, name, count, dim=dim, clusters=clusters, grid=grid, seed=seed)
+    except DinoscopeDbError as error:
+        raise _fail(error) from None
+    click.echo(f"wrote synthetic dataset {name!r}: {count} images, {dim} dimensions, {clusters} clusters")

@@ -125,3 +125,13 @@ def test_demo_indexes_the_samples_and_serves_the_dashboard(tmp_path):
         output = process.communicate(timeout=30)[0]
     assert "samples: 22 added" in output and f"dinoscope dashboard on http://127.0.0.1:{port}/" in output
     assert len(list((tmp_path / "samples").rglob("*.*"))) == 22
+
+
+def test_synthetic_writes_a_dataset_without_a_model_and_keeps_existing_ones(tmp_path):
+    db = tmp_path / "synthetic.db"
+    output = run_cli("synthetic", "scale", "--count", "120", "--dim", "16", "--clusters", "4", "--db", db).output
+    assert "wrote synthetic dataset 'scale': 120 images" in output
+    assert "scale: 120 images from synthetic:scale" in run_cli("datasets", "--db", db).output
+    refused = run_cli("synthetic", "scale", "--count", "5", "--db", db, expect=1)
+    assert "a dataset named 'scale' exists already" in refused.output
+    assert "scale: 120 images" in run_cli("datasets", "--db", db).output
