@@ -45,9 +45,3 @@ def as_int(text: str | None, default: int, low: int | None = None, high: int | N
         return default
     return max(low if low is not None else value, min(high if high is not None else value, value))
 
-
-def as_float(text: str | None, default: float) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return default

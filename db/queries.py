@@ -54,10 +54,6 @@ def dataset_summaries(session: Session) -> list[DatasetSummary]:
     return summaries
 
 
-def dataset_generation(session: Session, dataset_id: int) -> int:
-    return session.scalar(select(Dataset.generation).where(Dataset.id == dataset_id))
-
-
 def stored_images(session: Session, dataset_id: int) -> dict[str, StoredImage]:
     """What the database holds of a dataset's files, by relative path."""
     rows = session.execute(
