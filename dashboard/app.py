@@ -8,26 +8,34 @@ from pathlib import Path
 import dash
 import diskcache
 import flask
-from dash import Dash, Input, Output, State, dcc, html
+from celery import Celery
+from dash import Dash, dcc, html
 
+from dashboard import shell
+from dashboard.auth import protect, read_users
 from dashboard.data import DatasetStore
-from dashboard.jobs import ForkServerDiskcacheManager
+from dashboard.jobs import BrokerError, background_manager
 from dashboard.pages import clustering, embeddings, gallery, patches, similarity
-from dashboard.settings import Settings
+from dashboard.settings import CELERY_ENV, Settings
 
 ASSETS = Path(__file__).parent / "assets"
 THUMBNAIL_MAX_AGE_S = 300
 RESULTS_CACHE_BYTES = 2 * 1024**3  # projections of old generations are evicted least recently used first
+HEALTH_PATH = "/health"  # public even with a login: load balancers ask it without credentials
 
 
-def create_app(settings: Settings) -> Dash:
+def create_app(settings: Settings, manager=None) -> Dash:
+    """`manager`: the background-callback manager, by default the one the settings ask for."""
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
-    manager = ForkServerDiskcacheManager(diskcache.Cache(str(settings.cache_dir / "background")))
+    manager = manager or background_manager(settings)
     results = diskcache.Cache(str(settings.cache_dir / "results"), size_limit=RESULTS_CACHE_BYTES)
     app = Dash(
         __name__, use_pages=True, pages_folder="", assets_folder=str(ASSETS), title="dinoscope", update_title=None,
-        background_callback_manager=manager, suppress_callback_exceptions=True, health_endpoint="health",
+        background_callback_manager=manager, suppress_callback_exceptions=True,
+        health_endpoint=HEALTH_PATH.lstrip("/"),
     )
+    if settings.users_file:
+        protect(app, read_users(settings.users_file), HEALTH_PATH)
     # Without a configured secret every worker would sign with its own random key; a single process is fine.
     app.server.secret_key = settings.secret_key or secrets.token_hex(32)
     store = DatasetStore(settings.db_url)
@@ -37,15 +45,23 @@ def create_app(settings: Settings) -> Dash:
     embeddings.register(app, store, results)
     clustering.register(app, store, results)
     patches.register(app, store)
-    app.layout = html.Div([dcc.Location(id="navigate", refresh="callback-nav"), dash.page_container])
-
-    @app.callback(Output("navigate", "href"), Input("dataset-picker", "value"), State("shell-dataset", "data"),
-                  State("navigate", "pathname"), prevent_initial_call=True)
-    def open_dataset(name, shown, pathname):
-        # The picker reports its value when it mounts too: only a different dataset is a request to navigate.
-        return f"{pathname or '/'}?dataset={name}" if name and name != shown else dash.no_update
-
+    shell.register(app, store)
+    app.layout = html.Div([dcc.Location(id="navigate", refresh="callback-nav"),
+                           dcc.Interval(id="dataset-check", interval=settings.change_check_seconds * 1000),
+                           dash.page_container])
     return app
+
+
+def create_worker(settings: Settings) -> Celery:
+    """The Celery app of `dinoscope worker`: building the dashboard with a Celery manager registers its background
+    callbacks as tasks, under the names the web processes queue them by, bound to this process's database."""
+    from dashboard.analysis import warm  # noqa: F401  UMAP compiled once, before the pool forks its processes
+
+    if not settings.celery_url:
+        raise BrokerError(f"a worker needs a Redis URL: pass --celery or set {CELERY_ENV}")
+    manager = background_manager(settings)
+    create_app(settings, manager)
+    return manager.handle
 
 
 def _add_image_routes(server: flask.Flask, store: DatasetStore) -> None:
@@ -59,6 +75,7 @@ def _add_image_routes(server: flask.Flask, store: DatasetStore) -> None:
         jpeg, etag = found
         response = flask.make_response(jpeg)
         response.headers["Content-Type"] = "image/jpeg"
-        response.headers["Cache-Control"] = f"public, max-age={THUMBNAIL_MAX_AGE_S}"
+        # private: behind a login, a shared proxy must not hand the image to others
+        response.headers["Cache-Control"] = f"private, max-age={THUMBNAIL_MAX_AGE_S}"
         response.set_etag(etag)
         return response.make_conditional(flask.request)

@@ -30,6 +30,7 @@ class Provenance:
     precision: str
     image_count: int
     last_indexed: datetime | None
+    generation: int
 
     @property
     def random_weights(self) -> bool:
@@ -118,7 +119,7 @@ class DatasetStore:
 def _provenance(dataset: Dataset, image_count: int, last_indexed: datetime | None) -> Provenance:
     return Provenance(dataset.name, dataset.model_name, dataset.weights_kind, dataset.weights_identity,
                       dataset.image_size, (dataset.grid_height, dataset.grid_width), dataset.embed_dim,
-                      dataset.precision, image_count, last_indexed)
+                      dataset.precision, image_count, last_indexed, dataset.generation)
 
 
 def _load_view(session, dataset: Dataset) -> DatasetView:

@@ -11,6 +11,8 @@ from db.engine import DB_ENV, resolve_url
 
 CACHE_DIR_ENV = "DINOSCOPE_CACHE_DIR"
 SECRET_ENV = "DINOSCOPE_SECRET_KEY"
+CELERY_ENV = "DINOSCOPE_CELERY"
+USERS_FILE_ENV = "DINOSCOPE_USERS_FILE"
 
 
 @dataclass(frozen=True)
@@ -18,9 +20,15 @@ class Settings:
     db_url: str
     cache_dir: Path  # absolute, shared by every worker process: background results and cached projections
     secret_key: str | None = None
+    change_check_seconds: float = 15.0  # how often an open page asks whether its dataset has changed
+    celery_url: str | None = None  # Redis for background callbacks run by `dinoscope worker`; None: diskcache
+    users_file: Path | None = None  # user:hash lines; None: no login
 
     @classmethod
-    def from_env(cls, db: str | None = None, cache_dir: str | Path | None = None) -> Settings:
+    def from_env(cls, db: str | None = None, cache_dir: str | Path | None = None, celery_url: str | None = None,
+                 users_file: str | Path | None = None) -> Settings:
         cache = cache_dir or os.environ.get(CACHE_DIR_ENV) or Path(tempfile.gettempdir()) / "dinoscope-cache"
+        users = users_file or os.environ.get(USERS_FILE_ENV)
         return cls(resolve_url(db or os.environ.get(DB_ENV)), Path(cache).expanduser().resolve(),
-                   os.environ.get(SECRET_ENV))
+                   os.environ.get(SECRET_ENV), celery_url=celery_url or os.environ.get(CELERY_ENV) or None,
+                   users_file=Path(users).expanduser().resolve() if users else None)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import dash
 import dash_bootstrap_components as dbc
-from dash import dcc, html
+from dash import Dash, Input, Output, State, dcc, html
 
 from dashboard.data import DatasetStore, Provenance
 from dashboard.urlstate import image_page_url
@@ -56,8 +57,47 @@ def _frame(path: str, chosen: Provenance | None, names: list[str], body) -> html
     navbar = dbc.Navbar(dbc.Container([dbc.NavbarBrand("dinoscope", href=f"/gallery{query}"),
                                        dbc.Nav(links, navbar=True, className="me-auto"), picker], fluid=True),
                         color="dark", dark=True, className="mb-3")
-    shown = dcc.Store(id="shell-dataset", data=chosen.name if chosen else None)
-    return html.Div([shown, navbar, dbc.Container(body, fluid=True)])
+    shown = [dcc.Store(id="shell-dataset", data=chosen.name if chosen else None),
+             dcc.Store(id="shell-generation", data=chosen.generation if chosen else None)]
+    return html.Div([*shown, navbar, dbc.Container([html.Div(id="shell-changes"), body], fluid=True)])
+
+
+def register(app: Dash, store: DatasetStore) -> None:
+    """The shell's callbacks: the dataset picker navigates, and an open page learns when the indexer changed the
+    datasets (new ones join the picker; a changed dataset offers a reload)."""
+
+    @app.callback(Output("navigate", "href"), Input("dataset-picker", "value"), State("shell-dataset", "data"),
+                  State("navigate", "pathname"), prevent_initial_call=True)
+    def open_dataset(name, shown, pathname):
+        # The picker reports its value when it mounts too: only a different dataset is a request to navigate.
+        return f"{pathname or '/'}?dataset={name}" if name and name != shown else dash.no_update
+
+    @app.callback(Output("dataset-picker", "options"), Output("shell-changes", "children"),
+                  Input("dataset-check", "n_intervals"), State("dataset-picker", "options"),
+                  State("shell-dataset", "data"), State("shell-generation", "data"), State("navigate", "href"),
+                  prevent_initial_call=True)
+    def check_for_changes(_tick, options, shown, generation, href):
+        try:
+            provenances = store.provenances()
+        except DinoscopeDbError:
+            return dash.no_update, dash.no_update
+        names = [p.name for p in provenances]
+        notice = change_notice(next((p for p in provenances if p.name == shown), None), shown, generation, href)
+        return (names if names != options else dash.no_update), notice
+
+
+def change_notice(current: Provenance | None, shown: str | None, generation: int | None,
+                  href: str | None) -> dbc.Alert | None:
+    """What to tell a page that shows generation `generation` of dataset `shown` when the dataset is now `current`."""
+    if shown is None or (current is not None and current.generation == generation):
+        return None
+    if current is None:
+        return dbc.Alert(f"The dataset {shown!r} has been removed.", color="warning", id="change-notice")
+    message = f"The indexer has changed {shown!r} since this page opened: it now has {current.image_count} images."
+    return dbc.Alert([message,
+                      dbc.Button("Show the changes", href=href or "/", external_link=True, size="sm",
+                                 color="primary", id="change-reload", className="ms-2")],
+                     color="info", id="change-notice", className="d-flex align-items-center gap-2")
 
 
 def _provenance_line(p: Provenance) -> html.P:

@@ -2,17 +2,20 @@
 
 A `Database` is cheap to create and makes its engine lazily in each process (an engine must not cross a
 `fork()`, and background jobs are forked). SQLite writers use WAL so readers keep reading while the indexer
-writes; readers open the file read-only.
+writes; readers open the file read-only. On PostgreSQL every reader session is one read-only snapshot
+(REPEATABLE READ), so a page never mixes two generations of a dataset while indexers write.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect, make_url, select
+from sqlalchemy import Engine, create_engine, event, func, inspect, make_url, select
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,6 +29,10 @@ from db.schema import SCHEMA_VERSION, Base, SchemaInfo
 
 DB_ENV = "DINOSCOPE_DB"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# psycopg (3) is the PostgreSQL driver dinoscope installs; SQLAlchemy 2.0 would look for psycopg2 under these.
+_SCHEME_ALIASES = {"postgres": "postgresql+psycopg", "postgresql": "postgresql+psycopg"}
+# Any constant will do: it names the advisory lock that writers creating the schema on PostgreSQL queue for.
+_SCHEMA_LOCK_KEY = 0x64696E6F
 
 
 def default_database_path() -> Path:
@@ -37,13 +44,17 @@ def resolve_url(db: str | None) -> str:
     """A SQLAlchemy URL from `--db`: a URL as given, a file path as SQLite, nothing as $DINOSCOPE_DB or the default."""
     db = db or os.environ.get(DB_ENV) or str(default_database_path())
     if "://" in db:
-        return db
+        scheme, rest = db.split("://", 1)
+        return f"{_SCHEME_ALIASES.get(scheme, scheme)}://{rest}"
     return f"sqlite:///{Path(db).expanduser().resolve()}"
 
 
 def display_url(url: str) -> str:
     """The URL for messages: a SQLite file as its path, a server URL without its password."""
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return re.sub(r"://([^:/@]*):[^/]*@", r"://\1:***@", url)
     if parsed.get_backend_name() == "sqlite":
         return parsed.database or ":memory:"
     return parsed.render_as_string(hide_password=True)
@@ -104,8 +115,9 @@ class Database:
 def open_database(db: str | None = None, *, readonly: bool = False) -> Database:
     """Open (a writer creates, if need be) the database that `--db` names, and check its schema version."""
     url = resolve_url(db)
-    if make_url(url).get_backend_name() == "sqlite":
-        path = Path(make_url(url).database)
+    parsed = _parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database)
         if readonly and not path.exists():
             raise DatabaseNotFound(f"no database at {path}: index a folder into it first with `dinoscope index`")
         if not readonly:
@@ -115,6 +127,16 @@ def open_database(db: str | None = None, *, readonly: bool = False) -> Database:
     return database
 
 
+def _parse_url(url: str) -> URL:
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError) as error:
+        raise DatabaseUnreachable(
+            f"cannot use database URL {display_url(url)}: {_first_line(error)}"
+            " (expected a file path or a URL like postgresql+psycopg://USER@HOST:5432/DATABASE)"
+        ) from error
+
+
 def _first_line(error: BaseException | None) -> str:
     return str(error).strip().splitlines()[0] if error and str(error).strip() else type(error).__name__
 
@@ -122,6 +144,9 @@ def _first_line(error: BaseException | None) -> str:
 def _create_engine(url: str, *, readonly: bool) -> Engine:
     parsed = make_url(url)
     try:
+        if parsed.get_backend_name() == "postgresql" and readonly:
+            return create_engine(url, pool_pre_ping=True, isolation_level="REPEATABLE READ",
+                                 execution_options={"postgresql_readonly": True})
         if parsed.get_backend_name() != "sqlite":
             return create_engine(url, pool_pre_ping=True)
         connect_url = f"sqlite:///file:{parsed.database}?mode=ro&uri=true" if readonly else url
@@ -157,6 +182,18 @@ def _configure_sqlite(engine: Engine, *, readonly: bool) -> None:
         connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
+def _create_schema(database: Database) -> None:
+    """Create the tables once, however many writers (index shards) open a new database at the same moment: the
+    transaction holds SQLite's write lock (BEGIN IMMEDIATE) or a PostgreSQL advisory lock, and looks again."""
+    with database.session() as session:
+        connection = session.connection()
+        if not database.is_sqlite:
+            connection.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
+        if not inspect(connection).has_table(SchemaInfo.__tablename__):
+            Base.metadata.create_all(connection)
+            session.add(SchemaInfo(version=SCHEMA_VERSION))
+
+
 def _check_schema(database: Database) -> None:
     where = display_url(database.url)
     try:
@@ -174,10 +211,7 @@ def _check_schema(database: Database) -> None:
             )
         if database.readonly:
             raise NotADinoscopeDatabase(f"{where} holds no dinoscope data yet: run `dinoscope index` into it first")
-        Base.metadata.create_all(database.engine)
-        with database.session() as session:
-            session.add(SchemaInfo(version=SCHEMA_VERSION))
-        return
+        _create_schema(database)
     with database.session() as session:
         versions = session.scalars(select(SchemaInfo.version)).all()
     if versions != [SCHEMA_VERSION]:

@@ -6,10 +6,26 @@ from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.queries import EMBEDDING_DTYPE, PATCH_GRID_DTYPE
-from db.schema import Dataset, Embedding, Image, PatchGrid, Thumbnail, utcnow
+from db.patch_pca import PatchPca
+from db.queries import (
+    EMBEDDING_DTYPE,
+    PATCH_BASIS_DTYPE,
+    PATCH_GRID_DTYPE,
+    patch_pca,
+    stored_patch_grid,
+)
+from db.schema import (
+    Dataset,
+    Embedding,
+    Image,
+    PatchBasis,
+    PatchGrid,
+    Thumbnail,
+    utcnow,
+)
 
 
 @dataclass(frozen=True)
@@ -26,7 +42,7 @@ class ImageContent:
     width: int
     height: int
     embedding: np.ndarray  # (D,)
-    patch_grid: np.ndarray  # (grid height, grid width, D)
+    patch_grid: np.ndarray  # (grid height, grid width, D), D the dataset's stored_patch_dims once stored
     thumbnails: dict[str, JpegImage]  # by kind: "gallery", "preview"
 
 
@@ -67,9 +83,7 @@ def stored_content(session: Session, dataset: Dataset, image_id: int) -> ImageCo
     """Read back an image's derived data, to give a file with the same bytes without running the model."""
     image = session.get(Image, image_id)
     embedding = session.get(Embedding, image_id).array(EMBEDDING_DTYPE, (dataset.embed_dim,))
-    grid = session.get(PatchGrid, image_id).array(
-        PATCH_GRID_DTYPE, (dataset.grid_height, dataset.grid_width, dataset.embed_dim)
-    )
+    grid = stored_patch_grid(session, dataset, image_id)  # copied as stored: reduced grids stay reduced
     thumbnails = {
         t.kind: JpegImage(t.jpeg, t.width, t.height)
         for t in session.scalars(select(Thumbnail).where(Thumbnail.image_id == image_id))
@@ -101,6 +115,21 @@ def bump_generation(session: Session, dataset: Dataset) -> None:
     session.execute(
         update(Dataset).where(Dataset.id == dataset.id).values(generation=Dataset.generation + 1, updated_at=utcnow())
     )
+
+
+def store_patch_pca(session: Session, dataset: Dataset, pca: PatchPca) -> PatchPca:
+    """Store a reduced dataset's basis unless one is stored already; return the stored one, which every grid of
+    the dataset must use (two processes indexing one new dataset at once both fit one, and the first one wins)."""
+    row = PatchBasis(dataset_id=dataset.id, fitted_images=pca.fitted_images, fitted_tokens=pca.fitted_tokens,
+                     explained_variance=pca.explained_variance)
+    row.set_array(np.vstack([pca.mean[None, :], pca.axes]), PATCH_BASIS_DTYPE)
+    if patch_pca(session, dataset) is None:
+        try:
+            with session.begin_nested():
+                session.add(row)
+        except IntegrityError:  # another process stored one between our look and our insert
+            pass
+    return patch_pca(session, dataset)
 
 
 def remove_dataset(session: Session, dataset: Dataset) -> None:

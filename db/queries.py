@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.errors import DatasetNotFound
-from db.schema import Dataset, Embedding, Image, IndexRun, PatchGrid, Thumbnail
+from db.errors import CorruptArray, DatasetNotFound
+from db.patch_pca import PatchPca
+from db.schema import (
+    Dataset,
+    Embedding,
+    Image,
+    IndexRun,
+    PatchBasis,
+    PatchGrid,
+    Thumbnail,
+)
 
 EMBEDDING_DTYPE = "<f4"
 PATCH_GRID_DTYPE = "<f2"
+PATCH_BASIS_DTYPE = "<f4"
 
 
 @dataclass(frozen=True)
@@ -24,10 +35,20 @@ class StoredImage:
 
 
 @dataclass(frozen=True)
+class PatchBasisFacts:
+    """How a reduced dataset's basis was fitted, without its arrays."""
+
+    fitted_images: int
+    fitted_tokens: int
+    explained_variance: float
+
+
+@dataclass(frozen=True)
 class DatasetSummary:
     dataset: Dataset
     image_count: int
     last_run: IndexRun | None
+    patch_basis: PatchBasisFacts | None = None  # None for full grids, or while a reduced dataset has no basis yet
 
 
 def find_dataset(session: Session, name: str) -> Dataset | None:
@@ -50,7 +71,12 @@ def dataset_summaries(session: Session) -> list[DatasetSummary]:
         last_run = session.scalar(
             select(IndexRun).where(IndexRun.dataset_id == dataset.id).order_by(IndexRun.id.desc()).limit(1)
         )
-        summaries.append(DatasetSummary(dataset, counts.get(dataset.id, 0), last_run))
+        basis = session.execute(
+            select(PatchBasis.fitted_images, PatchBasis.fitted_tokens, PatchBasis.explained_variance)
+            .where(PatchBasis.dataset_id == dataset.id)
+        ).first()
+        summaries.append(DatasetSummary(dataset, counts.get(dataset.id, 0), last_run,
+                                        PatchBasisFacts(*basis) if basis else None))
     return summaries
 
 
@@ -84,14 +110,43 @@ def load_embeddings(session: Session, dataset: Dataset) -> tuple[np.ndarray, np.
 
 
 def patch_grid(session: Session, image_id: int) -> np.ndarray:
-    """The float16 patch grid (grid height, grid width, D) of an image."""
+    """The float16 patch grid (grid height, grid width, embed dim) of an image; a reduced grid comes back
+    reconstructed from its dataset's basis."""
     grid, dataset = session.execute(
         select(PatchGrid, Dataset)
         .join(Image, Image.id == PatchGrid.image_id)
         .join(Dataset, Dataset.id == Image.dataset_id)
         .where(PatchGrid.image_id == image_id)
     ).one()
-    return grid.array(PATCH_GRID_DTYPE, (dataset.grid_height, dataset.grid_width, dataset.embed_dim))
+    stored = _stored_grid(grid, dataset)
+    return stored if dataset.patch_dims is None else dataset_patch_pca(session, dataset).reconstruct(stored)
+
+
+def stored_patch_grid(session: Session, dataset: Dataset, image_id: int) -> np.ndarray:
+    """An image's patch grid as stored: (grid height, grid width, dataset.stored_patch_dims) float16."""
+    return _stored_grid(session.execute(select(PatchGrid).where(PatchGrid.image_id == image_id)).scalar_one(),
+                        dataset)
+
+
+def _stored_grid(grid: PatchGrid, dataset: Dataset) -> np.ndarray:
+    return grid.array(PATCH_GRID_DTYPE, (dataset.grid_height, dataset.grid_width, dataset.stored_patch_dims))
+
+
+def patch_pca(session: Session, dataset: Dataset) -> PatchPca | None:
+    """The basis of a dataset that stores reduced patch grids, or None where there is none (yet)."""
+    row = session.get(PatchBasis, dataset.id)
+    if row is None:
+        return None
+    stacked = row.array(PATCH_BASIS_DTYPE, (dataset.patch_dims + 1, dataset.embed_dim))
+    return PatchPca(stacked[0], stacked[1:], row.fitted_images, row.fitted_tokens, row.explained_variance)
+
+
+def dataset_patch_pca(session: Session, dataset: Dataset) -> PatchPca:
+    """The basis that a dataset's stored reduced grids need."""
+    pca = patch_pca(session, dataset)
+    if pca is None:
+        raise CorruptArray(f"dataset {dataset.name!r} stores reduced patch grids but has no basis to read them")
+    return pca
 
 
 def thumbnail(session: Session, image_id: int, kind: str = "gallery") -> bytes | None:

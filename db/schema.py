@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -28,7 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from db.arrays import decode_array, encode_array
 
 # Bump whenever a table or column changes meaning; db.engine refuses files written with another version.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: patch grids reduced by PCA (datasets.patch_dims, patch_bases)
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -61,6 +62,8 @@ class Dataset(Base):
     grid_height: Mapped[int] = mapped_column(Integer)
     grid_width: Mapped[int] = mapped_column(Integer)
     embed_dim: Mapped[int] = mapped_column(Integer)
+    # None: patch grids hold all embed_dim dimensions; a number: their coordinates in the dataset's PatchBasis.
+    patch_dims: Mapped[int | None] = mapped_column(Integer)
     precision: Mapped[str] = mapped_column(String(8))
     preprocessing: Mapped[dict] = mapped_column(JSON)
     library_versions: Mapped[dict] = mapped_column(JSON)
@@ -68,6 +71,11 @@ class Dataset(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Bumped by every transaction that changes the dataset's images: caches key on it.
     generation: Mapped[int] = mapped_column(Integer, default=0)
+
+    @property
+    def stored_patch_dims(self) -> int:
+        """The last axis of the patch grids as stored."""
+        return self.patch_dims or self.embed_dim
 
 
 class Image(Base):
@@ -117,11 +125,24 @@ class Embedding(_StoredArray, Base):
 
 
 class PatchGrid(_StoredArray, Base):
-    """The patch tokens of an image, float16 of shape (grid height, grid width, D), registers dropped."""
+    """The patch tokens of an image, float16 of shape (grid height, grid width, D), registers dropped; D is the
+    dataset's stored_patch_dims (its coordinates in the PatchBasis when the dataset stores reduced grids)."""
 
     __tablename__ = "patch_grids"
 
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+
+
+class PatchBasis(_StoredArray, Base):
+    """The PCA basis of a dataset whose patch grids are stored reduced, fitted once on its first embedded images:
+    float32 of shape (1 + patch dims, embed dim), the mean token in row 0 and the principal axes below it."""
+
+    __tablename__ = "patch_bases"
+
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True)
+    fitted_images: Mapped[int] = mapped_column(Integer)
+    fitted_tokens: Mapped[int] = mapped_column(Integer)
+    explained_variance: Mapped[float] = mapped_column(Float)  # fraction of the fitted tokens' variance kept
 
 
 class Thumbnail(Base):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from dashboard.settings import CACHE_DIR_ENV, CELERY_ENV, SECRET_ENV, USERS_FILE_ENV
 from db.engine import DB_ENV, default_database_path
 
 _DB_HELP = f"Database: a SQLite file path or a SQLAlchemy URL. [env {DB_ENV}; default {default_database_path()}]"
@@ -23,6 +24,14 @@ def default_workers() -> int:
 
 def db_option(function):
     return click.option("--db", envvar=DB_ENV, show_envvar=False, help=_DB_HELP)(function)
+
+
+def cache_dir_option(function):
+    return click.option(
+        "--cache-dir", envvar=CACHE_DIR_ENV, type=click.Path(file_okay=False, path_type=Path),
+        help=f"Folder shared by the server's workers and `dinoscope worker` for background results and cached "
+             f"projections. [env {CACHE_DIR_ENV}; default: a dinoscope-cache folder in the system's temporary "
+             "folder]")(function)
 
 
 def _fail(error: Exception) -> click.ClickException:
@@ -50,22 +59,27 @@ def main() -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
               show_default=True, help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32.")
+@click.option("--patch-dims", type=click.IntRange(1, 4096),
+              help="Store patch grids reduced to this many dimensions by a PCA basis fitted on the dataset's first "
+                   "images (a new dataset only; re-runs keep its choice). [default: full grids]")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def index(folder, dataset, db, model, weights, random_weights, image_size, batch_size, workers, device, precision,
-          quiet):
+          patch_dims, quiet):
     """Embed the images of FOLDER (recursively) into a dataset; re-runs only do the new work."""
     from db import DinoscopeDbError, open_database
     from indexer.model import ModelError, WeightsChoice
+    from indexer.patch_reduction import TooFewPatchTokens
     from indexer.run import IndexRefused, IndexRequest, index_folder
 
     if weights and random_weights:
         raise click.UsageError("--weights and --random-weights exclude each other: choose one")
     choice = WeightsChoice("file", weights) if weights else WeightsChoice("random") if random_weights else None
-    request = IndexRequest(folder, dataset, model, choice, image_size, batch_size, workers, device, precision)
+    request = IndexRequest(folder, dataset, model, choice, image_size, batch_size, workers, device, precision,
+                           patch_dims)
     try:
         database = open_database(db)
         summary = index_folder(database, request, show_progress=not quiet)
-    except (DinoscopeDbError, IndexRefused, ModelError) as error:
+    except (DinoscopeDbError, IndexRefused, ModelError, TooFewPatchTokens) as error:
         raise _fail(error) from None
     _echo_summary(summary)
 
@@ -112,13 +126,20 @@ def datasets(db):
         click.echo(f"{d.name}: {item.image_count} images from {d.root}{warning}")
         click.echo(f"  {d.model_name} at {d.image_size} px ({d.grid_height}x{d.grid_width} patches, {d.embed_dim} "
                    f"dims), {d.precision}, weights {d.weights_identity}; generation {d.generation}; {when}")
+        if d.patch_dims:
+            basis = item.patch_basis
+            fitted = (f"basis fitted on {basis.fitted_images} images, {100 * basis.explained_variance:.1f}% of their "
+                      "patch variance kept" if basis else "basis not fitted yet")
+            click.echo(f"  patch grids reduced to {d.patch_dims} dims by PCA ({fitted})")
 
 
 @main.command()
 @click.argument("dataset")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, writable=True, path_type=Path),
               help="The .npz file to write.")
-@click.option("--patch-grids", is_flag=True, help="Also export the float16 patch grids (large).")
+@click.option("--patch-grids", is_flag=True,
+              help="Also export the float16 patch grids (large); reduced ones as patch_coords with their basis, "
+                   "patch_mean and patch_axes.")
 @db_option
 def export(dataset, output, patch_grids, db):
     """Write a dataset's paths, labels and embeddings to an .npz file for numpy.load."""
@@ -175,23 +196,103 @@ def samples(folder):
 
 @main.command()
 @db_option
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 for every network (then use --users).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8050, show_default=True)
-@click.option("--cache-dir", envvar="DINOSCOPE_CACHE_DIR", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder shared by all workers for background results. [env DINOSCOPE_CACHE_DIR; default: "
-                   "a dinoscope-cache folder in the system's temporary folder]")
-def serve(db, host, port, cache_dir):
+@cache_dir_option
+@click.option("--workers", type=click.IntRange(1, 64),
+              help="Serve with gunicorn and this many worker processes, for many users. [default: Flask's "
+                   "development server, one process, for use on this machine]")
+@click.option("--threads", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Threads per gunicorn worker (with --workers).")
+@click.option("--users", "users_file", envvar=USERS_FILE_ENV, type=click.Path(dir_okay=False, path_type=Path),
+              help=f"Ask for a login from the users in this file (see `dinoscope users add`). [env "
+                   f"{USERS_FILE_ENV}; default: no login]")
+@click.option("--celery", envvar=CELERY_ENV, metavar="REDIS_URL",
+              help=f"Run background callbacks (t-SNE, UMAP) in `dinoscope worker` processes through this Redis. "
+                   f"[env {CELERY_ENV}; default: processes started beside the server]")
+def serve(db, host, port, cache_dir, workers, threads, users_file, celery):
     """Serve the dashboard on the database (read-only)."""
-    _serve(db, host, port, cache_dir)
-
-
-def _serve(db, host, port, cache_dir) -> None:
-    from dashboard.app import create_app
     from dashboard.settings import Settings
 
-    app = create_app(Settings.from_env(db, cache_dir))
-    click.echo(f"dinoscope dashboard on http://{host}:{port}/ (Ctrl+C stops it)")
-    app.run(host=host, port=port, debug=False)
+    _serve(Settings.from_env(db, cache_dir, celery, users_file), host, port, workers, threads)
+
+
+def _serve(settings, host: str, port: int, workers: int | None = None, threads: int = 8) -> None:
+    from dashboard import serving
+    from dashboard.app import create_app
+    from dashboard.auth import UsersFileError, read_users
+    from dashboard.jobs import BrokerError, check_redis
+
+    try:  # here, so that a mistake is one line rather than a traceback from every worker
+        if settings.users_file:
+            read_users(settings.users_file)
+        if settings.celery_url:
+            check_redis(settings.celery_url)
+    except (UsersFileError, BrokerError) as error:
+        raise _fail(error) from None
+    if serving.needs_login_warning(host, settings):
+        click.echo(serving.NO_LOGIN_WARNING.format(host=host), err=True)
+    if workers is None:
+        app = create_app(settings)
+        click.echo(f"dinoscope dashboard on http://{host}:{port}/ (development server; Ctrl+C stops it)")
+        app.run(host=host, port=port, debug=False)
+        return
+    settings, generated = serving.shared_secret(settings)
+    if generated:
+        click.echo(f"note: {SECRET_ENV} is not set: the workers share a key made for this run, so sessions end "
+                   "when the server restarts", err=True)
+    click.echo(f"dinoscope dashboard on http://{host}:{port}/ (gunicorn, {workers} workers of {threads} threads; "
+               "Ctrl+C stops it)")
+    serving.DashboardServer(settings, host, port, workers, threads).run()
+
+
+@main.command()
+@db_option
+@cache_dir_option
+@click.option("--celery", envvar=CELERY_ENV, required=True, metavar="REDIS_URL",
+              help=f"The Redis of `dinoscope serve --celery`. [env {CELERY_ENV}]")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=default_workers, show_default="half the cores",
+              help="Background callbacks run at once (processes).")
+def worker(db, cache_dir, celery, concurrency):
+    """Run the dashboard's background callbacks (t-SNE, UMAP) for `dinoscope serve --celery`, on the same machine:
+    give it the server's database and cache folder."""
+    from dashboard.app import create_worker
+    from dashboard.auth import UsersFileError
+    from dashboard.jobs import BrokerError, check_redis
+    from dashboard.settings import Settings
+
+    try:
+        check_redis(celery)
+        app = create_worker(Settings.from_env(db, cache_dir, celery))
+    except (UsersFileError, BrokerError) as error:
+        raise _fail(error) from None
+    app.worker_main(["worker", f"--concurrency={concurrency}", "--pool=prefork", "--loglevel=INFO",
+                     f"--hostname=dinoscope-{os.getpid()}@%h"])
+
+
+@main.group()
+def users():
+    """Manage the users file that `dinoscope serve --users FILE` takes logins from."""
+
+
+@users.command("add")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("user")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
+def add_user(file, user, password_stdin):
+    """Add USER to FILE (created if missing), or change their password. Only a hash of the password is stored."""
+    from dashboard.auth import UsersFileError, add_user
+
+    if password_stdin:
+        password = click.get_text_stream("stdin").readline().rstrip("\r\n")
+    else:
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        new = add_user(file, user, password)
+    except UsersFileError as error:
+        raise _fail(error) from None
+    click.echo(f"{'added' if new else 'changed the password of'} {user!r} in {file}")
 
 
 @main.command()
@@ -215,7 +316,9 @@ def demo(folder, db, random_weights, host, port):
         _echo_summary(index_folder(open_database(db), request))
     except (DinoscopeDbError, IndexRefused, ModelError) as error:
         raise _fail(error) from None
-    _serve(db, host, port, None)
+    from dashboard.settings import Settings
+
+    _serve(Settings.from_env(db), host, port)
 
 
 @main.command()

@@ -40,6 +40,7 @@ class WeightsUnavailable(ModelError):
 class WeightsChoice:
     kind: str  # "hub", "file" or "random"
     file: Path | None = None
+    revision: str | None = None  # hub only: exactly this snapshot from the local cache, never a download
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def load_model(name: str, weights: WeightsChoice, image_size: int) -> LoadedMode
         model = _create_from_file(name, image_size, weights.file)
         source = Weights("file", f"sha256:{_file_sha256(weights.file)}", str(weights.file.resolve()))
     else:
-        file, repo, revision = _hub_weights_file(name)
+        file, repo, revision = _hub_weights_file(name, weights.revision)
         model = _create_from_file(name, image_size, file)
         source = Weights("hub", f"hf-hub:{repo}@{revision}", repo)
     model.eval()
@@ -170,8 +171,9 @@ def _file_sha256(file: Path) -> str:
     return digest.hexdigest()
 
 
-def _hub_weights_file(name: str) -> tuple[Path, str, str]:
-    """The cached weights file of a pretrained timm model, downloading it first if the hub can be reached."""
+def _hub_weights_file(name: str, revision: str | None = None) -> tuple[Path, str, str]:
+    """The cached weights file of a pretrained timm model, downloading it first if the hub can be reached
+    (a given `revision` only from the cache)."""
     import huggingface_hub
 
     config = timm.models.get_pretrained_cfg(name)
@@ -180,9 +182,14 @@ def _hub_weights_file(name: str) -> tuple[Path, str, str]:
         raise ModelError(f"timm has no pretrained weights on the hub for {name}: use --weights FILE or "
                          "--random-weights")
     for filename in ("model.safetensors", "pytorch_model.bin"):
-        cached = huggingface_hub.try_to_load_from_cache(repo, filename)
+        cached = huggingface_hub.try_to_load_from_cache(repo, filename, revision=revision)
         if isinstance(cached, str):
             return Path(cached), repo, Path(cached).parent.name
+    if revision is not None:
+        raise WeightsUnavailable(
+            f"the Hugging Face cache ({huggingface_hub.constants.HF_HUB_CACHE}) holds no snapshot {revision} of "
+            f"{repo}: copy it there from a machine with a network (`hf download {repo} --revision {revision}`)"
+        )
     if huggingface_hub.constants.HF_HUB_OFFLINE or not _hub_reachable():
         raise WeightsUnavailable(
             f"no pretrained weights for {name}: the model hub cannot be reached and the Hugging Face cache "
@@ -206,3 +213,13 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def recorded_weights(kind: str, identity: str, source: str | None) -> WeightsChoice:
+    """The weights a dataset records (kind, identity, source), as a choice that loads exactly those or fails:
+    the same file path, the same hub snapshot (from the cache only), or the same seed."""
+    if kind == "file":
+        return WeightsChoice("file", Path(source))
+    if kind == "hub":
+        return WeightsChoice("hub", revision=identity.rpartition("@")[2])
+    return WeightsChoice("random")

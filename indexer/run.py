@@ -40,6 +40,7 @@ from indexer.model import (
     resolve_device,
     resolve_precision,
 )
+from indexer.patch_reduction import check_fittable, reduce_patch_grids
 from indexer.plan import IndexPlan, plan_index
 from indexer.scan import IMAGE_SUFFIXES, content_hash, scan_folder
 
@@ -59,6 +60,7 @@ class IndexRequest:
     workers: int = 1
     device: str = "auto"
     precision: str = "auto"
+    patch_dims: int | None = None  # None: the dataset's, or full patch grids for a new dataset
 
     @property
     def dataset_name(self) -> str:
@@ -110,12 +112,13 @@ def index_folder(database: Database, request: IndexRequest, *, show_progress: bo
     device = resolve_device(request.device)
     precision = resolve_precision(request.precision, device)
     loaded = load_model(model_name, weights, image_size) if plan.embed or dataset is None else None
+    _check_patch_dims(dataset, request, loaded, len(plan.embed))
     if dataset is not None and precision != dataset.precision and plan.embed:
         summary.notes.append(f"this run embeds in {precision}; the dataset was built in {dataset.precision}")
 
     with database.session() as session:
         if dataset is None:
-            dataset = _create_dataset(session, request.dataset_name, folder, loaded, precision)
+            dataset = _create_dataset(session, request.dataset_name, folder, loaded, precision, request.patch_dims)
         dataset_id = dataset.id
         _mark_abandoned_runs(session, dataset_id)
         run = IndexRun(dataset_id=dataset_id, host=socket.gethostname(), pid=os.getpid(),
@@ -177,13 +180,36 @@ def _describe_weights(kind: str) -> str:
     return {"hub": "pretrained hub weights", "file": "a weights file", "random": "random weights"}[kind]
 
 
-def _create_dataset(session, name: str, folder: Path, loaded: LoadedModel, precision: str) -> Dataset:
+def _check_patch_dims(dataset: Dataset | None, request: IndexRequest, loaded: LoadedModel | None,
+                      images: int) -> None:
+    """A dataset keeps the patch dimensions it was created with; a new one can only reduce to fewer than the
+    model's, and needs enough patch tokens in its first run to fit the basis on."""
+    if request.patch_dims is None:
+        return
+    if dataset is not None:
+        if request.patch_dims != dataset.patch_dims:
+            stored = (f"patch grids reduced to {dataset.patch_dims} dims" if dataset.patch_dims
+                      else f"full {dataset.embed_dim}-dim patch grids")
+            raise IndexRefused(
+                f"dataset {dataset.name!r} stores {stored}; this run asks for --patch-dims {request.patch_dims}. "
+                f"Patch grids of one dataset share one basis: run without --patch-dims, index into a new dataset "
+                f"(--dataset NEW_NAME), or rebuild this one (`dinoscope remove {dataset.name}`, then index again)"
+            )
+        return
+    if request.patch_dims >= loaded.embed_dim:
+        raise IndexRefused(f"--patch-dims {request.patch_dims} does not reduce {loaded.name}'s {loaded.embed_dim}-dim "
+                           f"patch tokens: choose fewer, or leave the option out to store full grids")
+    check_fittable(request.patch_dims, images, loaded.grid_size[0] * loaded.grid_size[1])
+
+
+def _create_dataset(session, name: str, folder: Path, loaded: LoadedModel, precision: str,
+                    patch_dims: int | None) -> Dataset:
     grid_height, grid_width = loaded.grid_size
     dataset = Dataset(
         name=name, root=str(folder), model_name=loaded.name, weights_kind=loaded.weights.kind,
         weights_identity=loaded.weights.identity, weights_source=loaded.weights.source,
         image_size=loaded.image_size, patch_size=loaded.patch_size, grid_height=grid_height, grid_width=grid_width,
-        embed_dim=loaded.embed_dim, precision=precision, preprocessing=loaded.preprocessing,
+        embed_dim=loaded.embed_dim, patch_dims=patch_dims, precision=precision, preprocessing=loaded.preprocessing,
         library_versions={"torch": torch.__version__, "timm": timm.__version__, "pillow": PIL.__version__},
     )
     session.add(dataset)
@@ -245,8 +271,8 @@ def _embed_and_store(database: Database, dataset_id: int, run_id: int, plan: Ind
                      device: torch.device, precision: str, request: IndexRequest, summary: IndexSummary,
                      show_progress: bool) -> None:
     embedding_started = time.perf_counter()
-    batches = embed_files([job.path for job in plan.embed], loaded, device, precision,
-                          request.batch_size, request.workers)
+    batches = reduce_patch_grids(database, dataset_id, embed_files([job.path for job in plan.embed], loaded, device,
+                                                                   precision, request.batch_size, request.workers))
     with tqdm(total=len(plan.embed), desc="embedding", unit="img", disable=not show_progress) as progress:
         for batch in batches:
             with database.session() as session:

@@ -49,6 +49,52 @@ def db_path(tmp_path) -> Path:
     return tmp_path / "index.db"
 
 
+POSTGRES_ENV = "DINOSCOPE_TEST_POSTGRES"
+DEFAULT_TEST_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """An AUTOCOMMIT engine on the test server's maintenance database, $DINOSCOPE_TEST_POSTGRES (default
+    postgres@127.0.0.1:5432/test). An unreachable server fails the tests; `DINOSCOPE_TEST_POSTGRES=off` skips them."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import OperationalError
+
+    from db.engine import display_url, resolve_url
+
+    url = os.environ.get(POSTGRES_ENV, DEFAULT_TEST_POSTGRES)
+    if url == "off":
+        pytest.skip(f"PostgreSQL tests are off ({POSTGRES_ENV}=off)")
+    engine = create_engine(resolve_url(url), isolation_level="AUTOCOMMIT")
+    try:
+        engine.connect().close()
+    except OperationalError as error:
+        pytest.fail(f"no PostgreSQL test server at {display_url(url)} ({str(error.orig).strip().splitlines()[0]}): "
+                    f"start one, point {POSTGRES_ENV} at one, or set {POSTGRES_ENV}=off to skip these tests",
+                    pytrace=False)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """The URL of a new, empty PostgreSQL database of this test's own, dropped afterwards."""
+    import uuid
+
+    name = f"dinoscope_t_{uuid.uuid4().hex[:12]}"
+    with postgres_server.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield postgres_server.url.set(database=name).render_as_string(hide_password=False)
+    with postgres_server.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """`--db` for a new database, once a SQLite file and once a PostgreSQL database."""
+    return str(tmp_path / "index.db") if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+
+
 os.environ.setdefault("DASH_TEST_CHROMEPATH", "/usr/bin/chromium")
 
 

@@ -1,16 +1,20 @@
-"""The storage layer: typed arrays, URLs, schema versions, read-only readers next to a writer."""
+"""The storage layer: typed arrays, URLs, schema versions, read-only readers next to a writer.
+
+Tests taking `db_url` run twice: on a SQLite file and on a PostgreSQL database of their own."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from sqlalchemy import func, select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InternalError
 
 from db.arrays import decode_array, encode_array
-from db.engine import open_database, resolve_url
+from db.engine import display_url, open_database, resolve_url
 from db.errors import CorruptArray, DatabaseNotFound, DatabaseUnreachable, NotADinoscopeDatabase, SchemaMismatch
 from db.schema import SCHEMA_VERSION, Dataset, SchemaInfo
 
@@ -46,6 +50,7 @@ def test_arrays_that_do_not_match_their_record_are_refused(data_slice, expected_
 
 def test_db_option_takes_urls_paths_and_the_environment(monkeypatch, tmp_path):
     assert resolve_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert resolve_url("postgresql://u@h/db") == resolve_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
     assert resolve_url(str(tmp_path / "a.db")) == f"sqlite:///{tmp_path / 'a.db'}"
     monkeypatch.setenv("DINOSCOPE_DB", str(tmp_path / "env.db"))
     assert resolve_url(None) == f"sqlite:///{tmp_path / 'env.db'}"
@@ -72,24 +77,35 @@ def test_a_file_of_another_program_is_refused_untouched(tmp_path):
 
 @pytest.mark.parametrize(("version", "message"), [(SCHEMA_VERSION + 1, "newer dinoscope"),
                                                   (SCHEMA_VERSION - 1, "older dinoscope")])
-def test_another_schema_version_is_refused_with_what_to_do(tmp_path, version, message):
-    path = tmp_path / "index.db"
-    with open_database(str(path)).session() as session:
+def test_another_schema_version_is_refused_with_what_to_do(db_url, version, message):
+    with open_database(db_url).session() as session:
         session.execute(text("UPDATE dinoscope_schema SET version = :v"), {"v": version})
     for readonly in (False, True):
         with pytest.raises(SchemaMismatch, match=f"{message} \\(schema {version}; this one reads {SCHEMA_VERSION}\\)"):
-            open_database(str(path), readonly=readonly)
+            open_database(db_url, readonly=readonly)
 
 
-def test_a_new_database_records_its_schema_version(tmp_path):
-    with open_database(str(tmp_path / "index.db")).session() as session:
+def test_a_new_database_records_its_schema_version(db_url):
+    with open_database(db_url).session() as session:
         assert session.scalars(select(SchemaInfo.version)).all() == [SCHEMA_VERSION]
 
 
-def test_readers_see_only_committed_writes_and_cannot_write(tmp_path):
-    path = str(tmp_path / "index.db")
-    writer = open_database(path)
-    reader = open_database(path, readonly=True)
+def test_writers_opening_a_new_database_at_once_create_the_schema_once(db_url):
+    barrier = threading.Barrier(6)
+
+    def open_when_all_are_ready(_):
+        barrier.wait()
+        open_database(db_url).dispose()
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(open_when_all_are_ready, range(6)))
+    with open_database(db_url, readonly=True).session() as session:
+        assert session.scalars(select(SchemaInfo.version)).all() == [SCHEMA_VERSION]
+
+
+def test_readers_see_only_committed_writes_and_cannot_write(db_url):
+    writer = open_database(db_url)
+    reader = open_database(db_url, readonly=True)
     with writer.session() as session:
         session.add(_dataset("first"))
         session.flush()
@@ -97,16 +113,30 @@ def test_readers_see_only_committed_writes_and_cannot_write(tmp_path):
             assert reading.scalar(select(func.count()).select_from(Dataset)) == 0
     with reader.session() as reading:
         assert reading.scalar(select(func.count()).select_from(Dataset)) == 1
-    with pytest.raises(DatabaseUnreachable, match="readonly|read-only|query_only"):
+    with pytest.raises((DatabaseUnreachable, InternalError), match="readonly|read-only|query_only"):
         with reader.session() as reading:
             reading.add(_dataset("second"))
 
 
-def test_removing_a_dataset_removes_its_rows_in_every_table(tmp_path):
+def test_a_reader_session_is_one_snapshot(db_url):
+    writer = open_database(db_url)
+    reader = open_database(db_url, readonly=True)
+    with writer.session() as session:
+        session.add(_dataset("first"))
+    with reader.session() as reading:
+        assert reading.scalars(select(Dataset.name)).all() == ["first"]
+        with writer.session() as session:  # commits while the reader is in the middle of its session
+            session.add(_dataset("second"))
+        assert reading.scalars(select(Dataset.name)).all() == ["first"]
+    with reader.session() as reading:
+        assert reading.scalars(select(Dataset.name).order_by(Dataset.name)).all() == ["first", "second"]
+
+
+def test_removing_a_dataset_removes_its_rows_in_every_table(db_url):
     from db.mutations import FileFacts, ImageContent, JpegImage, add_image, remove_dataset
     from db.schema import Embedding, Image, PatchGrid, Thumbnail
 
-    database = open_database(str(tmp_path / "index.db"))
+    database = open_database(db_url)
     content = ImageContent(10, 10, np.zeros(8), np.zeros((4, 4, 8)), {"gallery": JpegImage(b"x", 1, 1)})
     with database.session() as session:
         kept, dropped = _dataset("kept"), _dataset("dropped")
@@ -121,9 +151,30 @@ def test_removing_a_dataset_removes_its_rows_in_every_table(tmp_path):
             assert session.scalar(select(func.count()).select_from(table)) == 1, table.__tablename__
 
 
-def test_an_unreachable_server_is_named_in_the_error():
-    with pytest.raises((DatabaseUnreachable, OperationalError), match="127.0.0.1:1"):
-        open_database("postgresql+psycopg://nobody@127.0.0.1:1/none")
+def test_an_unreachable_server_is_named_without_its_password():
+    with pytest.raises(DatabaseUnreachable) as caught:
+        open_database("postgresql+psycopg://nobody:secret@127.0.0.1:1/none")
+    message = str(caught.value)
+    assert "postgresql+psycopg://nobody:***@127.0.0.1:1/none" in message and "Connection refused" in message
+    assert "secret" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("postgresql+psycopg://u:secret@h:port/db", "cannot use database URL postgresql+psycopg://u:***@h:port/db"),
+    ("nosuchdb://u:secret@h/db", "cannot use database URL nosuchdb://u:***@h/db"),
+])
+def test_a_malformed_url_is_named_without_its_password(url, message):
+    with pytest.raises(DatabaseUnreachable) as caught:
+        open_database(url)
+    assert message in str(caught.value) and "secret" not in str(caught.value)
+
+
+def test_a_missing_postgresql_database_is_named(postgres_url):
+    missing = postgres_url.rsplit("/", 1)[0] + "/dinoscope_no_such_database"
+    with pytest.raises(DatabaseUnreachable) as caught:
+        open_database(missing)
+    assert f"cannot open database {display_url(missing)}: " in str(caught.value)
+    assert 'database "dinoscope_no_such_database" does not exist' in str(caught.value)
 
 
 def test_after_a_checkpoint_the_database_file_alone_holds_every_commit(tmp_path):
