@@ -16,6 +16,7 @@ from dashboard.auth import protect, read_users
 from dashboard.data import DatasetStore
 from dashboard.jobs import BrokerError, background_manager
 from dashboard.pages import clustering, embeddings, gallery, patches, similarity
+from dashboard.query_image import MAX_REQUEST_BYTES
 from dashboard.settings import CELERY_ENV, Settings
 
 ASSETS = Path(__file__).parent / "assets"
@@ -38,7 +39,8 @@ def create_app(settings: Settings, manager=None) -> Dash:
         protect(app, read_users(settings.users_file), HEALTH_PATH)
     # Without a configured secret every worker would sign with its own random key; a single process is fine.
     app.server.secret_key = settings.secret_key or secrets.token_hex(32)
-    store = DatasetStore(settings.db_url)
+    app.server.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES  # refused with 413, whatever the browser sent
+    store = DatasetStore(settings.db_url, settings.cache_dir)
     _add_image_routes(app.server, store)
     gallery.register(app, store)
     similarity.register(app, store)
@@ -49,6 +51,9 @@ def create_app(settings: Settings, manager=None) -> Dash:
     app.layout = html.Div([dcc.Location(id="navigate", refresh="callback-nav"),
                            dcc.Interval(id="dataset-check", interval=settings.change_check_seconds * 1000),
                            dash.page_container])
+    # Dash completes its set-up (scripts, the pages' router) on the first request, without a lock: in a threaded
+    # worker, requests arriving meanwhile found no scripts registered (500s). One request now, before any user's.
+    app.server.test_client().get(HEALTH_PATH)
     return app
 
 

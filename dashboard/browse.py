@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from dashboard.analysis.similarity import top_k
 from dashboard.data import DatasetView
 
 GALLERY_COLUMNS = 10
@@ -60,7 +59,7 @@ def image_detail(view: DatasetView, image_id: int, k: int = 8) -> ImageDetail | 
     position = view.position(image_id)
     if position is None:
         return None
-    indices, scores = top_k(view.embeddings, position, k)
+    indices, scores = view.nearest(position, k)
     neighbours = [Neighbour(int(view.image_ids[i]), view.relpaths[i], float(s)) for i, s in zip(indices, scores)]
     width, height = view.sizes[position]
     return ImageDetail(image_id, view.relpaths[position], view.labels[position], width, height, neighbours)

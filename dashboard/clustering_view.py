@@ -5,18 +5,29 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import plotly.express as px
 import plotly.graph_objects as go
 
-from dashboard.analysis.clustering import NOISE, ClusterMetrics, cluster, cluster_metrics, cluster_sizes
-from dashboard.analysis.projection import Projection, normalize_rows, pca_components, project
+from dashboard.analysis.clustering import (
+    NOISE,
+    ClusterMetrics,
+    cluster,
+    cluster_metrics,
+    cluster_sizes,
+    label_by_nearest_sample,
+)
+from dashboard.analysis.projection import Projection, normalize_rows, project
 from dashboard.data import DatasetView
 
 HOVER_COMPONENTS = 3  # principal components shown when hovering a point
 SUMMARY_THUMBNAILS = 8  # representatives shown per cluster
+# DBSCAN and Ward (memory quadratic in N) see at most this many images; the others join their nearest one's cluster.
+CLUSTER_SAMPLE = 5_000
+SCATTER_POINTS = 200_000  # points drawn at most; larger datasets show a seeded sample
+SMALL_MARKERS = 2_000  # from this many images on, markers are small and have no outline
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,7 @@ class ClusteringResult:
     metrics: ClusterMetrics
     sizes: list[tuple[int, int]]
     representatives: dict[int, list[int]]  # cluster -> dataset rows nearest its centre, best first
+    notes: list[str] = field(default_factory=list)
 
 
 def projection_params(query: dict) -> ProjectionParams:
@@ -93,24 +105,51 @@ def cached_projection(cache, view: DatasetView, params: ProjectionParams,
     key = params.cache_key(view)
     found = cache.get(key)
     if found is None:
-        found = project(view.embeddings, params.method, seed=params.seed, perplexity=params.perplexity,
-                        n_neighbors=params.n_neighbors, min_dist=params.min_dist, progress=progress)
+        found = project(view.embeddings, params.method, reduced=view.reduced, seed=params.seed,
+                        perplexity=params.perplexity, n_neighbors=params.n_neighbors, min_dist=params.min_dist,
+                        progress=progress)
         cache[key] = found
     return found
 
 
-def hover_components(view: DatasetView) -> np.ndarray:
-    """The first principal components of every image, shown on hover."""
-    return pca_components(view.embeddings, HOVER_COMPONENTS)[0]
+def hover_components(view: DatasetView, row: int) -> np.ndarray:
+    """An image's first principal components (of the normalised embeddings), shown on hover."""
+    return view.reduced[row, :HOVER_COMPONENTS]
 
 
 def cluster_images(view: DatasetView, coordinates: np.ndarray, params: ClusterParams) -> ClusteringResult:
-    """Cluster in cosine geometry (normalised embeddings) or on the 2-D projection, with quality metrics."""
-    points = normalize_rows(view.embeddings) if params.space == "embedding" else coordinates
-    labels = cluster(points, params.method, k=params.k, eps=params.eps, min_samples=params.min_samples)
+    """Cluster in cosine geometry or on the 2-D projection, with quality metrics.
+
+    In cosine geometry K-Means runs on the normalised embeddings' first 50 principal components (`view.reduced`:
+    the same clusters as on the full vectors for clustered data, and fast at 100,000 images); DBSCAN and Ward run
+    on the normalised embeddings themselves, of at most CLUSTER_SAMPLE images: in a larger dataset a seeded sample
+    of them, every other image joining the cluster of its nearest sampled image on the principal components.
+    """
+    options = {"k": params.k, "eps": params.eps, "min_samples": params.min_samples}
+    notes = []
+    if params.space == "projection":
+        points = coordinates
+        labels = cluster(points, params.method, **options)
+    elif params.method == "kmeans":
+        points = view.reduced
+        labels = cluster(points, params.method, **options)
+    elif len(view) <= CLUSTER_SAMPLE:
+        points = normalize_rows(view.embeddings)
+        labels = cluster(points, params.method, **options)
+    else:
+        sample = np.sort(np.random.default_rng(0).choice(len(view), CLUSTER_SAMPLE, replace=False))
+        points = view.reduced
+        sample_labels = cluster(normalize_rows(view.embeddings[sample]), params.method, **options)
+        labels = label_by_nearest_sample(points, sample, sample_labels,
+                                         params.eps if params.method == "dbscan" else None)
+        notes.append(f"{_METHOD_NAMES[params.method]} clustered a sample of {CLUSTER_SAMPLE:,} images; each other "
+                     "image joined the cluster of its nearest sampled image")
     true_labels = view.labels if any(view.labels) else None
     return ClusteringResult(labels, cluster_metrics(points, labels, true_labels), cluster_sizes(labels),
-                            _representatives(points, labels))
+                            _representatives(points, labels), notes)
+
+
+_METHOD_NAMES = {"dbscan": "DBSCAN", "hierarchical": "Ward clustering"}
 
 
 def _representatives(points: np.ndarray, labels: np.ndarray) -> dict[int, list[int]]:
@@ -155,25 +194,33 @@ _AXIS_NAMES = {"pca": "PC", "tsne": "t-SNE", "umap": "UMAP"}
 
 
 def cluster_scatter(view: DatasetView, projection: Projection, result: ClusteringResult) -> go.Figure:
-    """A WebGL scatter, one trace per cluster (noise grey), each point carrying its image id for hover and click."""
+    """A WebGL scatter, one trace per cluster (noise grey), each point carrying its image id for hover and click.
+
+    Coordinates and ids go as NumPy arrays, which Dash sends as binary typed arrays (base64), not JSON lists.
+    Above SCATTER_POINTS images a seeded sample is drawn, with the same share of every cluster."""
     figure = go.Figure()
     palette = px.colors.qualitative.Plotly + px.colors.qualitative.D3 + px.colors.qualitative.Alphabet
+    shown = np.ones(len(view), bool)
+    if len(view) > SCATTER_POINTS:
+        shown[:] = False
+        shown[np.random.default_rng(0).choice(len(view), SCATTER_POINTS, replace=False)] = True
+    many = len(view) >= SMALL_MARKERS
     for label, size in result.sizes:
-        rows = np.flatnonzero(result.labels == label)
+        rows = np.flatnonzero((result.labels == label) & shown)
         noise = label == NOISE
         figure.add_trace(go.Scattergl(
             x=projection.coordinates[rows, 0], y=projection.coordinates[rows, 1], mode="markers",
-            name=f"{cluster_name(label)} ({size})",
-            # A list, not an array: plotly sends arrays as typed buffers that hover and click events leave out.
-            customdata=[int(view.image_ids[row]) for row in rows],
-            marker={"size": 10, "color": "#9e9e9e" if noise else palette[label % len(palette)],
-                    "symbol": "x" if noise else "circle", "line": {"width": 0.5, "color": "white"}},
+            name=f"{cluster_name(label)} ({size})", customdata=view.image_ids[rows].astype(np.int32),
+            marker={"size": 4 if many else 10, "color": "#9e9e9e" if noise else palette[label % len(palette)],
+                    "symbol": "x" if noise else "circle",
+                    "line": {"width": 0 if many else 0.5, "color": "white"}},
             hoverinfo="none",
         ))
     axis = _AXIS_NAMES[projection.method]
+    title = f"a sample of {SCATTER_POINTS:,} of {len(view):,} images" if len(view) > SCATTER_POINTS else None
     figure.update_layout(
-        xaxis_title=f"{axis} 1", yaxis_title=f"{axis} 2", legend_title_text="clusters", template="plotly_white",
-        margin={"l": 40, "r": 10, "t": 36, "b": 40}, height=560, clickmode="event",
+        title_text=title, xaxis_title=f"{axis} 1", yaxis_title=f"{axis} 2", legend_title_text="clusters",
+        template="plotly_white", margin={"l": 40, "r": 10, "t": 36, "b": 40}, height=560, clickmode="event",
         uirevision=f"{view.name}/{projection.method}",  # keeps the user's zoom while clusters are recoloured
     )
     return figure

@@ -1,7 +1,9 @@
 """What the pages read: datasets as arrays, cached per process by (dataset, generation).
 
 One `DatasetStore` belongs to one app in one process. It asks the database for a dataset's generation on every
-call (one small query) and reloads the arrays only when the indexer has changed the dataset since.
+call (one small query) and reloads the arrays only when the indexer has changed the dataset since. With a cache
+folder, a dataset's arrays come from a file in it that every process maps into memory (dashboard.shared_matrix):
+the first process to need a generation builds it from the database, the others map it.
 """
 
 from __future__ import annotations
@@ -9,13 +11,26 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
 
+from dashboard.analysis.projection import REDUCED_DIMENSIONS, pca_components, row_norms
+from dashboard.analysis.similarity import top_k
+from dashboard.shared_matrix import MatrixKey, SharedContent, read_shared, write_shared
+from db.arrays import decode_array
 from db.engine import Database, open_database
-from db.queries import dataset_by_name, dataset_summaries, load_embeddings, patch_grid, thumbnail
-from db.schema import Dataset, Image
+from db.queries import (
+    EMBEDDING_DTYPE,
+    dataset_by_name,
+    dataset_summaries,
+    patch_grid,
+    thumbnail,
+)
+from db.schema import Dataset, Embedding, Image
+
+READ_BATCH = 4096  # embeddings decoded per step when a dataset is read from the database
 
 
 @dataclass(frozen=True)
@@ -39,7 +54,12 @@ class Provenance:
 
 @dataclass(frozen=True)
 class DatasetView:
-    """A dataset's images in one order: ids, paths, labels, embeddings (float32, N x D) as stored."""
+    """A dataset's images in one order: ids, paths, labels, sizes, and embeddings (float32, N x D) as stored.
+
+    Two derived arrays are computed here unless given: `norms`, the embeddings' L2 norms (N,), so a query never
+    normalises the matrix, and `reduced`, the L2-normalised embeddings on their first 50 principal axes (N, <= 50),
+    which K-Means, the PCA projection and the pre-reduction of t-SNE and UMAP use. Arrays may be read-only.
+    """
 
     name: str
     generation: int
@@ -48,6 +68,14 @@ class DatasetView:
     labels: list[str | None]
     sizes: list[tuple[int, int]]
     embeddings: np.ndarray
+    norms: np.ndarray = None
+    reduced: np.ndarray = None
+
+    def __post_init__(self) -> None:
+        if self.norms is None:
+            object.__setattr__(self, "norms", row_norms(self.embeddings))
+        if self.reduced is None:
+            object.__setattr__(self, "reduced", pca_components(self.embeddings, REDUCED_DIMENSIONS)[0])
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -56,24 +84,33 @@ class DatasetView:
         found = np.flatnonzero(self.image_ids == image_id)
         return int(found[0]) if found.size else None
 
+    def nearest(self, query: int | np.ndarray, k: int, *, exclude_self: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the k images most cosine-similar to a row or a vector, and their scores (see top_k)."""
+        return top_k(self.embeddings, query, k, exclude_self=exclude_self, norms=self.norms)
+
 
 class DatasetStore:
     """Read-only access for one app in one process. The database is opened on first use, so a server started
     before the first index run works as soon as that run has written something."""
 
-    def __init__(self, db_url: str, capacity: int = 4) -> None:
+    def __init__(self, db_url: str, cache_dir: Path | None = None, capacity: int = 4) -> None:
+        """`cache_dir`: the folder shared by the app's processes, where datasets' arrays are kept for mapping
+        (in its `matrices` folder); None keeps each process's arrays in its own memory."""
         self.db_url = db_url
+        self.cache_dir = cache_dir
         self._database: Database | None = None
         self._capacity = capacity
-        self._views: dict[str, DatasetView] = {}
+        self._views: dict[str, tuple[MatrixKey, DatasetView]] = {}
         self._lock = threading.Lock()
+        self._loading = threading.Lock()
 
     def __getstate__(self) -> dict:
-        """Background jobs receive the store pickled: the address and size travel, connections and arrays do not."""
-        return {"db_url": self.db_url, "capacity": self._capacity}
+        """Background jobs receive the store pickled: the address, cache folder and size travel, connections and
+        arrays do not."""
+        return {"db_url": self.db_url, "cache_dir": self.cache_dir, "capacity": self._capacity}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["db_url"], state["capacity"])
+        self.__init__(state["db_url"], state["cache_dir"], state["capacity"])
 
     @property
     def database(self) -> Database:
@@ -104,16 +141,39 @@ class DatasetStore:
         """The dataset's current arrays; raises db.errors.DatasetNotFound for an unknown name."""
         with self.database.session() as session:
             dataset = dataset_by_name(session, name)
+            key = MatrixKey(self.db_url, dataset.id, dataset.created_at.isoformat(), dataset.generation)
             cached = self._views.get(name)
-            if cached is not None and cached.generation == dataset.generation:
-                return cached
-            view = _load_view(session, dataset)
-        with self._lock:
-            self._views.pop(name, None)
-            self._views[name] = view
-            while len(self._views) > self._capacity:
-                self._views.pop(next(iter(self._views)))
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            with self._loading:  # one load at a time in a process: the second thread then finds the first's
+                cached = self._views.get(name)
+                if cached is not None and cached[0] == key:
+                    return cached[1]
+                view = self._load(session, dataset, key)
+                with self._lock:
+                    self._views.pop(name, None)
+                    self._views[name] = (key, view)
+                    while len(self._views) > self._capacity:
+                        self._views.pop(next(iter(self._views)))
         return view
+
+    def _load(self, session, dataset: Dataset, key: MatrixKey) -> DatasetView:
+        folder = None if self.cache_dir is None else Path(self.cache_dir) / "matrices"
+        shared = None if folder is None else read_shared(folder, key)
+        if shared is None:
+            shared = _read_dataset(session, dataset)
+            # On PostgreSQL each statement may see a newer commit: share only what one generation holds.
+            unchanged = session.scalar(select(Dataset.generation).where(Dataset.id == dataset.id)) == key.generation
+            if folder is not None and unchanged:
+                try:
+                    write_shared(folder, key, shared)
+                    shared = read_shared(folder, key) or shared  # mapped, so this process shares it too
+                except OSError:
+                    pass  # a cache folder that cannot be written: this process keeps its own arrays
+        arrays, images = shared.arrays, shared.document
+        return DatasetView(dataset.name, dataset.generation, arrays["image_ids"], images["relpaths"],
+                           images["labels"], [tuple(size) for size in images["sizes"]], arrays["embeddings"],
+                           arrays["norms"], arrays["reduced"])
 
 
 def _provenance(dataset: Dataset, image_count: int, last_indexed: datetime | None) -> Provenance:
@@ -122,11 +182,27 @@ def _provenance(dataset: Dataset, image_count: int, last_indexed: datetime | Non
                       dataset.precision, image_count, last_indexed, dataset.generation)
 
 
-def _load_view(session, dataset: Dataset) -> DatasetView:
-    image_ids, embeddings = load_embeddings(session, dataset)
-    rows = {row.id: row for row in session.execute(
-        select(Image.id, Image.relpath, Image.label, Image.width, Image.height).where(Image.dataset_id == dataset.id)
-    )}
-    ordered = [rows[int(i)] for i in image_ids]
-    return DatasetView(dataset.name, dataset.generation, image_ids, [r.relpath for r in ordered],
-                       [r.label for r in ordered], [(r.width, r.height) for r in ordered], embeddings)
+def _read_dataset(session, dataset: Dataset) -> SharedContent:
+    """A dataset's images and embeddings from the database in relative-path order, with the derived arrays.
+
+    Embeddings are checked as db.arrays does (dtype, shape, byte count) and joined a batch at a time."""
+    dim = dataset.embed_dim
+    expected = (np.dtype(EMBEDDING_DTYPE).str, str(dim), dim * np.dtype(EMBEDDING_DTYPE).itemsize)
+    statement = (select(Image.id, Image.relpath, Image.label, Image.width, Image.height, Embedding.data,
+                        Embedding.dtype, Embedding.shape)
+                 .join(Embedding, Embedding.image_id == Image.id).where(Image.dataset_id == dataset.id)
+                 .order_by(Image.relpath).execution_options(yield_per=READ_BATCH))
+    ids, relpaths, labels, sizes, blocks = [], [], [], [], [np.empty((0, dim), np.float32)]
+    for rows in session.execute(statement).partitions():
+        for row in rows:
+            if (row.dtype, row.shape, len(row.data)) != expected:
+                decode_array(row.data, row.dtype, row.shape, expected_dtype=EMBEDDING_DTYPE, expected_shape=(dim,))
+        ids += [row.id for row in rows]
+        relpaths += [row.relpath for row in rows]
+        labels += [row.label for row in rows]
+        sizes += [(row.width, row.height) for row in rows]
+        blocks.append(np.frombuffer(b"".join(row.data for row in rows), EMBEDDING_DTYPE).reshape(-1, dim))
+    embeddings = np.concatenate(blocks).astype(np.float32, copy=False)
+    arrays = {"image_ids": np.array(ids, np.int64), "embeddings": embeddings, "norms": row_norms(embeddings),
+              "reduced": pca_components(embeddings, REDUCED_DIMENSIONS)[0]}
+    return SharedContent(arrays, {"relpaths": relpaths, "labels": labels, "sizes": sizes})

@@ -166,9 +166,9 @@ def _rebuild(recorded: RecordedModel) -> tuple[LoadedModel, object]:
     if loaded.weights.identity != recorded.weights_identity:
         raise ModelUnavailable(
             f"the weights on this server ({loaded.weights.identity}) are not the ones this dataset was indexed "
-            f"with ({recorded.weights_identity}), so uploads cannot be compared with its images: put the original "
-            f"weights back{' at ' + recorded.weights_source if recorded.weights_kind == 'file' else ''}, "
-            "or index the dataset again")
+            f"with ({recorded.weights_identity}), so uploads cannot be compared with its images: restore those "
+            f"weights{' at ' + recorded.weights_source if recorded.weights_kind == 'file' else ''}, or index the "
+            "dataset again")
     device = resolve_device("auto")
     loaded.model.to(device)
     return loaded, device

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import plotly.graph_objects as go
 
-from dashboard.analysis.similarity import cosine_matrix, heatmap_indices, top_k
+from dashboard.analysis.similarity import cosine_matrix, heatmap_indices
 from dashboard.data import DatasetView
 
 K_DEFAULT = 8
@@ -55,7 +55,16 @@ def similar_images(view: DatasetView, image_id: int, k: int, head: int = EMBEDDI
     position = view.position(image_id)
     if position is None:
         return []
-    indices, scores = top_k(view.embeddings, position, k)
+    indices, scores = view.nearest(position, k)
+    return [SimilarImage(int(view.image_ids[i]), view.relpaths[i], view.labels[i], float(score),
+                         [float(x) for x in view.embeddings[i, :head]])
+            for i, score in zip(indices, scores)]
+
+
+def images_similar_to(view: DatasetView, embedding: np.ndarray, k: int,
+                      head: int = EMBEDDING_HEAD) -> list[SimilarImage]:
+    """The k images most cosine-similar to an embedding from outside the dataset (an upload), best first."""
+    indices, scores = view.nearest(np.asarray(embedding, dtype=np.float32), k)
     return [SimilarImage(int(view.image_ids[i]), view.relpaths[i], view.labels[i], float(score),
                          [float(x) for x in view.embeddings[i, :head]])
             for i, score in zip(indices, scores)]
@@ -98,7 +107,7 @@ def similarity_heatmap(view: DatasetView, image_id: int, neighbours: Sequence[in
         positions = heatmap_indices(len(view), position, [], limit)
     else:
         if neighbours is None:
-            nearest, _ = top_k(view.embeddings, position, limit - 1)
+            nearest, _ = view.nearest(position, limit - 1)
         else:
             nearest = [p for p in (view.position(i) for i in neighbours) if p is not None]
         positions = heatmap_indices(len(view), position, nearest, limit)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -91,13 +91,15 @@ def stored_content(session: Session, dataset: Dataset, image_id: int) -> ImageCo
     return ImageContent(image.width, image.height, embedding, grid, thumbnails)
 
 
-def move_image(session: Session, image_id: int, facts: FileFacts) -> None:
-    """A file was renamed or moved within the dataset: same bytes, new path (and so maybe a new label)."""
-    session.execute(
-        update(Image).where(Image.id == image_id).values(
+def move_image(session: Session, image_id: int, from_relpath: str, facts: FileFacts) -> bool:
+    """A file was renamed or moved within the dataset: same bytes, new path (and so maybe a new label). False, with
+    nothing changed, where the row no longer holds `from_relpath`: another run moved or removed it meanwhile."""
+    moved = session.execute(
+        update(Image).where(Image.id == image_id, Image.relpath == from_relpath).values(
             relpath=facts.relpath, label=facts.label, size_bytes=facts.size_bytes, mtime_ns=facts.mtime_ns
         )
     )
+    return moved.rowcount == 1
 
 
 def touch_image(session: Session, image_id: int, facts: FileFacts) -> None:
@@ -109,6 +111,16 @@ def touch_image(session: Session, image_id: int, facts: FileFacts) -> None:
 def remove_images(session: Session, image_ids: list[int]) -> None:
     for start in range(0, len(image_ids), 500):
         session.execute(delete(Image).where(Image.id.in_(image_ids[start:start + 500])))
+
+
+def remove_vanished_images(session: Session, images: list[tuple[int, str]]) -> int:
+    """Remove the rows (id, relative path) of files that vanished, each only while it still holds that path (a
+    concurrent run, another shard, may have moved it to where its bytes are now); return how many went."""
+    removed = 0
+    for start in range(0, len(images), 500):
+        chunk = images[start:start + 500]
+        removed += session.execute(delete(Image).where(tuple_(Image.id, Image.relpath).in_(chunk))).rowcount
+    return removed
 
 
 def bump_generation(session: Session, dataset: Dataset) -> None:

@@ -7,6 +7,7 @@ imports (torch, timm) happen inside the commands that need them, so `dinoscope d
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -62,9 +63,12 @@ def main() -> None:
 @click.option("--patch-dims", type=click.IntRange(1, 4096),
               help="Store patch grids reduced to this many dimensions by a PCA basis fitted on the dataset's first "
                    "images (a new dataset only; re-runs keep its choice). [default: full grids]")
+@click.option("--shard", metavar="I/N", callback=lambda _ctx, _param, value: _shard(value),
+              help="Index only shard I of N (counted from 1): N processes, on one machine or several, index one "
+                   "dataset together, each with its own I. [default: the whole folder]")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def index(folder, dataset, db, model, weights, random_weights, image_size, batch_size, workers, device, precision,
-          patch_dims, quiet):
+          patch_dims, shard, quiet):
     """Embed the images of FOLDER (recursively) into a dataset; re-runs only do the new work."""
     from db import DinoscopeDbError, open_database
     from indexer.model import ModelError, WeightsChoice
@@ -75,7 +79,7 @@ def index(folder, dataset, db, model, weights, random_weights, image_size, batch
         raise click.UsageError("--weights and --random-weights exclude each other: choose one")
     choice = WeightsChoice("file", weights) if weights else WeightsChoice("random") if random_weights else None
     request = IndexRequest(folder, dataset, model, choice, image_size, batch_size, workers, device, precision,
-                           patch_dims)
+                           patch_dims, shard)
     try:
         database = open_database(db)
         summary = index_folder(database, request, show_progress=not quiet)
@@ -84,16 +88,26 @@ def index(folder, dataset, db, model, weights, random_weights, image_size, batch
     _echo_summary(summary)
 
 
+def _shard(value: str | None):
+    from indexer.plan import WHOLE_FOLDER, Shard
+
+    try:
+        return WHOLE_FOLDER if value is None else Shard.parse(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 def _echo_summary(summary) -> None:
     for note in summary.notes:
         click.echo(f"note: {note}")
+    part = "" if summary.shard.whole else f" in shard {summary.shard}"
     changed = summary.added + summary.updated + summary.moved + summary.removed
     if not changed and not summary.failures:
-        click.echo(f"nothing to do: all {summary.unchanged} images of {summary.dataset!r} are unchanged "
+        click.echo(f"nothing to do: all {summary.unchanged} images of {summary.dataset!r}{part} are unchanged "
                    "(nothing embedded)")
         return
     click.echo(
-        f"{summary.dataset}: {summary.added} added, {summary.updated} updated, {summary.unchanged} unchanged, "
+        f"{summary.dataset}{part}: {summary.added} added, {summary.updated} updated, {summary.unchanged} unchanged, "
         f"{summary.moved} moved, {summary.removed} removed, {summary.failed} failed; {summary.embedded} embedded "
         f"({summary.images_per_second:.1f} images/s); {summary.seconds:.1f} s in all"
     )
@@ -285,7 +299,7 @@ def add_user(file, user, password_stdin):
     from dashboard.auth import UsersFileError, add_user
 
     if password_stdin:
-        password = click.get_text_stream("stdin").readline().rstrip("\r\n")
+        password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt("password", hide_input=True, confirmation_prompt=True)
     try:
@@ -346,3 +360,43 @@ def synthetic(name, count, dim, clusters, grid, seed, db):
     except DinoscopeDbError as error:
         raise _fail(error) from None
     click.echo(f"wrote synthetic dataset {name!r}: {count} images, {dim} dimensions, {clusters} clusters")
+
+
+@main.command()
+@click.option("--model", default="vit_base_patch14_reg4_dinov2.lvd142m", show_default=True, help="timm model name.")
+@click.option("--image-size", type=click.IntRange(14, 2044), default=224, show_default=True,
+              help="Square input size in pixels, a multiple of 14.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+              show_default=True, help="As for `index`.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True)
+@click.option("--workers", type=click.IntRange(0, 64), default=default_workers, show_default="half the cores",
+              help="Decode worker processes of the end-to-end run.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--images", type=click.IntRange(1, 100_000), default=64, show_default=True,
+              help="JPEGs of 1 to 4 megapixels to generate from the sample photographs.")
+@click.option("--original-images", type=click.IntRange(1, 100_000), default=6, show_default=True,
+              help="How many of them the original way embeds (it is slow).")
+@click.option("--original-size", type=click.IntRange(14, 2044), default=518, show_default=True,
+              help="The original way's input size.")
+@click.option("--folder", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep the JPEGs here and reuse them next time. [default: a temporary folder]")
+@click.option("--db", help="Database for the end-to-end run (its dataset is removed afterwards). "
+                           "[default: a temporary SQLite file]")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Local weights file. [default: random weights; speed does not depend on them]")
+def bench(model, image_size, precision, batch_size, workers, device, images, original_images, original_size,
+          folder, db, weights):
+    """Measure indexing speed: the model alone, the indexer end to end, and the original app's way."""
+    from db import DinoscopeDbError
+    from indexer.bench import BenchError, BenchSettings, bench_table, run_bench
+    from indexer.model import ModelError, WeightsChoice
+    from indexer.run import IndexRefused
+
+    settings = BenchSettings(model, image_size, precision, batch_size, workers, device, images, original_images,
+                             original_size, WeightsChoice("file", weights) if weights else WeightsChoice("random"),
+                             folder, db)
+    try:
+        result = run_bench(settings, say=lambda line: click.echo(line, err=True))
+    except (BenchError, DinoscopeDbError, IndexRefused, ModelError) as error:
+        raise _fail(error) from None
+    click.echo(bench_table(result))

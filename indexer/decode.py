@@ -35,10 +35,9 @@ class DecodedImage:
 def decode_image(data: bytes, image_size: int) -> DecodedImage:
     """Decode, orient and convert an image for a model input of `image_size` pixels and the thumbnails.
 
-    JPEGs decode at the smallest of 1/8, 1/4, 1/2 or full scale that still covers both, which is most of the
-    decoding time saved on camera-sized files.
+    JPEGs decode at the smallest of 1/8, 1/4, 1/2 or full scale that still covers both (the preview's long side,
+    the model input on either side), which is most of the decoding time saved on camera-sized files.
     """
-    working_size = max(image_size, PREVIEW_LONG_SIDE)
     if not data:
         raise UnreadableImage("empty file")
     with warnings.catch_warnings():
@@ -49,7 +48,7 @@ def decode_image(data: bytes, image_size: int) -> DecodedImage:
             if image.getexif().get(0x0112) in _QUARTER_TURNS:
                 width, height = height, width
             if image.format == "JPEG":
-                image.draft("RGB", (working_size, working_size))
+                image.draft("RGB", _draft_request(image.size, image_size))
             image.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise UnreadableImage(
@@ -64,6 +63,12 @@ def decode_image(data: bytes, image_size: int) -> DecodedImage:
         return DecodedImage(to_rgb(upright), width, height)
     except (OSError, ValueError) as error:
         raise UnreadableImage(f"cannot convert {image.mode} image to RGB: {error}") from None
+
+
+def _draft_request(stored_size: tuple[int, int], image_size: int) -> tuple[int, int]:
+    """The least size a draft decode must keep: the preview's long side along the long side, the model input across."""
+    long_side, short_side = max(image_size, PREVIEW_LONG_SIDE), image_size
+    return (long_side, short_side) if stored_size[0] >= stored_size[1] else (short_side, long_side)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -86,18 +91,27 @@ def _scaled_to_8bit(values: np.ndarray) -> Image.Image:
         scaled = (values - low) / ((high - low) or 1.0)
     else:
         top = int(values.max(initial=0))
-        scaled = values / (255 if top <= 255 else 65535 if top <= 65535 else top)
+        scaled = values / (255 if top <= 255 else max(65535, top))
     return Image.fromarray(np.clip(scaled * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
 
 
-def jpeg_thumbnail(rgb: Image.Image, long_side: int) -> JpegImage:
-    """A JPEG whose longer side is exactly `long_side`, keeping the aspect ratio."""
-    scale = long_side / max(rgb.size)
-    size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+def thumbnail_size(size: tuple[int, int], long_side: int) -> tuple[int, int]:
+    """`size` scaled so that its longer side is exactly `long_side`, keeping the aspect ratio."""
+    scale = long_side / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def _jpeg(picture: Image.Image) -> JpegImage:
     buffer = io.BytesIO()
-    rgb.resize(size, Image.Resampling.LANCZOS).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    return JpegImage(buffer.getvalue(), *size)
+    picture.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return JpegImage(buffer.getvalue(), picture.width, picture.height)
 
 
-def thumbnails(rgb: Image.Image) -> dict[str, JpegImage]:
-    return {"gallery": jpeg_thumbnail(rgb, GALLERY_LONG_SIDE), "preview": jpeg_thumbnail(rgb, PREVIEW_LONG_SIDE)}
+def thumbnails(rgb: Image.Image, displayed_size: tuple[int, int] | None = None) -> dict[str, JpegImage]:
+    """The preview and the gallery thumbnail, sized from `displayed_size` (the original's, as displayed; default
+    the picture's own), so a draft-decoded picture gives the same sizes as a full decode. The gallery thumbnail is
+    resampled from the preview, a fraction of the pixels to filter."""
+    size = displayed_size or rgb.size
+    preview = rgb.resize(thumbnail_size(size, PREVIEW_LONG_SIDE), Image.Resampling.LANCZOS)
+    gallery = preview.resize(thumbnail_size(size, GALLERY_LONG_SIDE), Image.Resampling.LANCZOS)
+    return {"gallery": _jpeg(gallery), "preview": _jpeg(preview)}

@@ -105,6 +105,27 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
 
 
+def inference_model(loaded: LoadedModel, device: torch.device, precision: str) -> torch.nn.Module:
+    """The model on `device`, ready for `forward_features`, moved (and for bf16 cast) in place.
+
+    bf16 casts the whole model: bf16 has float32's range, so nothing overflows, and running every layer in bf16
+    is about a third faster on CPUs with native bf16 than autocast, which converts activations around each
+    LayerNorm and residual addition. fp16 keeps autocast (LayerNorm and softmax in float32), as its range is narrow.
+    A LoadedModel serves one device and precision: the float32 weights are not kept after a bf16 cast.
+    """
+    model = loaded.model.to(device)
+    return model.to(torch.bfloat16) if precision == "bf16" else model
+
+
+def forward_features(model: torch.nn.Module, pixels: torch.Tensor, device: torch.device,
+                     precision: str) -> torch.Tensor:
+    """All output tokens (B, prefix + patches, D) of a batch of model inputs, for a model from `inference_model`."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    pixels = pixels.to(device, non_blocking=True).to(dtype)  # pinned on CUDA: the copy overlaps the host's work
+    with torch.inference_mode(), autocast(device, "fp16" if precision == "fp16" else "fp32"):
+        return model.forward_features(pixels)
+
+
 def load_model(name: str, weights: WeightsChoice, image_size: int) -> LoadedModel:
     """Build the model at `image_size` (position embeddings resampled once if the weights were made for another)."""
     if not timm.is_model(name):

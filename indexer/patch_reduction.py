@@ -48,10 +48,10 @@ def fit_patch_pca(grids: Sequence[np.ndarray], dims: int) -> PatchPca:
                     float(pca.explained_variance_ratio_.sum()))
 
 
-def reduce_patch_grids(database: Database, dataset_id: int, batches: Iterable[list[EmbeddedFile]],
-                       fit_images: int = FIT_IMAGES) -> Iterator[list[EmbeddedFile]]:
+def reduce_patch_grids(database: Database, dataset_id: int,
+                       batches: Iterable[list[EmbeddedFile]]) -> Iterator[list[EmbeddedFile]]:
     """The batches with every patch grid replaced by its coordinates in the dataset's basis (unchanged for a
-    dataset of full grids). Without a stored basis, batches wait in memory until `fit_images` images (or the last
+    dataset of full grids). Without a stored basis, batches wait in memory until FIT_IMAGES images (or the last
     batch) have come, the basis is fitted on them and stored, and then they go on reduced."""
     with database.session() as session:
         dataset = session.get(Dataset, dataset_id)
@@ -65,7 +65,7 @@ def reduce_patch_grids(database: Database, dataset_id: int, batches: Iterable[li
             yield _reduced(batch, pca)
             continue
         waiting.append(batch)
-        if _embedded_count(waiting) >= fit_images:
+        if _embedded_count(waiting) >= FIT_IMAGES:
             pca = _fit_and_store(database, dataset_id, waiting, dims)
             yield from (_reduced(pending, pca) for pending in waiting)
     if pca is None and _embedded_count(waiting):

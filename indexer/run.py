@@ -16,6 +16,7 @@ import PIL
 import timm
 import torch
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from tqdm import tqdm
 
 from db.engine import Database
@@ -24,12 +25,13 @@ from db.mutations import (
     bump_generation,
     move_image,
     remove_images,
+    remove_vanished_images,
     replace_image_content,
     stored_content,
     touch_image,
 )
 from db.queries import find_dataset, stored_images
-from db.schema import Dataset, Failure, IndexRun, utcnow
+from db.schema import Dataset, Failure, Image, IndexRun, utcnow
 from indexer.embed import embed_files
 from indexer.model import (
     DEFAULT_IMAGE_SIZE,
@@ -41,12 +43,16 @@ from indexer.model import (
     resolve_precision,
 )
 from indexer.patch_reduction import check_fittable, reduce_patch_grids
-from indexer.plan import IndexPlan, plan_index
+from indexer.plan import WHOLE_FOLDER, IndexPlan, Shard, plan_index
 from indexer.scan import IMAGE_SUFFIXES, content_hash, scan_folder
 
 
 class IndexRefused(Exception):
     """The run cannot go ahead as asked; nothing was changed."""
+
+
+# Only where the folder changed while shards of one job planned at different times: the next run embeds it.
+_STORED_BYTES_CHANGED = "its bytes were stored under another path, which a concurrent run changed: index again"
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class IndexRequest:
     device: str = "auto"
     precision: str = "auto"
     patch_dims: int | None = None  # None: the dataset's, or full patch grids for a new dataset
+    shard: Shard = WHOLE_FOLDER  # the part of the folder this run indexes
 
     @property
     def dataset_name(self) -> str:
@@ -70,6 +77,7 @@ class IndexRequest:
 @dataclass
 class IndexSummary:
     dataset: str
+    shard: Shard = WHOLE_FOLDER
     added: int = 0
     updated: int = 0
     unchanged: int = 0
@@ -99,7 +107,7 @@ def index_folder(database: Database, request: IndexRequest, *, show_progress: bo
     if not found:
         raise IndexRefused(f"no image files in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))} in any "
                            "letter case, hidden files skipped); nothing was changed")
-    summary = IndexSummary(request.dataset_name)
+    summary = IndexSummary(request.dataset_name, request.shard)
 
     with database.session() as session:
         dataset = find_dataset(session, request.dataset_name)
@@ -107,7 +115,7 @@ def index_folder(database: Database, request: IndexRequest, *, show_progress: bo
         stored = stored_images(session, dataset.id) if dataset else {}
     plan = plan_index(found, stored, content_hash,
                       lambda files: tqdm(files, desc="hashing", unit="file", disable=not show_progress or
-                                         len(files) < 1000))
+                                         len(files) < 1000), request.shard)
 
     device = resolve_device(request.device)
     precision = resolve_precision(request.precision, device)
@@ -118,7 +126,7 @@ def index_folder(database: Database, request: IndexRequest, *, show_progress: bo
 
     with database.session() as session:
         if dataset is None:
-            dataset = _create_dataset(session, request.dataset_name, folder, loaded, precision, request.patch_dims)
+            dataset = _create_or_join_dataset(session, request, folder, loaded, precision)
         dataset_id = dataset.id
         _mark_abandoned_runs(session, dataset_id)
         run = IndexRun(dataset_id=dataset_id, host=socket.gethostname(), pid=os.getpid(),
@@ -135,6 +143,12 @@ def index_folder(database: Database, request: IndexRequest, *, show_progress: bo
     except BaseException as error:
         _finish_run(database, run_id, summary, started,
                     "interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
+        if isinstance(error, IntegrityError):
+            raise IndexRefused(
+                f"another process changed dataset {request.dataset_name!r} where this run was writing (two runs "
+                "over the same files at once, or the dataset removed meanwhile): give each process of one job its "
+                "own --shard I/N, then index again"
+            ) from error
         raise
     summary.seconds = time.perf_counter() - started
     _finish_run(database, run_id, summary, started, "completed")
@@ -202,6 +216,22 @@ def _check_patch_dims(dataset: Dataset | None, request: IndexRequest, loaded: Lo
     check_fittable(request.patch_dims, images, loaded.grid_size[0] * loaded.grid_size[1])
 
 
+def _create_or_join_dataset(session, request: IndexRequest, folder: Path, loaded: LoadedModel,
+                            precision: str) -> Dataset:
+    """Create the dataset, or take the one that another process (a shard of the same job) created since this run
+    looked, if it was built the same way."""
+    try:
+        with session.begin_nested():
+            return _create_dataset(session, request.dataset_name, folder, loaded, precision, request.patch_dims)
+    except IntegrityError:
+        dataset = find_dataset(session, request.dataset_name)
+        if dataset is None:
+            raise
+    _model_request(dataset, request, folder)
+    _check_patch_dims(dataset, request, loaded, 0)
+    return dataset
+
+
 def _create_dataset(session, name: str, folder: Path, loaded: LoadedModel, precision: str,
                     patch_dims: int | None) -> Dataset:
     grid_height, grid_width = loaded.grid_size
@@ -219,7 +249,7 @@ def _create_dataset(session, name: str, folder: Path, loaded: LoadedModel, preci
 
 def _run_options(request: IndexRequest, model: str, image_size: int, device: torch.device, precision: str) -> dict:
     return {"model": model, "image_size": image_size, "batch_size": request.batch_size, "workers": request.workers,
-            "device": str(device), "precision": precision}
+            "device": str(device), "precision": precision, "shard": str(request.shard)}
 
 
 def _mark_abandoned_runs(session, dataset_id: int) -> None:
@@ -244,27 +274,40 @@ def _process_alive(pid: int) -> bool:
 def _apply_changes_without_model(database: Database, dataset_id: int, run_id: int, plan: IndexPlan,
                                  summary: IndexSummary) -> None:
     summary.unchanged = plan.unchanged
+    failures = list(plan.unreadable)
     with database.session() as session:
         dataset = session.get(Dataset, dataset_id)
         for image_id, facts in plan.touched:
             touch_image(session, image_id, facts)
-        for image_id, facts in plan.moved:
-            move_image(session, image_id, facts)
-        for source_id, facts, replaced in plan.copies:
-            content = stored_content(session, dataset, source_id)
+        for image, facts in plan.moved:
+            if move_image(session, image.id, image.relpath, facts):
+                summary.moved += 1
+            else:
+                failures.append((facts.relpath, _STORED_BYTES_CHANGED))
+        for source_hint, facts, replaced in plan.copies:
+            source = _stored_image_with_bytes(session, dataset_id, facts.content_hash, source_hint)
+            if source is None:
+                failures.append((facts.relpath, _STORED_BYTES_CHANGED))
+                continue
+            content = stored_content(session, dataset, source)
             if replaced is None:
                 add_image(session, dataset, facts, content)
+                summary.added += 1
             else:
                 replace_image_content(session, replaced, facts, content)
-        remove_images(session, plan.removed)
-        _record_failures(session, run_id, plan.unreadable)
+                summary.updated += 1
+        summary.removed = remove_vanished_images(session, [(image.id, image.relpath) for image in plan.removed])
+        _record_failures(session, run_id, failures)
         if plan.changes_without_model:
             bump_generation(session, dataset)
-    summary.moved = len(plan.moved)
-    summary.removed = len(plan.removed)
-    summary.added += sum(1 for _, _, replaced in plan.copies if replaced is None)
-    summary.updated += sum(1 for _, _, replaced in plan.copies if replaced is not None)
-    summary.failures.extend(plan.unreadable)
+    summary.failures.extend(failures)
+
+
+def _stored_image_with_bytes(session, dataset_id: int, content_hash: str, planned: int) -> int | None:
+    """An image row that holds these bytes: the one planned, or any other, as the planned one may have changed
+    since (a row's derived data always matches its content hash)."""
+    holding = select(Image.id).where(Image.dataset_id == dataset_id, Image.content_hash == content_hash)
+    return session.scalar(holding.where(Image.id == planned)) or session.scalar(holding.limit(1))
 
 
 def _embed_and_store(database: Database, dataset_id: int, run_id: int, plan: IndexPlan, loaded: LoadedModel,

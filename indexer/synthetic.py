@@ -1,45 +1,131 @@
-"""Synthetic datasets written straight into the database, without a model: clustered embeddings around random
-centres, with labels by cluster, small patch grids and one shared thumbnail. For benchmarks and tests at scale."""
+"""Synthetic datasets written straight into the database, without a model: for benchmarks and tests at scale.
+
+Every image belongs to one of `clusters` groups (labelled group0, group1, ...). Its embedding is its group's random
+centre plus noise. Its picture is an ellipse in its group's colour on a plain background, at one of a few places;
+its patch grid follows the picture: cells over the ellipse hold the image's embedding plus noise, the others a
+background token shared by the dataset, so the within-image page finds the object where the picture shows it.
+Pictures are drawn once per (colour, place) and their JPEGs (gallery and preview, at the indexer's sizes) are
+stored for every image that has them; rows go in with one multi-row INSERT per table and batch.
+"""
 
 from __future__ import annotations
 
-import io
+import colorsys
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image as PilImage
+from PIL import ImageDraw
+from sqlalchemy import insert
 
+from db.arrays import encode_array
 from db.engine import Database
-from db.mutations import FileFacts, ImageContent, JpegImage, add_image, bump_generation
-from db.schema import Dataset
+from db.mutations import JpegImage, bump_generation
+from db.queries import EMBEDDING_DTYPE, PATCH_GRID_DTYPE
+from db.schema import Dataset, Embedding, Image, PatchGrid, Thumbnail
+from indexer.decode import thumbnails
 
-_BATCH = 1000
+BATCH_BYTES = 32 * 1024**2  # float32 patch tokens generated per batch (and transaction) at most
+MAX_BATCH = 2000  # images per batch at most
+COLOURS = 24  # distinct hues; groups beyond that share them
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where the object sits: an ellipse's box as fractions (x0, y0, x1, y1) of a picture of `size` pixels."""
+
+    box: tuple[float, float, float, float]
+    size: tuple[int, int]
+
+    def mask(self, grid: int) -> np.ndarray:
+        """(grid, grid) bool: the patch cells whose centres lie inside the ellipse."""
+        centres = (np.arange(grid) + 0.5) / grid
+        x0, y0, x1, y1 = self.box
+        dx = (centres[None, :] - (x0 + x1) / 2) / ((x1 - x0) / 2)
+        dy = (centres[:, None] - (y0 + y1) / 2) / ((y1 - y0) / 2)
+        return dx**2 + dy**2 <= 1.0
+
+
+PLACES = (
+    Place((0.2, 0.15, 0.8, 0.85), (640, 480)),
+    Place((0.05, 0.1, 0.55, 0.7), (640, 480)),
+    Place((0.45, 0.3, 0.95, 0.9), (640, 480)),
+    Place((0.15, 0.25, 0.85, 0.75), (480, 640)),
+    Place((0.1, 0.45, 0.6, 0.95), (480, 640)),
+    Place((0.3, 0.05, 0.9, 0.55), (800, 450)),
+)
 
 
 def write_synthetic_dataset(database: Database, name: str, count: int, *, dim: int = 768, clusters: int = 20,
-                            spread: float = 0.5, grid: int = 1, seed: int = 0) -> None:
-    """Add a dataset of `count` images whose embeddings form `clusters` groups, labelled group0, group1, ..."""
+                            spread: float = 0.5, grid: int = 1, seed: int = 0,
+                            progress: Callable[[int], None] | None = None) -> None:
+    """Add a dataset of `count` images in `clusters` groups; `progress` is called with the images written so far.
+
+    Embedding noise has standard deviation `spread` per dimension (centres have 1), patch tokens the same around
+    the image's embedding or the background token.
+    """
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 48), (90, 120, 200)).save(buffer, format="JPEG")
-    jpeg = JpegImage(buffer.getvalue(), 64, 48)
+    centres = rng.standard_normal((clusters, dim), dtype=np.float32)
+    background = rng.standard_normal(dim, dtype=np.float32)
+    groups = rng.integers(clusters, size=count)
+    places = rng.integers(len(PLACES), size=count)
+    masks = np.stack([place.mask(grid) for place in PLACES])
+    pictures: dict[tuple[int, int], dict[str, JpegImage]] = {}
+    batch = max(1, min(MAX_BATCH, BATCH_BYTES // (grid * grid * dim * 4)))
     with database.session() as session:
         dataset = Dataset(name=name, root=f"synthetic:{name}", model_name="synthetic", weights_kind="random",
                           weights_identity=f"synthetic (seed {seed})", weights_source=None, image_size=grid * 14,
                           patch_size=14, grid_height=grid, grid_width=grid, embed_dim=dim, precision="fp32",
                           preprocessing={"synthetic": True}, library_versions={})
         session.add(dataset)
-        session.flush()
-        dataset_id = dataset.id
-    for start in range(0, count, _BATCH):
+    for start in range(0, count, batch):
+        rows = range(start, min(start + batch, count))
+        chosen = slice(rows.start, rows.stop)
+        embeddings = centres[groups[chosen]] + spread * rng.standard_normal((len(rows), dim), dtype=np.float32)
+        inside = masks[places[chosen]][..., None]  # (images, grid, grid, 1)
+        tokens = np.where(inside, embeddings[:, None, None, :], background)
+        tokens += spread * rng.standard_normal(tokens.shape, dtype=np.float32)
+        jpegs = [_picture(pictures, int(groups[i]) % COLOURS, int(places[i])) for i in rows]
         with database.session() as session:
-            dataset = session.get(Dataset, dataset_id)
-            for i in range(start, min(start + _BATCH, count)):
-                group = int(rng.integers(clusters))
-                embedding = centres[group] + spread * rng.standard_normal(dim).astype(np.float32)
-                grid_tokens = np.repeat(embedding[None, None, :], grid * grid, axis=1).reshape(grid, grid, dim)
-                content = ImageContent(64, 48, embedding, grid_tokens, {"gallery": jpeg, "preview": jpeg})
-                facts = FileFacts(f"group{group}/{i:07d}.jpg", f"group{group}", f"{seed:08x}{i:056x}", 1, 1)
-                add_image(session, dataset, facts, content)
+            image_ids = session.scalars(
+                insert(Image).returning(Image.id, sort_by_parameter_order=True),
+                [_image_row(dataset.id, i, int(groups[i]), PLACES[places[i]].size, jpeg["preview"], seed)
+                 for i, jpeg in zip(rows, jpegs)],
+            ).all()
+            session.execute(insert(Embedding), [
+                {"image_id": image_id, "normalized": False, **_array_columns(vector, EMBEDDING_DTYPE)}
+                for image_id, vector in zip(image_ids, embeddings)])
+            session.execute(insert(PatchGrid), [
+                {"image_id": image_id, **_array_columns(cells, PATCH_GRID_DTYPE)}
+                for image_id, cells in zip(image_ids, tokens)])
+            session.execute(insert(Thumbnail), [
+                {"image_id": image_id, "kind": kind, "width": t.width, "height": t.height, "jpeg": t.jpeg}
+                for image_id, jpeg in zip(image_ids, jpegs) for kind, t in jpeg.items()])
             bump_generation(session, dataset)
+        if progress:
+            progress(rows.stop)
     database.checkpoint()
+
+
+def _picture(drawn: dict, colour: int, place: int) -> dict[str, JpegImage]:
+    if (colour, place) not in drawn:
+        spot = PLACES[place]
+        width, height = spot.size
+        picture = PilImage.new("RGB", spot.size, (222, 226, 230))
+        x0, y0, x1, y1 = spot.box
+        fill = tuple(round(255 * c) for c in colorsys.hsv_to_rgb(colour / COLOURS, 0.7, 0.85))
+        ImageDraw.Draw(picture).ellipse((x0 * width, y0 * height, x1 * width, y1 * height), fill=fill)
+        drawn[(colour, place)] = thumbnails(picture)
+    return drawn[(colour, place)]
+
+
+def _image_row(dataset_id: int, i: int, group: int, size: tuple[int, int], preview: JpegImage, seed: int) -> dict:
+    return {"dataset_id": dataset_id, "relpath": f"group{group}/{i:07d}.jpg", "label": f"group{group}",
+            "content_hash": f"{seed:08x}{i:056x}", "size_bytes": len(preview.jpeg), "mtime_ns": 0,
+            "width": size[0], "height": size[1]}
+
+
+def _array_columns(array: np.ndarray, dtype: str) -> dict:
+    encoded = encode_array(array, dtype)
+    return {"data": encoded.data, "dtype": encoded.dtype, "shape": encoded.shape}

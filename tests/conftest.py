@@ -16,8 +16,8 @@ IMAGE_SIZE = 56  # 4 x 4 patches of 14 pixels
 FAST = ["--model", MODEL, "--image-size", str(IMAGE_SIZE), "--workers", "0", "--quiet"]
 
 
-def run_cli(*args: str, expect: int = 0):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+def run_cli(*args: str, expect: int = 0, input: str | None = None):
+    result = CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
     assert result.exit_code == expect, f"exit {result.exit_code}: {result.output}"
     return result
 
@@ -26,7 +26,7 @@ def run_cli_process(*args: str, env: dict[str, str] | None = None, **kwargs) -> 
     """The real `dinoscope` command in its own process (for environment variables read at import, and kills)."""
     return subprocess.run(
         [sys.executable, "-c", "from indexer.cli import main; main()", *map(str, args)],
-        env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300, **kwargs,
+        env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300, check=False, **kwargs,
     )
 
 
@@ -136,6 +136,16 @@ def large_db(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("large") / "large.db"
     write_synthetic_dataset(open_database(str(path)), "large", 3000, dim=384, clusters=12, spread=0.3)
     return path
+
+
+@pytest.fixture(params=["diskcache", "celery"])
+def background_apps(request, tmp_path):
+    """Builds dashboards whose background callbacks run under each manager in turn (see tests.servers)."""
+    from tests.servers import BackgroundApps
+
+    apps = BackgroundApps(request.param, tmp_path)
+    yield apps
+    apps.close()
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -8,8 +8,18 @@ from sklearn import metrics
 from sklearn.decomposition import PCA
 from sklearn.metrics.pairwise import cosine_similarity
 
-from dashboard.analysis.clustering import ClusterMetrics, cluster, cluster_metrics, cluster_sizes
-from dashboard.analysis.projection import normalize_rows, pca_components, project
+from dashboard.analysis.clustering import (
+    ClusterMetrics,
+    cluster,
+    cluster_metrics,
+    cluster_sizes,
+)
+from dashboard.analysis.projection import (
+    normalize_rows,
+    pca_components,
+    project,
+    row_norms,
+)
 from dashboard.analysis.similarity import cosine_matrix, heatmap_indices, top_k
 
 
@@ -217,13 +227,22 @@ def test_top_k_matches_brute_force_and_excludes_self():
     assert with_self[0] == 42 and self_scores[0] == pytest.approx(1.0)
 
 
-def test_top_k_on_a_vector_and_on_a_normalised_matrix():
+def test_top_k_on_a_vector_and_with_known_norms():
     embeddings = np.random.default_rng(6).normal(size=(200, 8))
     vector = np.random.default_rng(7).normal(size=8)
-    expected, _ = brute_force(embeddings, vector, 5)
+    expected, expected_scores = brute_force(embeddings, vector, 5)
     assert top_k(embeddings, vector, 5)[0].tolist() == expected
-    assert top_k(normalize_rows(embeddings), vector, 5, normalized=True)[0].tolist() == expected
+    indices, scores = top_k(embeddings, vector, 5, norms=row_norms(embeddings))
+    assert indices.tolist() == expected
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
     assert len(top_k(embeddings, 0, 1000)[0]) == 199
+
+
+def test_a_zero_embedding_scores_zero_and_leaves_the_matrix_untouched():
+    embeddings = np.array([[1.0, 0.0], [0.0, 0.0], [-1.0, 0.0]], np.float32)
+    embeddings.flags.writeable = False  # as a memory-mapped shared matrix is
+    indices, scores = top_k(embeddings, 0, 2, norms=row_norms(embeddings))
+    assert indices.tolist() == [1, 2] and scores.tolist() == [0.0, -1.0]
 
 
 def test_top_k_breaks_ties_by_index():

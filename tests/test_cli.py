@@ -1,9 +1,10 @@
-"""The other commands: datasets, export, remove, samples, and their messages for bad input."""
+"""The other commands: datasets, export, remove, samples, and their messages for bad input.
+
+Tests on an `indexed` database or taking `db_url` run twice: on a SQLite file and on a PostgreSQL database."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,13 +18,12 @@ from tests.images import noise
 
 
 @pytest.fixture
-def indexed(tmp_path) -> Path:
+def indexed(tmp_path, db_url) -> str:
     noise(tmp_path / "photos" / "cats" / "a.png", seed=1)
     noise(tmp_path / "photos" / "dogs" / "b.png", seed=2)
     noise(tmp_path / "photos" / "c.png", seed=3)
-    db = tmp_path / "index.db"
-    run_cli("index", tmp_path / "photos", "--db", db, "--random-weights", *FAST)
-    return db
+    run_cli("index", tmp_path / "photos", "--db", db_url, "--random-weights", *FAST)
+    return db_url
 
 
 def test_datasets_lists_counts_provenance_and_warns_of_random_weights(indexed, tmp_path):
@@ -36,7 +36,7 @@ def test_datasets_lists_counts_provenance_and_warns_of_random_weights(indexed, t
 
 
 def test_datasets_reads_the_database_from_the_environment(indexed, monkeypatch):
-    monkeypatch.setenv("DINOSCOPE_DB", str(indexed))
+    monkeypatch.setenv("DINOSCOPE_DB", indexed)
     assert "photos: 3 images" in run_cli("datasets").output
 
 
@@ -48,7 +48,7 @@ def test_export_round_trips_through_numpy_load(indexed, tmp_path):
     assert list(archive["relpaths"]) == ["c.png", "cats/a.png", "dogs/b.png"]
     assert list(archive["labels"]) == ["", "cats", "dogs"]
     assert json.loads(str(archive["provenance"]))["model_name"] == MODEL
-    with open_database(str(indexed), readonly=True).session() as session:
+    with open_database(indexed, readonly=True).session() as session:
         ids, matrix = load_embeddings(session, dataset_by_name(session, "photos"))
         np.testing.assert_array_equal(archive["image_ids"], ids)
         np.testing.assert_array_equal(archive["embeddings"], matrix)
@@ -59,7 +59,7 @@ def test_export_round_trips_through_numpy_load(indexed, tmp_path):
 
 
 def test_remove_asks_first_and_then_removes(indexed):
-    refused = CliRunner().invoke(main, ["remove", "photos", "--db", str(indexed)], input="n\n")
+    refused = CliRunner().invoke(main, ["remove", "photos", "--db", indexed], input="n\n")
     assert refused.exit_code == 1 and "Aborted" in refused.output
     assert "photos: 3 images" in run_cli("datasets", "--db", indexed).output
     assert "removed dataset 'photos'" in run_cli("remove", "photos", "--yes", "--db", indexed).output
@@ -127,8 +127,8 @@ def test_demo_indexes_the_samples_and_serves_the_dashboard(tmp_path):
     assert len(list((tmp_path / "samples").rglob("*.*"))) == 22
 
 
-def test_synthetic_writes_a_dataset_without_a_model_and_keeps_existing_ones(tmp_path):
-    db = tmp_path / "synthetic.db"
+def test_synthetic_writes_a_dataset_without_a_model_and_keeps_existing_ones(db_url):
+    db = db_url
     output = run_cli("synthetic", "scale", "--count", "120", "--dim", "16", "--clusters", "4", "--db", db).output
     assert "wrote synthetic dataset 'scale': 120 images" in output
     assert "scale: 120 images from synthetic:scale" in run_cli("datasets", "--db", db).output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 
@@ -22,7 +23,7 @@ from dashboard.clustering_view import (
     projection_params,
     query_of,
 )
-from dashboard.data import DatasetView
+from dashboard.data import DatasetStore, DatasetView
 
 
 def _blobs(per_blob: int = 10, generation: int = 1) -> DatasetView:
@@ -115,9 +116,41 @@ def test_the_scatter_has_a_trace_per_cluster_whose_points_carry_image_ids():
     result = cluster_images(view, projection.coordinates, ClusterParams("kmeans", k=3))
     figure = cluster_scatter(view, projection, result)
     assert len(figure.data) == 3 and all(trace.type == "scattergl" for trace in figure.data)
-    ids = sorted(i for trace in figure.data for i in trace.customdata)
-    assert ids == list(range(100, 130)) and all(isinstance(i, int) for i in figure.data[0].customdata)
+    ids = sorted(int(i) for trace in figure.data for i in trace.customdata)
+    assert ids == list(range(100, 130))
     assert figure.layout.xaxis.title.text == "PC 1"
+
+
+def test_the_scatter_reaches_the_browser_as_binary_typed_arrays(dashboard_app, sample_db, tmp_path):
+    """What Dash sends for the scatter: x, y and the image ids as base64 typed arrays, not JSON lists."""
+    view = DatasetStore(f"sqlite:///{sample_db}").view("samples")
+    params = ProjectionParams("pca")
+    with diskcache.Cache(str(tmp_path / "cache" / "results")) as results:  # the app's shared results cache
+        projection = cached_projection(results, view, params)
+    output = next(o for o in dashboard_app.callback_map if o.startswith("..clustering-scatter.figure..."))
+    controls = {"clustering-projection-key": ("data", params.cache_key(view)), "clustering-method": ("value", "kmeans"),
+                "clustering-k": ("value", 3), "clustering-eps": ("value", 0.5),
+                "clustering-min-samples": ("value", 5), "clustering-space": ("value", False)}
+    response = dashboard_app.server.test_client().post("/_dash-update-component", json={
+        "output": output,
+        "outputs": [dict(zip(("id", "property"), part.rsplit(".", 1))) for part in output.strip(".").split("...")],
+        "inputs": [{"id": name, "property": prop, "value": value} for name, (prop, value) in controls.items()],
+        "state": [{"id": "clustering-dataset", "property": "data", "value": "samples"}],
+        "changedPropIds": ["clustering-projection-key.data"],
+    })
+    traces = response.get_json()["response"]["clustering-scatter"]["figure"]["data"]
+
+    def decoded(spec):
+        assert set(spec) == {"dtype", "bdata"}, "sent as a JSON list"
+        return np.frombuffer(base64.b64decode(spec["bdata"]), spec["dtype"])
+
+    assert len(traces) == 3 and {trace["x"]["dtype"] for trace in traces} == {"f4"}
+    ids = np.concatenate([decoded(trace["customdata"]) for trace in traces])
+    assert sorted(ids.tolist()) == sorted(view.image_ids.tolist())
+    for trace in traces:
+        rows = [view.position(int(i)) for i in decoded(trace["customdata"])]
+        np.testing.assert_array_equal(decoded(trace["x"]), projection.coordinates[rows, 0])
+        np.testing.assert_array_equal(decoded(trace["y"]), projection.coordinates[rows, 1])
 
 
 # --- in the browser -------------------------------------------------------------------------------------------
@@ -204,8 +237,8 @@ def test_every_control_changes_the_clusters_and_the_url_reproduces_the_view(dash
     assert dash_duo.get_logs() == []
 
 
-def test_umap_runs_in_the_background_and_shows_its_progress(dash_duo, dashboard_app):
-    dash_duo.start_server(dashboard_app)
+def test_umap_runs_in_the_background_and_shows_its_progress(dash_duo, background_apps, sample_db):
+    dash_duo.start_server(background_apps.build(sample_db))
     dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples&projection=umap&n_neighbors=5")
     until(lambda: "Computing" in _text(dash_duo, "#clustering-status")
           or _x_title(dash_duo) == "UMAP 1", timeout=30)
@@ -219,21 +252,20 @@ def test_umap_runs_in_the_background_and_shows_its_progress(dash_duo, dashboard_
     assert dash_duo.get_logs() == []
 
 
-def test_a_running_projection_can_be_cancelled(dash_duo, large_db, tmp_path):
-    from dashboard.app import create_app
-    from dashboard.settings import Settings
-
-    dash_duo.start_server(create_app(Settings(f"sqlite:///{large_db}", tmp_path / "cache", "test-secret")))
+def test_a_running_projection_can_be_cancelled(dash_duo, background_apps, large_db):
+    dash_duo.start_server(background_apps.build(large_db))
     dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=large")
     until(lambda: _x_title(dash_duo) == "PC 1", timeout=30)
     # t-SNE of 3,000 images takes many seconds on two cores: time enough to cancel it.
     dash_duo.find_element("label[for='_dbcprivate_radioitems_clustering-projection_input_tsne']").click()
     cancel = dash_duo.wait_for_element("#clustering-cancel")
     until(cancel.is_displayed, timeout=20)
+    until(lambda: background_apps.running_jobs() == 1, timeout=20)
     cancel.click()
     until(lambda: "Cancelled" in _text(dash_duo, "#clustering-status"), timeout=20)
     until(lambda: not dash_duo.find_element("#clustering-cancel").is_displayed(), timeout=20)
     assert _x_title(dash_duo) == "PC 1"
+    until(lambda: background_apps.running_jobs() == 0, timeout=20)  # the job itself has ended
     assert dash_duo.get_logs() == []
 
 
@@ -241,7 +273,7 @@ def test_hovering_shows_the_thumbnail_and_clicking_selects_the_image(dash_duo, d
     dash_duo.start_server(dashboard_app)
     dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples")
     until(lambda: _trace_count(dash_duo) == 5, timeout=20)
-    image_id = _figure(dash_duo, "gd.data[0].customdata[0]")
+    image_id = _figure(dash_duo, "gd._fullData[0].customdata[0]")
     plot_area = dash_duo.find_element("#clustering-scatter .nsewdrag")
     x, y = _point_on_screen(dash_duo)
     ActionChains(dash_duo.driver).move_to_element(plot_area).move_by_offset(int(x), int(y)).perform()

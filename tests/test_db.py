@@ -15,7 +15,13 @@ from sqlalchemy.exc import InternalError
 
 from db.arrays import decode_array, encode_array
 from db.engine import display_url, open_database, resolve_url
-from db.errors import CorruptArray, DatabaseNotFound, DatabaseUnreachable, NotADinoscopeDatabase, SchemaMismatch
+from db.errors import (
+    CorruptArray,
+    DatabaseNotFound,
+    DatabaseUnreachable,
+    NotADinoscopeDatabase,
+    SchemaMismatch,
+)
 from db.schema import SCHEMA_VERSION, Dataset, SchemaInfo
 
 
@@ -113,9 +119,9 @@ def test_readers_see_only_committed_writes_and_cannot_write(db_url):
             assert reading.scalar(select(func.count()).select_from(Dataset)) == 0
     with reader.session() as reading:
         assert reading.scalar(select(func.count()).select_from(Dataset)) == 1
-    with pytest.raises((DatabaseUnreachable, InternalError), match="readonly|read-only|query_only"):
-        with reader.session() as reading:
-            reading.add(_dataset("second"))
+    with pytest.raises((DatabaseUnreachable, InternalError), match="readonly|read-only|query_only"), \
+            reader.session() as reading:
+        reading.add(_dataset("second"))
 
 
 def test_a_reader_session_is_one_snapshot(db_url):
@@ -133,7 +139,13 @@ def test_a_reader_session_is_one_snapshot(db_url):
 
 
 def test_removing_a_dataset_removes_its_rows_in_every_table(db_url):
-    from db.mutations import FileFacts, ImageContent, JpegImage, add_image, remove_dataset
+    from db.mutations import (
+        FileFacts,
+        ImageContent,
+        JpegImage,
+        add_image,
+        remove_dataset,
+    )
     from db.schema import Embedding, Image, PatchGrid, Thumbnail
 
     database = open_database(db_url)
@@ -149,6 +161,33 @@ def test_removing_a_dataset_removes_its_rows_in_every_table(db_url):
     with database.session() as session:
         for table in (Image, Embedding, PatchGrid, Thumbnail):
             assert session.scalar(select(func.count()).select_from(table)) == 1, table.__tablename__
+
+
+def test_a_vanished_row_is_removed_only_while_it_holds_its_old_path(db_url):
+    from db.mutations import (
+        FileFacts,
+        ImageContent,
+        JpegImage,
+        add_image,
+        move_image,
+        remove_vanished_images,
+    )
+    from db.schema import Image
+
+    database = open_database(db_url)
+    content = ImageContent(10, 10, np.zeros(8), np.zeros((4, 4, 8)), {"gallery": JpegImage(b"x", 1, 1)})
+    with database.session() as session:
+        dataset = _dataset("photos")
+        session.add(dataset)
+        session.flush()
+        image_id = add_image(session, dataset, FileFacts("a.png", None, "h", 1, 1), content).id
+    with database.session() as session:  # one shard moves the row to where the bytes went ...
+        assert move_image(session, image_id, "a.png", FileFacts("b.png", None, "h", 1, 2))
+    with database.session() as session:  # ... so the shard that saw a.png vanish removes nothing
+        assert remove_vanished_images(session, [(image_id, "a.png")]) == 0
+        assert not move_image(session, image_id, "a.png", FileFacts("c.png", None, "h", 1, 2))
+        assert session.scalars(select(Image.relpath)).all() == ["b.png"]
+        assert remove_vanished_images(session, [(image_id, "b.png")]) == 1
 
 
 def test_an_unreachable_server_is_named_without_its_password():

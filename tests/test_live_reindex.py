@@ -12,7 +12,7 @@ from dashboard.app import create_app
 from dashboard.data import DatasetStore
 from dashboard.settings import Settings
 from dashboard.shell import change_notice
-from db.errors import DatabaseNotFound, DatasetNotFound
+from db.errors import DatasetNotFound, DinoscopeDbError
 from tests.browser import text_of, when_stable
 from tests.conftest import FAST, MODEL, run_cli
 from tests.images import noise
@@ -43,7 +43,7 @@ def test_every_read_during_an_index_run_is_whole_batches(tmp_path):
     while indexer.poll() is None or not seen or max(seen.values()) < IMAGES:
         try:
             view = store.view("growing")
-        except (DatasetNotFound, DatabaseNotFound):
+        except (DatasetNotFound, DinoscopeDbError):  # before the indexer has written its first transaction
             time.sleep(0.01)
             continue
         # One snapshot: as many embeddings as images, only whole batches, each image complete.

@@ -10,8 +10,8 @@ from db.queries import patch_grid
 from indexer.synthetic import write_synthetic_dataset
 
 
-def test_a_synthetic_dataset_has_clustered_embeddings_labelled_by_cluster(tmp_path):
-    database = open_database(str(tmp_path / "synthetic.db"))
+def test_a_synthetic_dataset_has_clustered_embeddings_labelled_by_cluster(db_url):
+    database = open_database(db_url)
     write_synthetic_dataset(database, "synth", 250, dim=32, clusters=5, spread=0.1, grid=2)
     view = DatasetStore(database.url).view("synth")
     assert len(view) == 250 and view.embeddings.shape == (250, 32) and len(set(view.labels)) == 5

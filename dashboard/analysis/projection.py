@@ -10,7 +10,7 @@ from sklearn.decomposition import PCA
 
 METHODS = ("pca", "tsne", "umap")
 _NAMES = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
-PRE_REDUCTION_DIMENSIONS = 50
+REDUCED_DIMENSIONS = 50  # principal components kept for K-Means and before t-SNE and UMAP
 # Below this UMAP's spectral initialisation fails; a projection of so few points is PCA's to give anyway.
 MIN_NONLINEAR_IMAGES = 4
 
@@ -24,29 +24,37 @@ class Projection:
     notes: list[str] = field(default_factory=list)
 
 
-def normalize_rows(matrix: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm as float32; zero rows stay zero."""
+def row_norms(matrix: np.ndarray) -> np.ndarray:
+    """The L2 norm of every row (N,) float32."""
     matrix = np.asarray(matrix, dtype=np.float32)
     if matrix.ndim != 2:
         raise ValueError(f"expected a 2-D matrix, got shape {matrix.shape}")
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return np.linalg.norm(matrix, axis=1)
+
+
+def normalize_rows(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm as float32; zero rows stay zero."""
+    matrix = np.asarray(matrix, dtype=np.float32)
+    norms = row_norms(matrix)[:, None]
     return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
 
 
-def pca_components(embeddings: np.ndarray, n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def pca_components(embeddings: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The first n principal components of the L2-normalised embeddings, as `project(..., "pca")` uses.
 
-    Returns coordinates (N, n) float32 and the explained variance ratio (n,); n is clamped to min(N, D).
+    Returns coordinates (N, n) float32 and the explained variance ratio (n,); n is clamped to min(N, D). Exact
+    (no randomised solver), so the first components do not depend on n.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    return _pca(normalize_rows(embeddings), n, seed)
+    return _pca(normalize_rows(embeddings), n)
 
 
 def project(
     embeddings: np.ndarray,
     method: str,
     *,
+    reduced: np.ndarray | None = None,
     seed: int | None = 0,
     perplexity: float = 30.0,
     n_neighbors: int = 15,
@@ -55,23 +63,27 @@ def project(
 ) -> Projection:
     """Project the L2-normalised embeddings (N, D) to 2-D with "pca", "tsne" or "umap".
 
+    All three start from the first 50 principal components of the normalised embeddings (PCA keeps two of them):
+    pass them as `reduced` when they are at hand (`pca_components(embeddings, REDUCED_DIMENSIONS)[0]`).
     Parameters invalid for small N are clamped and explained in `notes`; fewer than four images get PCA.
     A fixed `seed` makes the result reproducible (UMAP then runs single-threaded); None lets UMAP use all cores.
     """
     if method not in METHODS:
         raise ValueError(f"unknown projection method {method!r}; expected one of {', '.join(METHODS)}")
     report = progress or (lambda message: None)
-    vectors = normalize_rows(embeddings)
+    if reduced is None:
+        report(f"PCA to {REDUCED_DIMENSIONS} dimensions")
+        reduced = pca_components(embeddings, REDUCED_DIMENSIONS)[0]
+    vectors = np.asarray(reduced, dtype=np.float32)
     notes: list[str] = []
     if method != "pca" and len(vectors) < MIN_NONLINEAR_IMAGES:
         notes.append(f"{_NAMES[method]} needs at least {MIN_NONLINEAR_IMAGES} images; showing PCA")
         method = "pca"
     if method == "pca":
         report("PCA")
-        coordinates = _pca(vectors, 2, seed)[0]
+        coordinates = vectors[:, :2]
         coordinates = np.pad(coordinates, ((0, 0), (0, 2 - coordinates.shape[1])))
     else:
-        vectors = _pre_reduce(vectors, seed, report)
         if method == "tsne":
             coordinates = _tsne(vectors, seed, perplexity, notes, report)
         else:
@@ -85,24 +97,19 @@ def warm_up() -> None:
     project(np.random.default_rng(0).standard_normal((2 * MIN_NONLINEAR_IMAGES + 8, 8)), "umap", n_neighbors=4)
 
 
-def _pca(vectors: np.ndarray, n: int, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _pca(vectors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """PCA of `vectors`, a matrix this function may overwrite."""
     n = min(n, *vectors.shape)
     if len(vectors) < 2:  # a single point has no variance to explain
         return np.zeros((len(vectors), n), np.float32), np.zeros(n)
-    pca = PCA(n_components=n, random_state=seed)
+    # Exact solvers: with many more images than dimensions the D x D covariance is the fast way (about 1 s for
+    # 100,000 x 768); copy=False centres in place instead of copying the matrix once more.
+    solver = "covariance_eigh" if len(vectors) >= vectors.shape[1] else "full"
+    pca = PCA(n_components=n, svd_solver=solver, copy=False)
     with np.errstate(invalid="ignore", divide="ignore"):  # identical rows: zero total variance
         coordinates = pca.fit_transform(vectors)
         ratio = np.nan_to_num(pca.explained_variance_ratio_)
     return coordinates.astype(np.float32), ratio
-
-
-def _pre_reduce(vectors: np.ndarray, seed: int | None, report: Callable[[str], None]) -> np.ndarray:
-    """PCA to 50 dimensions first: t-SNE and UMAP's neighbour search is the cost at 100k images."""
-    n, d = vectors.shape
-    if d <= PRE_REDUCTION_DIMENSIONS or n <= PRE_REDUCTION_DIMENSIONS:
-        return vectors
-    report(f"PCA to {PRE_REDUCTION_DIMENSIONS} dimensions")
-    return _pca(vectors, PRE_REDUCTION_DIMENSIONS, seed)[0]
 
 
 # Both methods use euclidean distance: on unit vectors it orders neighbours as cosine does, and after the

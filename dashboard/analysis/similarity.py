@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dashboard.analysis.projection import normalize_rows
+from dashboard.analysis.projection import normalize_rows, row_norms
 
 
 def top_k(
@@ -16,25 +16,29 @@ def top_k(
     k: int,
     *,
     exclude_self: bool = True,
-    normalized: bool = False,
+    norms: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k embeddings most cosine-similar to a query: indices (int64) and scores (float32), best first.
 
     `query` is a row index or a vector (D,); `exclude_self` leaves an index query out of its own result.
-    Ties are broken by the lower index. Pass `normalized=True` with L2-normalised rows to skip normalising.
+    Ties are broken by the lower index. `norms` are the rows' L2 norms when known (a dataset view keeps them):
+    the scores are then one product with the stored matrix divided by them, and the matrix is never copied.
     """
-    matrix = np.asarray(embeddings, dtype=np.float32) if normalized else normalize_rows(embeddings)
+    matrix = np.asarray(embeddings, dtype=np.float32)
+    norms = row_norms(matrix) if norms is None else np.asarray(norms, dtype=np.float32)
     n = len(matrix)
     if np.ndim(query) == 0:
         index = operator.index(query)
         if not 0 <= index < n:
             raise IndexError(f"query index {index} is outside 0..{n - 1}")
-        scores = matrix @ matrix[index]
-        if exclude_self:
-            scores[index] = -np.inf
-            n -= 1
+        vector = matrix[index]
     else:
-        scores = matrix @ normalize_rows(np.asarray(query)[None, :])[0]
+        vector = np.asarray(query, dtype=np.float32)
+    scores = matrix @ normalize_rows(vector[None, :])[0]
+    np.divide(scores, norms, out=scores, where=norms > 0)  # a zero row scores 0 already
+    if np.ndim(query) == 0 and exclude_self:
+        scores[index] = -np.inf
+        n -= 1
     k = min(k, n)
     if k <= 0:
         return np.empty(0, np.int64), np.empty(0, np.float32)

@@ -14,7 +14,6 @@ import dash_bootstrap_components as dbc
 from dash import Dash, Input, Output, State, dcc, html
 
 from dashboard.clustering_view import (
-    HOVER_COMPONENTS,
     assignment_csv,
     cached_projection,
     cluster_images,
@@ -36,6 +35,17 @@ _PROJECTION_CONTROLS = [("clustering-projection", "value"), ("clustering-perplex
                         ("clustering-seed", "value")]
 _CLUSTER_CONTROLS = [("clustering-method", "value"), ("clustering-k", "value"), ("clustering-eps", "value"),
                      ("clustering-min-samples", "value"), ("clustering-space", "value")]
+# The image id of a hovered or clicked point, {"image_id", "bbox"}. dcc.Graph reads an event's customdata from
+# the figure as sent, where binary arrays are still base64, so its events lack it; plotly's decoded copy has it.
+_IMAGE_AT_POINT = """
+function (event) {
+    const point = event && event.points && event.points[0];
+    const graph = document.querySelector("#clustering-scatter .js-plotly-plot");
+    const trace = point && graph && graph._fullData[point.curveNumber];
+    if (!trace || !trace.customdata) { return null; }
+    return {image_id: Number(trace.customdata[point.pointNumber]), bbox: point.bbox || null};
+}
+"""
 _URL_NAMES = ["dataset", "projection", "perplexity", "n_neighbors", "min_dist", "seed",
               "method", "k", "eps", "min_samples", "space"]
 
@@ -62,6 +72,8 @@ def register(app: Dash, store: DatasetStore, results) -> None:
                                    className="mb-2", style={"display": "none"}),
                         dcc.Graph(id="clustering-scatter", config={"displaylogo": False}),
                         dcc.Tooltip(id="clustering-tooltip"),
+                        dcc.Store(id="clustering-hovered"),
+                        dcc.Store(id="clustering-clicked"),
                         html.Div(id="clustering-metrics"),
                     ], md=6),
                     dbc.Col(html.Div(id="clustering-selected", children=html.P(
@@ -129,44 +141,44 @@ def register(app: Dash, store: DatasetStore, results) -> None:
             return dash.no_update, dash.no_update, dash.no_update, dash.no_update
         view = store.view(dataset)
         result = cluster_images(view, projection.coordinates, _cluster_params(method, k, eps, min_samples, space))
-        notes = html.Ul([html.Li(note) for note in projection.notes], className="small text-warning") \
-            if projection.notes else ""
+        notes = html.Ul([html.Li(note) for note in projection.notes + result.notes],
+                        className="small text-warning") if projection.notes or result.notes else ""
         return (cluster_scatter(view, projection, result), _metrics(result.metrics),
                 _summary(view, result, dataset), notes)
+
+    app.clientside_callback(_IMAGE_AT_POINT, Output("clustering-hovered", "data"),
+                            Input("clustering-scatter", "hoverData"))
+    app.clientside_callback(_IMAGE_AT_POINT, Output("clustering-clicked", "data"),
+                            Input("clustering-scatter", "clickData"), prevent_initial_call=True)
 
     @app.callback(
         Output("clustering-tooltip", "show"), Output("clustering-tooltip", "bbox"),
         Output("clustering-tooltip", "children"),
-        Input("clustering-scatter", "hoverData"), State("clustering-dataset", "data"),
+        Input("clustering-hovered", "data"), State("clustering-dataset", "data"),
     )
-    def hover_point(hover, dataset):
-        if not hover:
+    def hover_point(point, dataset):
+        if not point:
             return False, dash.no_update, dash.no_update
-        point = hover["points"][0]
         view = store.view(dataset)
-        row = view.position(point["customdata"])
+        row = view.position(point["image_id"])
         if row is None:
             return False, dash.no_update, dash.no_update
-        components = results.get(f"hover-components/{view.name}/{view.generation}")
-        if components is None:
-            components = hover_components(view)
-            results[f"hover-components/{view.name}/{view.generation}"] = components
-        pcs = ", ".join(f"PC{i + 1} {value:+.3f}" for i, value in enumerate(components[row][:HOVER_COMPONENTS]))
+        pcs = ", ".join(f"PC{i + 1} {value:+.3f}" for i, value in enumerate(hover_components(view, row)))
         return True, point["bbox"], html.Div([
-            html.Img(src=thumbnail_url(point["customdata"]), style={"width": "160px"}),
+            html.Img(src=thumbnail_url(point["image_id"]), style={"width": "160px"}),
             html.Div(view.relpaths[row], className="fw-bold small"),
             html.Div(f"label: {view.labels[row] or 'none'}", className="small"),
             html.Div(pcs, className="small text-muted"),
         ], id="clustering-hover-card", style={"width": "170px"})
 
     @app.callback(
-        Output("clustering-selected", "children"), Input("clustering-scatter", "clickData"),
+        Output("clustering-selected", "children"), Input("clustering-clicked", "data"),
         State("clustering-dataset", "data"), prevent_initial_call=True,
     )
-    def select_point(click, dataset):
-        if not click:
+    def select_point(point, dataset):
+        if not point:
             return dash.no_update
-        image_id = click["points"][0]["customdata"]
+        image_id = point["image_id"]
         view = store.view(dataset)
         row = view.position(image_id)
         if row is None:

@@ -1,6 +1,9 @@
-"""Similarity: a reference image, its top-K most similar images, and a heatmap of pairwise cosine similarities."""
+"""Similarity: a reference image, its top-K most similar images, and a heatmap of pairwise cosine similarities;
+or the images most similar to a picture the user uploads (embedded in a background job, kept in memory only)."""
 
 from __future__ import annotations
+
+from uuid import uuid4
 
 import dash
 import dash_bootstrap_components as dbc
@@ -9,8 +12,18 @@ from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 from dashboard.data import DatasetStore, DatasetView
 from dashboard.explanations import explanation
 from dashboard.image_picker import image_picker, register_image_search
+from dashboard.query_image import (
+    MAX_UPLOAD_BYTES,
+    QueryModels,
+    QueryRefused,
+    RecordedModel,
+    UploadEmbedding,
+    embed_upload,
+    recorded_model,
+)
 from dashboard.shell import image_links, page_shell
 from dashboard.similarity_view import (
+    EMBEDDING_HEAD,
     K_DEFAULT,
     K_MAX,
     Heatmap,
@@ -18,6 +31,7 @@ from dashboard.similarity_view import (
     describe,
     heatmap_figure,
     hovered_cell,
+    images_similar_to,
     neighbourhood,
     reference_image,
 )
@@ -42,9 +56,11 @@ def register(app: Dash, store: DatasetStore) -> None:
                 id="similarity-missing", dismissable=True)
             return html.Div([
                 dcc.Store(id="similarity-dataset", data=view.name),
+                dcc.Store(id="similarity-session", data=uuid4().hex),
                 url_parameters("similarity", ["dataset", "image", "k"]),
                 explanation("similarity"),
                 missing,
+                _upload_section(),
                 dbc.Row([
                     dbc.Col([dbc.Label("Reference image", html_for="similarity-reference"),
                              image_picker("similarity-reference", view, reference,
@@ -68,6 +84,39 @@ def register(app: Dash, store: DatasetStore) -> None:
                        order=3)
 
     register_image_search(app, store, "similarity-reference", "similarity-dataset")
+    models = QueryModels()
+
+    # The thumbnail is the browser's own copy of the file: the upload never comes back from the server.
+    app.clientside_callback(
+        "function (contents) { return [contents || '', true, null]; }",
+        Output("similarity-upload-preview", "src"), Output("similarity-upload-panel", "hidden", allow_duplicate=True),
+        Output("similarity-upload-message", "children", allow_duplicate=True),
+        Input("similarity-upload", "contents"), prevent_initial_call=True,
+    )
+
+    @app.callback(
+        Output("similarity-upload-facts", "children"), Output("similarity-upload-results", "children"),
+        Output("similarity-upload-panel", "hidden"), Output("similarity-upload-message", "children"),
+        Input("similarity-upload", "contents"), State("similarity-upload", "filename"),
+        State("similarity-k", "value"), State("similarity-dataset", "data"), State("similarity-session", "data"),
+        background=True, prevent_initial_call=True, interval=500,
+        progress=Output("similarity-upload-progress", "children"),
+        running=[(Output("similarity-upload-status", "hidden"), False, True),
+                 (Output("similarity-upload", "disabled"), True, False)],
+    )
+    def query_by_upload(set_progress, contents, filename, k, dataset, _session):
+        # _session: a per-page-load id, so two users uploading the same file are two jobs (Dash 4.4.1).
+        # Only ids, scores and paths are returned: the result is stored by the callback manager, the upload is not.
+        if not contents:
+            return dash.no_update, dash.no_update, dash.no_update, dash.no_update
+        recorded = recorded_model(store, dataset)
+        try:
+            upload = embed_upload(models, recorded, contents, set_progress)
+        except QueryRefused as error:
+            return None, None, True, dbc.Alert(str(error), color="danger", id="similarity-upload-error")
+        results = images_similar_to(store.view(dataset), upload.embedding, as_int(k, K_DEFAULT, 1, K_MAX))
+        return (_upload_facts(filename, upload, recorded), _result_grid(results, "similarity-upload-result"), False,
+                None)
 
     @app.callback(
         Output("similarity-results", "children"), Output("similarity-heatmap", "figure"),
@@ -85,9 +134,10 @@ def register(app: Dash, store: DatasetStore) -> None:
 
     @app.callback(
         Output("similarity-reference", "value"),
-        Input({"type": "similarity-result", "index": ALL}, "n_clicks"), prevent_initial_call=True,
+        Input({"type": "similarity-result", "index": ALL}, "n_clicks"),
+        Input({"type": "similarity-upload-result", "index": ALL}, "n_clicks"), prevent_initial_call=True,
     )
-    def pick_result(_clicks):
+    def pick_result(_clicks, _upload_clicks):
         if not ctx.triggered or not ctx.triggered[0]["value"]:
             return dash.no_update  # the cards re-rendered, nobody clicked
         return ctx.triggered_id["index"]
@@ -115,9 +165,15 @@ def _results(view: DatasetView, reference: int, results: list[SimilarImage]) -> 
                     alt=shown.relpath, style={"maxHeight": "50vh", "objectFit": "contain"}),
         dbc.CardBody([html.H6(shown.relpath, className="card-title text-break", id="similarity-reference-path"),
                       html.Div(shown.label or "no label", className="text-muted small"),
-                      _embedding_text(shown),
+                      _embedding_text(shown.embedding_head),
                       image_links(view.name, reference, "similarity", here="/similarity")]),
     ], id="similarity-reference-card", color="primary", outline=True)
+    return dbc.Row([dbc.Col(preview, md=3), dbc.Col(_result_grid(results, "similarity-result"), md=9)],
+                   className="g-3")
+
+
+def _result_grid(results: list[SimilarImage], kind: str) -> html.Div:
+    """Result cards, best first; a click on one (`{"type": kind, "index": image id}`) makes it the reference."""
     cards = [
         html.Div(dbc.Card([
             dbc.CardImg(src=thumbnail_url(r.image_id), top=True, alt=r.relpath, title=r.relpath,
@@ -126,23 +182,62 @@ def _results(view: DatasetView, reference: int, results: list[SimilarImage]) -> 
                 html.Div(f"{r.score:.3f}", className="fw-bold similarity-score"),
                 html.Div(r.relpath, className="small text-break similarity-path"),
                 html.Div(r.label or "no label", className="small text-muted"),
-                _embedding_text(r),
+                _embedding_text(r.embedding_head),
             ], className="p-2"),
-        ], className="h-100"), id={"type": "similarity-result", "index": r.image_id}, n_clicks=0, role="button",
+        ], className="h-100"), id={"type": kind, "index": r.image_id}, n_clicks=0, role="button",
             title=f"Make {r.relpath} the reference", className="similarity-result")
         for r in results
     ]
-    grid = html.Div(cards, id="similarity-result-grid",
+    grid = html.Div(cards, id=f"{kind}-grid",
                     style={"display": "grid", "gridTemplateColumns": "repeat(auto-fill, minmax(150px, 1fr))",
                            "gap": "8px"})
-    heading = html.H6(f"{len(results)} most similar (cosine similarity, best first)", id="similarity-result-count")
-    return dbc.Row([dbc.Col(preview, md=3), dbc.Col([heading, grid], md=9)], className="g-3")
+    heading = html.H6(f"{len(results)} most similar (cosine similarity, best first)", id=f"{kind}-count")
+    return html.Div([heading, grid])
 
 
-def _embedding_text(image: SimilarImage) -> html.Code:
-    values = ", ".join(f"{x:.3f}" for x in image.embedding_head)
+def _embedding_text(head: list[float]) -> html.Code:
+    values = ", ".join(f"{x:.3f}" for x in head)
     return html.Code(f"[{values}, …]", className="small d-block text-break similarity-embedding",
-                     title=f"the first {len(image.embedding_head)} embedding values")
+                     title=f"the first {len(head)} embedding values")
+
+
+def _upload_section() -> dbc.Card:
+    """Query by upload: the drop zone, the job's progress, and (once embedded) the upload beside its neighbours."""
+    limit = f"{MAX_UPLOAD_BYTES / 1024**2:.0f} MB"
+    drop_zone = dcc.Upload(
+        html.Div(["Drop a JPG or PNG here, or ", html.A("choose one", href="#"), f" (at most {limit})."]),
+        id="similarity-upload", accept="image/jpeg,image/png,.jpg,.jpeg,.png", max_size=MAX_UPLOAD_BYTES,
+        multiple=False, className="similarity-upload",
+        style={"border": "2px dashed #adb5bd", "borderRadius": "6px", "padding": "12px", "textAlign": "center"},
+    )
+    return dbc.Card(dbc.CardBody([
+        html.H6("Query by upload", className="card-title"),
+        html.P("Your picture is embedded exactly as this dataset's images were (same model, weights, size and "
+               "preprocessing) and compared with all of them. It is kept in memory only: nothing is stored.",
+               className="small text-muted mb-2"),
+        drop_zone,
+        html.Div([dbc.Spinner(size="sm", spinner_class_name="me-2"), html.Span(id="similarity-upload-progress")],
+                 id="similarity-upload-status", hidden=True, className="small mt-2"),
+        html.Div(id="similarity-upload-message", className="mt-2"),
+        html.Div(dbc.Row([
+            dbc.Col(dbc.Card([
+                dbc.CardImg(id="similarity-upload-preview", top=True, alt="the uploaded picture",
+                            style={"maxHeight": "40vh", "objectFit": "contain"}),
+                dbc.CardBody(id="similarity-upload-facts"),
+            ], color="info", outline=True), md=3),
+            dbc.Col(html.Div(id="similarity-upload-results"), md=9),
+        ], className="g-3 mt-1"), id="similarity-upload-panel", hidden=True),
+    ]), className="mb-3")
+
+
+def _upload_facts(filename: str | None, upload: UploadEmbedding, recorded: RecordedModel) -> list:
+    return [
+        html.H6(filename or "upload", className="card-title text-break", id="similarity-upload-name"),
+        html.Div(f"{upload.width} x {upload.height} px {upload.format}", className="small"),
+        html.Div(f"embedded with {recorded.name} at {recorded.image_size} px ({recorded.precision})",
+                 className="small text-muted"),
+        _embedding_text([float(x) for x in upload.embedding[:EMBEDDING_HEAD]]),
+    ]
 
 
 def _heatmap_caption(view: DatasetView, heatmap: Heatmap) -> str:

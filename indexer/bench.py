@@ -1,0 +1,311 @@
+"""`dinoscope bench`: how fast the indexer is, measured three ways on the same real-size JPEGs in one run.
+
+- model only: forward passes on inputs decoded beforehand, the ceiling for indexing;
+- end to end: `index_folder` into a fresh dataset (reading, decoding, the model, thumbnails, database writes), with
+  the memory of the indexer and its decode workers sampled while it runs;
+- the original app's way: one image at a time in float32 at 518 pixels, centre-cropped, keeping only the CLS token.
+
+Weights are random unless a file is given: the speed of a model does not depend on the values of its weights.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+from PIL import Image
+from timm.data import create_transform
+
+from db.engine import open_database
+from db.mutations import remove_dataset
+from db.queries import dataset_by_name
+from indexer.embed import ImageFiles, embed_pixels
+from indexer.model import (
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_MODEL,
+    LoadedModel,
+    WeightsChoice,
+    cpu_has_native_bf16,
+    inference_model,
+    load_model,
+    resolve_device,
+    resolve_precision,
+)
+from indexer.run import IndexRequest, index_folder
+from indexer.samples import sample_sources
+from indexer.scan import scan_folder
+
+ORIGINAL_SIZE = 518  # the original app: timm's pretrained input size for DINOv2, centre crop, float32, batch of one
+MEGAPIXELS = (1.0, 4.0)  # the sizes of the generated JPEGs, as photographs from phones and cameras come
+_GRAIN = 6  # +- grey levels of noise, so the JPEGs are as large as a camera's, not smooth upscaled samples
+_MEMORY_SAMPLE_SECONDS = 0.05
+
+
+class BenchError(Exception):
+    """The bench cannot run as asked; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    model: str = DEFAULT_MODEL
+    image_size: int = DEFAULT_IMAGE_SIZE
+    precision: str = "auto"
+    batch_size: int = 16
+    workers: int = 1
+    device: str = "auto"
+    images: int = 64
+    original_images: int = 6
+    original_size: int = ORIGINAL_SIZE
+    weights: WeightsChoice = field(default_factory=lambda: WeightsChoice("random"))
+    folder: Path | None = None  # None: a temporary folder, removed afterwards
+    db: str | None = None  # None: a temporary SQLite file; otherwise a dataset of its own, removed afterwards
+
+
+@dataclass(frozen=True)
+class Throughput:
+    images: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds
+
+
+@dataclass(frozen=True)
+class MemoryTrace:
+    """Memory (PSS: shared pages split between the processes sharing them) of a process and its children."""
+
+    samples: list[tuple[float, int]] = field(default_factory=list)  # (seconds from the start, bytes)
+
+    def peak(self, until: float = math.inf) -> int:
+        return max((size for at, size in self.samples if at <= until), default=0)
+
+    @property
+    def seconds(self) -> float:
+        return self.samples[-1][0] if self.samples else 0.0
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    settings: BenchSettings
+    device: str
+    precision: str  # as resolved from "auto"
+    threads: int  # the model's threads in this process
+    native_bf16: bool
+    weights: str  # the weights' identity
+    folder: Path
+    sizes: list[tuple[int, int]]  # width and height of every generated JPEG
+    model_only: Throughput
+    end_to_end: Throughput
+    original: Throughput
+    memory: MemoryTrace  # of the end-to-end run
+
+    @property
+    def megapixels(self) -> tuple[float, float]:
+        pixels = [width * height / 1e6 for width, height in self.sizes]
+        return min(pixels), max(pixels)
+
+    @property
+    def end_to_end_share(self) -> float:
+        """End-to-end throughput as a fraction of the model-only throughput."""
+        return self.end_to_end.images_per_second / self.model_only.images_per_second
+
+    @property
+    def speedup(self) -> float:
+        """How many times faster dinoscope indexes than the original app embedded."""
+        return self.end_to_end.images_per_second / self.original.images_per_second
+
+
+def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: None) -> BenchResult:
+    """Generate (or reuse) the JPEGs, then measure the model alone, the indexer end to end and the original way."""
+    if settings.original_images > settings.images:
+        raise BenchError(f"--original-images {settings.original_images} is more than --images {settings.images}: "
+                         "the original way embeds some of the same images")
+    device = resolve_device(settings.device)
+    precision = resolve_precision(settings.precision, device)
+    with ExitStack() as cleanup:
+        folder = settings.folder or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="dinoscope-bench-")))
+        say(f"writing {settings.images} JPEGs of {MEGAPIXELS[0]:g} to {MEGAPIXELS[1]:g} megapixels into {folder}")
+        paths = write_bench_images(folder, settings.images)
+        sizes = [Image.open(path).size for path in paths]
+
+        say(f"model only: {settings.model} at {settings.image_size} px, {precision}, batch {settings.batch_size}")
+        loaded = load_model(settings.model, settings.weights, settings.image_size)
+        weights = loaded.weights.identity
+        model_only = model_throughput(paths, loaded, device, precision, settings.batch_size)
+        del loaded
+        gc.collect()
+
+        say(f"end to end: indexing {folder} with {settings.workers} decode worker(s)")
+        db = settings.db or f"sqlite:///{cleanup.enter_context(tempfile.TemporaryDirectory())}/bench.db"
+        end_to_end, memory = indexing_throughput(folder, db, settings)
+
+        say(f"original way: {settings.original_images} images one at a time, fp32, {settings.original_size} px")
+        original = original_way_throughput(paths[: settings.original_images], settings.model, settings.weights,
+                                           settings.original_size, device)
+    return BenchResult(settings, str(device), precision, torch.get_num_threads(), cpu_has_native_bf16(), weights,
+                       folder, sizes, model_only, end_to_end, original, memory)
+
+
+def write_bench_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """`count` JPEGs of 1 to 4 megapixels made from the sample photographs; files already there are kept.
+
+    The folder may hold nothing else, as the end-to-end run indexes all of it.
+    """
+    sources = [path for files in sample_sources().values() for path in files]
+    paths = [folder / f"{number:04d}-{sources[number % len(sources)].stem}.jpg" for number in range(count)]
+    if folder.exists():
+        others = sorted({found.relpath for found in scan_folder(folder)} - {path.name for path in paths})
+        if others:
+            raise BenchError(f"{folder} holds {len(others)} image files besides this bench's {count} (such as "
+                             f"{others[0]}); the bench indexes the whole folder, so give it a folder of its own")
+    folder.mkdir(parents=True, exist_ok=True)
+    for number, path in enumerate(paths):
+        if not path.exists():
+            _write_photo(sources[number % len(sources)], path, np.random.default_rng([seed, number]))
+    return paths
+
+
+def _write_photo(source: Path, path: Path, rng: np.random.Generator) -> None:
+    picture = Image.open(source).convert("RGB")
+    megapixels = rng.uniform(MEGAPIXELS[0] + 0.05, MEGAPIXELS[1] - 0.05)  # rounding stays inside the range
+    aspect = picture.width / picture.height
+    width = round(math.sqrt(megapixels * 1e6 * aspect))
+    height = round(width / aspect)
+    pixels = np.asarray(picture.resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
+    pixels = pixels + rng.integers(-_GRAIN, _GRAIN + 1, pixels.shape, dtype=np.int16)
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, format="JPEG", quality=90)
+
+
+def model_throughput(paths: list[Path], loaded: LoadedModel, device: torch.device, precision: str,
+                     batch_size: int) -> Throughput:
+    """Forward passes (with the tokens copied out as the indexer stores them) on inputs decoded beforehand; the
+    first batch runs once untimed, to warm up."""
+    files = ImageFiles(paths, loaded.transform, loaded.image_size)
+    pixels = torch.stack([files[index].tensor for index in range(len(files))])
+    batches = list(torch.split(pixels, batch_size))
+    model = inference_model(loaded, device, precision)
+    embed_pixels(model, batches[0], loaded, device, precision)
+    started = time.perf_counter()
+    for batch in batches:
+        embed_pixels(model, batch, loaded, device, precision)
+    return Throughput(len(pixels), time.perf_counter() - started)
+
+
+def indexing_throughput(folder: Path, db: str, settings: BenchSettings) -> tuple[Throughput, MemoryTrace]:
+    """`index_folder` on the folder into a new dataset of the database, as `dinoscope index` runs it, and the
+    memory of this process and its decode workers meanwhile. The dataset is removed afterwards."""
+    database = open_database(db)
+    name = f"dinoscope-bench-{secrets.token_hex(4)}"
+    request = IndexRequest(folder, name, model=settings.model, weights=settings.weights,
+                           image_size=settings.image_size, batch_size=settings.batch_size, workers=settings.workers,
+                           device=settings.device, precision=settings.precision)
+    try:
+        with sampled_memory() as memory:
+            summary = index_folder(database, request, show_progress=False)
+    finally:
+        with database.session() as session:
+            remove_dataset(session, dataset_by_name(session, name))
+        database.dispose()
+    if summary.failures:
+        relpath, reason = summary.failures[0]
+        raise BenchError(f"{summary.failed} files could not be indexed, such as {relpath}: {reason}")
+    return Throughput(summary.embedded, summary.embedding_seconds), memory
+
+
+def original_way_throughput(paths: list[Path], model_name: str, weights: WeightsChoice, size: int,
+                            device: torch.device) -> Throughput:
+    """The original app's way: each image decoded in full, resized and centre-cropped to `size`, embedded alone in
+    float32, keeping the CLS token. One image runs once untimed, to warm up."""
+    loaded = load_model(model_name, weights, size)
+    model = loaded.model.to(device)
+    config = model.pretrained_cfg
+    transform = create_transform(input_size=(3, size, size), interpolation=config.get("interpolation", "bicubic"),
+                                 mean=config["mean"], std=config["std"], crop_pct=1.0, crop_mode="center")
+
+    def embed(path: Path) -> np.ndarray:
+        pixels = transform(Image.open(path).convert("RGB")).unsqueeze(0).to(device)
+        with torch.inference_mode():
+            return model(pixels)[0].cpu().numpy()  # num_classes=0: the CLS token after the final norm
+
+    embed(paths[0])
+    started = time.perf_counter()
+    for path in paths:
+        embed(path)
+    return Throughput(len(paths), time.perf_counter() - started)
+
+
+@contextmanager
+def sampled_memory(interval: float = _MEMORY_SAMPLE_SECONDS) -> Iterator[MemoryTrace]:
+    """Samples the memory of this process and its children (the decode workers) from a background thread."""
+    trace, stop, process = MemoryTrace(), threading.Event(), psutil.Process()
+    started = time.perf_counter()
+
+    def sample() -> None:
+        while True:
+            trace.samples.append((time.perf_counter() - started, _pss(process)))
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=sample, name="memory-sampler", daemon=True)
+    thread.start()
+    try:
+        yield trace
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _pss(process: psutil.Process) -> int:
+    total = 0
+    for member in (process, *process.children(recursive=True)):
+        try:
+            total += member.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):  # a worker that just ended
+            continue
+    return total
+
+
+def bench_table(result: BenchResult) -> str:
+    """The result as one Markdown table, under two lines on what was measured where."""
+    s = result.settings
+    low, high = result.megapixels
+    weights = ("random weights (speed does not depend on weight values)" if s.weights.kind == "random"
+               else f"weights {result.weights}")
+    bf16 = "native bf16" if result.native_bf16 else "no native bf16"
+    setting = f"{s.image_size} px, {result.precision}, batch {s.batch_size}"
+    workers = f"{s.workers} decode worker{'s' if s.workers != 1 else ''}"
+    half, whole = result.memory.seconds / 2, result.memory.seconds
+    rows = [
+        ("model only (forward passes on decoded inputs)", setting, result.model_only),
+        ("end to end (`index`: decode, embed, thumbnails, database writes)", f"{setting}, {workers}",
+         result.end_to_end),
+        ("original way (one image at a time, CLS only)", f"{s.original_size} px centre crop, fp32, batch 1",
+         result.original),
+    ]
+    lines = [
+        f"dinoscope bench: {s.model} on {result.device} ({result.threads} threads, {bf16}), {weights}",
+        f"{len(result.sizes)} JPEGs of {low:.1f} to {high:.1f} megapixels in {result.folder}",
+        "",
+        "| measurement | setting | images | seconds | result |",
+        "| --- | --- | --- | --- | --- |",
+        *(f"| {name} | {detail} | {t.images} | {t.seconds:.2f} | {t.images_per_second:.2f} images/s |"
+          for name, detail, t in rows),
+        f"| end to end / model only | | | | {result.end_to_end_share:.2f} |",
+        f"| dinoscope / original way | end to end / original way | | | {result.speedup:.1f} times |",
+        *(f"| peak memory, end to end: {part} | indexer and decode workers (PSS) | | {until:.2f} | "
+          f"{result.memory.peak(until) / 2**20:.0f} MiB |"
+          for part, until in (("first half", half), ("whole run", whole))),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""Real server processes for tests: `dinoscope serve` and `dinoscope worker`, started, awaited and stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+# A Redis database of the tests' own (others may use the server): the tests flush this one and no other.
+REDIS_TEST_URL = "redis://127.0.0.1:6379/5"
+CLI = [sys.executable, "-c", "from indexer.cli import main; main()"]
+
+
+def start(args: list, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """The `dinoscope` command in its own process, its output (stdout and stderr) going to `log`."""
+    with log.open("w") as output:
+        return subprocess.Popen([*CLI, *map(str, args)], stdout=output, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+
+
+def wait_until_healthy(process: subprocess.Popen, url: str, log: Path, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the server stopped: {log.read_text()}"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"no answer from {url}/health in {timeout_s} s: {log.read_text()}")
+
+
+def start_worker(db: Path, cache_dir: Path, log: Path, timeout_s: float = 180) -> subprocess.Popen:
+    """A real `dinoscope worker` on the test Redis, returned once it answers a ping."""
+    from dashboard.jobs import celery_app
+
+    process = start(["worker", "--celery", REDIS_TEST_URL, "--db", db, "--cache-dir", cache_dir,
+                     "--concurrency", "2"], log)
+    control = celery_app(REDIS_TEST_URL).control
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the worker stopped: {log.read_text()}"
+        if control.ping(timeout=1.0):
+            return process
+    stop(process)
+    raise AssertionError(f"the worker did not answer in {timeout_s} s: {log.read_text()}")
+
+
+def stop(process: subprocess.Popen, timeout_s: float = 60) -> tuple[int, int]:
+    """Ask the process to finish (SIGTERM); returns its exit status and how many of its child processes outlived
+    it by ten seconds (killed then)."""
+    children = psutil.Process(process.pid).children(recursive=True) if process.poll() is None else []
+    process.send_signal(signal.SIGTERM)
+    try:
+        status = process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        status = process.wait()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    for child in alive:
+        child.kill()
+    return status, len(alive)
+
+
+def flush_test_redis() -> None:
+    import redis
+
+    redis.Redis.from_url(REDIS_TEST_URL).flushdb()
+
+
+class BackgroundApps:
+    """Dashboards whose background callbacks run as jobs forked beside the server ("diskcache"), or in a real
+    `dinoscope worker` on the test Redis database ("celery")."""
+
+    def __init__(self, manager: str, folder: Path) -> None:
+        self.manager = manager
+        self.folder = folder
+        self.workers: list[subprocess.Popen] = []
+
+    def build(self, db: Path):
+        from dashboard.app import create_app
+        from dashboard.settings import Settings
+
+        celery_url = REDIS_TEST_URL if self.manager == "celery" else None
+        settings = Settings(f"sqlite:///{db}", self.folder / "cache", "test-secret", celery_url=celery_url)
+        if celery_url:
+            flush_test_redis()
+            self.workers.append(start_worker(db, settings.cache_dir, self.folder / "worker.log"))
+        return create_app(settings)
+
+    def running_jobs(self) -> int:
+        if self.manager == "celery":
+            from dashboard.jobs import celery_app
+
+            active = celery_app(REDIS_TEST_URL).control.inspect(timeout=1.0).active() or {}
+            return sum(len(tasks) for tasks in active.values())
+        jobs = 0
+        for process in psutil.Process().children(recursive=True):
+            try:
+                if "forkserver" in " ".join(process.cmdline()):  # jobs are the fork server's children
+                    jobs += sum(1 for job in process.children() if job.status() != psutil.STATUS_ZOMBIE)
+            except psutil.Error:  # ended meanwhile
+                continue
+        return jobs
+
+    def close(self) -> None:
+        for worker in self.workers:
+            stop(worker)
+        if self.workers:
+            flush_test_redis()

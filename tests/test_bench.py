@@ -1,0 +1,93 @@
+"""`dinoscope bench` at a tiny size: every row of its table, sane numbers, real-size JPEGs, nothing left behind.
+
+Only what the table says and what the bench leaves behind is checked here; its timings are the bench's business.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from PIL import Image
+
+from db.engine import open_database
+from db.queries import dataset_summaries
+from indexer.bench import MEGAPIXELS, write_bench_images
+from tests.conftest import IMAGE_SIZE, MODEL, run_cli
+from tests.images import noise
+
+TINY = ["--model", MODEL, "--image-size", IMAGE_SIZE, "--batch-size", "2", "--original-size", "28"]
+ROWS = {
+    "model only (forward passes on decoded inputs)": "images/s",
+    "end to end (`index`: decode, embed, thumbnails, database writes)": "images/s",
+    "original way (one image at a time, CLS only)": "images/s",
+    "end to end / model only": "",
+    "dinoscope / original way": "times",
+    "peak memory, end to end: first half": "MiB",
+    "peak memory, end to end: whole run": "MiB",
+}
+
+
+def _table(output: str) -> dict[str, list[str]]:
+    """Row name -> its other cells, for the table's body rows."""
+    rows = [line.strip("|").split("|") for line in output.splitlines() if line.startswith("| ")]
+    return {cells[0].strip(): [cell.strip() for cell in cells[1:]] for cells in rows[2:]}  # after head, rule
+
+
+def _number(cell: str, unit: str) -> float:
+    match = re.fullmatch(rf"(\d+(?:\.\d+)?) ?{unit}", cell)
+    assert match, f"{cell!r} is not a number in {unit or 'no unit'}"
+    return float(match.group(1))
+
+
+def test_bench_prints_every_row_with_sane_numbers_and_leaves_no_dataset(tmp_path):
+    db = tmp_path / "bench.db"
+    result = run_cli("bench", *TINY, "--images", "4", "--original-images", "2", "--workers", "1",
+                     "--folder", tmp_path / "jpegs", "--db", db)
+
+    header = result.stdout.splitlines()[0]
+    assert MODEL in header and "random weights (speed does not depend on weight values)" in header
+    table = _table(result.stdout)
+    assert list(table) == list(ROWS)
+    results = {name: _number(cells[-1], ROWS[name]) for name, cells in table.items()}
+    assert all(value > 0 for value in results.values()), results
+    counts = {name: int(cells[1]) for name, cells in table.items() if cells[1]}
+    assert list(counts.values()) == [4, 4, 2]
+    assert "56 px" in table["model only (forward passes on decoded inputs)"][0]
+    assert "1 decode worker" in table["end to end (`index`: decode, embed, thumbnails, database writes)"][0]
+    assert "28 px centre crop, fp32, batch 1" in table["original way (one image at a time, CLS only)"][0]
+    assert results["peak memory, end to end: whole run"] >= results["peak memory, end to end: first half"]
+
+    with open_database(str(db), readonly=True).session() as session:
+        assert dataset_summaries(session) == []  # the end-to-end run's dataset is removed afterwards
+
+
+def test_bench_jpegs_are_one_to_four_megapixels_and_are_reused(tmp_path):
+    paths = write_bench_images(tmp_path, 23)  # one more than the sample set: sources are reused
+    assert len({path.name for path in paths}) == 23
+    for path in paths:
+        with Image.open(path) as picture:
+            assert picture.format == "JPEG" and picture.mode == "RGB"
+            assert MEGAPIXELS[0] * 1e6 <= picture.width * picture.height <= MEGAPIXELS[1] * 1e6, path.name
+    before = {path: path.stat().st_mtime_ns for path in paths}
+    assert write_bench_images(tmp_path, 23) == paths
+    assert {path: path.stat().st_mtime_ns for path in paths} == before
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--images", "2", "--original-images", "3"], "--original-images 3 is more than --images 2"),
+    (["--images", "2", "--original-images", "1", "--image-size", "50"],
+     "image size 50 is not a multiple of the patch size 14"),
+])
+def test_bench_explains_bad_settings_in_one_line(tmp_path, extra, message):
+    result = run_cli("bench", *TINY, "--folder", tmp_path / "jpegs", *extra, expect=1)
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.output
+
+
+def test_bench_refuses_a_folder_holding_other_images(tmp_path):
+    noise(tmp_path / "mine" / "holiday.png", seed=1)
+    result = run_cli("bench", *TINY, "--images", "2", "--original-images", "1", "--folder", tmp_path / "mine",
+                     expect=1)
+    assert "holds 1 image files besides this bench's 2 (such as holiday.png)" in result.output
+    assert "give it a folder of its own" in result.output

@@ -1,0 +1,116 @@
+"""Serving for many users: gunicorn workers in a real process, and the warning for an open address."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import urllib.error
+import urllib.request
+
+import psutil
+import pytest
+from dash.testing.wait import until
+
+from dashboard.serving import is_loopback, needs_login_warning, shared_secret
+from dashboard.settings import Settings
+from tests.conftest import run_cli
+from tests.servers import start, stop, wait_until_healthy
+
+PORTS = iter(range(60400, 60500))  # this suite's own range
+
+
+def _get(url: str, user: str | None = None, password: str = ""):
+    request = urllib.request.Request(url)
+    if user:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    return urllib.request.urlopen(request, timeout=30)
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("127.8.0.3", True), ("localhost", True), ("::1", True), ("[::1]", True),
+    ("0.0.0.0", False), ("::", False), ("192.168.1.20", False), ("dinoscope.example.org", False),
+])
+def test_only_loopback_addresses_count_as_private(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+def test_the_warning_is_for_an_open_address_without_a_login(tmp_path):
+    settings = Settings("sqlite:///x.db", tmp_path)
+    assert needs_login_warning("0.0.0.0", settings)
+    assert not needs_login_warning("127.0.0.1", settings)
+    assert not needs_login_warning("0.0.0.0", Settings("sqlite:///x.db", tmp_path, users_file=tmp_path / "users"))
+
+
+def test_workers_share_the_configured_secret_or_one_made_once(tmp_path):
+    configured = Settings("sqlite:///x.db", tmp_path, "from-the-environment")
+    assert shared_secret(configured) == (configured, False)
+    made, generated = shared_secret(Settings("sqlite:///x.db", tmp_path))
+    assert generated and len(made.secret_key) == 64
+
+
+def test_serving_an_open_address_without_a_login_warns_loudly(sample_db, tmp_path):
+    port = next(PORTS)
+    log = tmp_path / "serve.log"
+    process = start(["serve", "--host", "0.0.0.0", "--port", port, "--db", sample_db, "--cache-dir",
+                     tmp_path / "cache"], log, env={"DINOSCOPE_USERS_FILE": ""})
+    try:
+        wait_until_healthy(process, f"http://127.0.0.1:{port}", log)
+    finally:
+        stop(process)
+    output = log.read_text()
+    assert "WARNING: dinoscope serves 0.0.0.0 WITHOUT A LOGIN" in output and "dinoscope users add" in output
+
+
+def test_gunicorn_workers_serve_pages_and_thumbnails_behind_a_login(sample_db, tmp_path):
+    run_cli("users", "add", tmp_path / "users", "alice", "--password-stdin", input="correct horse\n")
+    port = next(PORTS)
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    process = start(["serve", "--workers", "2", "--threads", "4", "--port", port, "--db", sample_db,
+                     "--cache-dir", tmp_path / "cache", "--users", tmp_path / "users"], log,
+                    env={"DINOSCOPE_SECRET_KEY": "", "DASH_DEBUG": "true"})
+    try:
+        wait_until_healthy(process, url, log)
+        workers = psutil.Process(process.pid).children()
+        assert len(workers) == 2
+
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _get(f"{url}/gallery?dataset=samples")
+        assert refused.value.code == 401
+        with _get(f"{url}/gallery?dataset=samples", "alice", "correct horse") as page:
+            assert page.status == 200 and page.headers["Server"].startswith("gunicorn")
+            html = page.read().decode()
+        config = json.loads(re.search(r'<script id="_dash-config" type="application/json">(.*?)</script>', html,
+                                      re.DOTALL).group(1))
+        assert config["ui"] is False and config["props_check"] is False  # not Dash's debug mode
+        with _get(f"{url}/thumbnails/1/gallery.jpg", "alice", "correct horse") as thumbnail:
+            assert thumbnail.headers["Content-Type"] == "image/jpeg" and thumbnail.read(2) == b"\xff\xd8"
+    finally:
+        status, survivors = stop(process)
+    assert status == 0 and survivors == 0
+    output = log.read_text()
+    assert f"dinoscope dashboard on {url}/ (gunicorn, 2 workers of 4 threads" in output
+    assert "DINOSCOPE_SECRET_KEY is not set: the workers share a key made for this run" in output
+    assert "WARNING" not in output and "Traceback" not in output
+    assert not any(worker.is_running() for worker in workers)
+
+
+def test_background_callbacks_finish_across_gunicorn_workers(dash_duo, sample_db, tmp_path):
+    """The browser's polls for a t-SNE land on either worker: both must read the job's handle (shared secret) and
+    its result (shared cache folder)."""
+    port = next(PORTS)
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    process = start(["serve", "--workers", "2", "--port", port, "--db", sample_db, "--cache-dir",
+                     tmp_path / "cache"], log, env={"DINOSCOPE_SECRET_KEY": "", "DINOSCOPE_USERS_FILE": ""})
+    try:
+        wait_until_healthy(process, url, log)
+        dash_duo.driver.get(f"{url}/clustering?dataset=samples&projection=tsne&perplexity=4")
+        until(lambda: dash_duo.driver.execute_script(
+            "const gd = document.querySelector('#clustering-scatter .js-plotly-plot');"
+            "return gd && gd.layout.xaxis.title.text;") == "t-SNE 1", timeout=120)
+        assert dash_duo.get_logs() == []
+    finally:
+        stop(process)
+    assert "Traceback" not in log.read_text()

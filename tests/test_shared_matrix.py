@@ -1,0 +1,160 @@
+"""The datasets' arrays shared between dashboard processes through one memory-mapped file per generation."""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dashboard import data
+from dashboard.data import DatasetStore, DatasetView
+from dashboard.shared_matrix import MatrixKey, SharedContent, read_shared, write_shared
+from db.engine import open_database
+from db.mutations import bump_generation
+from db.queries import dataset_by_name
+from indexer.synthetic import write_synthetic_dataset
+
+
+@pytest.fixture
+def database(tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    write_synthetic_dataset(open_database(url), "synth", 300, dim=32, clusters=6, spread=0.3)
+    return url
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted((folder / "matrices").glob("*"))
+
+
+def _assert_same_view(shared: DatasetView, loaded: DatasetView) -> None:
+    for name in ("image_ids", "embeddings", "norms", "reduced"):
+        np.testing.assert_array_equal(getattr(shared, name), getattr(loaded, name))
+    assert (shared.relpaths, shared.labels, shared.sizes) == (loaded.relpaths, loaded.labels, loaded.sizes)
+    assert (shared.name, shared.generation) == (loaded.name, loaded.generation)
+
+
+def test_the_shared_matrix_gives_the_same_searches_as_the_matrix_from_the_database(database, tmp_path):
+    shared = DatasetStore(database, tmp_path / "cache").view("synth")
+    loaded = DatasetStore(database).view("synth")
+    _assert_same_view(shared, loaded)
+    assert not shared.embeddings.flags.writeable and not shared.embeddings.flags.owndata  # mapped, read-only
+    assert len(_files(tmp_path / "cache")) == 1
+    for query in (0, 17, 299):
+        for result, expected in zip(shared.nearest(query, 10), loaded.nearest(query, 10)):
+            np.testing.assert_array_equal(result, expected)
+    vector = np.random.default_rng(0).standard_normal(32).astype(np.float32)
+    np.testing.assert_array_equal(shared.nearest(vector, 5)[0], loaded.nearest(vector, 5)[0])
+
+
+def test_the_derived_arrays_are_the_norms_and_the_principal_components(database):
+    view = DatasetStore(database).view("synth")
+    plain = DatasetView(view.name, view.generation, view.image_ids, view.relpaths, view.labels, view.sizes,
+                        np.array(view.embeddings))
+    np.testing.assert_allclose(view.norms, np.linalg.norm(view.embeddings, axis=1), rtol=1e-6)
+    np.testing.assert_allclose(view.reduced, plain.reduced, atol=1e-5)
+    assert view.reduced.shape == (300, 32)  # every component of 32 dimensions: distances kept exactly
+
+
+def test_another_process_maps_the_file_instead_of_reading_the_database(database, tmp_path, monkeypatch):
+    first = DatasetStore(database, tmp_path / "cache").view("synth")
+
+    def no_database_read(*_args):
+        raise AssertionError("read the embeddings from the database again")
+
+    monkeypatch.setattr(data, "_read_dataset", no_database_read)
+    store = pickle.loads(pickle.dumps(DatasetStore(database, tmp_path / "cache")))  # as a background job gets it
+    assert store.cache_dir == tmp_path / "cache"
+    second = store.view("synth")
+    _assert_same_view(second, first)
+    assert store.view("synth") is second  # and a repeated request does not reload it
+
+
+def test_a_new_generation_builds_a_new_file_and_drops_the_old_one(database, tmp_path):
+    store = DatasetStore(database, tmp_path / "cache")
+    first = store.view("synth")
+    old = _files(tmp_path / "cache")
+    with open_database(database).session() as session:
+        bump_generation(session, dataset_by_name(session, "synth"))
+    second = store.view("synth")
+    assert second.generation == first.generation + 1
+    new = _files(tmp_path / "cache")
+    assert len(new) == 1 and new != old and f"-g{second.generation}." in new[0].name
+    np.testing.assert_array_equal(first.embeddings, second.embeddings)  # the old mapping stays readable
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte", "empty", "not a matrix file", "other dataset"])
+def test_a_damaged_file_is_rebuilt_not_trusted(database, tmp_path, damage):
+    expected = DatasetStore(database).view("synth")
+    DatasetStore(database, tmp_path / "cache").view("synth")
+    [path] = _files(tmp_path / "cache")
+    content = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(content[: len(content) // 2])
+    elif damage == "flipped byte":
+        middle = len(content) // 2
+        path.write_bytes(content[:middle] + bytes([content[middle] ^ 0xFF]) + content[middle + 1:])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "not a matrix file":
+        path.write_bytes(b"SQLite format 3\0" + content[16:])
+    else:  # the same name, written for a dataset made earlier under the same id
+        key = MatrixKey(database, 1, "2020-01-01T00:00:00", expected.generation)
+        write_shared(tmp_path / "elsewhere", key, SharedContent({"image_ids": np.zeros(3, np.int64)}, {}))
+        path.write_bytes((tmp_path / "elsewhere" / key.file_name).read_bytes())
+
+    rebuilt = DatasetStore(database, tmp_path / "cache").view("synth")
+    _assert_same_view(rebuilt, expected)
+    assert path.read_bytes() == content  # built again, whole
+
+
+def test_a_cache_folder_that_cannot_be_written_leaves_each_process_its_own_arrays(database, tmp_path):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder should be")
+    view = DatasetStore(database, blocked).view("synth")
+    _assert_same_view(view, DatasetStore(database).view("synth"))
+
+
+def _write_repeatedly(folder: str, key: MatrixKey, times: int) -> None:
+    rng = np.random.default_rng(0)  # every writer writes the same content, as processes building one file do
+    content = SharedContent({"image_ids": np.arange(50_000, dtype=np.int64),
+                             "embeddings": rng.standard_normal((50_000, 16)).astype(np.float32)}, {"rows": 50_000})
+    for _ in range(times):
+        write_shared(Path(folder), key, content)
+
+
+def test_processes_building_the_same_file_at_once_never_leave_a_broken_one(tmp_path):
+    key = MatrixKey("sqlite:///x.db", 1, "2024-01-01T00:00:00", 3)
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_write_repeatedly, args=(str(tmp_path), key, 15)) for _ in range(3)]
+    for writer in writers:
+        writer.start()
+    reads = []
+    while any(writer.is_alive() for writer in writers):
+        found = read_shared(tmp_path, key)  # at any moment: no file yet, or a whole one
+        if found is not None:
+            assert found.document == {"rows": 50_000} and found.arrays["image_ids"][-1] == 49_999
+            reads.append(found)
+    for writer in writers:
+        writer.join()
+        assert writer.exitcode == 0
+    assert read_shared(tmp_path, key) is not None and reads
+    assert [path.name for path in tmp_path.iterdir()] == [key.file_name]  # no temporary file left behind
+
+
+def test_a_file_gives_back_its_arrays_and_document_only_to_its_own_key(tmp_path):
+    key = MatrixKey("sqlite:///x.db", 4, "2024-01-01T00:00:00", 2)
+    arrays = {"zeta": np.arange(5, dtype=np.int64), "alpha": np.ones((3, 2), np.float32),
+              "empty": np.empty((0, 7), np.float32)}
+    write_shared(tmp_path, key, SharedContent(arrays, {"labels": ["a", None]}))
+    found = read_shared(tmp_path, key)
+    assert list(found.arrays) == ["zeta", "alpha", "empty"] and found.document == {"labels": ["a", None]}
+    for name, array in arrays.items():
+        assert found.arrays[name].dtype == array.dtype
+        np.testing.assert_array_equal(found.arrays[name], array)
+    assert read_shared(tmp_path, MatrixKey("sqlite:///y.db", 4, "2024-01-01T00:00:00", 2)) is None
+    assert "x.db" not in key.file_name  # a server URL may hold a password
+    with pytest.raises(ValueError, match="cannot share"):
+        write_shared(tmp_path, key, SharedContent({"names": np.array(["a"])}, {}))

@@ -1,0 +1,155 @@
+"""Query by upload in a real browser: files sent to the similarity page's upload input, the neighbours it shows,
+its messages, and a dataset whose weights are no longer on the server."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from pathlib import Path
+
+import diskcache
+import pytest
+from dash.testing.wait import until
+
+from dashboard.app import create_app
+from dashboard.data import DatasetStore, DatasetView
+from dashboard.jobs import ForkServerDiskcacheManager
+from dashboard.query_image import QueryModels, embed_upload, recorded_model
+from dashboard.settings import Settings
+from dashboard.similarity_view import images_similar_to
+from tests.browser import text_of, when_stable
+from tests.conftest import FAST, run_cli
+from tests.images import noise
+from tests.test_upload import data_url
+
+# The first upload waits for the job fork server to start and for torch to be imported in the job.
+FIRST_JOB_S = 180
+
+
+@pytest.fixture
+def samples(sample_db) -> DatasetView:
+    return DatasetStore(f"sqlite:///{sample_db}").view("samples")
+
+
+def _upload(dash_duo, path: Path) -> None:
+    when_stable(lambda: dash_duo.find_element("#similarity-upload input[type=file]").send_keys(str(path)))
+
+
+def _read(dash_duo, script: str):
+    return dash_duo.driver.execute_script(script)
+
+
+def _upload_paths(dash_duo) -> list[str]:
+    return _read(dash_duo, "return [...document.querySelectorAll("
+                           "'#similarity-upload-result-grid .similarity-path')].map(p => p.textContent)")
+
+
+def _hidden(dash_duo, selector: str) -> bool:
+    return _read(dash_duo, f"return document.querySelector('{selector}').hidden")
+
+
+def _open(dash_duo, query: str) -> None:
+    dash_duo.driver.get(f"{dash_duo.server_url}/similarity?{query}")
+    dash_duo.wait_for_element("#similarity-result-grid img")
+
+
+class RecordingManager(ForkServerDiskcacheManager):
+    """The usual manager, keeping every value the web server reads back from what the jobs stored in the cache
+    folder: results, progress and set_props (the server runs in the test's process)."""
+
+    def __init__(self, cache) -> None:
+        super().__init__(cache)
+        self.stored = []
+
+    def get_result(self, key, job):
+        value = super().get_result(key, job)
+        self.stored.append(value)
+        return value
+
+    def get_progress(self, key):
+        value = super().get_progress(key)
+        self.stored.append(value)
+        return value
+
+    def get_updated_props(self, key):
+        value = super().get_updated_props(key)
+        self.stored.append(value)
+        return value
+
+
+def _files_containing(folder: Path, needles: list[bytes]) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.is_file() and any(n in path.read_bytes() for n in needles)]
+
+
+def test_an_uploaded_sample_is_shown_with_its_neighbours_itself_first(dash_duo, sample_db, samples, tmp_path):
+    manager = RecordingManager(diskcache.Cache(str(tmp_path / "cache" / "background")))
+    dash_duo.start_server(create_app(Settings(f"sqlite:///{sample_db}", tmp_path / "cache", "test-secret"), manager))
+    _open(dash_duo, "dataset=samples&image=5&k=5")
+    until(lambda: "at most 10 MB" in text_of(dash_duo, "#similarity-upload"), timeout=10)  # a lazily loaded component
+
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("this is text, not a picture\n")
+    _upload(dash_duo, not_an_image)
+    until(lambda: "not an image" in text_of(dash_duo, "#similarity-upload-error"), timeout=FIRST_JOB_S)
+    assert text_of(dash_duo, "#similarity-upload-error").startswith("this file cannot be used: ")
+    assert _hidden(dash_duo, "#similarity-upload-panel")
+
+    relpath = "animals/chelsea.png"
+    file = sample_db.parent / "samples" / relpath
+    _upload(dash_duo, file)
+    until(lambda: len(_upload_paths(dash_duo)) == 5, timeout=60)
+    store = DatasetStore(f"sqlite:///{sample_db}")
+    upload = embed_upload(QueryModels(), recorded_model(store, "samples"), data_url(file.read_bytes()))
+    expected = images_similar_to(samples, upload.embedding, 5)
+    shown = _upload_paths(dash_duo)
+    if shown != [r.relpath for r in expected]:
+        dash_duo.driver.save_screenshot("/tmp/upload-debug/mismatch.png")
+        print("DEBUG", shown, text_of(dash_duo, "#similarity-upload-facts"), text_of(dash_duo, "#similarity-upload-result-grid"))
+    assert shown == [r.relpath for r in expected] and expected[0].relpath == relpath
+    scores = _read(dash_duo, "return [...document.querySelectorAll("
+                             "'#similarity-upload-result-grid .similarity-score')].map(s => s.textContent)")
+    assert scores[0] == "1.000" and scores == [f"{r.score:.3f}" for r in expected]
+    assert _read(dash_duo, "return document.querySelector('#similarity-upload-error')") is None
+    assert not _hidden(dash_duo, "#similarity-upload-panel") and _hidden(dash_duo, "#similarity-upload-status")
+    facts = text_of(dash_duo, "#similarity-upload-facts")
+    assert "chelsea.png" in facts and "451 x 300 px PNG" in facts
+    assert "embedded with vit_small_patch14_reg4_dinov2.lvd142m at 56 px" in facts
+    preview = dash_duo.find_element("#similarity-upload-preview")
+    assert preview.get_attribute("src").startswith("data:image/png;base64,")
+    until(lambda: _read(dash_duo, "return document.querySelector('#similarity-upload-preview').naturalWidth")
+          == 451, timeout=5)
+
+    # The job stored only ids, paths and scores for the server to read back (the upload reached it in memory),
+    # and nothing of the upload is left in the cache folder.
+    data = file.read_bytes()
+    encoded = base64.b64encode(data)
+    assert any(expected[0].relpath in repr(value) for value in manager.stored)
+    assert not any(encoded[4000:4080].decode() in repr(value) for value in manager.stored)
+    assert _files_containing(tmp_path / "cache", [data[1000:1064], encoded[4000:4080]]) == []
+
+    second = expected[1]
+    when_stable(lambda: dash_duo.find_elements("#similarity-upload-result-grid .similarity-result")[1].click())
+    until(lambda: text_of(dash_duo, "#similarity-reference-path") == second.relpath, timeout=30)
+    until(lambda: f"image={second.image_id}&" in dash_duo.driver.current_url, timeout=10)
+    assert dash_duo.get_logs() == []
+
+
+def test_a_dataset_whose_weights_file_is_gone_says_so(dash_duo, tmp_path, weights_file):
+    photos = tmp_path / "photos"
+    noise(photos / "a.png", seed=1)
+    noise(photos / "b.png", seed=2)
+    weights = tmp_path / "dino.safetensors"
+    shutil.copyfile(weights_file, weights)
+    db = tmp_path / "index.db"
+    run_cli("index", photos, "--db", db, "--weights", weights, *FAST)
+    weights.rename(tmp_path / "moved.safetensors")
+
+    dash_duo.start_server(create_app(Settings(f"sqlite:///{db}", tmp_path / "cache", "test-secret")))
+    _open(dash_duo, "dataset=photos")
+    _upload(dash_duo, photos / "a.png")
+    until(lambda: "cannot be rebuilt on this server" in text_of(dash_duo, "#similarity-upload-error"),
+          timeout=FIRST_JOB_S)
+    message = text_of(dash_duo, "#similarity-upload-error")
+    assert f"weights file {weights.resolve()} does not exist" in message
+    assert _hidden(dash_duo, "#similarity-upload-panel") and _upload_paths(dash_duo) == []
+    assert dash_duo.get_logs() == []
