@@ -1,66 +1,207 @@
-"""Server-side time of the dashboard's heaviest answers: a similarity query, K-Means and a PCA projection.
+"""Server-side time and memory of the dashboard's heaviest answers, as one table.
 
-    python benchmarks/dashboard_queries.py --db dinoscope.db --dataset samples   # an indexed dataset
-    python benchmarks/dashboard_queries.py --synthetic 10000                     # a synthetic dataset
+    dinoscope synthetic bench --count 100000 --db /tmp/bench.db           # once: a synthetic dataset
+    python benchmarks/dashboard_queries.py --db /tmp/bench.db --dataset bench [--tsne] [--umap]
+    python benchmarks/dashboard_queries.py --synthetic 10000               # writes a fresh one first
 
---synthetic N first writes N images with clustered 768-dimensional embeddings into a fresh SQLite database in a
-temporary folder. Times are the median of --repeats runs of the logic the page callbacks call (no browser).
+Opening is timed in fresh processes (imports done first): once with no shared matrix file in the cache folder (the
+first process of a generation builds it from the database), once with the file there (later processes map it),
+and again in the same process. The answers are timed with the file mapped, each the median of --repeats runs of
+what the page callbacks do; the gallery page and the scatter go through Dash's callback route (Flask test client),
+JSON encoding included. t-SNE and UMAP (background jobs in the dashboard) run once each when asked for. Memory:
+--workers processes open the dataset and answer the same requests, then psutil reads each one's resident set (RSS),
+its unique memory (USS) and its proportional share (PSS) while all of them are alive.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import resource
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+import diskcache
+import psutil
 
-from dashboard.analysis.projection import project
-from dashboard.clustering_view import ClusterParams, cluster_images
+from dashboard.analysis.projection import REDUCED_DIMENSIONS, pca_components, project
+from dashboard.app import create_app
+from dashboard.clustering_view import (
+    ClusterParams,
+    ProjectionParams,
+    cached_projection,
+    cluster_images,
+)
 from dashboard.data import DatasetStore, DatasetView
-from dashboard.similarity_view import similar_images
+from dashboard.settings import Settings
+from dashboard.similarity_view import HEATMAP_LIMIT, heatmap_figure, neighbourhood
 from db.engine import open_database, resolve_url
 from indexer.synthetic import write_synthetic_dataset
 
+MIB = 1024**2
 
-def median_ms(action, repeats: int) -> float:
+
+def median_s(action, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         action()
-        times.append((time.perf_counter() - started) * 1000)
+        times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def _open_in_fresh_process(url: str, cache_dir: str, dataset: str, queue) -> None:
+    store = DatasetStore(url, Path(cache_dir))
+    started = time.perf_counter()
+    store.view(dataset)
+    first = time.perf_counter() - started
+    queue.put((first, median_s(lambda: store.view(dataset), 5)))
+
+
+def _work_like_a_dashboard_worker(url: str, cache_dir: str, dataset: str, queue, finished) -> None:
+    view = DatasetStore(url, Path(cache_dir)).view(dataset)
+    view.nearest(0, 8)
+    cluster_images(view, view.reduced[:, :2], ClusterParams("kmeans", k=20))
+    neighbourhood(view, int(view.image_ids[0]), 8)
+    queue.put((psutil.Process().pid, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+    finished.wait()
+
+
+def _in_fresh_process(context, target, *args):
+    queue = context.Queue()
+    process = context.Process(target=target, args=(*args, queue))
+    process.start()
+    found = queue.get()
+    process.join()
+    return found
+
+
+class Dash:
+    """The app's callbacks called through Flask's test client, as the browser calls them."""
+
+    def __init__(self, url: str, cache_dir: Path) -> None:
+        self.app = create_app(Settings(url, cache_dir, "benchmark"))
+        self.cache_dir = cache_dir
+        self.client = self.app.server.test_client()
+
+    def call(self, output_prefix: str, values: dict, changed: str) -> bytes:
+        output = next(o for o in self.app.callback_map if o.startswith(output_prefix))
+        spec = self.app.callback_map[output]
+
+        def filled(items):
+            return [{**item, "value": values.get(item["id"])} for item in items]
+
+        response = self.client.post("/_dash-update-component", json={
+            "output": output, "changedPropIds": [changed],
+            "outputs": [dict(zip(("id", "property"), part.rsplit(".", 1))) for part in output.strip(".").split("...")],
+            "inputs": filled(spec["inputs"]), "state": filled(spec["state"]),
+        })
+        if response.status_code != 200:
+            raise RuntimeError(f"{output_prefix}: HTTP {response.status_code}")
+        return response.data
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", help="database to read the dataset from")
     parser.add_argument("--dataset", default="samples")
-    parser.add_argument("--synthetic", type=int, help="use N synthetic images instead of a database")
+    parser.add_argument("--synthetic", type=int, help="write N synthetic images into a fresh database first")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2, help="processes for the memory measurement")
+    parser.add_argument("--tsne", action="store_true", help="time a t-SNE (slow at 100,000 images)")
+    parser.add_argument("--umap", action="store_true", help="time a UMAP")
     args = parser.parse_args()
+    rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as folder:
         if args.synthetic:
             args.db, args.dataset = str(Path(folder) / "synthetic.db"), "synthetic"
+            started = time.perf_counter()
             write_synthetic_dataset(open_database(args.db), args.dataset, args.synthetic)
-        started = time.perf_counter()
-        view = DatasetStore(resolve_url(args.db)).view(args.dataset)
-        opened_ms = (time.perf_counter() - started) * 1000
-        print(f"{view.name}: {len(view)} images x {view.embeddings.shape[1]} dimensions")
-        print(f"  opening the dataset      {opened_ms:9.1f} ms (first time in this process)")
-        report(view, args.repeats)
+            rows.append(("writing the synthetic dataset (dinoscope synthetic)", _s(time.perf_counter() - started)))
+        url, cache_dir = resolve_url(args.db), Path(folder) / "cache"
+        context = multiprocessing.get_context("spawn")
+        built, _ = _in_fresh_process(context, _open_in_fresh_process, url, str(cache_dir), args.dataset)
+        mapped, again = _in_fresh_process(context, _open_in_fresh_process, url, str(cache_dir), args.dataset)
+        rows += [("open, fresh process, no shared file yet (builds it)", _s(built)),
+                 ("open, fresh process, shared file present (maps it)", _s(mapped)),
+                 ("open again in the same process", _s(again))]
+        view = DatasetStore(url, cache_dir).view(args.dataset)
+        rows += answers(view, Dash(url, cache_dir), args)
+        rows += memory(context, url, cache_dir, args.dataset, args.workers)
+        shared_file = next((cache_dir / "matrices").glob("*.matrix"))
+        rows.append(("shared matrix file (mapped by every worker)", f"{shared_file.stat().st_size / MIB:.0f} MiB"))
+    print(f"{view.name}: {len(view):,} images x {view.embeddings.shape[1]} dimensions; "
+          f"median of {args.repeats} where repeated\n")
+    width = max(len(name) for name, _ in rows)
+    print(f"| {'answer':<{width}} | server side |\n| {'-' * width} | ----------- |")
+    for name, value in rows:
+        print(f"| {name:<{width}} | {value:>11} |")
 
 
-def report(view: DatasetView, repeats: int) -> None:
-    reference = int(view.image_ids[0])
-    print(f"  top-8 similarity query   {median_ms(lambda: similar_images(view, reference, 8), repeats):9.1f} ms")
-    coordinates = np.zeros((len(view), 2), np.float32)
+def answers(view: DatasetView, dash: Dash, args) -> list[tuple[str, str]]:
+    repeats = args.repeats
+    reference = int(view.image_ids[len(view) // 2])
+    rows = [("top-8 similarity", _s(median_s(lambda: view.nearest(len(view) // 2, 8), repeats)))]
+    coordinates = view.reduced[:, :2]
     for k in (5, 20):
-        timing = median_ms(lambda: cluster_images(view, coordinates, ClusterParams("kmeans", k=k)), repeats)
-        print(f"  K-Means k={k:<2} + metrics   {timing:9.1f} ms")
-    print(f"  PCA projection           {median_ms(lambda: project(view.embeddings, 'pca'), repeats):9.1f} ms")
+        params = ClusterParams("kmeans", k=k)
+        timing = median_s(lambda params=params: cluster_images(view, coordinates, params), repeats)
+        rows.append((f"K-Means k={k} + metrics and summaries", _s(timing)))
+    rows.append(("PCA projection (from the shared principal components)",
+                 _s(median_s(lambda: project(view.embeddings, "pca", reduced=view.reduced), repeats))))
+    rows.append((f"PCA to {REDUCED_DIMENSIONS} components (once per generation, in the build)",
+                 _s(median_s(lambda: pca_components(view.embeddings, REDUCED_DIMENSIONS), 1))))
+    page = {"gallery-label": None, "gallery-pages": 7, "gallery-per-page": "200", "gallery-dataset": view.name,
+            "gallery-filter": {"label": None, "per_page": 200}}
+    rows.append(("gallery page of 200 (callback route)",
+                 _s(median_s(lambda: dash.call("..gallery-grid.children", page, "gallery-pages.active_page"),
+                             repeats))))
+
+    def heatmap():
+        _, shown = neighbourhood(view, reference, 8)
+        return heatmap_figure(shown.matrix, shown.relpaths).to_json()
+
+    rows.append((f"top-8 and the heatmap of {HEATMAP_LIMIT} images, figure JSON", _s(median_s(heatmap, repeats))))
+    with diskcache.Cache(str(dash.cache_dir / "results")) as results:  # the app's, shared by its processes
+        key = ProjectionParams("pca").cache_key(view)
+        cached_projection(results, view, ProjectionParams("pca"))
+    scatter = {"clustering-projection-key": key, "clustering-method": "kmeans", "clustering-k": 20,
+               "clustering-eps": 0.5, "clustering-min-samples": 5, "clustering-space": False,
+               "clustering-dataset": view.name}
+    body = dash.call("..clustering-scatter.figure", scatter, "clustering-projection-key.data")
+    rows.append((f"scatter, K-Means k=20 (callback route, {len(body) / MIB:.1f} MiB JSON)",
+                 _s(median_s(lambda: dash.call("..clustering-scatter.figure", scatter,
+                                               "clustering-projection-key.data"), repeats))))
+    for method, wanted in (("tsne", args.tsne), ("umap", args.umap)):
+        if wanted:
+            started = time.perf_counter()
+            project(view.embeddings, method, reduced=view.reduced, progress=lambda stage: print(f"  {stage}…"))
+            rows.append((f"{method} (a background job, once)", _s(time.perf_counter() - started)))
+    return rows
+
+
+def memory(context, url: str, cache_dir: Path, dataset: str, workers: int) -> list[tuple[str, str]]:
+    queue, finished = context.Queue(), context.Event()
+    processes = [context.Process(target=_work_like_a_dashboard_worker,
+                                 args=(url, str(cache_dir), dataset, queue, finished)) for _ in range(workers)]
+    for process in processes:
+        process.start()
+    peaks = dict(queue.get() for _ in processes)
+    readings = [psutil.Process(pid).memory_full_info() for pid in peaks]
+    finished.set()
+    for process in processes:
+        process.join()
+    rows = []
+    for i, (reading, peak) in enumerate(zip(readings, peaks.values()), 1):
+        rows.append((f"worker {i} of {workers}: RSS / USS / PSS, peak RSS (MiB)",
+                     f"{reading.rss / MIB:.0f} / {reading.uss / MIB:.0f} / {reading.pss / MIB:.0f}, {peak / MIB:.0f}"))
+    return rows
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ the first process to need a generation builds it from the database, the others m
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ from db.queries import (
 from db.schema import Dataset, Embedding, Image
 
 READ_BATCH = 4096  # embeddings decoded per step when a dataset is read from the database
+PATH_SEPARATOR = "\0"  # the one character no file path holds
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class DatasetView:
     image_ids: np.ndarray
     relpaths: list[str]
     labels: list[str | None]
-    sizes: list[tuple[int, int]]
+    sizes: Sequence[tuple[int, int]]  # (width, height) per image; an (N, 2) int array when read from a store
     embeddings: np.ndarray
     norms: np.ndarray = None
     reduced: np.ndarray = None
@@ -171,9 +173,10 @@ class DatasetStore:
                 except OSError:
                     pass  # a cache folder that cannot be written: this process keeps its own arrays
         arrays, images = shared.arrays, shared.document
-        return DatasetView(dataset.name, dataset.generation, arrays["image_ids"], images["relpaths"],
-                           images["labels"], [tuple(size) for size in images["sizes"]], arrays["embeddings"],
-                           arrays["norms"], arrays["reduced"])
+        relpaths = images["relpaths"].split(PATH_SEPARATOR) if len(arrays["image_ids"]) else []
+        labels = np.array(images["labels"], dtype=object)[arrays["label_codes"]].tolist()
+        return DatasetView(dataset.name, dataset.generation, arrays["image_ids"], relpaths, labels, arrays["sizes"],
+                           arrays["embeddings"], arrays["norms"], arrays["reduced"])
 
 
 def _provenance(dataset: Dataset, image_count: int, last_indexed: datetime | None) -> Provenance:
@@ -203,6 +206,11 @@ def _read_dataset(session, dataset: Dataset) -> SharedContent:
         sizes += [(row.width, row.height) for row in rows]
         blocks.append(np.frombuffer(b"".join(row.data for row in rows), EMBEDDING_DTYPE).reshape(-1, dim))
     embeddings = np.concatenate(blocks).astype(np.float32, copy=False)
+    # Read back fast: paths as one string, labels as codes into the distinct labels, sizes as an array.
+    distinct = list(dict.fromkeys(labels))
+    codes = {label: code for code, label in enumerate(distinct)}
     arrays = {"image_ids": np.array(ids, np.int64), "embeddings": embeddings, "norms": row_norms(embeddings),
-              "reduced": pca_components(embeddings, REDUCED_DIMENSIONS)[0]}
-    return SharedContent(arrays, {"relpaths": relpaths, "labels": labels, "sizes": sizes})
+              "reduced": pca_components(embeddings, REDUCED_DIMENSIONS)[0],
+              "label_codes": np.array([codes[label] for label in labels], np.int32),
+              "sizes": np.array(sizes, np.int32).reshape(-1, 2)}
+    return SharedContent(arrays, {"relpaths": PATH_SEPARATOR.join(relpaths), "labels": distinct})

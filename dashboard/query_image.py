@@ -83,20 +83,20 @@ def upload_bytes(contents: str | None) -> bytes:
     """The file inside a dcc.Upload `contents` data URL; refused when larger than MAX_UPLOAD_BYTES."""
     header, comma, payload = (contents or "").partition(",")
     if not comma or not header.startswith("data:") or not header.endswith(";base64"):
-        raise UploadRefused("the upload did not arrive as a file: choose a JPG or PNG file to upload")
+        raise UploadRefused("The upload did not arrive as a file: choose a JPG or PNG file to upload")
     if len(payload) * 3 // 4 > MAX_UPLOAD_BYTES + 2:  # refused before decoding anything
         raise UploadRefused(_too_large(len(payload) * 3 // 4))
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise UploadRefused("the upload arrived damaged (not valid base64): try uploading the file again") from None
+        raise UploadRefused("The upload arrived damaged (not valid base64): try uploading the file again") from None
     if len(data) > MAX_UPLOAD_BYTES:
         raise UploadRefused(_too_large(len(data)))
     return data
 
 
 def _too_large(size: int) -> str:
-    return (f"the file is {size / 1024**2:.1f} MB; uploads are limited to {MAX_UPLOAD_BYTES / 1024**2:.0f} MB: "
+    return (f"The file is {size / 1024**2:.1f} MB; uploads are limited to {MAX_UPLOAD_BYTES / 1024**2:.0f} MB: "
             "save a smaller copy (the model sees only a few hundred pixels anyway)")
 
 
@@ -104,11 +104,11 @@ def decode_upload(data: bytes, image_size: int) -> tuple[DecodedImage, str]:
     """The upload decoded as the indexer decodes a file for a model of `image_size` pixels, and its format."""
     found = _image_format(data)
     if found is not None and found not in ACCEPTED_FORMATS:
-        raise UploadRefused(f"this is a {found} image: upload a JPG or PNG")
+        raise UploadRefused(f"This is a {found} image: upload a JPG or PNG")
     try:
         return decode_image(data, image_size), found
     except UnreadableImage as error:
-        raise UploadRefused(f"this file cannot be used: {error} (upload a JPG or PNG)") from None
+        raise UploadRefused(f"This file cannot be used: {error} (upload a JPG or PNG)") from None
 
 
 def _image_format(data: bytes) -> str | None:
@@ -161,11 +161,11 @@ def _rebuild(recorded: RecordedModel) -> tuple[LoadedModel, object]:
     try:
         loaded = load_model(recorded.name, weights, recorded.image_size)
     except ModelError as error:
-        raise ModelUnavailable(f"this dataset's model cannot be rebuilt on this server, so uploads cannot be "
+        raise ModelUnavailable(f"This dataset's model cannot be rebuilt on this server, so uploads cannot be "
                                f"compared with its images: {error}") from None
     if loaded.weights.identity != recorded.weights_identity:
         raise ModelUnavailable(
-            f"the weights on this server ({loaded.weights.identity}) are not the ones this dataset was indexed "
+            f"The weights on this server ({loaded.weights.identity}) are not the ones this dataset was indexed "
             f"with ({recorded.weights_identity}), so uploads cannot be compared with its images: restore those "
             f"weights{' at ' + recorded.weights_source if recorded.weights_kind == 'file' else ''}, or index the "
             "dataset again")

@@ -52,7 +52,8 @@ class DashboardServer(BaseApplication):
         self.settings = settings
         address = f"[{host.strip('[]')}]" if ":" in host else host
         self.options = {"bind": f"{address}:{port}", "workers": workers, "worker_class": "gthread",
-                        "threads": threads, "preload_app": False}
+                        "threads": threads, "preload_app": False,
+                        "control_socket_disable": True}  # one path per user: a second server would take it over
         super().__init__()
 
     def load_config(self) -> None:

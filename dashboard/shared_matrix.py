@@ -28,7 +28,7 @@ FORMAT_VERSION = 1
 HEADER_BYTES = 4096
 ALIGNMENT = 64
 SUFFIX = ".matrix"
-DTYPES = ("<i8", "<f4")  # what the arrays may hold
+DTYPES = ("<i4", "<i8", "<f4")  # what the arrays may hold
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def write_shared(folder: Path, key: MatrixKey, content: SharedContent) -> None:
     pieces = []
     position = HEADER_BYTES
     for name, (_, _, offset) in layout.arrays.items():
-        pieces += [bytes(offset - position), memoryview(arrays[name]).cast("B")]
+        pieces += [bytes(offset - position), arrays[name].reshape(-1).view(np.uint8)]
         position = offset + arrays[name].nbytes
     pieces += [bytes(layout.document - position), document]
     crc = 0

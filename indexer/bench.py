@@ -29,7 +29,7 @@ from timm.data import create_transform
 
 from db.engine import open_database
 from db.mutations import remove_dataset
-from db.queries import dataset_by_name
+from db.queries import find_dataset
 from indexer.embed import ImageFiles, embed_pixels
 from indexer.model import (
     DEFAULT_IMAGE_SIZE,
@@ -138,7 +138,7 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: No
         folder = settings.folder or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="dinoscope-bench-")))
         say(f"writing {settings.images} JPEGs of {MEGAPIXELS[0]:g} to {MEGAPIXELS[1]:g} megapixels into {folder}")
         paths = write_bench_images(folder, settings.images)
-        sizes = [Image.open(path).size for path in paths]
+        sizes = [_size(path) for path in paths]
 
         say(f"model only: {settings.model} at {settings.image_size} px, {precision}, batch {settings.batch_size}")
         loaded = load_model(settings.model, settings.weights, settings.image_size)
@@ -188,6 +188,11 @@ def _write_photo(source: Path, path: Path, rng: np.random.Generator) -> None:
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, format="JPEG", quality=90)
 
 
+def _size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as picture:
+        return picture.size
+
+
 def model_throughput(paths: list[Path], loaded: LoadedModel, device: torch.device, precision: str,
                      batch_size: int) -> Throughput:
     """Forward passes (with the tokens copied out as the indexer stores them) on inputs decoded beforehand; the
@@ -216,7 +221,8 @@ def indexing_throughput(folder: Path, db: str, settings: BenchSettings) -> tuple
             summary = index_folder(database, request, show_progress=False)
     finally:
         with database.session() as session:
-            remove_dataset(session, dataset_by_name(session, name))
+            if (dataset := find_dataset(session, name)) is not None:
+                remove_dataset(session, dataset)
         database.dispose()
     if summary.failures:
         relpath, reason = summary.failures[0]

@@ -56,8 +56,8 @@ class ImageFiles(Dataset):
             decoded = decode_image(data, self.image_size)
         except UnreadableImage as error:
             return DecodedFile(index, None, None, failure=str(error))
-        return DecodedFile(index, self.transform(decoded.rgb), thumbnails(decoded.rgb, (decoded.width, decoded.height)),
-                           decoded.width, decoded.height)
+        size = (decoded.width, decoded.height)
+        return DecodedFile(index, self.transform(decoded.rgb), thumbnails(decoded.rgb, size), *size)
 
 
 @dataclass(frozen=True)

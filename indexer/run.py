@@ -253,7 +253,8 @@ def _run_options(request: IndexRequest, model: str, image_size: int, device: tor
 
 
 def _mark_abandoned_runs(session, dataset_id: int) -> None:
-    """Runs of this host still marked running whose process is gone were killed: say so."""
+    """Runs of this host still marked running whose process is gone were killed: say so. A run of another host
+    is left alone: it may be a live shard of the same job, and its process cannot be seen from here."""
     for run in session.scalars(select(IndexRun).where(IndexRun.dataset_id == dataset_id,
                                                       IndexRun.status == "running",
                                                       IndexRun.host == socket.gethostname())):

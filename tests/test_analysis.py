@@ -8,11 +8,14 @@ from sklearn import metrics
 from sklearn.decomposition import PCA
 from sklearn.metrics.pairwise import cosine_similarity
 
+from dashboard.analysis import clustering
 from dashboard.analysis.clustering import (
+    NOISE,
     ClusterMetrics,
     cluster,
     cluster_metrics,
     cluster_sizes,
+    label_by_nearest_sample,
 )
 from dashboard.analysis.projection import (
     normalize_rows,
@@ -73,6 +76,23 @@ def test_pca_components_match_scikit_learn_and_clamp_n():
     coordinates, ratio = pca_components(embeddings[:4], 10)
     assert coordinates.shape == (4, 4) and ratio.shape == (4,)
     assert ratio.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_pca_components_are_exact_so_the_first_ones_do_not_depend_on_how_many():
+    embeddings = np.random.default_rng(3).normal(size=(500, 20)) * np.arange(1, 21)
+    few, _ = pca_components(embeddings, 2)
+    many, _ = pca_components(embeddings, 15)
+    np.testing.assert_allclose(few, many[:, :2], atol=1e-5)
+    assert_equal_up_to_sign(few, PCA(n_components=2, svd_solver="full").fit_transform(normalize_rows(embeddings)))
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne"])
+def test_a_projection_from_given_principal_components_equals_one_that_computes_them(method):
+    points, _ = blobs(20, 2, 64)
+    stages: list[str] = []
+    given = project(points, method, reduced=pca_components(points, 50)[0], perplexity=10, progress=stages.append)
+    assert "PCA to 50 dimensions" not in stages
+    np.testing.assert_array_equal(given.coordinates, project(points, method, perplexity=10).coordinates)
 
 
 def test_unknown_projection_method_names_the_allowed_ones():
@@ -141,6 +161,25 @@ def test_each_method_recovers_three_blobs(method):
     labels = cluster(normalize_rows(points), method, k=3, eps=0.3, min_samples=3)
     assert labels.dtype == np.int64 and labels.shape == (60,)
     assert metrics.adjusted_rand_score(truth, labels) == 1.0
+
+
+def test_k_means_on_the_principal_components_finds_the_clusters_of_the_full_vectors():
+    points, truth = blobs(100, 12, 384, spread=0.3)
+    full = cluster(normalize_rows(points), "kmeans", k=12)
+    reduced = cluster(pca_components(points, 50)[0], "kmeans", k=12)
+    assert metrics.adjusted_rand_score(full, reduced) == 1.0
+    assert metrics.adjusted_rand_score(truth, reduced) == 1.0
+
+
+@pytest.mark.parametrize("block", [2, 2048])
+def test_unsampled_points_join_the_cluster_of_their_nearest_sampled_point(block, monkeypatch):
+    monkeypatch.setattr(clustering, "ASSIGN_BLOCK", block)
+    points = np.array([[0, 0], [0, 1], [10, 0], [10, 1], [0, 0.4], [10, 0.6], [50, 50]], np.float32)
+    sample = np.array([0, 1, 2, 3])
+    assert label_by_nearest_sample(points, sample, np.array([0, 0, 1, 1])).tolist() == [0, 0, 1, 1, 0, 1, 1]
+    # DBSCAN: only a clustered sampled point within eps counts; the far point is noise.
+    with_noise = label_by_nearest_sample(points, sample, np.array([0, 0, 1, NOISE]), eps=2.0)
+    assert with_noise.tolist() == [0, 0, 1, NOISE, 0, 1, NOISE]
 
 
 def test_dbscan_marks_an_isolated_outlier_as_noise():

@@ -92,6 +92,16 @@ def test_wrong_paths_and_conflicting_options_name_themselves(tmp_path):
     assert f"no database at {tmp_path / 'missing.db'}" in result.output
 
 
+def test_an_unreachable_server_is_one_line_that_hides_the_password(tmp_path):
+    url = "postgresql+psycopg://indexer:secret@127.0.0.1:1/photos"
+    (tmp_path / "photos").mkdir()
+    noise(tmp_path / "photos" / "a.png", seed=1)
+    for command in (["datasets"], ["index", tmp_path / "photos", "--random-weights", *FAST]):
+        output = run_cli(*command, "--db", url, expect=1).output
+        assert output.startswith("Error: cannot open database postgresql+psycopg://indexer:***@127.0.0.1:1/photos: ")
+        assert "secret" not in output and output.count("\n") == 1
+
+
 def test_demo_indexes_the_samples_and_serves_the_dashboard(tmp_path):
     import socket
     import subprocess

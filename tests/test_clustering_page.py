@@ -92,6 +92,15 @@ def test_dbscan_noise_is_its_own_group():
     assert result.sizes[-1] == (NOISE, 1)
 
 
+@pytest.mark.parametrize("method", ["hierarchical", "dbscan"])
+def test_a_large_dataset_is_clustered_on_a_sample_that_the_others_join(method, monkeypatch):
+    monkeypatch.setattr(clustering_view, "CLUSTER_SAMPLE", 20)
+    view = _blobs(per_blob=20)
+    result = cluster_images(view, np.zeros((len(view), 2)), ClusterParams(method, k=3, eps=0.3, min_samples=3))
+    assert result.metrics.adjusted_rand == pytest.approx(1.0) and result.metrics.n_noise == 0
+    assert "a sample of 20 images" in result.notes[0]
+
+
 def test_clustering_the_projection_uses_the_two_dimensional_points():
     view = _blobs()
     coordinates = np.repeat(np.arange(len(view))[:, None], 2, axis=1).astype(np.float32)  # a line
@@ -119,6 +128,16 @@ def test_the_scatter_has_a_trace_per_cluster_whose_points_carry_image_ids():
     ids = sorted(int(i) for trace in figure.data for i in trace.customdata)
     assert ids == list(range(100, 130))
     assert figure.layout.xaxis.title.text == "PC 1"
+
+
+def test_a_scatter_of_more_points_than_the_browser_draws_well_shows_a_sample(monkeypatch):
+    monkeypatch.setattr(clustering_view, "SCATTER_POINTS", 12)
+    view = _blobs()
+    projection = cached_projection({}, view, ProjectionParams("pca"))
+    figure = cluster_scatter(view, projection, cluster_images(view, projection.coordinates, ClusterParams(k=3)))
+    assert sum(len(trace.x) for trace in figure.data) == 12
+    assert figure.layout.title.text == "a sample of 12 of 30 images"
+    assert sorted(trace.name for trace in figure.data) == ["cluster 0 (10)", "cluster 1 (10)", "cluster 2 (10)"]
 
 
 def test_the_scatter_reaches_the_browser_as_binary_typed_arrays(dashboard_app, sample_db, tmp_path):
@@ -241,7 +260,7 @@ def test_umap_runs_in_the_background_and_shows_its_progress(dash_duo, background
     dash_duo.start_server(background_apps.build(sample_db))
     dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples&projection=umap&n_neighbors=5")
     until(lambda: "Computing" in _text(dash_duo, "#clustering-status")
-          or _x_title(dash_duo) == "UMAP 1", timeout=30)
+          or _x_title(dash_duo) == "UMAP 1", timeout=120)
     until(lambda: _x_title(dash_duo) == "UMAP 1", timeout=120)
     assert _trace_count(dash_duo) == 5
     for control, value in (("#clustering-min-dist", 0.5), ("#clustering-neighbors", 3), ("#clustering-seed", 7)):
@@ -260,7 +279,8 @@ def test_a_running_projection_can_be_cancelled(dash_duo, background_apps, large_
     dash_duo.find_element("label[for='_dbcprivate_radioitems_clustering-projection_input_tsne']").click()
     cancel = dash_duo.wait_for_element("#clustering-cancel")
     until(cancel.is_displayed, timeout=20)
-    until(lambda: background_apps.running_jobs() == 1, timeout=20)
+    until(lambda: "Computing: t-SNE" in _text(dash_duo, "#clustering-status"), timeout=60)  # the job's progress
+    assert background_apps.running_jobs() == 1
     cancel.click()
     until(lambda: "Cancelled" in _text(dash_duo, "#clustering-status"), timeout=20)
     until(lambda: not dash_duo.find_element("#clustering-cancel").is_displayed(), timeout=20)

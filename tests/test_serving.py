@@ -14,6 +14,7 @@ from dash.testing.wait import until
 
 from dashboard.serving import is_loopback, needs_login_warning, shared_secret
 from dashboard.settings import Settings
+from tests.browser import on_graph
 from tests.conftest import run_cli
 from tests.servers import start, stop, wait_until_healthy
 
@@ -107,9 +108,8 @@ def test_background_callbacks_finish_across_gunicorn_workers(dash_duo, sample_db
     try:
         wait_until_healthy(process, url, log)
         dash_duo.driver.get(f"{url}/clustering?dataset=samples&projection=tsne&perplexity=4")
-        until(lambda: dash_duo.driver.execute_script(
-            "const gd = document.querySelector('#clustering-scatter .js-plotly-plot');"
-            "return gd && gd.layout.xaxis.title.text;") == "t-SNE 1", timeout=120)
+        until(lambda: on_graph(dash_duo, "#clustering-scatter", "gd.layout.xaxis.title.text") == "t-SNE 1",
+              timeout=120)
         assert dash_duo.get_logs() == []
     finally:
         stop(process)

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import update
 
 from dashboard import data
 from dashboard.data import DatasetStore, DatasetView
 from dashboard.shared_matrix import MatrixKey, SharedContent, read_shared, write_shared
 from db.engine import open_database
 from db.mutations import bump_generation
-from db.queries import dataset_by_name
+from db.queries import dataset_by_name, dataset_images, load_embeddings
+from db.schema import Image
 from indexer.synthetic import write_synthetic_dataset
 
 
@@ -30,13 +32,15 @@ def _files(folder: Path) -> list[Path]:
 
 
 def _assert_same_view(shared: DatasetView, loaded: DatasetView) -> None:
-    for name in ("image_ids", "embeddings", "norms", "reduced"):
+    for name in ("image_ids", "embeddings", "norms", "reduced", "sizes"):
         np.testing.assert_array_equal(getattr(shared, name), getattr(loaded, name))
-    assert (shared.relpaths, shared.labels, shared.sizes) == (loaded.relpaths, loaded.labels, loaded.sizes)
+    assert (shared.relpaths, shared.labels) == (loaded.relpaths, loaded.labels)
     assert (shared.name, shared.generation) == (loaded.name, loaded.generation)
 
 
-def test_the_shared_matrix_gives_the_same_searches_as_the_matrix_from_the_database(database, tmp_path):
+def test_the_shared_matrix_gives_the_same_searches_as_the_matrix_from_the_database(db_url, tmp_path):
+    database = open_database(db_url).url
+    write_synthetic_dataset(open_database(database), "synth", 300, dim=32, clusters=6, spread=0.3)
     shared = DatasetStore(database, tmp_path / "cache").view("synth")
     loaded = DatasetStore(database).view("synth")
     _assert_same_view(shared, loaded)
@@ -47,6 +51,23 @@ def test_the_shared_matrix_gives_the_same_searches_as_the_matrix_from_the_databa
             np.testing.assert_array_equal(result, expected)
     vector = np.random.default_rng(0).standard_normal(32).astype(np.float32)
     np.testing.assert_array_equal(shared.nearest(vector, 5)[0], loaded.nearest(vector, 5)[0])
+
+
+def test_a_view_holds_what_the_database_holds_in_relative_path_order(database, tmp_path):
+    with open_database(database).session() as session:  # two images without a label, as files at the root
+        session.execute(update(Image).where(Image.id.in_([3, 150])).values(label=None, width=7, height=900))
+        bump_generation(session, dataset_by_name(session, "synth"))
+    view = DatasetStore(database, tmp_path / "cache").view("synth")
+    with open_database(database).session() as session:
+        dataset = dataset_by_name(session, "synth")
+        image_ids, embeddings = load_embeddings(session, dataset)
+        images = dataset_images(session, dataset.id)
+    np.testing.assert_array_equal(view.image_ids, image_ids)
+    np.testing.assert_array_equal(view.embeddings, embeddings)
+    assert view.relpaths == [image.relpath for image in images] == sorted(view.relpaths)
+    assert view.labels == [image.label for image in images] and view.labels.count(None) == 2
+    assert [tuple(size) for size in view.sizes] == [(image.width, image.height) for image in images]
+    assert view.generation == dataset.generation
 
 
 def test_the_derived_arrays_are_the_norms_and_the_principal_components(database):

@@ -76,7 +76,7 @@ def test_an_upload_arrives_as_the_bytes_of_the_file():
     data = encoded(Image.new("RGB", (8, 8), (1, 2, 3)), "PNG")
     assert upload_bytes(data_url(data)) == data
     for contents in (None, "", "just text", "data:image/png,not-base64-marked"):
-        with pytest.raises(UploadRefused, match="the upload did not arrive as a file"):
+        with pytest.raises(UploadRefused, match="The upload did not arrive as a file"):
             upload_bytes(contents)
     with pytest.raises(UploadRefused, match="not valid base64"):
         upload_bytes("data:image/png;base64,@@@@")
@@ -86,7 +86,7 @@ def test_an_upload_over_the_limit_is_refused_with_its_size():
     assert len(upload_bytes(data_url(bytes(MAX_UPLOAD_BYTES)))) == MAX_UPLOAD_BYTES
     with pytest.raises(UploadRefused, match=r"uploads are limited to 10 MB"):
         upload_bytes(data_url(bytes(MAX_UPLOAD_BYTES + 1)))
-    with pytest.raises(UploadRefused, match=r"^the file is 11\.0 MB; uploads are limited to 10 MB"):
+    with pytest.raises(UploadRefused, match=r"^The file is 11\.0 MB; uploads are limited to 10 MB"):
         upload_bytes(data_url(bytes(11 * 1024**2)))
 
 
@@ -109,13 +109,13 @@ def test_files_that_are_not_usable_images_are_refused_with_the_reason(tmp_path):
         with pytest.raises(UploadRefused, match=word) as refused:
             decode_upload((tmp_path / name).read_bytes(), IMAGE_SIZE)
         message = str(refused.value)
-        assert message.startswith("this file cannot be used: ") and message.endswith("(upload a JPG or PNG)")
+        assert message.startswith("This file cannot be used: ") and message.endswith("(upload a JPG or PNG)")
         assert "\n" not in message
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF", "WEBP"])
 def test_images_other_than_jpg_and_png_are_refused(fmt):
-    with pytest.raises(UploadRefused, match=f"^this is a {fmt} image: upload a JPG or PNG$"):
+    with pytest.raises(UploadRefused, match=f"^This is a {fmt} image: upload a JPG or PNG$"):
         decode_upload(encoded(Image.new("RGB", (20, 20), (9, 9, 9)), fmt), IMAGE_SIZE)
 
 
@@ -149,7 +149,7 @@ def test_random_weights_made_by_another_timm_are_not_passed_off_as_the_same():
     recorded = RecordedModel(MODEL, "random", "random-init (seed 0, timm 0.9.0)", None, IMAGE_SIZE, "fp32")
     upload = data_url(encoded(Image.new("RGB", (30, 30), (200, 10, 10)), "PNG"))
     with pytest.raises(ModelUnavailable, match=re.escape(
-            f"the weights on this server ({RANDOM_IDENTITY}) are not the ones this dataset was indexed with "
+            f"The weights on this server ({RANDOM_IDENTITY}) are not the ones this dataset was indexed with "
             "(random-init (seed 0, timm 0.9.0))")):
         embed_upload(QueryModels(), recorded, upload)
 
@@ -176,7 +176,7 @@ def test_an_indexed_file_uploaded_gets_its_stored_embedding_until_the_weights_fi
     any_upload = data_url((photos / view.relpaths[0]).read_bytes())
     weights.rename(tmp_path / "moved.safetensors")
     with pytest.raises(ModelUnavailable, match=re.escape(
-            "this dataset's model cannot be rebuilt on this server, so uploads cannot be compared with its images: "
+            "This dataset's model cannot be rebuilt on this server, so uploads cannot be compared with its images: "
             f"weights file {weights.resolve()} does not exist")):
         embed_upload(QueryModels(), recorded, any_upload)
     embed_upload(models, recorded, any_upload)  # a model built before, from the right file, still serves

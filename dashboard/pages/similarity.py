@@ -36,6 +36,7 @@ from dashboard.similarity_view import (
     reference_image,
 )
 from dashboard.urlstate import as_int, sync_url, thumbnail_url, url_parameters
+from db.errors import DinoscopeDbError
 
 PATH = "/similarity"
 K_MARKS = {1: "1", 10: "10", 20: "20", 30: "30", 40: "40", 50: "50"}
@@ -109,13 +110,14 @@ def register(app: Dash, store: DatasetStore) -> None:
         # Only ids, scores and paths are returned: the result is stored by the callback manager, the upload is not.
         if not contents:
             return dash.no_update, dash.no_update, dash.no_update, dash.no_update
-        recorded = recorded_model(store, dataset)
+        set_progress(f"Reading {filename or 'the upload'}…")
         try:
+            recorded = recorded_model(store, dataset)
             upload = embed_upload(models, recorded, contents, set_progress)
-        except QueryRefused as error:
+        except (QueryRefused, DinoscopeDbError) as error:
             return None, None, True, dbc.Alert(str(error), color="danger", id="similarity-upload-error")
         results = images_similar_to(store.view(dataset), upload.embedding, as_int(k, K_DEFAULT, 1, K_MAX))
-        return (_upload_facts(filename, upload, recorded), _result_grid(results, "similarity-upload-result"), False,
+        return (_upload_facts(filename, upload, recorded) + [html.Img(src=contents, hidden=True)], _result_grid(results, "similarity-upload-result"), False,
                 None)
 
     @app.callback(
