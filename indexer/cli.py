@@ -294,7 +294,7 @@ def users():
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("user")
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
-def add_user(file, user, password_stdin):
+def users_add(file, user, password_stdin):
     """Add USER to FILE (created if missing), or change their password. Only a hash of the password is stored."""
     from dashboard.auth import UsersFileError, add_user
 

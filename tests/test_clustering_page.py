@@ -174,13 +174,16 @@ def test_the_scatter_reaches_the_browser_as_binary_typed_arrays(dashboard_app, s
 
 # --- in the browser -------------------------------------------------------------------------------------------
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-from dash.testing.wait import until  # noqa: E402
-from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
+from dash.testing.wait import until
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.keys import Keys
 
-from tests.browser import on_graph, text_of as _text, when_stable as _when_stable  # noqa: E402
+from tests.browser import on_graph
+from tests.browser import text_of as _text
+from tests.browser import when_stable as _when_stable
+
 
 def _figure(dash_duo, expression: str):
     return on_graph(dash_duo, "#clustering-scatter", expression)
@@ -266,7 +269,7 @@ def test_umap_runs_in_the_background_and_shows_its_progress(dash_duo, background
     for control, value in (("#clustering-min-dist", 0.5), ("#clustering-neighbors", 3), ("#clustering-seed", 7)):
         before = _figure(dash_duo, "Array.from(gd._fullData[0].x)")
         _set_number(dash_duo, control, value)
-        until(lambda: _figure(dash_duo, "Array.from(gd._fullData[0].x)") != before, timeout=120)
+        until(lambda before=before: _figure(dash_duo, "Array.from(gd._fullData[0].x)") != before, timeout=120)
     assert all(part in dash_duo.driver.current_url for part in ("min_dist=0.5", "n_neighbors=3", "seed=7"))
     assert dash_duo.get_logs() == []
 

@@ -32,7 +32,10 @@ def samples(sample_db) -> DatasetView:
 
 
 def _upload(dash_duo, path: Path) -> None:
-    when_stable(lambda: dash_duo.find_element("#similarity-upload input[type=file]").send_keys(str(path)))
+    """Choose a file in the page's upload input, as the browser's file dialog would."""
+    field = "#similarity-upload input[type=file]"
+    dash_duo.wait_for_element(field)  # dcc.Upload is loaded lazily, after the page
+    when_stable(lambda: dash_duo.find_element(field).send_keys(str(path)))
 
 
 def _read(dash_duo, script: str):

@@ -117,7 +117,7 @@ def register(app: Dash, store: DatasetStore) -> None:
         except (QueryRefused, DinoscopeDbError) as error:
             return None, None, True, dbc.Alert(str(error), color="danger", id="similarity-upload-error")
         results = images_similar_to(store.view(dataset), upload.embedding, as_int(k, K_DEFAULT, 1, K_MAX))
-        return (_upload_facts(filename, upload, recorded) + [html.Img(src=contents, hidden=True)], _result_grid(results, "similarity-upload-result"), False,
+        return (_upload_facts(filename, upload, recorded), _result_grid(results, "similarity-upload-result"), False,
                 None)
 
     @app.callback(
