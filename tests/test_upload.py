@@ -9,6 +9,8 @@ import json
 import pickle
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import huggingface_hub
@@ -254,3 +256,10 @@ def test_images_similar_to_an_outside_embedding_equal_a_brute_force_ranking():
     assert [r.score for r in results] == pytest.approx(scores[ranking].tolist(), abs=1e-5)
     assert results[0].embedding_head == pytest.approx(embeddings[ranking[0], :8].tolist())
     assert len(images_similar_to(view, query, 100)) == 40  # nothing left out: the query is not in the dataset
+
+
+def test_the_web_server_does_not_import_torch():
+    """Only the job that embeds an upload loads torch and timm: web processes stay small and start fast."""
+    script = "import sys, dashboard.app; sys.exit(sorted({'torch', 'timm'} & set(sys.modules)) or 0)"
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"imported by dashboard.app: {result.stderr}"
