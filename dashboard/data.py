@@ -33,6 +33,7 @@ from db.schema import Dataset, Embedding, Image
 
 READ_BATCH = 4096  # embeddings decoded per step when a dataset is read from the database
 PATH_SEPARATOR = "\0"  # the one character no file path holds
+SHARED_CONTENT = 2  # the version of what _read_dataset shares: change it with what it stores
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,8 @@ class DatasetStore:
         """The dataset's current arrays; raises db.errors.DatasetNotFound for an unknown name."""
         with self.database.session() as session:
             dataset = dataset_by_name(session, name)
-            key = MatrixKey(self.db_url, dataset.id, dataset.created_at.isoformat(), dataset.generation)
+            key = MatrixKey(self.db_url, dataset.id, dataset.created_at.isoformat(), dataset.generation,
+                            SHARED_CONTENT)
             cached = self._views.get(name)
             if cached is not None and cached[0] == key:
                 return cached[1]

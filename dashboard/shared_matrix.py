@@ -33,12 +33,14 @@ DTYPES = ("<i4", "<i8", "<f4")  # what the arrays may hold
 
 @dataclass(frozen=True)
 class MatrixKey:
-    """What a file holds: one generation of one dataset of one database."""
+    """What a file holds: one generation of one dataset of one database, in the layout `content` of its writer
+    (who changes that number whenever it changes what it stores)."""
 
     database_url: str
     dataset_id: int
     dataset_created: str  # a dataset removed and made again under the same id is another dataset
     generation: int
+    content: int = 1
 
     @property
     def database(self) -> str:
@@ -51,7 +53,7 @@ class MatrixKey:
 
     def header(self) -> dict:
         return {"database": self.database, "dataset_id": self.dataset_id, "dataset_created": self.dataset_created,
-                "generation": self.generation}
+                "generation": self.generation, "content": self.content}
 
 
 @dataclass(frozen=True)

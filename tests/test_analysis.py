@@ -126,6 +126,13 @@ def test_tsne_separates_blobs_deterministically():
     assert_separated(first.coordinates, truth)
 
 
+def test_tsne_reports_its_progress():
+    points, _ = blobs(10, 2, 8)
+    stages: list[str] = []
+    project(points, "tsne", reduced=pca_components(points, 50)[0], perplexity=5, progress=stages.append)
+    assert stages == ["t-SNE: nearest neighbours"] + [f"t-SNE: iteration {i} of 750" for i in range(50, 751, 50)]
+
+
 def test_tsne_clamps_perplexity_below_the_number_of_images():
     points, _ = blobs(4, 2, 8)
     result = project(points, "tsne")

@@ -11,6 +11,8 @@ from sklearn.decomposition import PCA
 METHODS = ("pca", "tsne", "umap")
 _NAMES = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
 REDUCED_DIMENSIONS = 50  # principal components kept for K-Means and before t-SNE and UMAP
+TSNE_ITERATIONS = 750  # openTSNE's default: 250 with early exaggeration, then 500
+TSNE_REPORT_EVERY = 50
 # Below this UMAP's spectral initialisation fails; a projection of so few points is PCA's to give anyway.
 MIN_NONLINEAR_IMAGES = 4
 
@@ -92,9 +94,11 @@ def project(
 
 
 def warm_up() -> None:
-    """Compile UMAP's numba code in this process (about 10 s), so background jobs forked from it start at once
-    (dashboard.analysis.warm runs it in the jobs' fork server)."""
-    project(np.random.default_rng(0).standard_normal((2 * MIN_NONLINEAR_IMAGES + 8, 8)), "umap", n_neighbors=4)
+    """Compile UMAP's numba code and load openTSNE in this process (about 10 s), so background jobs forked from it
+    start at once (dashboard.analysis.warm runs it in the jobs' fork server)."""
+    points = np.random.default_rng(0).standard_normal((2 * MIN_NONLINEAR_IMAGES + 8, 8))
+    project(points, "umap", n_neighbors=4)
+    project(points, "tsne", perplexity=2)
 
 
 def _pca(vectors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -117,18 +121,33 @@ def _pca(vectors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 def _tsne(
     vectors: np.ndarray, seed: int | None, perplexity: float, notes: list[str], report: Callable[[str], None]
 ) -> np.ndarray:
-    from sklearn.manifold import TSNE
+    # openTSNE rather than scikit-learn's: its FFT-accelerated gradients make 100,000 images a matter of minutes,
+    # and it reports its iterations. One thread: a background job should not crowd out the web workers.
+    from openTSNE import TSNE
 
     n = len(vectors)
-    if perplexity >= n:
-        # bhtsne's rule of thumb, 3 * perplexity <= N - 1, rather than the bare limit N - 1, whose
-        # uniform affinities leave t-SNE nothing to arrange.
+    if 3 * perplexity > n - 1:
+        # Each image needs 3 x perplexity neighbours (bhtsne's rule, which openTSNE applies too).
         clamped = max(1.0, (n - 1) / 3)
-        notes.append(f"perplexity {perplexity:g} lowered to {clamped:g}: it must be below the {n} images")
+        notes.append(f"perplexity {perplexity:g} lowered to {clamped:g}: it needs 3 x perplexity other images, "
+                     f"and there are {n - 1}")
         perplexity = clamped
-    report("t-SNE")
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, n_jobs=-1)
-    return tsne.fit_transform(vectors)
+    report("t-SNE: nearest neighbours")
+    tsne = TSNE(n_components=2, perplexity=perplexity, initialization="pca", random_state=seed, n_jobs=1,
+                callbacks=_IterationReport(TSNE_ITERATIONS, report), callbacks_every_iters=TSNE_REPORT_EVERY)
+    return np.asarray(tsne.fit(np.ascontiguousarray(vectors, dtype=np.float64)))
+
+
+class _IterationReport:
+    """An openTSNE callback that reports how far the optimisation has come (its two phases in one count)."""
+
+    def __init__(self, total: int, report: Callable[[str], None]) -> None:
+        self.done, self.total, self.report = 0, total, report
+
+    def __call__(self, _iteration: int, _error: float, _embedding: np.ndarray) -> bool:
+        self.done += TSNE_REPORT_EVERY
+        self.report(f"t-SNE: iteration {self.done} of {self.total}")
+        return False  # go on
 
 
 def _umap(
