@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import diskcache
 import multiprocess
+import psutil
 from celery import Celery
 from dash import CeleryManager, DiskcacheManager
 from kombu.utils.url import maybe_sanitize_url
@@ -34,6 +35,20 @@ class ForkServerDiskcacheManager(DiskcacheManager):
         process = context_.Process(target=job_fn, args=(key, self._make_progress_key(key), args, context))
         process.start()
         return process.pid
+
+    # Dash looks a job's process up after checking that it exists; a job that ends in between (it has just written
+    # its result) raised NoSuchProcess, which the browser saw as a failed callback (500).
+    def terminate_job(self, job):
+        try:
+            super().terminate_job(job)
+        except psutil.NoSuchProcess:
+            pass
+
+    def job_running(self, job):
+        try:
+            return super().job_running(job)
+        except psutil.NoSuchProcess:
+            return False
 
 
 def background_manager(settings):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -47,7 +48,7 @@ def start_worker(db: Path, cache_dir: Path, log: Path, timeout_s: float = 180) -
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert process.poll() is None, f"the worker stopped: {log.read_text()}"
-        if control.ping(timeout=1.0):
+        if control.ping(destination=[f"dinoscope-{process.pid}@{socket.gethostname()}"], timeout=1.0):
             return process
     stop(process)
     raise AssertionError(f"the worker did not answer in {timeout_s} s: {log.read_text()}")

@@ -1,4 +1,4 @@
-"""Background callbacks through Celery and Redis: the worker's entry points and their errors. The callbacks
+"""Background-callback managers, and Celery with Redis: the worker's entry points and their errors. The callbacks
 themselves run under both managers in the clustering page's browser tests (tests/test_clustering_page.py)."""
 
 from __future__ import annotations
@@ -24,6 +24,17 @@ def test_the_settings_choose_the_manager(tmp_path):
     celery = jobs.background_manager(Settings("sqlite:///x.db", tmp_path, celery_url=REDIS_TEST_URL))
     assert isinstance(celery, CeleryManager)
     assert celery.handle.conf.broker_url == REDIS_TEST_URL and celery.handle.conf.worker_prefetch_multiplier == 1
+
+
+def test_a_job_that_ends_while_dash_looks_at_it_is_over_not_an_error(tmp_path, monkeypatch):
+    import psutil
+
+    manager = jobs.background_manager(Settings("sqlite:///x.db", tmp_path))
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    monkeypatch.setattr(psutil, "pid_exists", lambda pid: True)  # it still existed when Dash checked
+    manager.terminate_job(ended.pid)
+    assert manager.job_running(ended.pid) is False
 
 
 def test_the_test_redis_answers():

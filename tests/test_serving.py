@@ -93,7 +93,7 @@ def test_gunicorn_workers_serve_pages_and_thumbnails_behind_a_login(sample_db, t
     output = log.read_text()
     assert f"dinoscope dashboard on {url}/ (gunicorn, 2 workers of 4 threads" in output
     assert "DINOSCOPE_SECRET_KEY is not set: the workers share a key made for this run" in output
-    assert "WARNING" not in output and "Traceback" not in output
+    assert "WITHOUT A LOGIN" not in output and "Traceback" not in output
     assert not any(worker.is_running() for worker in workers)
 
 
