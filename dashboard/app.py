@@ -60,10 +60,10 @@ def create_app(settings: Settings, manager=None) -> Dash:
 def create_worker(settings: Settings) -> Celery:
     """The Celery app of `dinoscope worker`: building the dashboard with a Celery manager registers its background
     callbacks as tasks, under the names the web processes queue them by, bound to this process's database."""
-    from dashboard.analysis import warm  # noqa: F401  UMAP compiled once, before the pool forks its processes
-
     if not settings.celery_url:
         raise BrokerError(f"a worker needs a Redis URL: pass --celery or set {CELERY_ENV}")
+    from dashboard.analysis import warm  # noqa: F401  UMAP compiled once, before the pool forks its processes
+
     manager = background_manager(settings)
     create_app(settings, manager)
     return manager.handle

@@ -19,7 +19,13 @@ from sqlalchemy import select
 
 from dashboard.analysis.projection import REDUCED_DIMENSIONS, pca_components, row_norms
 from dashboard.analysis.similarity import top_k
-from dashboard.shared_matrix import MatrixKey, SharedContent, read_shared, write_shared
+from dashboard.shared_matrix import (
+    MatrixKey,
+    SharedContent,
+    one_builder,
+    read_shared,
+    write_shared,
+)
 from db.arrays import decode_array
 from db.engine import Database, open_database
 from db.queries import (
@@ -164,16 +170,14 @@ class DatasetStore:
     def _load(self, session, dataset: Dataset, key: MatrixKey) -> DatasetView:
         folder = None if self.cache_dir is None else Path(self.cache_dir) / "matrices"
         shared = None if folder is None else read_shared(folder, key)
+        if shared is None and folder is not None:
+            try:
+                with one_builder(folder, key):
+                    shared = read_shared(folder, key) or _build_shared(session, dataset, key, folder)
+            except OSError:
+                pass  # a cache folder that cannot be made: this process keeps its own arrays
         if shared is None:
             shared = _read_dataset(session, dataset)
-            # On PostgreSQL each statement may see a newer commit: share only what one generation holds.
-            unchanged = session.scalar(select(Dataset.generation).where(Dataset.id == dataset.id)) == key.generation
-            if folder is not None and unchanged:
-                try:
-                    write_shared(folder, key, shared)
-                    shared = read_shared(folder, key) or shared  # mapped, so this process shares it too
-                except OSError:
-                    pass  # a cache folder that cannot be written: this process keeps its own arrays
         arrays, images = shared.arrays, shared.document
         relpaths = images["relpaths"].split(PATH_SEPARATOR) if len(arrays["image_ids"]) else []
         labels = np.array(images["labels"], dtype=object)[arrays["label_codes"]].tolist()
@@ -187,17 +191,31 @@ def _provenance(dataset: Dataset, image_count: int, last_indexed: datetime | Non
                       dataset.precision, image_count, last_indexed, dataset.generation)
 
 
+def _build_shared(session, dataset: Dataset, key: MatrixKey, folder: Path) -> SharedContent:
+    """Read the dataset from the database and write its shared file; the content comes back mapped from it."""
+    built = _read_dataset(session, dataset)
+    # On PostgreSQL each statement may see a newer commit: share only what one generation holds.
+    if session.scalar(select(Dataset.generation).where(Dataset.id == dataset.id)) != key.generation:
+        return built
+    try:
+        write_shared(folder, key, built)
+    except OSError:  # a cache folder that cannot be written: this process keeps its own arrays
+        return built
+    return read_shared(folder, key) or built
+
+
 def _read_dataset(session, dataset: Dataset) -> SharedContent:
     """A dataset's images and embeddings from the database in relative-path order, with the derived arrays.
 
-    Embeddings are checked as db.arrays does (dtype, shape, byte count) and joined a batch at a time."""
+    Embeddings are checked as db.arrays does (dtype, shape, byte count) and appended a batch at a time to one
+    buffer that becomes the matrix without a copy (a large buffer grows in place), so reading never needs two."""
     dim = dataset.embed_dim
     expected = (np.dtype(EMBEDDING_DTYPE).str, str(dim), dim * np.dtype(EMBEDDING_DTYPE).itemsize)
     statement = (select(Image.id, Image.relpath, Image.label, Image.width, Image.height, Embedding.data,
                         Embedding.dtype, Embedding.shape)
                  .join(Embedding, Embedding.image_id == Image.id).where(Image.dataset_id == dataset.id)
                  .order_by(Image.relpath).execution_options(yield_per=READ_BATCH))
-    ids, relpaths, labels, sizes, blocks = [], [], [], [], [np.empty((0, dim), np.float32)]
+    ids, relpaths, labels, sizes, matrix = [], [], [], [], bytearray()
     for rows in session.execute(statement).partitions():
         for row in rows:
             if (row.dtype, row.shape, len(row.data)) != expected:
@@ -206,8 +224,8 @@ def _read_dataset(session, dataset: Dataset) -> SharedContent:
         relpaths += [row.relpath for row in rows]
         labels += [row.label for row in rows]
         sizes += [(row.width, row.height) for row in rows]
-        blocks.append(np.frombuffer(b"".join(row.data for row in rows), EMBEDDING_DTYPE).reshape(-1, dim))
-    embeddings = np.concatenate(blocks).astype(np.float32, copy=False)
+        matrix += b"".join(row.data for row in rows)
+    embeddings = np.frombuffer(matrix, EMBEDDING_DTYPE).reshape(-1, dim).astype(np.float32, copy=False)
     # Read back fast: paths as one string, labels as codes into the distinct labels, sizes as an array.
     distinct = list(dict.fromkeys(labels))
     codes = {label: code for code, label in enumerate(distinct)}

@@ -11,6 +11,7 @@ sees a whole file or none, and two processes building the same file at once each
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -18,6 +19,8 @@ import mmap
 import os
 import tempfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +86,20 @@ def read_shared(folder: Path, key: MatrixKey) -> SharedContent | None:
         return None
     return SharedContent({name: np.frombuffer(mapped, dtype, math.prod(shape), offset).reshape(shape)
                           for name, (dtype, shape, offset) in layout.arrays.items()}, document)
+
+
+@contextmanager
+def one_builder(folder: Path, key: MatrixKey) -> Iterator[None]:
+    """Held by one process at a time per dataset (an advisory lock on a file in `folder`): processes that find no
+    file build it one after the other, so the second finds the first's instead of building it again."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f".{key.database}-{key.dataset_id}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def write_shared(folder: Path, key: MatrixKey, content: SharedContent) -> None:

@@ -63,14 +63,14 @@ def test_bench_prints_every_row_with_sane_numbers_and_leaves_no_dataset(tmp_path
 
 
 def test_bench_jpegs_are_one_to_four_megapixels_and_are_reused(tmp_path):
-    paths = write_bench_images(tmp_path, 23)  # one more than the sample set: sources are reused
-    assert len({path.name for path in paths}) == 23
+    paths = write_bench_images(tmp_path, 22)  # one from each sample photograph
+    assert len({path.name for path in paths}) == 22
     for path in paths:
         with Image.open(path) as picture:
             assert picture.format == "JPEG" and picture.mode == "RGB"
             assert MEGAPIXELS[0] * 1e6 <= picture.width * picture.height <= MEGAPIXELS[1] * 1e6, path.name
     before = {path: path.stat().st_mtime_ns for path in paths}
-    assert write_bench_images(tmp_path, 23) == paths
+    assert write_bench_images(tmp_path, 22) == paths
     assert {path: path.stat().st_mtime_ns for path in paths} == before
 
 

@@ -16,7 +16,14 @@ from dashboard.serving import is_loopback, needs_login_warning, shared_secret
 from dashboard.settings import Settings
 from tests.browser import on_graph
 from tests.conftest import run_cli
-from tests.servers import start, stop, wait_until_healthy
+from tests.servers import (
+    REDIS_TEST_URL,
+    flush_test_redis,
+    start,
+    start_worker,
+    stop,
+    wait_until_healthy,
+)
 
 PORTS = iter(range(60400, 60500))  # this suite's own range
 
@@ -97,14 +104,17 @@ def test_gunicorn_workers_serve_pages_and_thumbnails_behind_a_login(sample_db, t
     assert not any(worker.is_running() for worker in workers)
 
 
-def test_background_callbacks_finish_across_gunicorn_workers(dash_duo, sample_db, tmp_path):
+@pytest.mark.parametrize("celery", [False, True], ids=["diskcache", "celery"])
+def test_background_callbacks_finish_across_gunicorn_workers(dash_duo, sample_db, tmp_path, celery):
     """The browser's polls for a t-SNE land on either worker: both must read the job's handle (shared secret) and
-    its result (shared cache folder)."""
+    its result (shared cache folder), with jobs beside the server or in a `dinoscope worker`."""
     port = next(PORTS)
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
-    process = start(["serve", "--workers", "2", "--port", port, "--db", sample_db, "--cache-dir",
-                     tmp_path / "cache"], log, env={"DINOSCOPE_SECRET_KEY": "", "DINOSCOPE_USERS_FILE": ""})
+    worker = start_worker(sample_db, tmp_path / "cache", tmp_path / "worker.log") if celery else None
+    process = start(["serve", "--workers", "2", "--port", port, "--db", sample_db, "--cache-dir", tmp_path / "cache",
+                     *(["--celery", REDIS_TEST_URL] if celery else [])], log,
+                    env={"DINOSCOPE_SECRET_KEY": "", "DINOSCOPE_USERS_FILE": "", "DINOSCOPE_CELERY": ""})
     try:
         wait_until_healthy(process, url, log)
         dash_duo.driver.get(f"{url}/clustering?dataset=samples&projection=tsne&perplexity=4")
@@ -113,4 +123,9 @@ def test_background_callbacks_finish_across_gunicorn_workers(dash_duo, sample_db
         assert dash_duo.get_logs() == []
     finally:
         stop(process)
+        if worker:
+            stop(worker)
+            flush_test_redis()
     assert "Traceback" not in log.read_text()
+    if worker:
+        assert "succeeded" in (tmp_path / "worker.log").read_text()  # the worker computed it, not the server

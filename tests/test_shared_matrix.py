@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ def database(tmp_path) -> str:
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted((folder / "matrices").glob("*"))
+    return sorted((folder / "matrices").glob("*.matrix"))
 
 
 def _assert_same_view(shared: DatasetView, loaded: DatasetView) -> None:
@@ -136,6 +137,34 @@ def test_a_cache_folder_that_cannot_be_written_leaves_each_process_its_own_array
     blocked.write_text("a file where the cache folder should be")
     view = DatasetStore(database, blocked).view("synth")
     _assert_same_view(view, DatasetStore(database).view("synth"))
+
+
+def _open_counting_database_reads(url: str, cache_dir: str, reads: str, start) -> None:
+    real = data._read_dataset
+
+    def counted(*args):
+        with open(reads, "a") as log:
+            log.write("read\n")
+        time.sleep(1)  # a slow read: the others ask while it runs
+        return real(*args)
+
+    data._read_dataset = counted
+    start.wait()
+    DatasetStore(url, Path(cache_dir)).view("synth")
+
+
+def test_workers_opening_a_dataset_at_once_read_the_database_once(database, tmp_path):
+    context = multiprocessing.get_context("spawn")
+    reads, start = tmp_path / "reads.log", context.Barrier(3)
+    workers = [context.Process(target=_open_counting_database_reads,
+                               args=(database, str(tmp_path / "cache"), str(reads), start)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+        assert worker.exitcode == 0
+    assert reads.read_text() == "read\n"  # one built the file, the others waited and mapped it
+    _assert_same_view(DatasetStore(database, tmp_path / "cache").view("synth"), DatasetStore(database).view("synth"))
 
 
 def _write_repeatedly(folder: str, key: MatrixKey, times: int) -> None:

@@ -31,7 +31,7 @@ def row_norms(matrix: np.ndarray) -> np.ndarray:
     matrix = np.asarray(matrix, dtype=np.float32)
     if matrix.ndim != 2:
         raise ValueError(f"expected a 2-D matrix, got shape {matrix.shape}")
-    return np.linalg.norm(matrix, axis=1)
+    return np.sqrt(np.einsum("ij,ij->i", matrix, matrix))  # several times faster than np.linalg.norm here
 
 
 def normalize_rows(matrix: np.ndarray) -> np.ndarray:
