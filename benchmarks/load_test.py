@@ -211,18 +211,26 @@ def write_photographs(folder: Path, count: int, start: int) -> None:
 
 
 def run_indexer(folder: Path, db: str, model: str, stop: threading.Event, log: list[str]) -> None:
-    """Index the folder again and again, adding photographs between runs, until the test ends."""
+    """Add photographs to the folder and index it, again and again, until the test ends (the run going on
+    then is stopped: it resumes like any interrupted run)."""
     added = len(list(folder.glob("*.jpg")))
     while not stop.is_set():
-        result = subprocess.run([*DINOSCOPE, "index", str(folder), "--dataset", "live", "--db", db, "--model", model,
-                                 "--random-weights", "--batch-size", "8", "--quiet"],
-                                check=False, capture_output=True, text=True)
-        log.append(result.stdout.strip() or result.stderr.strip())
-        if result.returncode != 0:
-            log.append(f"indexer failed with {result.returncode}: {result.stderr.strip()}")
-            return
         write_photographs(folder, 16, added)
         added += 16
+        run = subprocess.Popen([*DINOSCOPE, "index", str(folder), "--dataset", "live", "--db", db, "--model", model,
+                                "--random-weights", "--batch-size", "8", "--quiet"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        while run.poll() is None and not stop.wait(0.2):
+            pass
+        if run.poll() is None:
+            run.terminate()
+            run.wait()
+            return
+        output = run.stdout.read().strip()
+        if run.returncode != 0:
+            log.append(f"indexer failed with {run.returncode}: {output}")
+            return
+        log.append(output)
 
 
 def summarise(results: Results, seconds: float) -> str:
@@ -286,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
         for thread in threads:
             thread.join(timeout=120)
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - started  # the users' last pages included
     finally:
         stop.set()
         os.killpg(server.pid, signal.SIGTERM)
