@@ -19,8 +19,9 @@ from celery import Celery
 from dash import CeleryManager, DiskcacheManager
 from kombu.utils.url import maybe_sanitize_url
 
-# Imported by the fork server before it forks any job: the analysis code, with UMAP's numba code compiled once.
-PRELOAD = ["dashboard.analysis.warm"]
+# Imported by the fork server before it forks any job: the analysis code, with UMAP's numba code compiled once, and
+# torch with timm for embedding uploads (importing them takes seconds; no torch thread runs before the fork).
+PRELOAD = ["dashboard.analysis.warm", "indexer.model"]
 REDIS_SCHEMES = ("redis://", "rediss://")
 
 
