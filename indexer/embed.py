@@ -114,8 +114,8 @@ def embed_files(
     workers: int,
 ) -> Iterator[list[EmbeddedFile]]:
     """Embed files in order, one list per batch, failures included at their own index."""
-    batches = decoded_batches(paths, loaded, device, batch_size, workers)
-    model = inference_model(loaded, device, precision)
+    batches = iter(decoded_batches(paths, loaded, device, batch_size, workers))  # workers start decoding now,
+    model = inference_model(loaded, device, precision)  # while the model is moved and cast
     for batch in batches:
         results = {item.index: EmbeddedFile(item.index, None, item.failure) for item in batch.files if item.failure}
         if batch.pixels is not None:

@@ -12,6 +12,7 @@ from dashboard.data import DatasetStore
 from dashboard.settings import Settings
 from dashboard.shell import PAGES, page_shell
 from db.engine import open_database
+from tests.browser import when_stable
 from tests.conftest import FAST, run_cli
 from tests.images import noise
 
@@ -65,8 +66,8 @@ def test_the_dataset_picker_and_the_navigation_keep_the_dataset(dash_duo, two_da
     dash_duo.wait_for_contains_text("#provenance", "22 images")
     until(lambda: "dataset=samples" in dash_duo.driver.current_url, timeout=10)
     for title, path in PAGES:
-        dash_duo.find_element(f"#nav-{path.strip('/')}").click()
-        until(lambda: dash_duo.driver.current_url.split("?")[0].endswith(path), timeout=10)
+        when_stable(lambda path=path: dash_duo.find_element(f"#nav-{path.strip('/')}").click())
+        until(lambda path=path: dash_duo.driver.current_url.split("?")[0].endswith(path), timeout=10)
         dash_duo.wait_for_contains_text("#provenance", "22 images")
         assert "dataset=samples" in dash_duo.driver.current_url, title
     assert dash_duo.get_logs() == []
