@@ -10,7 +10,6 @@ import dash_bootstrap_components as dbc
 from dash import Dash, Input, Output, State, dcc, html
 
 from dashboard.analysis.patches import patch_similarity, pool_grid
-from dashboard.analysis.similarity import top_k
 from dashboard.data import DatasetStore, DatasetView
 from dashboard.explanations import explanation
 from dashboard.image_picker import image_picker, register_image_search
@@ -180,7 +179,7 @@ def _cell(selected: dict | None, image_id: int) -> tuple[int, int] | None:
 
 
 def _neighbours(view: DatasetView, image_id: int):
-    indices, scores = top_k(view.embeddings, view.position(image_id), NEIGHBOURS)
+    indices, scores = view.nearest(view.position(image_id), NEIGHBOURS)
     return [int(view.image_ids[i]) for i in indices], [float(s) for s in scores]
 
 
