@@ -128,7 +128,6 @@ def layer_values(view: PatchView, settings: PatchSettings) -> np.ndarray:
 def overlay_figure(preview_url: str, frame: ImageFrame, pooled: PooledGrid, values: np.ndarray, layer: str,
                    opacity: float, marked: tuple[int, int] | None = None) -> go.Figure:
     """The preview with one value per pooled tile drawn over it, in the image's pixel coordinates."""
-    rows, cols = values.shape[:2]
     x0, y0, x1, y1 = frame.tile_box(pooled, 0, 0)
     figure = go.Figure()
     figure.add_layout_image(source=preview_url, xref="x", yref="y", x=0, y=0, sizex=frame.width,

@@ -145,8 +145,8 @@ def heatmap_figure(matrix: np.ndarray, relpaths: Sequence[str], native_hover: bo
     `native_hover=False` leaves the hover label to the page (hover events still fire)."""
     names = short_names(relpaths)
     n = len(relpaths)
-    axis = dict(type="category", tickmode="array", tickvals=list(relpaths), ticktext=names, automargin=True,
-                tickfont={"size": 10 if n <= 50 else 7}, constrain="domain")
+    axis = {"type": "category", "tickmode": "array", "tickvals": list(relpaths), "ticktext": names,
+            "automargin": True, "tickfont": {"size": 10 if n <= 50 else 7}, "constrain": "domain"}
     figure = go.Figure(go.Heatmap(
         z=np.asarray(matrix, dtype=np.float32), x=list(relpaths), y=list(relpaths), zmin=-1, zmax=1,
         colorscale="RdBu_r", colorbar={"title": {"text": "cosine"}},

@@ -33,7 +33,8 @@ from dashboard.embeddings_view import (
 )
 from db.engine import open_database
 from db.queries import dataset_by_name, load_embeddings
-from tests.browser import text_of as _text, when_stable as _when_stable
+from tests.browser import text_of as _text
+from tests.browser import when_stable as _when_stable
 
 
 def _view(n: int, dim: int = 16, seed: int = 0, generation: int = 1) -> DatasetView:

@@ -9,8 +9,17 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
 from dashboard.analysis.patches import OUTSIDE, pool_grid
-from dashboard.patches_view import ImageFrame, PatchSettings, analyse, examples, overlay_figure, settings_from
-from tests.browser import on_graph, text_of as _text, when_stable as _when_stable
+from dashboard.patches_view import (
+    ImageFrame,
+    PatchSettings,
+    analyse,
+    examples,
+    overlay_figure,
+    settings_from,
+)
+from tests.browser import on_graph
+from tests.browser import text_of as _text
+from tests.browser import when_stable as _when_stable
 from tests.test_patches import _grid_with_regions
 
 
@@ -105,7 +114,7 @@ def test_every_control_changes_the_overlay(dash_duo, dashboard_app):
                          ("foreground", "gd.data[0].colorbar.title.text === 'PC 1'"),
                          ("norms", "gd.data[0].colorbar.title.text === 'norm'")):
         dash_duo.find_element(f"label[for='_dbcprivate_radioitems_patches-layer_input_{layer}']").click()
-        until(lambda: _overlay(dash_duo, check) is True, timeout=20)
+        until(lambda check=check: _overlay(dash_duo, check) is True, timeout=20)
     dash_duo.find_element("label[for='_dbcprivate_radioitems_patches-layer_input_clusters']").click()
     until(lambda: _table_rows(dash_duo) == 6, timeout=20)
 

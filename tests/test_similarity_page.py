@@ -10,8 +10,15 @@ from selenium.webdriver.common.keys import Keys
 
 from dashboard.data import DatasetStore, DatasetView
 from dashboard.similarity_view import (
-    EMBEDDING_HEAD, heatmap_figure, hovered_cell, neighbourhood, reference_image, reference_options, short_names,
-    similar_images, similarity_heatmap,
+    EMBEDDING_HEAD,
+    heatmap_figure,
+    hovered_cell,
+    neighbourhood,
+    reference_image,
+    reference_options,
+    short_names,
+    similar_images,
+    similarity_heatmap,
 )
 from tests.test_gallery import _when_stable
 
