@@ -64,7 +64,7 @@ class BenchSettings:
     batch_size: int = 16
     workers: int = 1
     device: str = "auto"
-    images: int = 64
+    images: int = 128
     original_images: int = 6
     original_size: int = ORIGINAL_SIZE
     weights: WeightsChoice = field(default_factory=lambda: WeightsChoice("random"))

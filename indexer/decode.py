@@ -109,9 +109,13 @@ def _jpeg(picture: Image.Image) -> JpegImage:
 
 def thumbnails(rgb: Image.Image, displayed_size: tuple[int, int] | None = None) -> dict[str, JpegImage]:
     """The preview and the gallery thumbnail, sized from `displayed_size` (the original's, as displayed; default
-    the picture's own), so a draft-decoded picture gives the same sizes as a full decode. The gallery thumbnail is
-    resampled from the preview, a fraction of the pixels to filter."""
+    the picture's own), so a draft-decoded picture gives the same sizes as a full decode.
+
+    Bicubic, which Pillow widens when it shrinks (no aliasing): as sharp as Lanczos to the eye at these sizes, and
+    a quarter less of the decode workers' time, which on a CPU is taken from the model. The gallery thumbnail is
+    resampled from the preview, a fraction of the pixels to filter.
+    """
     size = displayed_size or rgb.size
-    preview = rgb.resize(thumbnail_size(size, PREVIEW_LONG_SIDE), Image.Resampling.LANCZOS)
-    gallery = preview.resize(thumbnail_size(size, GALLERY_LONG_SIDE), Image.Resampling.LANCZOS)
+    preview = rgb.resize(thumbnail_size(size, PREVIEW_LONG_SIDE), Image.Resampling.BICUBIC)
+    gallery = preview.resize(thumbnail_size(size, GALLERY_LONG_SIDE), Image.Resampling.BICUBIC)
     return {"gallery": _jpeg(gallery), "preview": _jpeg(preview)}

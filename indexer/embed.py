@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from itertools import islice, pairwise
 from pathlib import Path
 
 import numpy as np
@@ -71,28 +72,56 @@ class DecodedBatch:
 
 
 def _stacked(items: list[DecodedFile]) -> DecodedBatch:
-    """Runs in the decode worker: one tensor per batch crosses to the main process, not one per file."""
+    """Runs in the decode worker: one tensor per chunk crosses to the main process, not one per file."""
     tensors = [item.tensor for item in items if item.failure is None]
     return DecodedBatch([replace(item, tensor=None) for item in items], torch.stack(tensors) if tensors else None)
 
 
+def _joined(chunks: list[DecodedBatch]) -> DecodedBatch:
+    """One batch of consecutive chunks; pinned chunks give a pinned batch."""
+    if len(chunks) == 1:
+        return chunks[0]
+    tensors = [chunk.pixels for chunk in chunks if chunk.pixels is not None]
+    pixels = None
+    if tensors:
+        pixels = torch.empty((sum(len(t) for t in tensors), *tensors[0].shape[1:]), dtype=tensors[0].dtype,
+                             pin_memory=tensors[0].is_pinned())
+        torch.cat(tensors, out=pixels)
+    return DecodedBatch([item for chunk in chunks for item in chunk.files], pixels)
+
+
 def _single_threaded_worker(_worker_id: int) -> None:
-    torch.set_num_threads(1)  # decode workers must not compete with the model for cores
+    torch.set_num_threads(1)  # each worker decodes one file at a time; more threads would only contend
+
+
+def batch_chunks(count: int, batch_size: int, workers: int) -> list[list[range]]:
+    """The file indices of each batch, in one chunk per decode worker: all the workers decode the batch the model
+    needs next, so the first one is ready sooner and none waits on a single worker."""
+    batches = []
+    for start in range(0, count, batch_size):
+        size = min(batch_size, count - start)
+        parts = min(max(1, workers), size)
+        bounds = [start + size * part // parts for part in range(parts + 1)]
+        batches.append([range(low, high) for low, high in pairwise(bounds)])
+    return batches
 
 
 def decoded_batches(paths: Sequence[Path], loaded: LoadedModel, device: torch.device, batch_size: int,
-                    workers: int) -> DataLoader:
-    """Batches of decoded files, read and decoded by `workers` processes (0: in this one) ahead of the model."""
-    return DataLoader(
+                    workers: int) -> Iterator[DecodedBatch]:
+    """Batches of decoded files, in order, read and decoded by `workers` processes (0: in this one) ahead of the
+    model. The workers start when this is called."""
+    batches = batch_chunks(len(paths), batch_size, workers)
+    chunks = iter(DataLoader(
         ImageFiles(paths, loaded.transform, loaded.image_size),
-        batch_size=batch_size,
+        batch_sampler=[chunk for batch in batches for chunk in batch],
         num_workers=workers,
         collate_fn=_stacked,
         pin_memory=device.type == "cuda",
         worker_init_fn=_single_threaded_worker if workers else None,
-        prefetch_factor=2 if workers else None,
+        prefetch_factor=2 if workers else None,  # two chunks per worker: the next two batches
         persistent_workers=False,
-    )
+    ))
+    return (_joined(list(islice(chunks, len(batch)))) for batch in batches)
 
 
 def embed_pixels(model: torch.nn.Module, pixels: torch.Tensor, loaded: LoadedModel, device: torch.device,
@@ -114,8 +143,8 @@ def embed_files(
     workers: int,
 ) -> Iterator[list[EmbeddedFile]]:
     """Embed files in order, one list per batch, failures included at their own index."""
-    batches = iter(decoded_batches(paths, loaded, device, batch_size, workers))  # workers start decoding now,
-    model = inference_model(loaded, device, precision)  # while the model is moved and cast
+    batches = decoded_batches(paths, loaded, device, batch_size, workers)  # the workers decode while the model
+    model = inference_model(loaded, device, precision)  # is moved and cast
     for batch in batches:
         results = {item.index: EmbeddedFile(item.index, None, item.failure) for item in batch.files if item.failure}
         if batch.pixels is not None:

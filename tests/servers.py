@@ -44,12 +44,13 @@ def start_worker(db: Path, cache_dir: Path, log: Path, timeout_s: float = 180) -
 
     process = start(["worker", "--celery", REDIS_TEST_URL, "--db", db, "--cache-dir", cache_dir,
                      "--concurrency", "2"], log)
-    control = celery_app(REDIS_TEST_URL).control
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"the worker stopped: {log.read_text()}"
-        if control.ping(destination=[f"dinoscope-{process.pid}@{socket.gethostname()}"], timeout=1.0):
-            return process
+    with celery_app(REDIS_TEST_URL) as control_app:  # closed after: see BackgroundApps.close
+        while time.monotonic() < deadline:
+            assert process.poll() is None, f"the worker stopped: {log.read_text()}"
+            if control_app.control.ping(destination=[f"dinoscope-{process.pid}@{socket.gethostname()}"],
+                                        timeout=1.0):
+                return process
     stop(process)
     raise AssertionError(f"the worker did not answer in {timeout_s} s: {log.read_text()}")
 
@@ -84,9 +85,11 @@ class BackgroundApps:
         self.manager = manager
         self.folder = folder
         self.workers: list[subprocess.Popen] = []
+        self.managers: list = []
 
     def build(self, db: Path):
         from dashboard.app import create_app
+        from dashboard.jobs import background_manager
         from dashboard.settings import Settings
 
         celery_url = REDIS_TEST_URL if self.manager == "celery" else None
@@ -94,13 +97,15 @@ class BackgroundApps:
         if celery_url:
             flush_test_redis()
             self.workers.append(start_worker(db, settings.cache_dir, self.folder / "worker.log"))
-        return create_app(settings)
+        self.managers.append(background_manager(settings))
+        return create_app(settings, self.managers[-1])
 
     def running_jobs(self) -> int:
         if self.manager == "celery":
             from dashboard.jobs import celery_app
 
-            active = celery_app(REDIS_TEST_URL).control.inspect(timeout=1.0).active() or {}
+            with celery_app(REDIS_TEST_URL) as control_app:
+                active = control_app.control.inspect(timeout=1.0).active() or {}
             return sum(len(tasks) for tasks in active.values())
         jobs = 0
         for process in psutil.Process().children(recursive=True):
@@ -112,6 +117,11 @@ class BackgroundApps:
         return jobs
 
     def close(self) -> None:
+        # Close this process's Redis connections: kombu closes them again in every process forked later (a
+        # DataLoader's decode workers in another test, say), and that close blocks on the Redis server forever.
+        for manager in self.managers:
+            if self.manager == "celery":
+                manager.handle.close()
         for worker in self.workers:
             stop(worker)
         if self.workers:
