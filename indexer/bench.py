@@ -30,7 +30,8 @@ from timm.data import create_transform
 from db.engine import open_database
 from db.mutations import remove_dataset
 from db.queries import find_dataset
-from indexer.embed import ImageFiles, embed_pixels
+from indexer.decode import decode_image
+from indexer.embed import embed_pixels
 from indexer.model import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_MODEL,
@@ -195,11 +196,10 @@ def _size(path: Path) -> tuple[int, int]:
 
 def model_throughput(paths: list[Path], loaded: LoadedModel, device: torch.device, precision: str,
                      batch_size: int) -> Throughput:
-    """Forward passes (with the tokens copied out as the indexer stores them) on inputs decoded beforehand; the
-    first batch runs once untimed, to warm up."""
-    files = ImageFiles(paths, loaded.transform, loaded.image_size)
-    pixels = torch.stack([files[index].tensor for index in range(len(files))])
-    batches = list(torch.split(pixels, batch_size))
+    """Forward passes (with the tokens copied out as the indexer stores them) on inputs decoded beforehand and
+    already on the device; the first batch runs once untimed, to warm up."""
+    pixels = torch.stack([loaded.transform(decode_image(path.read_bytes(), loaded.image_size).rgb) for path in paths])
+    batches = list(torch.split(pixels.to(device), batch_size))
     model = inference_model(loaded, device, precision)
     embed_pixels(model, batches[0], loaded, device, precision)
     started = time.perf_counter()

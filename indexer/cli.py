@@ -26,10 +26,10 @@ def default_workers() -> int:
 def default_decode_workers() -> int:
     """One decode worker per core, up to 8.
 
-    On a CPU the model's threads take every core and decoding shares them however it is split; on 2 cores one
-    worker per core indexed about 7 % faster than a single worker: two workers slow both of the model's threads a
-    little, where one slows one thread a lot and the other waits for it at every synchronisation. With a GPU the
-    model needs little of the host, and decoding bounds the speed.
+    On a CPU the model's threads take every core and decoding shares them however it is split: two workers slow
+    both of the model's threads a little, where one worker slows one thread a lot and the other waits for it at
+    every synchronisation (on 2 shared cores, 0 to 7 % faster than one worker). With a GPU the model needs little
+    of the host, and decoding bounds the speed.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(8, cores))

@@ -148,6 +148,21 @@ def background_apps(request, tmp_path):
     apps.close()
 
 
+@pytest.fixture(autouse=True)
+def _no_redis_connections_survive_a_test():
+    """Close the Redis connections a test left in this process (Dash's Celery manager, Celery control): kombu closes
+    them again in every process forked later, such as a DataLoader's decode workers, and that blocks forever."""
+    yield
+    if "kombu.resource" in sys.modules:
+        import multiprocessing.util
+
+        from kombu.resource import Resource
+
+        for pool in list(multiprocessing.util._afterfork_registry.values()):
+            if isinstance(pool, Resource):
+                pool.force_close_all()
+
+
 def pytest_sessionfinish(session, exitstatus):
     """End background jobs and the fork server that starts them, so nothing keeps the test run from exiting."""
     import psutil

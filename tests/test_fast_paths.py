@@ -12,7 +12,7 @@ from PIL import Image
 
 from indexer.bench import write_bench_images
 from indexer.decode import PREVIEW_LONG_SIDE, decode_image, thumbnails
-from indexer.embed import embed_files
+from indexer.embed import batch_chunks, embed_files
 from indexer.model import WeightsChoice, load_model
 from tests.conftest import IMAGE_SIZE, MODEL
 from tests.images import EXIF_ORIENTATION, jpeg_bytes
@@ -89,7 +89,7 @@ def test_draft_decoding_resamples_the_same_picture_and_keeps_the_thumbnail_sizes
 def test_workers_batches_and_precision_give_the_plain_paths_embeddings(photos, precision, cls_cosine, patch_cosine):
     plain = _trained_like_model()
     fast = _trained_like_model()
-    batches = list(embed_files(photos, fast, torch.device("cpu"), precision, batch_size=3, workers=1))
+    batches = list(embed_files(photos, fast, torch.device("cpu"), precision, batch_size=3, workers=2))
     assert [len(batch) for batch in batches] == [3, 2]
     results = [result for batch in batches for result in batch]
     assert [result.index for result in results] == list(range(len(photos)))
@@ -106,6 +106,13 @@ def test_workers_batches_and_precision_give_the_plain_paths_embeddings(photos, p
         assert _cosines(result.content.patch_grid, patches).min() > patch_cosine
         assert result.content.thumbnails == thumbnails(decoded.rgb, (decoded.width, decoded.height))
         assert (result.content.width, result.content.height) == Image.open(path).size
+
+
+def test_every_decode_worker_takes_a_share_of_each_batch_in_order():
+    assert batch_chunks(35, 16, 2) == [[range(8), range(8, 16)], [range(16, 24), range(24, 32)],
+                                       [range(32, 33), range(33, 35)]]
+    assert batch_chunks(3, 16, 8) == [[range(1), range(1, 2), range(2, 3)]]  # never an empty chunk
+    assert batch_chunks(4, 2, 0) == [[range(2)], [range(2, 4)]]  # decoding in the main process
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
