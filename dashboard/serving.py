@@ -53,6 +53,9 @@ class DashboardServer(BaseApplication):
         address = f"[{host.strip('[]')}]" if ":" in host else host
         self.options = {"bind": f"{address}:{port}", "workers": workers, "worker_class": "gthread",
                         "threads": threads, "preload_app": False,
+                        # Longer than a user's pause between clicks: with gunicorn's 2 s, a browser (or proxy)
+                        # reusing a connection the server was closing at that moment got "connection reset".
+                        "keepalive": 30,
                         "control_socket_disable": True}  # one path per user: a second server would take it over
         super().__init__()
 
