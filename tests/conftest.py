@@ -153,14 +153,18 @@ def _no_redis_connections_survive_a_test():
     """Close the Redis connections a test left in this process (Dash's Celery manager, Celery control): kombu closes
     them again in every process forked later, such as a DataLoader's decode workers, and that blocks forever."""
     yield
-    if "kombu.resource" in sys.modules:
+    if "kombu.pools" in sys.modules:
         import multiprocessing.util
 
+        import kombu.pools
         from kombu.resource import Resource
 
         for pool in list(multiprocessing.util._afterfork_registry.values()):
             if isinstance(pool, Resource):
                 pool.force_close_all()
+        # Celery apps take their broker pool from kombu's shared groups, keyed by URL: drop the closed ones so the
+        # next test's app opens fresh connections instead of failing with "Acquire on closed pool".
+        kombu.pools.reset()
 
 
 def pytest_sessionfinish(session, exitstatus):
