@@ -60,8 +60,8 @@ class RecordedModel:
 
     @property
     def key(self) -> tuple:
-        """Equal for datasets whose vectors come from the same network (the precision only changes arithmetic)."""
-        return self.name, self.weights_identity, self.image_size
+        """Equal for datasets whose vectors come from the same network run the same way (bf16 casts the model)."""
+        return self.name, self.weights_identity, self.image_size, self.precision
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ class QueryModels:
 
 
 def _rebuild(recorded: RecordedModel) -> tuple[LoadedModel, object]:
-    from indexer.model import ModelError, load_model, recorded_weights, resolve_device
+    from indexer.model import ModelError, inference_model, load_model, recorded_weights, resolve_device
 
     weights = recorded_weights(recorded.weights_kind, recorded.weights_identity, recorded.weights_source)
     try:
@@ -170,7 +170,7 @@ def _rebuild(recorded: RecordedModel) -> tuple[LoadedModel, object]:
             f"weights{' at ' + recorded.weights_source if recorded.weights_kind == 'file' else ''}, or index the "
             "dataset again")
     device = resolve_device("auto")
-    loaded.model.to(device)
+    inference_model(loaded, device, recorded.precision)
     return loaded, device
 
 
@@ -186,11 +186,7 @@ def embed_upload(models: QueryModels, recorded: RecordedModel, contents: str | N
 
 def _cls_embedding(loaded: LoadedModel, device, precision: str, rgb: Image.Image) -> np.ndarray:
     """The CLS token of one picture, float32, computed as the indexer's embed_files computes it for a batch."""
-    import torch
+    from indexer.model import forward_features
 
-    from indexer.model import autocast
-
-    pixels = loaded.transform(rgb).unsqueeze(0).to(device)
-    with torch.inference_mode(), autocast(device, precision):
-        tokens = loaded.model.forward_features(pixels)
+    tokens = forward_features(loaded.model, loaded.transform(rgb).unsqueeze(0), device, precision)
     return tokens[0, 0].float().cpu().numpy()

@@ -25,6 +25,14 @@ def start(args: list, log: Path, env: dict[str, str] | None = None) -> subproces
                                 env={**os.environ, **(env or {})})
 
 
+def free_port() -> int:
+    """A loopback port no one listens on now, chosen by the kernel (a fixed range collides with the ports the
+    kernel hands to outgoing connections, which are in use for as long as those connections live)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def wait_until_healthy(process: subprocess.Popen, url: str, log: Path, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -15,6 +15,7 @@ from db.queries import dataset_by_name, load_embeddings, patch_grid
 from indexer.cli import main
 from tests.conftest import FAST, IMAGE_SIZE, MODEL, run_cli
 from tests.images import noise
+from tests.servers import free_port
 
 
 @pytest.fixture
@@ -103,15 +104,12 @@ def test_an_unreachable_server_is_one_line_that_hides_the_password(tmp_path):
 
 
 def test_demo_indexes_the_samples_and_serves_the_dashboard(tmp_path):
-    import socket
     import subprocess
     import sys
     import time
     import urllib.request
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-c", "from indexer.cli import main; main()", "demo", "--folder", str(tmp_path / "samples"),
          "--db", str(tmp_path / "demo.db"), "--random-weights", "--port", str(port)],

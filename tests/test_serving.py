@@ -19,13 +19,12 @@ from tests.conftest import run_cli
 from tests.servers import (
     REDIS_TEST_URL,
     flush_test_redis,
+    free_port,
     start,
     start_worker,
     stop,
     wait_until_healthy,
 )
-
-PORTS = iter(range(60400, 60500))  # this suite's own range
 
 
 def _get(url: str, user: str | None = None, password: str = ""):
@@ -58,7 +57,7 @@ def test_workers_share_the_configured_secret_or_one_made_once(tmp_path):
 
 
 def test_serving_an_open_address_without_a_login_warns_loudly(sample_db, tmp_path):
-    port = next(PORTS)
+    port = free_port()
     log = tmp_path / "serve.log"
     process = start(["serve", "--host", "0.0.0.0", "--port", port, "--db", sample_db, "--cache-dir",
                      tmp_path / "cache"], log, env={"DINOSCOPE_USERS_FILE": ""})
@@ -72,7 +71,7 @@ def test_serving_an_open_address_without_a_login_warns_loudly(sample_db, tmp_pat
 
 def test_gunicorn_workers_serve_pages_and_thumbnails_behind_a_login(sample_db, tmp_path):
     run_cli("users", "add", tmp_path / "users", "alice", "--password-stdin", input="correct horse\n")
-    port = next(PORTS)
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
     process = start(["serve", "--workers", "2", "--threads", "4", "--port", port, "--db", sample_db,
@@ -108,7 +107,7 @@ def test_gunicorn_workers_serve_pages_and_thumbnails_behind_a_login(sample_db, t
 def test_background_callbacks_finish_across_gunicorn_workers(dash_duo, sample_db, tmp_path, celery):
     """The browser's polls for a t-SNE land on either worker: both must read the job's handle (shared secret) and
     its result (shared cache folder), with jobs beside the server or in a `dinoscope worker`."""
-    port = next(PORTS)
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
     worker = start_worker(sample_db, tmp_path / "cache", tmp_path / "worker.log") if celery else None
