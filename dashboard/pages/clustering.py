@@ -102,7 +102,9 @@ def register(app: Dash, store: DatasetStore, results) -> None:
         if params.runs_in_background and key not in results:
             return dash.no_update, {"key": key, **query_of(params, cluster_params({}))}, "Starting…"
         cached_projection(results, view, params)
-        return key, None, ""
+        # An empty request makes Dash stop a projection job still running. On page load none runs, and a job
+        # started only to be replaced would hide the Cancel button of the next one when it ends.
+        return key, None if dash.ctx.triggered_id else dash.no_update, ""
 
     @app.callback(
         Output("clustering-projection-key", "data", allow_duplicate=True),
