@@ -360,6 +360,8 @@ def synthetic(name, count, dim, clusters, grid, seed, db):
     """Write a synthetic dataset of clustered embeddings straight into the database (no model, for scale tests)."""
     from db import DinoscopeDbError, open_database
     from db.queries import find_dataset
+    from tqdm import tqdm
+
     from indexer.synthetic import write_synthetic_dataset
 
     try:
@@ -368,7 +370,9 @@ def synthetic(name, count, dim, clusters, grid, seed, db):
             if find_dataset(session, name) is not None:
                 raise click.ClickException(f"a dataset named {name!r} exists already: pick another name, or "
                                            f"`dinoscope remove {name}` first")
-        write_synthetic_dataset(database, name, count, dim=dim, clusters=clusters, grid=grid, seed=seed)
+        with tqdm(total=count, desc="writing", unit="img", disable=None) as written:  # shown on a terminal only
+            write_synthetic_dataset(database, name, count, dim=dim, clusters=clusters, grid=grid, seed=seed,
+                                    progress=lambda done: written.update(done - written.n))
     except DinoscopeDbError as error:
         raise _fail(error) from None
     click.echo(f"wrote synthetic dataset {name!r}: {count} images, {dim} dimensions, {clusters} clusters")
