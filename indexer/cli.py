@@ -358,10 +358,10 @@ def demo(folder, db, random_weights, host, port):
 @db_option
 def synthetic(name, count, dim, clusters, grid, seed, db):
     """Write a synthetic dataset of clustered embeddings straight into the database (no model, for scale tests)."""
-    from db import DinoscopeDbError, open_database
-    from db.queries import find_dataset
     from tqdm import tqdm
 
+    from db import DinoscopeDbError, open_database
+    from db.queries import find_dataset
     from indexer.synthetic import write_synthetic_dataset
 
     try:
