@@ -30,6 +30,17 @@ def run_cli_process(*args: str, env: dict[str, str] | None = None, **kwargs) -> 
     )
 
 
+def hub_snapshot(hub_cache: Path, revision: str, weights_file: Path) -> Path:
+    """The test model's weights as snapshot `revision` in a Hugging Face hub cache, made the main one (as
+    `hf download timm/MODEL` leaves it); returns the model's folder in the cache."""
+    repo = hub_cache / f"models--timm--{MODEL}"
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    (repo / "snapshots" / revision / "model.safetensors").symlink_to(weights_file)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return repo
+
+
 @pytest.fixture(scope="session")
 def weights_file(tmp_path_factory) -> Path:
     """A randomly initialised ViT-S/14 saved as timm safetensors at the pretrained 518-pixel geometry."""

@@ -16,7 +16,7 @@ from db.engine import open_database
 from db.queries import dataset_by_name, load_embeddings, patch_grid
 from db.schema import Image as ImageRow
 from indexer.model import ModelError, WeightsChoice, load_model
-from tests.conftest import FAST, IMAGE_SIZE, MODEL, run_cli, run_cli_process
+from tests.conftest import FAST, IMAGE_SIZE, MODEL, hub_snapshot, run_cli, run_cli_process
 from tests.images import noise
 
 GRID = IMAGE_SIZE // 14
@@ -94,11 +94,7 @@ def test_random_weights_are_the_same_in_every_run():
 
 def test_weights_from_an_offline_hugging_face_cache(photos, tmp_path, weights_file):
     revision = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hf" / f"models--timm--{MODEL}"
-    (repo / "snapshots" / revision).mkdir(parents=True)
-    (repo / "snapshots" / revision / "model.safetensors").symlink_to(weights_file)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
+    hub_snapshot(tmp_path / "hf", revision, weights_file)
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf")}
 
     hub_db, file_db = tmp_path / "hub.db", tmp_path / "file.db"

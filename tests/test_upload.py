@@ -35,7 +35,7 @@ from dashboard.query_image import (
 )
 from dashboard.similarity_view import images_similar_to
 from indexer.model import RANDOM_SEED
-from tests.conftest import FAST, IMAGE_SIZE, MODEL, run_cli
+from tests.conftest import FAST, IMAGE_SIZE, MODEL, hub_snapshot, run_cli
 from tests.images import EXIF_ORIENTATION, jpeg_bytes, noise, write_bad_files
 
 RANDOM_IDENTITY = f"random-init (seed {RANDOM_SEED}, timm {timm.__version__})"
@@ -195,11 +195,7 @@ def test_an_indexed_file_uploaded_gets_its_stored_embedding_until_the_weights_fi
 def test_hub_weights_come_only_from_the_cached_snapshot_the_dataset_names(tmp_path, photos, weights_file,
                                                                           monkeypatch):
     revision = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hf" / f"models--timm--{MODEL}"
-    (repo / "snapshots" / revision).mkdir(parents=True)
-    (repo / "snapshots" / revision / "model.safetensors").symlink_to(weights_file)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
+    repo = hub_snapshot(tmp_path / "hf", revision, weights_file)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     db = tmp_path / "index.db"
@@ -212,9 +208,7 @@ def test_hub_weights_come_only_from_the_cached_snapshot_the_dataset_names(tmp_pa
                                rtol=1e-4, atol=1e-4)
 
     newer = "fedcba9876543210fedcba9876543210fedcba98"  # the cache moves on: main is now another snapshot
-    (repo / "snapshots" / newer).mkdir()
-    (repo / "snapshots" / newer / "model.safetensors").symlink_to(weights_file)
-    (repo / "refs" / "main").write_text(newer)
+    hub_snapshot(tmp_path / "hf", newer, weights_file)
     shutil.rmtree(repo / "snapshots" / revision)
     with pytest.raises(ModelUnavailable, match=re.escape(
             f"holds no snapshot {revision} of timm/{MODEL}: copy it there from a machine with a network "
