@@ -27,12 +27,7 @@ import psutil
 
 from dashboard.analysis.projection import REDUCED_DIMENSIONS, pca_components, project
 from dashboard.app import create_app
-from dashboard.clustering_view import (
-    ClusterParams,
-    ProjectionParams,
-    cached_projection,
-    cluster_images,
-)
+from dashboard.clustering_view import ClusterParams, ProjectionParams, cached_projection, cluster_images
 from dashboard.data import DatasetStore, DatasetView
 from dashboard.settings import Settings
 from dashboard.similarity_view import HEATMAP_LIMIT, heatmap_figure, neighbourhood

@@ -19,22 +19,10 @@ from sqlalchemy import select
 
 from dashboard.analysis.projection import REDUCED_DIMENSIONS, pca_components, row_norms
 from dashboard.analysis.similarity import top_k
-from dashboard.shared_matrix import (
-    MatrixKey,
-    SharedContent,
-    one_builder,
-    read_shared,
-    write_shared,
-)
+from dashboard.shared_matrix import MatrixKey, SharedContent, one_builder, read_shared, write_shared
 from db.arrays import decode_array
 from db.engine import Database, open_database
-from db.queries import (
-    EMBEDDING_DTYPE,
-    dataset_by_name,
-    dataset_summaries,
-    patch_grid,
-    thumbnail,
-)
+from db.queries import EMBEDDING_DTYPE, dataset_by_name, dataset_summaries, patch_grid, thumbnail
 from db.schema import Dataset, Embedding, Image
 
 READ_BATCH = 4096  # embeddings decoded per step when a dataset is read from the database

@@ -8,12 +8,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session
 
-from db.queries import (
-    dataset_images,
-    dataset_patch_pca,
-    load_embeddings,
-    stored_patch_grid,
-)
+from db.queries import dataset_images, dataset_patch_pca, load_embeddings, stored_patch_grid
 from db.schema import Dataset
 
 

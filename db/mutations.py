@@ -10,22 +10,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.patch_pca import PatchPca
-from db.queries import (
-    EMBEDDING_DTYPE,
-    PATCH_BASIS_DTYPE,
-    PATCH_GRID_DTYPE,
-    patch_pca,
-    stored_patch_grid,
-)
-from db.schema import (
-    Dataset,
-    Embedding,
-    Image,
-    PatchBasis,
-    PatchGrid,
-    Thumbnail,
-    utcnow,
-)
+from db.queries import EMBEDDING_DTYPE, PATCH_BASIS_DTYPE, PATCH_GRID_DTYPE, patch_pca, stored_patch_grid
+from db.schema import Dataset, Embedding, Image, PatchBasis, PatchGrid, Thumbnail, utcnow
 
 
 @dataclass(frozen=True)

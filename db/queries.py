@@ -10,15 +10,7 @@ from sqlalchemy.orm import Session
 
 from db.errors import CorruptArray, DatasetNotFound
 from db.patch_pca import PatchPca
-from db.schema import (
-    Dataset,
-    Embedding,
-    Image,
-    IndexRun,
-    PatchBasis,
-    PatchGrid,
-    Thumbnail,
-)
+from db.schema import Dataset, Embedding, Image, IndexRun, PatchBasis, PatchGrid, Thumbnail
 
 EMBEDDING_DTYPE = "<f4"
 PATCH_GRID_DTYPE = "<f2"

@@ -17,12 +17,7 @@ from dashboard.analysis.clustering import (
     cluster_sizes,
     label_by_nearest_sample,
 )
-from dashboard.analysis.projection import (
-    normalize_rows,
-    pca_components,
-    project,
-    row_norms,
-)
+from dashboard.analysis.projection import normalize_rows, pca_components, project, row_norms
 from dashboard.analysis.similarity import cosine_matrix, heatmap_indices, top_k
 
 

@@ -15,13 +15,7 @@ from sqlalchemy.exc import InternalError
 
 from db.arrays import decode_array, encode_array
 from db.engine import display_url, open_database, resolve_url
-from db.errors import (
-    CorruptArray,
-    DatabaseNotFound,
-    DatabaseUnreachable,
-    NotADinoscopeDatabase,
-    SchemaMismatch,
-)
+from db.errors import CorruptArray, DatabaseNotFound, DatabaseUnreachable, NotADinoscopeDatabase, SchemaMismatch
 from db.schema import SCHEMA_VERSION, Dataset, SchemaInfo
 
 
@@ -139,13 +133,7 @@ def test_a_reader_session_is_one_snapshot(db_url):
 
 
 def test_removing_a_dataset_removes_its_rows_in_every_table(db_url):
-    from db.mutations import (
-        FileFacts,
-        ImageContent,
-        JpegImage,
-        add_image,
-        remove_dataset,
-    )
+    from db.mutations import FileFacts, ImageContent, JpegImage, add_image, remove_dataset
     from db.schema import Embedding, Image, PatchGrid, Thumbnail
 
     database = open_database(db_url)
@@ -164,14 +152,7 @@ def test_removing_a_dataset_removes_its_rows_in_every_table(db_url):
 
 
 def test_a_vanished_row_is_removed_only_while_it_holds_its_old_path(db_url):
-    from db.mutations import (
-        FileFacts,
-        ImageContent,
-        JpegImage,
-        add_image,
-        move_image,
-        remove_vanished_images,
-    )
+    from db.mutations import FileFacts, ImageContent, JpegImage, add_image, move_image, remove_vanished_images
     from db.schema import Image
 
     database = open_database(db_url)

@@ -8,13 +8,7 @@ from dash.testing.wait import until
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from dashboard.browse import (
-    GALLERY_COLUMNS,
-    NO_LABEL,
-    gallery_page,
-    image_detail,
-    label_options,
-)
+from dashboard.browse import GALLERY_COLUMNS, NO_LABEL, gallery_page, image_detail, label_options
 from dashboard.data import DatasetStore, DatasetView
 from tests.browser import when_stable as _when_stable
 

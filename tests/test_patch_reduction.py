@@ -17,13 +17,7 @@ from dashboard.patches_view import LAYERS, PatchSettings, analyse, layer_values
 from db.engine import open_database
 from db.mutations import store_patch_pca
 from db.patch_pca import PatchPca
-from db.queries import (
-    dataset_by_name,
-    load_embeddings,
-    patch_grid,
-    patch_pca,
-    stored_patch_grid,
-)
+from db.queries import dataset_by_name, load_embeddings, patch_grid, patch_pca, stored_patch_grid
 from db.schema import Image, PatchBasis, PatchGrid
 from tests.conftest import FAST, IMAGE_SIZE, run_cli
 from tests.images import noise

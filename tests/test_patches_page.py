@@ -9,14 +9,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
 from dashboard.analysis.patches import OUTSIDE, pool_grid
-from dashboard.patches_view import (
-    ImageFrame,
-    PatchSettings,
-    analyse,
-    examples,
-    overlay_figure,
-    settings_from,
-)
+from dashboard.patches_view import ImageFrame, PatchSettings, analyse, examples, overlay_figure, settings_from
 from tests.browser import on_graph
 from tests.browser import text_of as _text
 from tests.browser import when_stable as _when_stable

@@ -16,15 +16,7 @@ from dashboard.serving import is_loopback, needs_login_warning, shared_secret
 from dashboard.settings import Settings
 from tests.browser import on_graph
 from tests.conftest import run_cli
-from tests.servers import (
-    REDIS_TEST_URL,
-    flush_test_redis,
-    free_port,
-    start,
-    start_worker,
-    stop,
-    wait_until_healthy,
-)
+from tests.servers import REDIS_TEST_URL, flush_test_redis, free_port, start, start_worker, stop, wait_until_healthy
 
 
 def _get(url: str, user: str | None = None, password: str = ""):

@@ -32,12 +32,7 @@ from dashboard.explanations import explanation
 from dashboard.image_picker import image_picker, register_image_search
 from dashboard.shell import image_links, page_shell
 from dashboard.similarity_view import reference_image
-from dashboard.urlstate import (
-    as_int,
-    sync_url,
-    thumbnail_url,
-    url_parameters,
-)
+from dashboard.urlstate import as_int, sync_url, thumbnail_url, url_parameters
 
 PATH = "/embeddings"
 N_MARKS = {1: "1", 10: "10", 20: "20", 30: "30", 40: "40", 50: "50"}

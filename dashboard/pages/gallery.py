@@ -6,14 +6,7 @@ import dash
 import dash_bootstrap_components as dbc
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 
-from dashboard.browse import (
-    GALLERY_COLUMNS,
-    GALLERY_PAGE_SIZE,
-    PAGE_SIZES,
-    gallery_page,
-    image_detail,
-    label_options,
-)
+from dashboard.browse import GALLERY_COLUMNS, GALLERY_PAGE_SIZE, PAGE_SIZES, gallery_page, image_detail, label_options
 from dashboard.data import DatasetStore, DatasetView
 from dashboard.shell import image_links, page_shell
 from dashboard.urlstate import as_int, sync_url, thumbnail_url, url_parameters
