@@ -127,14 +127,11 @@ def cluster_images(view: DatasetView, coordinates: np.ndarray, params: ClusterPa
     """
     options = {"k": params.k, "eps": params.eps, "min_samples": params.min_samples}
     notes = []
-    if params.space == "projection":
-        points = coordinates
-        labels = cluster(points, params.method, **options)
-    elif params.method == "kmeans":
-        points = view.reduced
-        labels = cluster(points, params.method, **options)
-    elif len(view) <= CLUSTER_SAMPLE:
-        points = normalize_rows(view.embeddings)
+    if params.space == "projection" or params.method == "kmeans" or len(view) <= CLUSTER_SAMPLE:
+        if params.space == "projection":
+            points = coordinates
+        else:
+            points = view.reduced if params.method == "kmeans" else normalize_rows(view.embeddings)
         labels = cluster(points, params.method, **options)
     else:
         sample = np.sort(np.random.default_rng(0).choice(len(view), CLUSTER_SAMPLE, replace=False))

@@ -98,7 +98,6 @@ class DatasetStore:
         self._database: Database | None = None
         self._capacity = capacity
         self._views: dict[str, tuple[MatrixKey, DatasetView]] = {}
-        self._lock = threading.Lock()
         self._loading = threading.Lock()
 
     def __getstate__(self) -> dict:
@@ -148,11 +147,10 @@ class DatasetStore:
                 if cached is not None and cached[0] == key:
                     return cached[1]
                 view = self._load(session, dataset, key)
-                with self._lock:
-                    self._views.pop(name, None)
-                    self._views[name] = (key, view)
-                    while len(self._views) > self._capacity:
-                        self._views.pop(next(iter(self._views)))
+                self._views.pop(name, None)
+                self._views[name] = (key, view)
+                while len(self._views) > self._capacity:
+                    self._views.pop(next(iter(self._views)))
         return view
 
     def _load(self, session, dataset: Dataset, key: MatrixKey) -> DatasetView:

@@ -55,16 +55,16 @@ def similar_images(view: DatasetView, image_id: int, k: int, head: int = EMBEDDI
     position = view.position(image_id)
     if position is None:
         return []
-    indices, scores = view.nearest(position, k)
-    return [SimilarImage(int(view.image_ids[i]), view.relpaths[i], view.labels[i], float(score),
-                         [float(x) for x in view.embeddings[i, :head]])
-            for i, score in zip(indices, scores)]
+    return _results(view, *view.nearest(position, k), head)
 
 
 def images_similar_to(view: DatasetView, embedding: np.ndarray, k: int,
                       head: int = EMBEDDING_HEAD) -> list[SimilarImage]:
     """The k images most cosine-similar to an embedding from outside the dataset (an upload), best first."""
-    indices, scores = view.nearest(np.asarray(embedding, dtype=np.float32), k)
+    return _results(view, *view.nearest(np.asarray(embedding, dtype=np.float32), k), head)
+
+
+def _results(view: DatasetView, indices: np.ndarray, scores: np.ndarray, head: int) -> list[SimilarImage]:
     return [SimilarImage(int(view.image_ids[i]), view.relpaths[i], view.labels[i], float(score),
                          [float(x) for x in view.embeddings[i, :head]])
             for i, score in zip(indices, scores)]

@@ -8,7 +8,6 @@ from sklearn import metrics
 from sklearn.decomposition import PCA
 from sklearn.metrics.pairwise import cosine_similarity
 
-from dashboard.analysis import clustering
 from dashboard.analysis.clustering import (
     NOISE,
     ClusterMetrics,
@@ -173,9 +172,7 @@ def test_k_means_on_the_principal_components_finds_the_clusters_of_the_full_vect
     assert metrics.adjusted_rand_score(truth, reduced) == 1.0
 
 
-@pytest.mark.parametrize("block", [2, 2048])
-def test_unsampled_points_join_the_cluster_of_their_nearest_sampled_point(block, monkeypatch):
-    monkeypatch.setattr(clustering, "ASSIGN_BLOCK", block)
+def test_unsampled_points_join_the_cluster_of_their_nearest_sampled_point():
     points = np.array([[0, 0], [0, 1], [10, 0], [10, 1], [0, 0.4], [10, 0.6], [50, 50]], np.float32)
     sample = np.array([0, 1, 2, 3])
     assert label_by_nearest_sample(points, sample, np.array([0, 0, 1, 1])).tolist() == [0, 0, 1, 1, 0, 1, 1]

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn import metrics
 from sklearn.cluster import DBSCAN, AgglomerativeClustering, KMeans
+from sklearn.metrics import pairwise_distances_argmin_min
 
 METHODS = ("kmeans", "dbscan", "hierarchical")
 NOISE = -1
-ASSIGN_BLOCK = 2048  # rows labelled per step by label_by_nearest_sample
 
 
 @dataclass(frozen=True)
@@ -57,24 +57,15 @@ def label_by_nearest_sample(points: np.ndarray, sample: np.ndarray, sample_label
     """Labels (N,) for all rows of `points` (N, D) from the labels of the rows `sample`: every other row takes the
     label of its nearest sampled row (euclidean). With `eps` (DBSCAN), only a clustered sampled row within eps
     counts, else the row is noise, as DBSCAN labels a point next to a cluster."""
-    points = np.asarray(points, dtype=np.float32)
     labels = np.full(len(points), NOISE, np.int64)
     labels[sample] = sample_labels
     others = np.setdiff1d(np.arange(len(points)), sample)
     candidates = np.asarray(sample) if eps is None else np.asarray(sample)[np.asarray(sample_labels) != NOISE]
     if len(others) == 0 or len(candidates) == 0:
         return labels
-    reference = points[candidates]
-    reference_norms = (reference**2).sum(axis=1)
-    for block in np.array_split(others, max(1, len(others) // ASSIGN_BLOCK)):
-        # Squared distances |x|^2 - 2 x.c + |c|^2 by one matrix product per block (a few MB at a time).
-        squared = reference_norms - 2 * points[block] @ reference.T
-        nearest = squared.argmin(axis=1)
-        found = labels[candidates[nearest]]
-        if eps is not None:
-            distance = squared[np.arange(len(block)), nearest] + (points[block] ** 2).sum(axis=1)
-            found = np.where(distance <= eps**2, found, NOISE)
-        labels[block] = found
+    nearest, distance = pairwise_distances_argmin_min(points[others], points[candidates])  # in bounded chunks
+    found = labels[candidates[nearest]]
+    labels[others] = found if eps is None else np.where(distance <= eps, found, NOISE)
     return labels
 
 
