@@ -25,7 +25,6 @@ DEFAULT_IMAGE_SIZE = 224
 RANDOM_SEED = 0
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class ModelError(Exception):
@@ -99,10 +98,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
-def autocast(device: torch.device, precision: str) -> AbstractContextManager:
-    if precision == "fp32":
+def _autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """fp16 runs under autocast; fp32 and bf16 (a model cast by `inference_model`) run as they are."""
+    if precision != "fp16":
         return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
+    return torch.autocast(device_type=device.type, dtype=torch.float16)
 
 
 def inference_model(loaded: LoadedModel, device: torch.device, precision: str) -> torch.nn.Module:
@@ -122,7 +122,7 @@ def forward_features(model: torch.nn.Module, pixels: torch.Tensor, device: torch
     """All output tokens (B, prefix + patches, D) of a batch of model inputs, for a model from `inference_model`."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     pixels = pixels.to(device, non_blocking=True).to(dtype)  # pinned on CUDA: the copy overlaps the host's work
-    with torch.inference_mode(), autocast(device, "fp16" if precision == "fp16" else "fp32"):
+    with torch.inference_mode(), _autocast(device, precision):
         return model.forward_features(pixels)
 
 

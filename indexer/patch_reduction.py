@@ -11,7 +11,6 @@ import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
-from sklearn.decomposition import PCA
 
 from db.engine import Database
 from db.mutations import store_patch_pca
@@ -42,6 +41,8 @@ def fit_patch_pca(grids: Sequence[np.ndarray], dims: int) -> PatchPca:
     """The mean and `dims` principal axes of the patch tokens of `grids` (each (grid height, grid width, D))."""
     tokens = np.concatenate([np.asarray(grid, np.float32).reshape(-1, grid.shape[-1]) for grid in grids])
     check_fittable(dims, len(grids), len(tokens) // max(len(grids), 1))
+    from sklearn.decomposition import PCA  # here: only runs that reduce grids pay for importing scikit-learn
+
     # covariance_eigh is exact and, with many more tokens than dimensions, the fastest of the solvers.
     pca = PCA(n_components=dims, svd_solver="covariance_eigh").fit(tokens)
     return PatchPca(pca.mean_.astype(np.float32), pca.components_.astype(np.float32), len(grids), len(tokens),

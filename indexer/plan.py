@@ -49,6 +49,8 @@ class Shard:
         return self.count == 1
 
     def holds(self, relpath: str) -> bool:
+        if self.count == 1:
+            return True
         digest = hashlib.sha256(relpath.encode("utf-8", "surrogateescape")).digest()
         return int.from_bytes(digest[:8], "big") % self.count == self.number - 1
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import colorsys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image as PilImage
@@ -94,10 +94,10 @@ def write_synthetic_dataset(database: Database, name: str, count: int, *, dim: i
                  for i, jpeg in zip(rows, jpegs)],
             ).all()
             session.execute(insert(Embedding), [
-                {"image_id": image_id, "normalized": False, **_array_columns(vector, EMBEDDING_DTYPE)}
+                {"image_id": image_id, "normalized": False, **asdict(encode_array(vector, EMBEDDING_DTYPE))}
                 for image_id, vector in zip(image_ids, embeddings)])
             session.execute(insert(PatchGrid), [
-                {"image_id": image_id, **_array_columns(cells, PATCH_GRID_DTYPE)}
+                {"image_id": image_id, **asdict(encode_array(cells, PATCH_GRID_DTYPE))}
                 for image_id, cells in zip(image_ids, tokens)])
             session.execute(insert(Thumbnail), [
                 {"image_id": image_id, "kind": kind, "width": t.width, "height": t.height, "jpeg": t.jpeg}
@@ -124,8 +124,3 @@ def _image_row(dataset_id: int, i: int, group: int, size: tuple[int, int], previ
     return {"dataset_id": dataset_id, "relpath": f"group{group}/{i:07d}.jpg", "label": f"group{group}",
             "content_hash": f"{seed:08x}{i:056x}", "size_bytes": len(preview.jpeg), "mtime_ns": 0,
             "width": size[0], "height": size[1]}
-
-
-def _array_columns(array: np.ndarray, dtype: str) -> dict:
-    encoded = encode_array(array, dtype)
-    return {"data": encoded.data, "dtype": encoded.dtype, "shape": encoded.shape}
