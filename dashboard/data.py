@@ -22,7 +22,7 @@ from dashboard.analysis.similarity import top_k
 from dashboard.shared_matrix import MatrixKey, SharedContent, one_builder, read_shared, write_shared
 from db.arrays import decode_array
 from db.engine import Database, open_database
-from db.queries import EMBEDDING_DTYPE, dataset_by_name, dataset_summaries, patch_grid, thumbnail
+from db.queries import EMBEDDING_DTYPE, dataset_by_name, dataset_generations, dataset_summaries, patch_grid, thumbnail
 from db.schema import Dataset, Embedding, Image
 
 READ_BATCH = 4096  # embeddings decoded per step when a dataset is read from the database
@@ -132,6 +132,10 @@ class DatasetStore:
             return [_provenance(summary.dataset, summary.image_count,
                                 summary.last_run.finished_at if summary.last_run else None)
                     for summary in dataset_summaries(session)]
+
+    def generations(self) -> dict[str, int]:
+        with self.database.session() as session:
+            return dataset_generations(session)
 
     def view(self, name: str) -> DatasetView:
         """The dataset's current arrays; raises db.errors.DatasetNotFound for an unknown name."""

@@ -78,11 +78,15 @@ def register(app: Dash, store: DatasetStore) -> None:
                   prevent_initial_call=True)
     def check_for_changes(_tick, options, shown, generation, href):
         try:
-            provenances = store.provenances()
+            generations = store.generations()  # every open page asks every few seconds: one small query
+            names = list(generations)
+            if shown is None or generations.get(shown) == generation:
+                notice = None
+            else:  # changed or removed: the notice gives the new image count
+                current = next((p for p in store.provenances() if p.name == shown), None)
+                notice = change_notice(current, shown, generation, href)
         except DinoscopeDbError:
             return dash.no_update, dash.no_update
-        names = [p.name for p in provenances]
-        notice = change_notice(next((p for p in provenances if p.name == shown), None), shown, generation, href)
         return (names if names != options else dash.no_update), notice
 
 

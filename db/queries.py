@@ -58,18 +58,21 @@ def dataset_by_name(session: Session, name: str) -> Dataset:
 
 def dataset_summaries(session: Session) -> list[DatasetSummary]:
     counts = dict(session.execute(select(Image.dataset_id, func.count()).group_by(Image.dataset_id)).all())
+    bases = {row.dataset_id: PatchBasisFacts(row.fitted_images, row.fitted_tokens, row.explained_variance)
+             for row in session.execute(select(PatchBasis.dataset_id, PatchBasis.fitted_images,
+                                               PatchBasis.fitted_tokens, PatchBasis.explained_variance))}
     summaries = []
     for dataset in session.scalars(select(Dataset).order_by(Dataset.name)):
         last_run = session.scalar(
             select(IndexRun).where(IndexRun.dataset_id == dataset.id).order_by(IndexRun.id.desc()).limit(1)
         )
-        basis = session.execute(
-            select(PatchBasis.fitted_images, PatchBasis.fitted_tokens, PatchBasis.explained_variance)
-            .where(PatchBasis.dataset_id == dataset.id)
-        ).first()
-        summaries.append(DatasetSummary(dataset, counts.get(dataset.id, 0), last_run,
-                                        PatchBasisFacts(*basis) if basis else None))
+        summaries.append(DatasetSummary(dataset, counts.get(dataset.id, 0), last_run, bases.get(dataset.id)))
     return summaries
+
+
+def dataset_generations(session: Session) -> dict[str, int]:
+    """Each dataset's generation by name, in name order: the one small query a page polls to learn of changes."""
+    return dict(session.execute(select(Dataset.name, Dataset.generation).order_by(Dataset.name)).all())
 
 
 def stored_images(session: Session, dataset_id: int) -> dict[str, StoredImage]:
