@@ -61,23 +61,21 @@ def reduce_patch_grids(database: Database, dataset_id: int,
         yield from batches
         return
     waiting: list[list[EmbeddedFile]] = []
+    embedded = 0
     for batch in batches:
         if pca is not None:
             yield _reduced(batch, pca)
             continue
         waiting.append(batch)
-        if _embedded_count(waiting) >= FIT_IMAGES:
+        embedded += sum(result.content is not None for result in batch)
+        if embedded >= FIT_IMAGES:
             pca = _fit_and_store(database, dataset_id, waiting, dims)
             yield from (_reduced(pending, pca) for pending in waiting)
-    if pca is None and _embedded_count(waiting):
+            waiting = []
+    if waiting and embedded:  # the run ended before FIT_IMAGES images: the basis is fitted on what came
         pca = _fit_and_store(database, dataset_id, waiting, dims)
-        yield from (_reduced(pending, pca) for pending in waiting)
-    elif pca is None:
-        yield from waiting  # nothing was embedded: failures only, no grid to reduce
-
-
-def _embedded_count(batches: list[list[EmbeddedFile]]) -> int:
-    return sum(result.content is not None for batch in batches for result in batch)
+        waiting = [_reduced(pending, pca) for pending in waiting]
+    yield from waiting  # when nothing was embedded (failures only) there is no grid to reduce
 
 
 def _fit_and_store(database: Database, dataset_id: int, batches: list[list[EmbeddedFile]], dims: int) -> PatchPca:
