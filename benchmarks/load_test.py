@@ -195,12 +195,9 @@ def dataset_images(url: str, dependencies: list[dict]) -> dict[str, list[int]]:
 
 def write_photographs(folder: Path, count: int, start: int) -> None:
     """Sample photographs resized and recoloured, so that every file is a new image for the indexer."""
-    from indexer.samples import copy_samples
+    from indexer.samples import sample_sources
 
-    originals = folder.parent / "originals"
-    if not originals.exists():
-        copy_samples(originals)
-    sources = sorted(originals.rglob("*.jpg")) + sorted(originals.rglob("*.png"))
+    sources = [path for files in sample_sources().values() for path in files]
     rng = np.random.default_rng(start)
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(start, start + count):
