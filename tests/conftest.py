@@ -3,12 +3,21 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy.orm import Session
 
+from db.engine import open_database
 from indexer.cli import main
+from tests.servers import CLI
+
+if TYPE_CHECKING:
+    from dashboard.data import DatasetView
 
 # The small DINOv2 with registers at a tiny input keeps tests fast; the architecture is the real one.
 MODEL = "vit_small_patch14_reg4_dinov2.lvd142m"
@@ -22,10 +31,26 @@ def run_cli(*args: str, expect: int = 0, input: str | None = None):
     return result
 
 
+def index_folder(folder: Path, db: str | Path, *extra, expect: int = 0):
+    """`dinoscope index` of `folder` into `db` with the test model at random weights."""
+    return run_cli("index", folder, "--db", db, "--random-weights", *FAST, *extra, expect=expect)
+
+
+@contextmanager
+def reading(db: str) -> Iterator[Session]:
+    """One reader session on a database opened for it alone (a test polls often: no connections left behind)."""
+    database = open_database(db, readonly=True)
+    try:
+        with database.session() as session:
+            yield session
+    finally:
+        database.dispose()
+
+
 def run_cli_process(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
     """The real `dinoscope` command in its own process (for environment variables read at import, and kills)."""
     return subprocess.run(
-        [sys.executable, "-c", "from indexer.cli import main; main()", *map(str, args)],
+        [*CLI, *map(str, args)],
         env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300, check=False, **kwargs,
     )
 
@@ -128,6 +153,14 @@ def sample_db(tmp_path_factory) -> Path:
     db = root / "samples.db"
     run_cli("index", root / "samples", "--db", db, "--random-weights", *FAST)
     return db
+
+
+@pytest.fixture
+def samples(sample_db) -> DatasetView:
+    """The indexed sample set as the dashboard reads it."""
+    from dashboard.data import DatasetStore
+
+    return DatasetStore(f"sqlite:///{sample_db}").view("samples")
 
 
 @pytest.fixture

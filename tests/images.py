@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
 
@@ -41,10 +42,24 @@ def with_corner_pattern(size: tuple[int, int], corner: str, fraction: float = 0.
     return Image.fromarray(pixels)
 
 
-def jpeg_bytes(image: Image.Image, **save_args) -> bytes:
+def encoded(image: Image.Image, fmt: str, **save_args) -> bytes:
+    """The bytes of `image` saved as a `fmt` file ("PNG", "JPEG", ...)."""
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", **save_args)
+    image.save(buffer, format=fmt, **save_args)
     return buffer.getvalue()
+
+
+def jpeg_bytes(image: Image.Image, **save_args) -> bytes:
+    return encoded(image, "JPEG", **save_args)
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    """What dcc.Upload sends for a file: a base64 data URL."""
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def mime_type(relpath: str) -> str:
+    return "image/jpeg" if relpath.lower().endswith((".jpg", ".jpeg")) else "image/png"
 
 
 def write_bad_files(folder: Path) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -16,6 +17,11 @@ import psutil
 # A Redis database of the tests' own (others may use the server): the tests flush this one and no other.
 REDIS_TEST_URL = "redis://127.0.0.1:6379/5"
 CLI = [sys.executable, "-c", "from indexer.cli import main; main()"]
+
+
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    """The header that logs `user` in with HTTP Basic authentication."""
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 def start(args: list, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:

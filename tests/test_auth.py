@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import stat
 
 import pytest
@@ -11,10 +10,7 @@ from werkzeug.security import check_password_hash
 
 from dashboard.auth import UsersFileError, add_user, read_users
 from tests.conftest import run_cli
-
-
-def _basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+from tests.servers import basic_auth
 
 
 def test_users_add_stores_a_hash_not_the_password_and_changes_it_on_request(tmp_path):
@@ -104,7 +100,7 @@ def test_every_route_but_health_needs_credentials(protected_app):
 
 
 @pytest.mark.parametrize("headers", [
-    {}, _basic("alice", "wrong"), _basic("mallory", "correct horse"), _basic("alice", ""),
+    {}, basic_auth("alice", "wrong"), basic_auth("mallory", "correct horse"), basic_auth("alice", ""),
     {"Authorization": "Bearer correct horse"}, {"Authorization": "Basic !!!"},
 ], ids=["none", "wrong password", "unknown user", "empty password", "other scheme", "malformed"])
 def test_pages_callbacks_and_thumbnails_refuse_bad_credentials(protected_app, headers):
@@ -118,7 +114,7 @@ def test_pages_callbacks_and_thumbnails_refuse_bad_credentials(protected_app, he
 
 def test_the_right_credentials_open_pages_callbacks_and_thumbnails(protected_app):
     client = protected_app.server.test_client()
-    alice = _basic("alice", "correct horse")
+    alice = basic_auth("alice", "correct horse")
     page = client.get("/gallery?dataset=samples", headers=alice)
     assert page.status_code == 200 and b"dinoscope" in page.data
     for path in ("/_dash-layout", "/_dash-dependencies", "/assets/dinoscope.js"):

@@ -15,7 +15,7 @@ from db.queries import dataset_by_name, load_embeddings, patch_grid
 from indexer.cli import main
 from tests.conftest import FAST, IMAGE_SIZE, MODEL, run_cli
 from tests.images import noise
-from tests.servers import free_port
+from tests.servers import free_port, start, stop, wait_until_healthy
 
 
 @pytest.fixture
@@ -104,33 +104,21 @@ def test_an_unreachable_server_is_one_line_that_hides_the_password(tmp_path):
 
 
 def test_demo_indexes_the_samples_and_serves_the_dashboard(tmp_path):
-    import subprocess
-    import sys
-    import time
     import urllib.request
 
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-c", "from indexer.cli import main; main()", "demo", "--folder", str(tmp_path / "samples"),
-         "--db", str(tmp_path / "demo.db"), "--random-weights", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "demo.log"
+    process = start(["demo", "--folder", tmp_path / "samples", "--db", tmp_path / "demo.db", "--random-weights",
+                     "--port", port], log)
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                assert process.poll() is None, process.stdout.read()
-                time.sleep(0.5)
+        wait_until_healthy(process, f"http://127.0.0.1:{port}", log, timeout_s=240)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/gallery?dataset=samples", timeout=10) as page:
             assert page.status == 200 and b"dinoscope" in page.read()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/thumbnails/1/gallery.jpg", timeout=10) as image:
             assert image.headers["Content-Type"] == "image/jpeg"
     finally:
-        process.terminate()
-        output = process.communicate(timeout=30)[0]
+        stop(process)
+    output = log.read_text()
     assert "samples: 22 added" in output and f"dinoscope dashboard on http://127.0.0.1:{port}/" in output
     assert len(list((tmp_path / "samples").rglob("*.*"))) == 22
 

@@ -25,6 +25,13 @@ def _dataset(name: str) -> Dataset:
                    precision="fp32", preprocessing={}, library_versions={})
 
 
+def _content():
+    """One image's rows as the indexer hands them to the database: a vector, a 4 x 4 grid and a thumbnail."""
+    from db.mutations import ImageContent, JpegImage
+
+    return ImageContent(10, 10, np.zeros(8), np.zeros((4, 4, 8)), {"gallery": JpegImage(b"x", 1, 1)})
+
+
 def test_arrays_round_trip_with_their_dtype_and_shape():
     grid = np.random.default_rng(0).standard_normal((4, 3, 8)).astype(np.float32)
     encoded = encode_array(grid, "<f2")
@@ -133,11 +140,11 @@ def test_a_reader_session_is_one_snapshot(db_url):
 
 
 def test_removing_a_dataset_removes_its_rows_in_every_table(db_url):
-    from db.mutations import FileFacts, ImageContent, JpegImage, add_image, remove_dataset
+    from db.mutations import FileFacts, add_image, remove_dataset
     from db.schema import Embedding, Image, PatchGrid, Thumbnail
 
     database = open_database(db_url)
-    content = ImageContent(10, 10, np.zeros(8), np.zeros((4, 4, 8)), {"gallery": JpegImage(b"x", 1, 1)})
+    content = _content()
     with database.session() as session:
         kept, dropped = _dataset("kept"), _dataset("dropped")
         session.add_all([kept, dropped])
@@ -152,11 +159,11 @@ def test_removing_a_dataset_removes_its_rows_in_every_table(db_url):
 
 
 def test_a_vanished_row_is_removed_only_while_it_holds_its_old_path(db_url):
-    from db.mutations import FileFacts, ImageContent, JpegImage, add_image, move_image, remove_vanished_images
+    from db.mutations import FileFacts, add_image, move_image, remove_vanished_images
     from db.schema import Image
 
     database = open_database(db_url)
-    content = ImageContent(10, 10, np.zeros(8), np.zeros((4, 4, 8)), {"gallery": JpegImage(b"x", 1, 1)})
+    content = _content()
     with database.session() as session:
         dataset = _dataset("photos")
         session.add(dataset)

@@ -9,13 +9,7 @@ import pytest
 from PIL import Image
 
 from indexer.decode import GALLERY_LONG_SIDE, PREVIEW_LONG_SIDE, UnreadableImage, decode_image, thumbnails
-from tests.images import EXIF_ORIENTATION, jpeg_bytes, write_bad_files
-
-
-def _encoded(image: Image.Image, fmt: str, **save_args) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **save_args)
-    return buffer.getvalue()
+from tests.images import EXIF_ORIENTATION, encoded, jpeg_bytes, write_bad_files
 
 
 def _pixel(data: bytes, xy=(0, 0)) -> tuple[int, int, int]:
@@ -37,11 +31,11 @@ def test_exif_orientation_is_applied_and_sizes_are_as_displayed():
 def test_transparency_is_composited_on_white():
     rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
     rgba.putpixel((1, 1), (255, 0, 0, 255))
-    data = _encoded(rgba, "PNG")
+    data = encoded(rgba, "PNG")
     assert _pixel(data) == (255, 255, 255)
     assert _pixel(data, (1, 1)) == (255, 0, 0)
     grey_alpha = Image.new("LA", (4, 4), (0, 0))
-    assert _pixel(_encoded(grey_alpha, "PNG")) == (255, 255, 255)
+    assert _pixel(encoded(grey_alpha, "PNG")) == (255, 255, 255)
 
 
 def test_palette_with_transparency_and_gif_first_frame():
@@ -56,12 +50,12 @@ def test_palette_with_transparency_and_gif_first_frame():
 
     transparent = Image.new("P", (4, 4), 1)
     transparent.putpalette(palette)
-    assert _pixel(_encoded(transparent, "PNG", transparency=1)) == (255, 255, 255)
+    assert _pixel(encoded(transparent, "PNG", transparency=1)) == (255, 255, 255)
 
 
 def test_sixteen_bit_greyscale_is_scaled_not_clipped():
     values = np.array([[0, 32768], [65535, 65535]], dtype=np.uint16)
-    data = _encoded(Image.fromarray(values), "PNG")
+    data = encoded(Image.fromarray(values), "PNG")
     rgb = decode_image(data, 56).rgb
     assert rgb.getpixel((0, 0)) == (0, 0, 0)
     assert rgb.getpixel((1, 0)) == (128, 128, 128)
@@ -70,10 +64,10 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped():
 
 def test_cmyk_and_greyscale_become_rgb():
     cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # red ink mix
-    red = _pixel(_encoded(cmyk, "JPEG", quality=95))
+    red = _pixel(encoded(cmyk, "JPEG", quality=95))
     assert red[0] > 200 and red[1] < 60 and red[2] < 60
-    assert _pixel(_encoded(Image.new("L", (8, 8), 77), "PNG")) == (77, 77, 77)
-    assert _pixel(_encoded(Image.new("1", (8, 8), 1), "BMP")) == (255, 255, 255)
+    assert _pixel(encoded(Image.new("L", (8, 8), 77), "PNG")) == (77, 77, 77)
+    assert _pixel(encoded(Image.new("1", (8, 8), 1), "BMP")) == (255, 255, 255)
 
 
 def test_large_jpegs_decode_reduced_but_keep_their_true_size():

@@ -12,7 +12,7 @@ from selenium.webdriver.common.keys import Keys
 from sklearn.decomposition import PCA
 
 from dashboard.analysis.projection import normalize_rows
-from dashboard.data import DatasetStore, DatasetView
+from dashboard.data import DatasetView
 from dashboard.embeddings_view import (
     cached_pca,
     component_limit,
@@ -42,11 +42,6 @@ def _view(n: int, dim: int = 16, seed: int = 0, generation: int = 1) -> DatasetV
     return DatasetView("d", generation, np.arange(100, 100 + n), [f"set{i % 3}/Image_{i:03d}.png" for i in range(n)],
                        [f"set{i % 3}" if i % 4 else None for i in range(n)], [(64, 48)] * n,
                        rng.standard_normal((n, dim)).astype(np.float32))
-
-
-@pytest.fixture
-def samples(sample_db) -> DatasetView:
-    return DatasetStore(f"sqlite:///{sample_db}").view("samples")
 
 
 @pytest.fixture

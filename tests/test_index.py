@@ -8,23 +8,19 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-from db.engine import open_database
 from db.errors import DinoscopeDbError
 from db.queries import dataset_by_name, load_embeddings, patch_grid, thumbnail
 from db.schema import Embedding, Failure, Image, IndexRun, PatchGrid, Thumbnail
-from tests.conftest import FAST, IMAGE_SIZE, MODEL, run_cli
+from tests.conftest import FAST, IMAGE_SIZE, MODEL, index_folder, reading, run_cli
 from tests.images import noise, solid, write_bad_files
+from tests.servers import CLI
 
 GRID = IMAGE_SIZE // 14
 DIM = 384  # ViT-S
@@ -41,39 +37,24 @@ def photos(tmp_path) -> Path:
     return root
 
 
-def _index(folder: Path, db: str, *extra: str, expect: int = 0):
-    return run_cli("index", folder, "--db", db, "--random-weights", *FAST, *extra, expect=expect)
-
-
-@contextmanager
-def _reading(db: str) -> Iterator[Session]:
-    """One reader session on a database opened for it alone (a test polls often: no connections left behind)."""
-    database = open_database(db, readonly=True)
-    try:
-        with database.session() as session:
-            yield session
-    finally:
-        database.dispose()
-
-
 def _counts(db: str) -> dict[str, int]:
-    with _reading(db) as session:
+    with reading(db) as session:
         return {table.__tablename__: session.scalar(select(func.count()).select_from(table))
                 for table in (Image, Embedding, PatchGrid, Thumbnail)}
 
 
 def _embeddings_by_path(db: str, dataset: str) -> dict[str, np.ndarray]:
-    with _reading(db) as session:
+    with reading(db) as session:
         ids, matrix = load_embeddings(session, dataset_by_name(session, dataset))
         paths = dict(session.execute(select(Image.id, Image.relpath)).all())
     return {paths[int(i)]: row for i, row in zip(ids, matrix)}
 
 
 def test_indexing_stores_embeddings_grids_thumbnails_and_provenance(photos, db_url):
-    result = _index(photos, db_url)
+    result = index_folder(photos, db_url)
     assert "photos: 5 added, 0 updated, 0 unchanged, 0 moved, 0 removed, 0 failed; 5 embedded" in result.output
     assert _counts(db_url) == {"images": 5, "embeddings": 5, "patch_grids": 5, "thumbnails": 10}
-    with _reading(db_url) as session:
+    with reading(db_url) as session:
         dataset = dataset_by_name(session, "photos")
         assert (dataset.model_name, dataset.image_size, dataset.embed_dim) == (MODEL, IMAGE_SIZE, DIM)
         assert (dataset.grid_height, dataset.grid_width, dataset.patch_size) == (GRID, GRID, 14)
@@ -93,27 +74,27 @@ def test_indexing_stores_embeddings_grids_thumbnails_and_provenance(photos, db_u
 
 def test_the_sample_set_indexes_completely(tmp_path, db_url):
     run_cli("samples", tmp_path / "samples")
-    result = _index(tmp_path / "samples", db_url)
+    result = index_folder(tmp_path / "samples", db_url)
     count = len(list((tmp_path / "samples").rglob("*.*")))
     assert count >= 20 and f"{count} added" in result.output and "0 failed" in result.output
-    with _reading(db_url) as session:
+    with reading(db_url) as session:
         labels = set(session.scalars(select(Image.label)))
     assert {"animals", "vehicles", "textures", "scenes"} <= labels
 
 
 def test_a_second_run_on_an_unchanged_folder_embeds_nothing(photos, db_url):
-    _index(photos, db_url)
+    index_folder(photos, db_url)
     before = _embeddings_by_path(db_url, "photos")
-    result = _index(photos, db_url)
+    result = index_folder(photos, db_url)
     assert "nothing to do: all 5 images of 'photos' are unchanged (nothing embedded)" in result.output
     after = _embeddings_by_path(db_url, "photos")
     assert all(np.array_equal(before[path], after[path]) for path in before)
 
 
 def test_changed_added_removed_renamed_and_duplicated_files(photos, db_url):
-    _index(photos, db_url)
+    index_folder(photos, db_url)
     before = _embeddings_by_path(db_url, "photos")
-    with _reading(db_url) as session:
+    with reading(db_url) as session:
         moved_id = session.scalar(select(Image.id).where(Image.relpath == "blue/b1.png"))
 
     noise(photos / "red" / "r1.png", seed=99)  # changed in place
@@ -123,7 +104,7 @@ def test_changed_added_removed_renamed_and_duplicated_files(photos, db_url):
     shutil.copyfile(photos / "blue" / "b2.webp", photos / "copy-of-b2.webp")  # duplicated
     os.utime(photos / "red" / "r2.jpg", ns=(10**18, 10**18))  # touched only
 
-    result = _index(photos, db_url)
+    result = index_folder(photos, db_url)
     assert "2 added, 1 updated, 2 unchanged, 1 moved, 1 removed, 0 failed; 2 embedded" in result.output
     after = _embeddings_by_path(db_url, "photos")
     assert sorted(after) == ["blue/b2.webp", "copy-of-b2.webp", "green/g1.png", "red/r1.png", "red/r2.jpg",
@@ -131,7 +112,7 @@ def test_changed_added_removed_renamed_and_duplicated_files(photos, db_url):
     assert not np.allclose(after["red/r1.png"], before["red/r1.png"])
     np.testing.assert_array_equal(after["teal-b1.png"], before["blue/b1.png"])
     np.testing.assert_array_equal(after["copy-of-b2.webp"], before["blue/b2.webp"])
-    with _reading(db_url) as session:
+    with reading(db_url) as session:
         moved = session.scalar(select(Image).where(Image.relpath == "teal-b1.png"))
         assert (moved.id, moved.label) == (moved_id, None)
     assert _counts(db_url) == {"images": 6, "embeddings": 6, "patch_grids": 6, "thumbnails": 12}
@@ -142,7 +123,7 @@ def test_changed_added_removed_renamed_and_duplicated_files(photos, db_url):
     (["--model", "vit_base_patch14_reg4_dinov2.lvd142m"], "model vit_base_patch14_reg4_dinov2.lvd142m instead of"),
 ])
 def test_a_different_model_or_size_is_refused_with_how_to_rebuild(photos, db_url, option, message):
-    _index(photos, db_url)
+    index_folder(photos, db_url)
     args = ["index", photos, "--db", db_url, "--random-weights", "--workers", "0", "--quiet"]
     args += ["--model", MODEL] if option[0] != "--model" else []
     args += ["--image-size", str(IMAGE_SIZE)] if option[0] != "--image-size" else []
@@ -153,28 +134,28 @@ def test_a_different_model_or_size_is_refused_with_how_to_rebuild(photos, db_url
 
 
 def test_other_weights_are_refused(photos, db_url, weights_file):
-    _index(photos, db_url)
+    index_folder(photos, db_url)
     result = run_cli("index", photos, "--db", db_url, "--weights", weights_file, *FAST, expect=1)
     assert "a weights file instead of random weights" in result.output
 
 
 def test_bad_files_are_reported_with_their_reason_and_the_run_goes_on(photos, db_url):
     reasons = write_bad_files(photos / "bad")
-    result = _index(photos, db_url)
+    result = index_folder(photos, db_url)
     assert "5 added" in result.output and "4 failed" in result.output
     for name, word in reasons.items():
         line = next(line for line in result.output.splitlines() if f"bad/{name}:" in line)
         assert word in line
-    with _reading(db_url) as session:
+    with reading(db_url) as session:
         recorded = dict(session.execute(select(Failure.relpath, Failure.reason)).all())
     assert set(recorded) == {f"bad/{name}" for name in reasons}
     assert _counts(db_url)["images"] == 5
 
 
 def test_a_file_that_turns_bad_loses_its_stale_vectors(photos, db_url):
-    _index(photos, db_url)
+    index_folder(photos, db_url)
     (photos / "red" / "r1.png").write_bytes(b"")
-    result = _index(photos, db_url)
+    result = index_folder(photos, db_url)
     assert "red/r1.png: empty file" in result.output
     assert "red/r1.png" not in _embeddings_by_path(db_url, "photos")
 
@@ -186,7 +167,7 @@ def test_an_empty_folder_changes_nothing(tmp_path, db_url):
 
 
 def test_another_folder_under_the_same_dataset_name_is_refused(photos, tmp_path, db_url):
-    _index(photos, db_url)
+    index_folder(photos, db_url)
     solid(tmp_path / "other" / "a.png", (1, 2, 3))
     result = run_cli("index", tmp_path / "other", "--dataset", "photos", "--db", db_url, "--random-weights", *FAST,
                      expect=1)
@@ -214,7 +195,7 @@ def test_patch_grid_cells_lie_over_their_image_region(tmp_path, db_url):
     cases["rotated"] = (None, None, (0, 0))
 
     run_cli("index", root, "--db", db_url, "--random-weights", "--precision", "fp32", *FAST)
-    with _reading(db_url) as session:
+    with reading(db_url) as session:
         ids = dict(session.execute(select(Image.relpath, Image.id)).all())
         for name, (_, _, cell) in cases.items():
             plain = patch_grid(session, ids[f"{name}-plain.png"]).astype(np.float32)
@@ -229,7 +210,7 @@ def test_a_killed_run_resumes_with_exactly_one_row_per_image(tmp_path, db_url):
     for i in range(24):
         noise(root / f"{i:02d}.png", seed=i)
     args = ["index", root, "--db", db_url, "--random-weights", *FAST, "--batch-size", "2"]
-    process = subprocess.Popen([sys.executable, "-c", "from indexer.cli import main; main()", *map(str, args)],
+    process = subprocess.Popen([*CLI, *map(str, args)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     stored = 0
@@ -247,10 +228,10 @@ def test_a_killed_run_resumes_with_exactly_one_row_per_image(tmp_path, db_url):
     kept = _counts(db_url)["images"]
     assert 4 <= kept < 24
 
-    result = _index(root, db_url, "--batch-size", "2")
+    result = index_folder(root, db_url, "--batch-size", "2")
     assert f"{24 - kept} added, 0 updated, {kept} unchanged" in result.output
     assert _counts(db_url) == {"images": 24, "embeddings": 24, "patch_grids": 24, "thumbnails": 48}
-    with _reading(db_url) as session:
+    with reading(db_url) as session:
         assert session.scalar(select(func.count(func.distinct(Image.relpath)))) == 24
         statuses = session.scalars(select(IndexRun.status).order_by(IndexRun.id)).all()
     assert statuses == ["interrupted", "completed"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 
 import pytest
@@ -19,6 +18,7 @@ from db.errors import DatasetNotFound, DinoscopeDbError
 from tests.browser import text_of, when_stable
 from tests.conftest import FAST, MODEL, run_cli
 from tests.images import noise
+from tests.servers import CLI
 
 BATCH = 3
 IMAGES = 45
@@ -28,7 +28,7 @@ def _index_process(folder, db_path) -> subprocess.Popen:
     """`dinoscope index` in its own process, at 112 px so that batches take long enough to be read between."""
     args = ["index", folder, "--db", db_path, "--random-weights", "--model", MODEL, "--image-size", 112,
             "--workers", 0, "--batch-size", BATCH, "--quiet"]
-    return subprocess.Popen([sys.executable, "-c", "from indexer.cli import main; main()", *map(str, args)],
+    return subprocess.Popen([*CLI, *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -44,9 +44,12 @@ def test_every_read_during_an_index_run_is_whole_batches(tmp_path):
     indexer = _index_process(folder, db_path)
     seen: dict[int, int] = {}  # generation -> images
     while indexer.poll() is None or not seen or max(seen.values()) < IMAGES:
+        ended = indexer.poll() is not None  # before the read: an indexer that ended will write nothing more
         try:
             view = store.view("growing")
         except (DatasetNotFound, DinoscopeDbError):  # before the indexer has written its first transaction
+            if ended:
+                pytest.fail(f"the indexer ended before its first commit: {indexer.stdout.read()}")
             time.sleep(0.01)
             continue
         # One snapshot: as many embeddings as images, only whole batches, each image complete.

@@ -19,7 +19,7 @@ from db.mutations import store_patch_pca
 from db.patch_pca import PatchPca
 from db.queries import dataset_by_name, load_embeddings, patch_grid, patch_pca, stored_patch_grid
 from db.schema import Image, PatchBasis, PatchGrid
-from tests.conftest import FAST, IMAGE_SIZE, run_cli
+from tests.conftest import IMAGE_SIZE, index_folder, run_cli
 from tests.images import noise
 
 GRID = IMAGE_SIZE // 14
@@ -33,10 +33,6 @@ def photos(tmp_path) -> Path:
     for seed in range(5):
         noise(root / ("odd" if seed % 2 else "even") / f"n{seed}.png", seed=seed)
     return root
-
-
-def _index(folder: Path, db, *extra, expect: int = 0):
-    return run_cli("index", folder, "--db", db, "--random-weights", *FAST, *extra, expect=expect)
 
 
 def _grids(db, dataset: str) -> dict[str, np.ndarray]:
@@ -58,8 +54,8 @@ def _pca(db, dataset: str) -> PatchPca:
 
 
 def test_a_reduced_dataset_stores_float16_coordinates_and_a_float32_basis(photos, db_url):
-    assert "5 added" in _index(photos, db_url, "--patch-dims", 8).output
-    _index(photos, db_url, "--dataset", "full")
+    assert "5 added" in index_folder(photos, db_url, "--patch-dims", 8).output
+    index_folder(photos, db_url, "--dataset", "full")
     with open_database(db_url, readonly=True).session() as session:
         dataset = dataset_by_name(session, "photos")
         assert (dataset.patch_dims, dataset.stored_patch_dims, dataset.embed_dim) == (8, 8, DIM)
@@ -89,8 +85,8 @@ def test_a_reduced_dataset_stores_float16_coordinates_and_a_float32_basis(photos
 
 def test_enough_dimensions_give_the_full_grids_back(photos, db_path):
     """5 images of 16 tokens span 79 dimensions around their mean: a basis of 79 keeps all of it."""
-    _index(photos, db_path, "--patch-dims", 5 * TOKENS - 1)
-    _index(photos, db_path, "--dataset", "full")
+    index_folder(photos, db_path, "--patch-dims", 5 * TOKENS - 1)
+    index_folder(photos, db_path, "--dataset", "full")
     reduced, full = _grids(db_path, "photos"), _grids(db_path, "full")
     assert _pca(db_path, "photos").explained_variance == pytest.approx(1.0, abs=1e-4)
     for path, grid in full.items():
@@ -99,16 +95,16 @@ def test_enough_dimensions_give_the_full_grids_back(photos, db_path):
 
 
 def test_later_runs_keep_the_dimensions_and_reuse_the_basis(photos, db_path):
-    _index(photos, db_path, "--patch-dims", 8)
+    index_folder(photos, db_path, "--patch-dims", 8)
     before = _pca(db_path, "photos")
-    refused = _index(photos, db_path, "--patch-dims", 16, expect=1).output
+    refused = index_folder(photos, db_path, "--patch-dims", 16, expect=1).output
     assert "stores patch grids reduced to 8 dims; this run asks for --patch-dims 16" in refused
     assert "--dataset NEW_NAME" in refused and "dinoscope remove photos" in refused
 
     noise(photos / "new" / "n9.png", seed=9)
     shutil.copyfile(photos / "even" / "n0.png", photos / "copy-of-n0.png")  # stored without the model
-    assert "2 added" in _index(photos, db_path).output  # no --patch-dims: the dataset's 8
-    _index(photos, db_path, "--dataset", "full")
+    assert "2 added" in index_folder(photos, db_path).output  # no --patch-dims: the dataset's 8
+    index_folder(photos, db_path, "--dataset", "full")
     after = _pca(db_path, "photos")
     np.testing.assert_array_equal(after.axes, before.axes)
     np.testing.assert_array_equal(after.mean, before.mean)
@@ -123,8 +119,8 @@ def test_later_runs_keep_the_dimensions_and_reuse_the_basis(photos, db_path):
 
 
 def test_a_full_dataset_refuses_reduction_later(photos, db_path):
-    _index(photos, db_path)
-    refused = _index(photos, db_path, "--patch-dims", 8, expect=1).output
+    index_folder(photos, db_path)
+    refused = index_folder(photos, db_path, "--patch-dims", 8, expect=1).output
     assert f"stores full {DIM}-dim patch grids; this run asks for --patch-dims 8" in refused
 
 
@@ -133,14 +129,14 @@ def test_a_full_dataset_refuses_reduction_later(photos, db_path):
     (5 * TOKENS + 1, f"needs at least {5 * TOKENS + 1} patch tokens to fit its basis on, and this run's 5 images give"),
 ])
 def test_dimensions_that_cannot_be_fitted_are_refused_before_anything_is_stored(photos, db_path, dims, message):
-    assert message in _index(photos, db_path, "--patch-dims", dims, expect=1).output
+    assert message in index_folder(photos, db_path, "--patch-dims", dims, expect=1).output
     assert "no datasets yet" in run_cli("datasets", "--db", db_path).output
 
 
 def test_the_basis_is_fitted_on_the_first_images_once_enough_have_come(photos, db_path, monkeypatch):
     monkeypatch.setattr("indexer.patch_reduction.FIT_IMAGES", 2)
-    _index(photos, db_path, "--patch-dims", 8, "--batch-size", "1")
-    _index(photos, db_path, "--dataset", "full")
+    index_folder(photos, db_path, "--patch-dims", 8, "--batch-size", "1")
+    index_folder(photos, db_path, "--dataset", "full")
     pca = _pca(db_path, "photos")
     assert (pca.fitted_images, pca.fitted_tokens) == (2, 2 * TOKENS)
     reduced, full = _grids(db_path, "photos"), _grids(db_path, "full")
@@ -150,7 +146,7 @@ def test_the_basis_is_fitted_on_the_first_images_once_enough_have_come(photos, d
 
 
 def test_the_within_image_analysis_runs_on_a_reduced_grid(photos, db_path):
-    _index(photos, db_path, "--patch-dims", 8)
+    index_folder(photos, db_path, "--patch-dims", 8)
     store = DatasetStore(f"sqlite:///{db_path}")
     view = store.view("photos")
     grid = store.patch_grid(int(view.image_ids[0]))
@@ -167,7 +163,7 @@ def test_the_within_image_analysis_runs_on_a_reduced_grid(photos, db_path):
 
 
 def test_export_writes_the_coordinates_with_their_basis(photos, db_path, tmp_path):
-    _index(photos, db_path, "--patch-dims", 8)
+    index_folder(photos, db_path, "--patch-dims", 8)
     target = tmp_path / "photos.npz"
     run_cli("export", "photos", "--db", db_path, "-o", target, "--patch-grids")
     archive = np.load(target)
@@ -185,7 +181,7 @@ def test_export_writes_the_coordinates_with_their_basis(photos, db_path, tmp_pat
 
 
 def test_the_first_stored_basis_wins_when_two_runs_fit_one(photos, db_path):
-    _index(photos, db_path, "--patch-dims", 8)
+    index_folder(photos, db_path, "--patch-dims", 8)
     stored = _pca(db_path, "photos")
     other = PatchPca(stored.mean, -stored.axes, 1, TOKENS, stored.explained_variance)
     with open_database(str(db_path)).session() as session:
@@ -196,7 +192,7 @@ def test_the_first_stored_basis_wins_when_two_runs_fit_one(photos, db_path):
 
 def test_a_basis_stored_by_another_process_meanwhile_is_the_one_used(photos, postgres_url, monkeypatch):
     """PostgreSQL lets two runs look, find no basis, and insert: the second insert fails and reads the first."""
-    _index(photos, postgres_url, "--patch-dims", 8)
+    index_folder(photos, postgres_url, "--patch-dims", 8)
     stored = _pca(postgres_url, "photos")
     database = open_database(postgres_url)
     with database.session() as session:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import urllib.error
@@ -16,13 +15,20 @@ from dashboard.serving import is_loopback, needs_login_warning, shared_secret
 from dashboard.settings import Settings
 from tests.browser import on_graph
 from tests.conftest import run_cli
-from tests.servers import REDIS_TEST_URL, flush_test_redis, free_port, start, start_worker, stop, wait_until_healthy
+from tests.servers import (
+    REDIS_TEST_URL,
+    basic_auth,
+    flush_test_redis,
+    free_port,
+    start,
+    start_worker,
+    stop,
+    wait_until_healthy,
+)
 
 
 def _get(url: str, user: str | None = None, password: str = ""):
-    request = urllib.request.Request(url)
-    if user:
-        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    request = urllib.request.Request(url, headers=basic_auth(user, password) if user else {})
     return urllib.request.urlopen(request, timeout=30)
 
 

@@ -21,8 +21,9 @@ from db.schema import Dataset, Embedding, Image, IndexRun, PatchGrid, Thumbnail
 from indexer import run as index_run
 from indexer.plan import Shard
 from indexer.scan import content_hash, scan_folder
-from tests.conftest import FAST, run_cli
+from tests.conftest import FAST, reading, run_cli
 from tests.images import noise
+from tests.servers import CLI
 
 SHARDS = 3
 SUMMARY = re.compile(r"(\d+) added, (\d+) updated, (\d+) unchanged, (\d+) moved, (\d+) removed, (\d+) failed; "
@@ -58,16 +59,12 @@ def _shard_totals(outputs: list[str]) -> dict[str, int]:
 
 def _stored(db: str) -> dict[str, tuple[int, str, str | None]]:
     """relpath -> (image id, content hash, label), after checking that every image has all its rows."""
-    database = open_database(db, readonly=True)
-    try:
-        with database.session() as session:
-            assert session.scalar(select(func.count()).select_from(Dataset)) == 1
-            images = session.execute(select(Image.relpath, Image.id, Image.content_hash, Image.label)).all()
-            for table in (Embedding, PatchGrid):
-                assert session.scalar(select(func.count()).select_from(table)) == len(images), table.__tablename__
-            assert session.scalar(select(func.count()).select_from(Thumbnail)) == 2 * len(images)
-    finally:
-        database.dispose()
+    with reading(db) as session:
+        assert session.scalar(select(func.count()).select_from(Dataset)) == 1
+        images = session.execute(select(Image.relpath, Image.id, Image.content_hash, Image.label)).all()
+        for table in (Embedding, PatchGrid):
+            assert session.scalar(select(func.count()).select_from(table)) == len(images), table.__tablename__
+        assert session.scalar(select(func.count()).select_from(Thumbnail)) == 2 * len(images)
     stored = {row.relpath: (row.id, row.content_hash, row.label) for row in images}
     assert len(stored) == len(images), "a relative path is stored twice"
     return stored
@@ -79,8 +76,7 @@ def _as_scanned(folder: Path) -> dict[str, tuple[str, str | None]]:
 
 def test_shards_running_at_once_index_every_image_once(photos, db_url):
     processes = [
-        subprocess.Popen([sys.executable, "-c", "from indexer.cli import main; main()",
-                          *_index_command(photos, db_url, "--shard", f"{number}/{SHARDS}")],
+        subprocess.Popen([*CLI, *_index_command(photos, db_url, "--shard", f"{number}/{SHARDS}")],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for number in range(1, SHARDS + 1)
     ]
@@ -95,10 +91,8 @@ def test_shards_running_at_once_index_every_image_once(photos, db_url):
     assert {relpath: (digest, label) for relpath, (_, digest, label) in stored.items()} == _as_scanned(photos)
     result = run_cli(*_index_command(photos, db_url))
     assert "nothing to do: all 19 images of 'photos' are unchanged (nothing embedded)" in result.output
-    database = open_database(db_url, readonly=True)
-    with database.session() as session:
+    with reading(db_url) as session:
         runs = session.execute(select(IndexRun.status, IndexRun.options)).all()
-    database.dispose()
     assert sorted(options["shard"] for _, options in runs) == ["1/1", "1/3", "2/3", "3/3"]
     assert {status for status, _ in runs} == {"completed"}
 

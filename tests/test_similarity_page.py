@@ -8,7 +8,7 @@ from dash.testing.wait import until
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
-from dashboard.data import DatasetStore, DatasetView
+from dashboard.data import DatasetView
 from dashboard.similarity_view import (
     EMBEDDING_HEAD,
     heatmap_figure,
@@ -130,11 +130,6 @@ def test_a_hovered_cell_names_its_row_and_column_images():
 
 
 # In the browser -------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def samples(sample_db) -> DatasetView:
-    return DatasetStore(f"sqlite:///{sample_db}").view("samples")
 
 
 def _result_paths(dash_duo) -> list[str]:

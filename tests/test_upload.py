@@ -3,8 +3,6 @@ model (or saying why it cannot be), and uploads ranked against a dataset with th
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import pickle
 import re
@@ -36,20 +34,9 @@ from dashboard.query_image import (
 from dashboard.similarity_view import images_similar_to
 from indexer.model import RANDOM_SEED
 from tests.conftest import FAST, IMAGE_SIZE, MODEL, hub_snapshot, run_cli
-from tests.images import EXIF_ORIENTATION, jpeg_bytes, noise, write_bad_files
+from tests.images import EXIF_ORIENTATION, data_url, encoded, jpeg_bytes, mime_type, noise, write_bad_files
 
 RANDOM_IDENTITY = f"random-init (seed {RANDOM_SEED}, timm {timm.__version__})"
-
-
-def data_url(data: bytes, mime: str = "image/png") -> str:
-    """What dcc.Upload sends for a file: a base64 data URL."""
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-def encoded(image: Image.Image, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -65,10 +52,6 @@ def photos(tmp_path) -> Path:
     (folder / "b" / "turned.jpg").parent.mkdir(parents=True)
     (folder / "b" / "turned.jpg").write_bytes(jpeg_bytes(turned, exif=exif.tobytes()))
     return folder
-
-
-def _mime(relpath: str) -> str:
-    return "image/jpeg" if relpath.lower().endswith((".jpg", ".jpeg")) else "image/png"
 
 
 # The upload itself ---------------------------------------------------------------------------------------------
@@ -169,7 +152,7 @@ def test_an_indexed_file_uploaded_gets_its_stored_embedding_until_the_weights_fi
 
     models = QueryModels()
     for position, relpath in enumerate(view.relpaths):
-        upload = embed_upload(models, recorded, data_url((photos / relpath).read_bytes(), _mime(relpath)))
+        upload = embed_upload(models, recorded, data_url((photos / relpath).read_bytes(), mime_type(relpath)))
         # the same decoding, transform and network as the indexer: the same vector, to float32 rounding
         np.testing.assert_allclose(upload.embedding, view.embeddings[position], rtol=1e-4, atol=1e-4)
         best = images_similar_to(view, upload.embedding, 1)[0]
@@ -203,7 +186,7 @@ def test_hub_weights_come_only_from_the_cached_snapshot_the_dataset_names(tmp_pa
     store = DatasetStore(f"sqlite:///{db}")
     recorded, view = recorded_model(store, "photos"), store.view("photos")
     assert recorded.weights_identity == f"hf-hub:timm/{MODEL}@{revision}"
-    upload = data_url((photos / view.relpaths[0]).read_bytes(), _mime(view.relpaths[0]))
+    upload = data_url((photos / view.relpaths[0]).read_bytes(), mime_type(view.relpaths[0]))
     np.testing.assert_allclose(embed_upload(QueryModels(), recorded, upload).embedding, view.embeddings[0],
                                rtol=1e-4, atol=1e-4)
 
@@ -224,7 +207,7 @@ def test_uploading_each_sample_finds_that_sample_first_with_cosine_one(sample_db
     models = QueryModels()
     for position, relpath in enumerate(view.relpaths):
         data = (sample_db.parent / "samples" / relpath).read_bytes()
-        upload = embed_upload(models, recorded, data_url(data, _mime(relpath)))
+        upload = embed_upload(models, recorded, data_url(data, mime_type(relpath)))
         stored = view.embeddings[position]
         cosine = float(upload.embedding @ stored / np.linalg.norm(upload.embedding) / np.linalg.norm(stored))
         if recorded.precision == "fp32":

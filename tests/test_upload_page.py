@@ -8,27 +8,20 @@ import shutil
 from pathlib import Path
 
 import diskcache
-import pytest
 from dash.testing.wait import until
 
 from dashboard.app import create_app
-from dashboard.data import DatasetStore, DatasetView
+from dashboard.data import DatasetStore
 from dashboard.jobs import ForkServerDiskcacheManager
 from dashboard.query_image import QueryModels, embed_upload, recorded_model
 from dashboard.settings import Settings
 from dashboard.similarity_view import images_similar_to
 from tests.browser import text_of, when_stable
 from tests.conftest import FAST, run_cli
-from tests.images import noise
-from tests.test_upload import data_url
+from tests.images import data_url, noise
 
 # The first upload waits for the job fork server to start and for torch to be imported in the job.
 FIRST_JOB_S = 180
-
-
-@pytest.fixture
-def samples(sample_db) -> DatasetView:
-    return DatasetStore(f"sqlite:///{sample_db}").view("samples")
 
 
 def _upload(dash_duo, path: Path) -> None:
