@@ -14,7 +14,8 @@ from dash import Dash, dcc, html
 from dashboard import shell
 from dashboard.auth import protect, read_users
 from dashboard.data import DatasetStore
-from dashboard.jobs import BrokerError, background_manager
+from dashboard.downloads import add_download_routes
+from dashboard.jobs import BrokerError, JobManagers, background_managers
 from dashboard.pages import clustering, embeddings, gallery, patches, similarity
 from dashboard.query_image import MAX_REQUEST_BYTES
 from dashboard.settings import CELERY_ENV, Settings
@@ -25,14 +26,14 @@ RESULTS_CACHE_BYTES = 2 * 1024**3  # projections of old generations are evicted 
 HEALTH_PATH = "/health"  # public even with a login: load balancers ask it without credentials
 
 
-def create_app(settings: Settings, manager=None) -> Dash:
-    """`manager`: the background-callback manager, by default the one the settings ask for."""
+def create_app(settings: Settings, managers: JobManagers | None = None) -> Dash:
+    """`managers`: the background-callback managers, by default the ones the settings ask for."""
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
-    manager = manager or background_manager(settings)
+    managers = managers or background_managers(settings)
     results = diskcache.Cache(str(settings.cache_dir / "results"), size_limit=RESULTS_CACHE_BYTES)
     app = Dash(
         __name__, use_pages=True, pages_folder="", assets_folder=str(ASSETS), title="dinoscope", update_title=None,
-        background_callback_manager=manager, suppress_callback_exceptions=True,
+        background_callback_manager=managers.long, suppress_callback_exceptions=True,
         health_endpoint=HEALTH_PATH.lstrip("/"),
     )
     if settings.users_file:
@@ -42,10 +43,11 @@ def create_app(settings: Settings, manager=None) -> Dash:
     app.server.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES  # refused with 413, whatever the browser sent
     store = DatasetStore(settings.db_url, settings.cache_dir)
     _add_image_routes(app.server, store)
+    add_download_routes(app.server, store, results)
     gallery.register(app, store)
-    similarity.register(app, store)
+    similarity.register(app, store, managers.short)
     embeddings.register(app, store, results)
-    clustering.register(app, store, results)
+    clustering.register(app, store, results, managers.short)
     patches.register(app, store)
     shell.register(app, store)
     app.layout = html.Div([dcc.Location(id="navigate", refresh="callback-nav"),
@@ -62,11 +64,12 @@ def create_worker(settings: Settings) -> Celery:
     callbacks as tasks, under the names the web processes queue them by, bound to this process's database."""
     if not settings.celery_url:
         raise BrokerError(f"a worker needs a Redis URL: pass --celery or set {CELERY_ENV}")
-    from dashboard.analysis import warm  # noqa: F401  UMAP compiled once, before the pool forks its processes
+    from dashboard.analysis.projection import warm_up
 
-    manager = background_manager(settings)
-    create_app(settings, manager)
-    return manager.handle
+    warm_up()  # UMAP's compiled code loaded once, before the pool forks its processes
+    managers = background_managers(settings)
+    create_app(settings, managers)
+    return managers.long.handle
 
 
 def _add_image_routes(server: flask.Flask, store: DatasetStore) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,8 +25,15 @@ from dashboard.data import DatasetView
 
 HOVER_COMPONENTS = 3  # principal components shown when hovering a point
 SUMMARY_THUMBNAILS = 8  # representatives shown per cluster
-# DBSCAN and Ward (memory quadratic in N) see at most this many images; the others join their nearest one's cluster.
+K_MIN, K_MAX = 2, 20  # the page's slider
+# DBSCAN and Ward (memory quadratic in N) see at most this many images, in either space; the others join their
+# nearest one's cluster.
 CLUSTER_SAMPLE = 5_000
+# Above this many images DBSCAN and Ward run as a background job (seconds at CLUSTER_SAMPLE); K-Means, on 50
+# principal components or 2-D points, stays in the request (under a second at 100,000 images).
+CLUSTER_IN_REQUEST = 2_000
+MOSTLY = 0.9  # DBSCAN's result is explained when this share of the images is noise, or in one cluster
+CORE_SHARE = 0.9  # the eps DBSCAN's advice suggests makes this share of the images core points
 SCATTER_POINTS = 200_000  # points drawn at most; larger datasets show a seeded sample
 SMALL_MARKERS = 2_000  # from this many images on, markers are small and have no outline
 
@@ -83,7 +91,7 @@ def projection_params(query: dict) -> ProjectionParams:
 def cluster_params(query: dict) -> ClusterParams:
     return ClusterParams(
         method=_choice(query.get("method"), ("kmeans", "dbscan", "hierarchical"), "kmeans"),
-        k=int(_number(query.get("k"), 5, 2, 30)),
+        k=int(_number(query.get("k"), 5, K_MIN, K_MAX)),
         eps=_number(query.get("eps"), 0.5, 0.01, 2.0),
         min_samples=int(_number(query.get("min_samples"), 5, 1, 100)),
         # The page's switch reports true/false; query_of writes the names.
@@ -117,36 +125,107 @@ def hover_components(view: DatasetView, row: int) -> np.ndarray:
     return view.reduced[row, :HOVER_COMPONENTS]
 
 
-def cluster_images(view: DatasetView, coordinates: np.ndarray, params: ClusterParams) -> ClusteringResult:
+def clustering_key(view: DatasetView, params: ClusterParams, projection_key: str) -> str:
+    """Key of a clustering in the shared results cache: the dataset's generation is in it, and the projection's
+    key when the 2-D points are clustered."""
+    detail = f"eps={params.eps}/min_samples={params.min_samples}" if params.method == "dbscan" else f"k={params.k}"
+    space = projection_key if params.space == "projection" else "embedding"
+    return f"clusters/{view.name}/{view.generation}/{params.method}/{detail}/{space}"
+
+
+def clusters_in_background(view: DatasetView, params: ClusterParams) -> bool:
+    """Whether this clustering can take seconds, so a background job computes it."""
+    return params.method != "kmeans" and len(view) > CLUSTER_IN_REQUEST
+
+
+def cached_clustering(cache, view: DatasetView, projection_key: str, coordinates: np.ndarray, params: ClusterParams,
+                      progress: Callable[[str], None] | None = None) -> ClusteringResult:
+    """The clustering from the shared cache, computed and stored there first if no one has asked for it yet."""
+    key = clustering_key(view, params, projection_key)
+    found = cache.get(key)
+    if found is None:
+        found = cluster_images(view, coordinates, params, progress)
+        cache[key] = found
+    return found
+
+
+def cluster_images(view: DatasetView, coordinates: np.ndarray, params: ClusterParams,
+                   progress: Callable[[str], None] | None = None) -> ClusteringResult:
     """Cluster in cosine geometry or on the 2-D projection, with quality metrics.
 
     In cosine geometry K-Means runs on the normalised embeddings' first 50 principal components (`view.reduced`:
     the same clusters as on the full vectors for clustered data, and fast at 100,000 images); DBSCAN and Ward run
-    on the normalised embeddings themselves, of at most CLUSTER_SAMPLE images: in a larger dataset a seeded sample
-    of them, every other image joining the cluster of its nearest sampled image on the principal components.
+    on the normalised embeddings themselves. On the projection every method runs on the 2-D points. DBSCAN and
+    Ward see at most CLUSTER_SAMPLE images: in a larger dataset a seeded sample of them, every other image joining
+    the cluster of its nearest sampled image (on the principal components, or on the 2-D points).
     """
+    report = progress or (lambda stage: None)
     options = {"k": params.k, "eps": params.eps, "min_samples": params.min_samples}
+    on_projection = params.space == "projection"
+    name = _METHOD_NAMES[params.method]
     notes = []
-    if params.space == "projection" or params.method == "kmeans" or len(view) <= CLUSTER_SAMPLE:
-        if params.space == "projection":
+    if params.method == "kmeans" or len(view) <= CLUSTER_SAMPLE:
+        if on_projection:
             points = coordinates
         else:
             points = view.reduced if params.method == "kmeans" else normalize_rows(view.embeddings)
+        report(f"{name} of {len(view):,} images")
         labels = cluster(points, params.method, **options)
+        clustered, clustered_labels = points, labels
     else:
         sample = np.sort(np.random.default_rng(0).choice(len(view), CLUSTER_SAMPLE, replace=False))
-        points = view.reduced
-        sample_labels = cluster(normalize_rows(view.embeddings[sample]), params.method, **options)
-        labels = label_by_nearest_sample(points, sample, sample_labels,
+        clustered = coordinates[sample] if on_projection else normalize_rows(view.embeddings[sample])
+        report(f"{name} of a sample of {CLUSTER_SAMPLE:,} images")
+        clustered_labels = cluster(clustered, params.method, **options)
+        report(f"placing the other {len(view) - CLUSTER_SAMPLE:,} images")
+        points = coordinates if on_projection else view.reduced
+        labels = label_by_nearest_sample(points, sample, clustered_labels,
                                          params.eps if params.method == "dbscan" else None)
-        notes.append(f"{_METHOD_NAMES[params.method]} clustered a sample of {CLUSTER_SAMPLE:,} images; each other "
-                     "image joined the cluster of its nearest sampled image")
+        notes.append(f"{name} clustered a sample of {CLUSTER_SAMPLE:,} images; each other image joined the cluster "
+                     "of its nearest sampled image")
+    if params.method == "dbscan":
+        notes += dbscan_advice(clustered, clustered_labels, params, on_projection)
+    report("measuring the clusters")
     true_labels = view.labels if any(view.labels) else None
     return ClusteringResult(labels, cluster_metrics(points, labels, true_labels), cluster_sizes(labels),
                             _representatives(points, labels), notes)
 
 
-_METHOD_NAMES = {"dbscan": "DBSCAN", "hierarchical": "Ward clustering"}
+def eps_as_cosine(eps: float) -> float:
+    """The cosine similarity that DBSCAN's eps means between unit vectors: chord distance eps = sqrt(2 - 2 cos)."""
+    return 1.0 - eps**2 / 2.0
+
+
+def dbscan_advice(points: np.ndarray, labels: np.ndarray, params: ClusterParams, on_projection: bool) -> list[str]:
+    """What to say when DBSCAN found (nearly) only noise, or (nearly) one cluster: why, and an eps to try, the one
+    that makes CORE_SHARE of the points core points (with min_samples - 1 others within eps)."""
+    noise = float(np.mean(labels == NOISE)) if len(labels) else 0.0
+    sizes = [size for label, size in cluster_sizes(labels) if label != NOISE]
+    one_cluster = bool(sizes) and max(sizes) >= MOSTLY * len(labels)
+    if noise < MOSTLY and not one_cluster or len(points) <= params.min_samples:
+        return []
+    from sklearn.neighbors import NearestNeighbors
+
+    # A point's own distance (0) comes first, as DBSCAN counts the point itself among min_samples.
+    distances, _ = NearestNeighbors(n_neighbors=params.min_samples).fit(points).kneighbors(points)
+    suggested = math.ceil(float(np.quantile(distances[:, -1], CORE_SHARE)) * 100) / 100  # as shown, rounded up
+
+    def shown(eps: float) -> str:
+        return f"eps {eps:.2f}" if on_projection else f"eps {eps:.2f} (cosine {eps_as_cosine(eps):.2f})"
+
+    if noise >= MOSTLY:
+        found = (f"DBSCAN called {noise:.0%} of the images noise: with {shown(params.eps)} few images have "
+                 f"{params.min_samples} neighbours that close.")
+    else:
+        found = (f"DBSCAN put {max(sizes) / len(labels):.0%} of the images in one cluster: {shown(params.eps)} "
+                 "joins nearly everything.")
+    others = params.min_samples - 1
+    advice = (f"Try {shown(suggested)}: with it {CORE_SHARE:.0%} of the images have {others} other"
+              f"{'s' if others != 1 else ''} that close.")
+    return [f"{found} {advice}"]
+
+
+_METHOD_NAMES = {"kmeans": "K-Means", "dbscan": "DBSCAN", "hierarchical": "Ward clustering"}
 
 
 def _representatives(points: np.ndarray, labels: np.ndarray) -> dict[int, list[int]]:
@@ -163,15 +242,25 @@ def cluster_name(label: int) -> str:
     return "noise" if label == NOISE else f"cluster {label}"
 
 
-def assignment_csv(view: DatasetView, coordinates: np.ndarray, labels: np.ndarray) -> str:
-    """One row per image: id, path, folder label, cluster (-1 is DBSCAN noise), projected x and y."""
+def assignment_csv(view: DatasetView, coordinates: np.ndarray, labels: np.ndarray,
+                   chunk: int = 5_000) -> Iterator[str]:
+    """One row per image, as CSV text a chunk of rows at a time: id, path, folder label, cluster (-1 is DBSCAN
+    noise), projected x and y. A path or label that a spreadsheet would read as a formula is quoted with '."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["image_id", "relpath", "label", "cluster", "x", "y"])
-    for row in range(len(view)):
-        writer.writerow([int(view.image_ids[row]), view.relpaths[row], view.labels[row] or "", int(labels[row]),
-                         f"{coordinates[row, 0]:.6g}", f"{coordinates[row, 1]:.6g}"])
-    return buffer.getvalue()
+    for start in range(0, len(view), chunk):
+        for row in range(start, min(start + chunk, len(view))):
+            writer.writerow([int(view.image_ids[row]), _cell(view.relpaths[row]), _cell(view.labels[row] or ""),
+                             int(labels[row]), f"{coordinates[row, 0]:.6g}", f"{coordinates[row, 1]:.6g}"])
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue()
+
+
+def _cell(text: str) -> str:
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
 def _choice(value, allowed: tuple[str, ...], default: str) -> str:

@@ -4,12 +4,13 @@ downloads. No Dash here; figures are built from NumPy arrays."""
 from __future__ import annotations
 
 import io
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
 
-from dashboard.analysis.projection import pca_components
 from dashboard.data import DatasetView
 
 N_DEFAULT = 10  # top and bottom features shown
@@ -54,6 +55,10 @@ class DatasetPCA:
     def components(self) -> int:
         return len(self.ratio)
 
+    def first(self, n: int) -> DatasetPCA:
+        """The first n components (the others do not change them: the PCA is exact)."""
+        return DatasetPCA(self.coordinates[:, :n], self.ratio[:n], self.cumulative[:n])
+
 
 def embedding_of(view: DatasetView, image_id: int) -> np.ndarray:
     """The stored float32 embedding of an image; KeyError for an id the dataset does not have."""
@@ -91,38 +96,87 @@ def component_limit(view: DatasetView) -> int:
     return min(len(view), dimension, COMPONENTS_MAX)
 
 
-def dataset_pca(view: DatasetView, n: int) -> DatasetPCA:
-    """PCA of the dataset's normalised embeddings with n components (clamped to what the data allows)."""
-    coordinates, ratio = pca_components(view.embeddings, n)
-    ratio = np.asarray(ratio, dtype=np.float64)
-    # PCA runs in float32: the ratios of all components can sum to a hair above 1.
+def dataset_pca(view: DatasetView) -> DatasetPCA:
+    """PCA of the dataset's normalised embeddings with all the components the page offers, from the principal
+    components every view holds (`view.reduced`); only the explained variance is computed here, in one bounded
+    pass over the embeddings."""
+    coordinates = view.reduced[:, :component_limit(view)]
+    ratio = explained_variance_ratio(view, coordinates)
+    # In float32 the ratios of all components can sum to a hair above 1.
     return DatasetPCA(coordinates, ratio, np.minimum(np.cumsum(ratio), 1.0))
 
 
-def pca_cache_key(view: DatasetView, n: int) -> str:
+def explained_variance_ratio(view: DatasetView, coordinates: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Each principal component's share of the normalised embeddings' total variance.
+
+    The total variance of unit vectors x_i (zero rows stay zero) is (sum |x_i|^2 - N |mean x|^2) / (N - 1), so it
+    needs only their mean, summed a chunk of rows at a time."""
+    n = len(view)
+    if n < 2 or coordinates.shape[1] == 0:
+        return np.zeros(coordinates.shape[1])
+    total = np.zeros(view.embeddings.shape[1], np.float64)
+    for start in range(0, n, chunk):
+        norms = view.norms[start:start + chunk, None]
+        rows = view.embeddings[start:start + chunk]
+        total += np.divide(rows, norms, out=np.zeros_like(rows, dtype=np.float32), where=norms > 0).sum(axis=0)
+    mean = total / n
+    variance = (np.count_nonzero(view.norms) - n * mean @ mean) / (n - 1)
+    if variance <= 0:  # identical images: nothing to explain
+        return np.zeros(coordinates.shape[1])
+    return np.var(coordinates, axis=0, ddof=1, dtype=np.float64) / variance
+
+
+def pca_cache_key(view: DatasetView) -> str:
     """Key of a PCA in the shared results cache: the generation is in it, so a re-index makes a new one."""
-    return f"embeddings-pca/{view.name}/{view.generation}/{int(n)}"
+    return f"embeddings-pca/{view.name}/{view.generation}"
 
 
-def cached_pca(cache, view: DatasetView, n: int) -> DatasetPCA:
+def cached_pca(cache, view: DatasetView) -> DatasetPCA:
     """The PCA from the shared cache (a dict works too), computed and stored there first if it is not yet."""
-    key = pca_cache_key(view, n)
+    key = pca_cache_key(view)
     found = cache.get(key)
     if found is None:
-        found = dataset_pca(view, n)
+        found = dataset_pca(view)
         cache[key] = found
     return found
 
 
-def pca_table(view: DatasetView, pca: DatasetPCA) -> tuple[list[dict], list[dict]]:
-    """(columns, rows) for a DataTable: path, label and PC1..PCn per image; each row's "id" is its image id."""
+@dataclass(frozen=True)
+class TablePage:
+    columns: list[dict]
+    rows: list[dict]  # one page of rows; each row's "id" is its image id
+    page_count: int
+
+
+def pca_table_page(view: DatasetView, pca: DatasetPCA, page: int, page_size: int,
+                   sort_by: list[dict] | None = None) -> TablePage:
+    """One page of the PCA table (path, label, PC1..PCn per image), sorted on the server by one column: only a
+    page of rows ever travels to the browser, whatever the dataset's size."""
     names = [f"PC{i + 1}" for i in range(pca.components)]
     columns = [{"name": "path", "id": "path"}, {"name": "label", "id": "label"}] + [
         {"name": name, "id": name, "type": "numeric"} for name in names]
-    rounded = np.round(pca.coordinates.astype(np.float64), TABLE_DECIMALS).tolist()
-    rows = [{"id": int(image_id), "path": relpath, "label": label or "", **dict(zip(names, values))}
-            for image_id, relpath, label, values in zip(view.image_ids, view.relpaths, view.labels, rounded)]
-    return columns, rows
+    page_count = max(1, -(-len(view) // page_size))
+    page = min(max(0, page), page_count - 1)
+    order = _table_order(view, pca, names, (sort_by or [None])[0])
+    rows = order[page * page_size:(page + 1) * page_size]
+    rounded = np.round(pca.coordinates[rows].astype(np.float64), TABLE_DECIMALS).tolist()
+    return TablePage(columns, [{"id": int(view.image_ids[row]), "path": view.relpaths[row],
+                                "label": view.labels[row] or "", **dict(zip(names, values))}
+                               for row, values in zip(rows, rounded)], page_count)
+
+
+def _table_order(view: DatasetView, pca: DatasetPCA, names: list[str], sort: dict | None) -> np.ndarray:
+    """Rows in the order of one column (ties keep the view's path order); the view's own order without one."""
+    column = sort.get("column_id") if sort else None
+    if column == "label":
+        _, keys = np.unique(np.array([label or "" for label in view.labels], dtype=object), return_inverse=True)
+    elif column in names:
+        keys = pca.coordinates[:, names.index(column)]
+    else:  # no sort, or by path: the view is in path order already
+        keys = np.arange(len(view))
+    if sort and sort.get("direction") == "desc":
+        return np.argsort(-np.asarray(keys, dtype=np.float64), kind="stable")
+    return np.argsort(keys, kind="stable")
 
 
 def raw_values_text(vector: np.ndarray, per_line: int = RAW_VALUES_PER_LINE) -> str:
@@ -143,16 +197,54 @@ def embedding_npy(view: DatasetView, image_id: int) -> bytes:
     return buffer.getvalue()
 
 
-def dataset_npz(view: DatasetView) -> bytes:
-    """Every embedding of the dataset as a .npz file (no pickled objects), rows in one order: relpaths, labels
-    ('' for none), image_ids and embeddings (float32, N x D, as stored)."""
-    buffer = io.BytesIO()
-    np.savez(buffer,
-             relpaths=np.array(view.relpaths, dtype=str).reshape(len(view)),
-             labels=np.array([label or "" for label in view.labels], dtype=str).reshape(len(view)),
-             image_ids=np.asarray(view.image_ids, dtype=np.int64),
-             embeddings=np.ascontiguousarray(view.embeddings, dtype=np.float32))
-    return buffer.getvalue()
+def dataset_npz(view: DatasetView, chunk: int = 4096) -> Iterator[bytes]:
+    """Every embedding of the dataset as a .npz file (no pickled objects), written as it goes: rows in one order,
+    relpaths, labels ('' for none), image_ids and embeddings (float32, N x D, as stored). At most `chunk` rows are
+    held at a time, so a download of any size takes little memory."""
+    n = len(view)
+    path_width = max((len(path) for path in view.relpaths), default=1)
+    label_width = max((len(label or "") for label in view.labels), default=1)
+    columns = {
+        "relpaths": (np.dtype(f"<U{path_width}"), (n,), lambda rows: view.relpaths[rows]),
+        "labels": (np.dtype(f"<U{max(label_width, 1)}"), (n,), lambda rows: [label or "" for label in view.labels[rows]]),
+        "image_ids": (np.dtype(np.int64), (n,), lambda rows: view.image_ids[rows]),
+        "embeddings": (np.dtype(np.float32), view.embeddings.shape, lambda rows: view.embeddings[rows]),
+    }
+    return npz_stream(columns, n, chunk)
+
+
+def npz_stream(columns: dict, n: int, chunk: int) -> Iterator[bytes]:
+    """An uncompressed .npz of arrays with N rows each ({name: (dtype, shape, rows(slice) -> values)}), yielded
+    in pieces as it is written; numpy.load reads it as np.savez's."""
+    sink = _Sink()
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, (dtype, shape, values) in columns.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array_header_1_0(member, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                               "fortran_order": False, "shape": shape})
+                for start in range(0, n, chunk):
+                    member.write(np.asarray(values(slice(start, start + chunk)), dtype=dtype).tobytes())
+                    yield sink.take()
+            yield sink.take()
+    yield sink.take()
+
+
+class _Sink(io.RawIOBase):
+    """Where a zip file is written as it is streamed: it keeps what was written until taken."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data, self.parts = b"".join(self.parts), []
+        return data
 
 
 # Figures --------------------------------------------------------------------------------------------------------

@@ -26,9 +26,12 @@ layout than t-SNE, but it is still not a faithful map of distances.
 
 **K-Means** assumes k round clusters of similar size and puts every image in one. **DBSCAN** finds dense regions
 of any shape and calls what lies between them noise; eps is how close neighbours must be (here a chord distance,
-sqrt(2 - 2 cos), between normalised embeddings). **Hierarchical (Ward)** merges the closest groups step by step,
-keeping clusters compact, and cuts the tree at k clusters. Clustering uses all dimensions of the embeddings, not
-the 2-D picture, unless the switch says otherwise.
+sqrt(2 - 2 cos), between normalised embeddings: eps 0.5 means cosine similarity 0.875 or more). **Hierarchical
+(Ward)** merges the closest groups step by step, keeping clusters compact, and cuts the tree at k clusters.
+Clustering works on the embeddings, not on the 2-D picture, unless the switch says otherwise: K-Means on their
+first 50 principal components (which keep the clusters' shape and are fast), DBSCAN and Ward on the normalised
+embeddings themselves. In a large dataset DBSCAN and Ward cluster a sample of 5,000 images and every other image
+joins the cluster of its nearest sampled image.
 """,
     "similarity": """
 **Cosine similarity** is the cosine of the angle between two embeddings: 1 for the same direction, 0 for
@@ -52,6 +55,30 @@ projection to that many dimensions can; the explained variance ratio is each dir
 curved or clustered structure can overlap in it.
 """,
 }
+
+
+# Shown beside the clustering's scores: what each one measures, in the words of the badges.
+METRIC_TITLES = {
+    "silhouette": "How much closer each image is to its own cluster than to the nearest other one: from -1 to 1, "
+                  "higher is better.",
+    "adjusted Rand vs folders": "How well the clusters agree with the folder labels, counting pairs of images: 1 "
+                                "is the same grouping, 0 is what chance gives.",
+    "NMI vs folders": "How much knowing an image's cluster tells about its folder label: from 0 (nothing) to 1 "
+                      "(everything).",
+}
+METRIC_EXPLANATIONS = """
+**Silhouette** (-1 to 1): for each image, how much closer it is to the images of its own cluster than to those of
+the nearest other cluster, averaged. Near 1: tight, well separated clusters; near 0: overlapping ones; below 0:
+images sit closer to another cluster than to their own. It needs no labels.
+
+**Adjusted Rand index** (ARI, about 0 to 1) compares the clusters with the folder labels: of all pairs of images,
+how many are grouped alike (together in both, or apart in both), corrected so that a random clustering scores 0.
+
+**Normalised mutual information** (NMI, 0 to 1): how much knowing an image's cluster tells about its folder, and
+the other way round. 1 when clusters and folders match exactly (even with other names), 0 when they are unrelated.
+
+Both label scores leave out images without a folder label, and count DBSCAN's noise as one more group.
+"""
 
 
 def explanation(page: str) -> dbc.Accordion:

@@ -1,9 +1,9 @@
-"""Background callbacks: run by jobs forked from a clean process (diskcache), or by a Celery worker (Redis).
+"""Background callbacks: run by the job server of the cache folder (diskcache), or by Celery workers (Redis).
 
-Dash's DiskcacheManager forks each job from the server process. A fork copies every lock as it is at that moment,
-and if another request thread is inside SQLite (or an OpenMP runtime) then, the job waits forever on a lock that
-no thread will release. Here jobs are forked by multiprocess's fork server instead: a separate, single-threaded
-process started by exec, which has already imported (and compiled) what the jobs need.
+With the diskcache manager, a web process never forks: it puts the job on the job board in the cache folder and
+the one job server of that folder (dashboard.job_server) runs it, at most `slots` at a time in each of two lanes,
+the others waiting in order. While a job waits, its page is told where it stands (the job server warming up, or
+its place in the queue) in the callback's progress output.
 
 With Celery, the web processes only queue the callbacks' JSON arguments in Redis; `dinoscope worker` builds the
 same Dash app (so the same callbacks are registered as tasks under the same names) and runs them in its pool.
@@ -12,16 +12,16 @@ Progress, results and cancel (a revoke that terminates the task's process) go th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import diskcache
-import multiprocess
-import psutil
 from celery import Celery
 from dash import CeleryManager, DiskcacheManager
 from kombu.utils.url import maybe_sanitize_url
 
-# Imported by the fork server before it forks any job: the analysis code, with UMAP's numba code compiled once, and
-# torch with timm for embedding uploads (importing them takes seconds; no torch thread runs before the fork).
-PRELOAD = ["dashboard.analysis.warm", "indexer.model"]
+from dashboard.job_board import JobBoard
+from dashboard.job_server import JobServerConfig, dump_job, kill_tree, start_job_server
+
 REDIS_SCHEMES = ("redis://", "rediss://")
 
 
@@ -29,35 +29,74 @@ class BrokerError(RuntimeError):
     """Redis cannot be used for background callbacks; the message names the URL (without its password)."""
 
 
-class ForkServerDiskcacheManager(DiskcacheManager):
-    def call_job_fn(self, key, job_fn, args, context):
-        context_ = multiprocess.get_context("forkserver")
-        context_.set_forkserver_preload(PRELOAD)
-        process = context_.Process(target=job_fn, args=(key, self._make_progress_key(key), args, context))
-        process.start()
-        return process.pid
+class JobServerManager(DiskcacheManager):
+    """Dash's diskcache manager, with jobs run by the job server of the cache folder in one of its lanes.
 
-    # Dash looks a job's process up after checking that it exists; a job that ends in between (it has just written
-    # its result) raised NoSuchProcess, which the browser saw as a failed callback (500).
+    A job is known to Dash by its token on the board. Background callbacks that use it have one progress output:
+    the messages about waiting go there.
+    """
+
+    def __init__(self, cache: diskcache.Cache, config: JobServerConfig, lane: str) -> None:
+        super().__init__(cache)
+        self.config = config
+        self.lane = lane
+        self.board = JobBoard(config.board_folder)
+
+    def call_job_fn(self, key, job_fn, args, context):
+        start_job_server(self.config, self.board)
+        payload = dump_job(job_fn, (key, self._make_progress_key(key), args, context))
+        return self.board.submit(self.lane, payload, self._make_progress_key(key))
+
     def terminate_job(self, job):
-        try:
-            super().terminate_job(job)
-        except psutil.NoSuchProcess:
-            pass
+        if job is None:
+            return
+        pid = self.board.cancel(str(job))
+        if pid is not None:
+            kill_tree(pid)
+
+    def terminate_unhealthy_job(self, job):
+        if job and not self.job_running(job):
+            self.terminate_job(job)
+            return True
+        return False
 
     def job_running(self, job):
-        try:
-            return super().job_running(job)
-        except psutil.NoSuchProcess:
-            return False
+        return bool(job) and self.board.is_running(str(job))
+
+    def get_progress(self, key):
+        progress = super().get_progress(key)
+        if progress is None:
+            waiting = self.board.waiting_message(self._make_progress_key(key))
+            if waiting is not None:
+                server = self.board.server()
+                if server is None or not server.alive:
+                    start_job_server(self.config, self.board)  # it ended (or was killed): queued jobs need one
+                return [waiting]
+        return progress
 
 
-def background_manager(settings):
-    """Celery when the settings name a Redis URL, else jobs forked beside this process, with state kept in the
-    cache folder that every worker process shares."""
+@dataclass(frozen=True)
+class JobManagers:
+    """The managers of an app's background callbacks: `long` for projections (minutes at 100,000 images), `short`
+    for work bounded to seconds (a sampled clustering, an upload), which must not wait behind long jobs."""
+
+    long: object
+    short: object
+
+
+def background_managers(settings) -> JobManagers:
+    """Celery when the settings name a Redis URL, else the job server of the cache folder that every worker
+    process shares."""
     if settings.celery_url:
-        return CeleryManager(celery_app(settings.celery_url))
-    return ForkServerDiskcacheManager(diskcache.Cache(str(settings.cache_dir / "background")))
+        manager = CeleryManager(celery_app(settings.celery_url))
+        return JobManagers(manager, manager)
+    config = job_server_config(settings)
+    cache = diskcache.Cache(str(settings.cache_dir / "background"))
+    return JobManagers(JobServerManager(cache, config, "long"), JobServerManager(cache, config, "short"))
+
+
+def job_server_config(settings) -> JobServerConfig:
+    return JobServerConfig(settings.cache_dir, settings.db_url, settings.job_slots, settings.preload)
 
 
 def celery_app(url: str) -> Celery:

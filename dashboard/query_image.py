@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from db.queries import dataset_by_name
+from db.engine import open_database
+from db.queries import dataset_by_name, datasets_newest_first
 from indexer.decode import DecodedImage, UnreadableImage, decode_image
 
 if TYPE_CHECKING:
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from indexer.model import LoadedModel
 
 MAX_UPLOAD_BYTES = 10 * 1024**2
+# A PNG is decoded whole (a JPEG at a reduced scale): above this many pixels, a small file could take a job's
+# memory into gigabytes (24 megapixels is 72 MB as RGB, about 300 MB at the most during conversion).
+MAX_DECODED_PIXELS = 24_000_000
 # Flask answers 413 to any larger request: an upload travels base64-encoded (4/3 of its size) in a callback's JSON.
 MAX_REQUEST_BYTES = 16 * 1024**2
 ACCEPTED_FORMATS = ("JPEG", "PNG")
@@ -74,9 +78,28 @@ class UploadEmbedding:
 
 def recorded_model(store: DatasetStore, dataset: str) -> RecordedModel:
     with store.database.session() as session:
-        row = dataset_by_name(session, dataset)
-        return RecordedModel(row.model_name, row.weights_kind, row.weights_identity, row.weights_source,
-                             row.image_size, row.precision)
+        return _recorded(dataset_by_name(session, dataset))
+
+
+def newest_recorded_models(db_url: str, count: int) -> list[RecordedModel]:
+    """The distinct models of the most recently updated datasets, newest first, at most `count`."""
+    database = open_database(db_url, readonly=True)
+    try:
+        with database.session() as session:
+            found: dict[tuple, RecordedModel] = {}
+            for dataset in datasets_newest_first(session):
+                recorded = _recorded(dataset)
+                found.setdefault(recorded.key, recorded)
+                if len(found) == count:
+                    break
+    finally:
+        database.dispose()
+    return list(found.values())
+
+
+def _recorded(dataset) -> RecordedModel:
+    return RecordedModel(dataset.model_name, dataset.weights_kind, dataset.weights_identity, dataset.weights_source,
+                         dataset.image_size, dataset.precision)
 
 
 def upload_bytes(contents: str | None) -> bytes:
@@ -101,25 +124,32 @@ def _too_large(size: int) -> str:
 
 
 def decode_upload(data: bytes, image_size: int) -> tuple[DecodedImage, str]:
-    """The upload decoded as the indexer decodes a file for a model of `image_size` pixels, and its format."""
-    found = _image_format(data)
+    """The upload decoded as the indexer decodes a file for a model of `image_size` pixels, and its format.
+    Its size is read from the header first: a picture that would decode to too many pixels is refused unread."""
+    found, size = _image_header(data)
     if found is not None and found not in ACCEPTED_FORMATS:
         raise UploadRefused(f"This is a {found} image: upload a JPG or PNG")
+    if found != "JPEG" and size is not None and size[0] * size[1] > MAX_DECODED_PIXELS:
+        raise UploadRefused(
+            f"This {found} is {size[0]} x {size[1]} pixels ({size[0] * size[1] / 1e6:.0f} megapixels); uploads "
+            f"other than JPEG are limited to {MAX_DECODED_PIXELS / 1e6:.0f} megapixels: save a smaller copy (the "
+            "model sees only a few hundred pixels anyway)")
     try:
         return decode_image(data, image_size), found
     except UnreadableImage as error:
         raise UploadRefused(f"This file cannot be used: {error} (upload a JPG or PNG)") from None
 
 
-def _image_format(data: bytes) -> str | None:
-    """The format named in the file's header, or None when Pillow cannot tell (decode_image then says why)."""
+def _image_header(data: bytes) -> tuple[str | None, tuple[int, int] | None]:
+    """The format and size named in the file's header, read without decoding a pixel; (None, None) when Pillow
+    cannot tell (decode_image then says why)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                return image.format
+                return image.format, image.size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return None
+        return None, None
 
 
 class QueryModels:
@@ -139,6 +169,9 @@ class QueryModels:
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["capacity"])
+
+    def holds(self, recorded: RecordedModel) -> bool:
+        return recorded.key in self._models
 
     def get(self, recorded: RecordedModel, on_build: Callable[[], None] = lambda: None) -> tuple[LoadedModel, object]:
         """(the model, the torch device it is on); `on_build` is called first when it has to be built."""

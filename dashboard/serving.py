@@ -9,12 +9,17 @@ hands out and another may be asked about.
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from secrets import token_hex
 
 from gunicorn.app.base import BaseApplication
 
 from dashboard.app import create_app
+from dashboard.job_server import kill_tree, start_job_server
+from dashboard.jobs import job_server_config
 from dashboard.settings import Settings
 
 NO_LOGIN_WARNING = """\
@@ -45,6 +50,23 @@ def shared_secret(settings: Settings) -> tuple[Settings, bool]:
     if settings.secret_key:
         return settings, False
     return replace(settings, secret_key=token_hex(32)), True
+
+
+@contextmanager
+def job_server(settings: Settings) -> Iterator[None]:
+    """The job server of the settings' cache folder, started now (so it warms up before the first user) and
+    stopped, with its jobs, at the end. With Celery, the workers run the jobs: nothing to start."""
+    process = None if settings.celery_url else start_job_server(job_server_config(settings))
+    try:
+        yield
+    finally:
+        if process is not None:
+            process.terminate()  # it ends its running jobs
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                kill_tree(process.pid)
+                process.wait()
 
 
 class DashboardServer(BaseApplication):

@@ -13,6 +13,15 @@ CACHE_DIR_ENV = "DINOSCOPE_CACHE_DIR"
 SECRET_ENV = "DINOSCOPE_SECRET_KEY"
 CELERY_ENV = "DINOSCOPE_CELERY"
 USERS_FILE_ENV = "DINOSCOPE_USERS_FILE"
+JOB_SLOTS_ENV = "DINOSCOPE_JOB_SLOTS"
+# What the job server warms up before its first job: UMAP and t-SNE; torch, timm and the newest upload models.
+PRELOADS = ("projections", "models")
+
+
+def default_job_slots() -> int:
+    """Background jobs at once in each of the job server's two lanes: a quarter of the cores each, at least one
+    (so half the cores run jobs and the other half serves pages)."""
+    return max(1, (os.cpu_count() or 2) // 4)
 
 
 @dataclass(frozen=True)
@@ -23,6 +32,8 @@ class Settings:
     change_check_seconds: float = 15.0  # how often an open page asks whether its dataset has changed
     celery_url: str | None = None  # Redis for background callbacks run by `dinoscope worker`; None: diskcache
     users_file: Path | None = None  # user:hash lines; None: no login
+    job_slots: int = 1  # background jobs running at once per lane of the job server (diskcache manager)
+    preload: tuple[str, ...] = PRELOADS
 
     @classmethod
     def from_env(cls, db: str | None = None, cache_dir: str | Path | None = None, celery_url: str | None = None,
@@ -31,4 +42,5 @@ class Settings:
         users = users_file or os.environ.get(USERS_FILE_ENV)
         return cls(resolve_url(db or os.environ.get(DB_ENV)), Path(cache).expanduser().resolve(),
                    os.environ.get(SECRET_ENV), celery_url=celery_url or os.environ.get(CELERY_ENV) or None,
-                   users_file=Path(users).expanduser().resolve() if users else None)
+                   users_file=Path(users).expanduser().resolve() if users else None,
+                   job_slots=int(os.environ.get(JOB_SLOTS_ENV) or default_job_slots()))

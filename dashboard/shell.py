@@ -17,6 +17,15 @@ PAGES = (("Gallery", "/gallery"), ("Clustering", "/clustering"), ("Similarity", 
          ("Embeddings", "/embeddings"), ("Within image", "/patches"))
 
 
+BUSY_AFTER_MS = 500  # a callback that takes longer shows a spinner over what it will replace
+
+
+def busy(component) -> dcc.Loading:
+    """`component`, dimmed under a spinner while a callback that has taken over half a second replaces it."""
+    return dcc.Loading(component, delay_show=BUSY_AFTER_MS, type="circle", parent_className="dinoscope-busy",
+                       overlay_style={"visibility": "visible", "opacity": 0.5})
+
+
 # The pages about one image, and the suffix of their links' ids: "Open this image on ..." wherever an image is shown.
 _IMAGE_PAGES = (("Similar images", "/similarity", "similar"), ("Embedding", "/embeddings", "embedding"),
                 ("Within image", "/patches", "patches"))

@@ -56,6 +56,11 @@ def dataset_by_name(session: Session, name: str) -> Dataset:
     return dataset
 
 
+def datasets_newest_first(session: Session) -> list[Dataset]:
+    """Every dataset, the most recently updated first."""
+    return list(session.scalars(select(Dataset).order_by(Dataset.updated_at.desc(), Dataset.id.desc())))
+
+
 def dataset_summaries(session: Session) -> list[DatasetSummary]:
     counts = dict(session.execute(select(Image.dataset_id, func.count()).group_by(Image.dataset_id)).all())
     bases = {row.dataset_id: PatchBasisFacts(row.fitted_images, row.fitted_tokens, row.explained_variance)

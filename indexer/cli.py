@@ -259,18 +259,19 @@ def _serve(settings, host: str, port: int, workers: int | None = None, threads: 
         raise _fail(error) from None
     if serving.needs_login_warning(host, settings):
         click.echo(serving.NO_LOGIN_WARNING.format(host=host), err=True)
-    if workers is None:
-        app = create_app(settings)
-        click.echo(f"dinoscope dashboard on http://{host}:{port}/ (development server; Ctrl+C stops it)")
-        app.run(host=host, port=port, debug=False)
-        return
-    settings, generated = serving.shared_secret(settings)
-    if generated:
-        click.echo(f"note: {SECRET_ENV} is not set: the workers share a key made for this run, so sessions end "
-                   "when the server restarts", err=True)
-    click.echo(f"dinoscope dashboard on http://{host}:{port}/ (gunicorn, {workers} workers of {threads} threads; "
-               "Ctrl+C stops it)")
-    serving.DashboardServer(settings, host, port, workers, threads).run()
+    with serving.job_server(settings):  # warming up while the web server starts
+        if workers is None:
+            app = create_app(settings)
+            click.echo(f"dinoscope dashboard on http://{host}:{port}/ (development server; Ctrl+C stops it)")
+            app.run(host=host, port=port, debug=False)
+            return
+        settings, generated = serving.shared_secret(settings)
+        if generated:
+            click.echo(f"note: {SECRET_ENV} is not set: the workers share a key made for this run, so sessions end "
+                       "when the server restarts", err=True)
+        click.echo(f"dinoscope dashboard on http://{host}:{port}/ (gunicorn, {workers} workers of {threads} "
+                   "threads; Ctrl+C stops it)")
+        serving.DashboardServer(settings, host, port, workers, threads).run()
 
 
 @main.command()
@@ -328,7 +329,11 @@ def users_add(file, user, password_stdin):
 @click.option("--random-weights", is_flag=True, help="Index with random weights (machines without the model hub).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8050, show_default=True)
-def demo(folder, db, random_weights, host, port):
+@cache_dir_option
+@click.option("--workers", type=click.IntRange(1, 64),
+              help="Serve with gunicorn and this many worker processes (see `serve`). [default: Flask's "
+                   "development server]")
+def demo(folder, db, random_weights, host, port, cache_dir, workers):
     """Copy the sample photographs, index them, and serve the dashboard."""
     from db import DinoscopeDbError, open_database
     from indexer.model import ModelError, WeightsChoice
@@ -344,7 +349,7 @@ def demo(folder, db, random_weights, host, port):
         raise _fail(error) from None
     from dashboard.settings import Settings
 
-    _serve(Settings.from_env(db), host, port)
+    _serve(Settings.from_env(db, cache_dir), host, port, workers)
 
 
 @main.command()

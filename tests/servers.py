@@ -85,6 +85,19 @@ def stop(process: subprocess.Popen, timeout_s: float = 60) -> tuple[int, int]:
     return status, len(alive)
 
 
+def job_server_jobs(cache_dir: Path) -> int:
+    """How many jobs the job server of a cache folder runs now (its live child processes)."""
+    from dashboard.job_board import JobBoard
+
+    server = JobBoard(cache_dir / "jobs").server()
+    if server is None or not server.alive:
+        return 0
+    try:
+        return sum(1 for job in psutil.Process(server.pid).children() if job.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:  # ended meanwhile
+        return 0
+
+
 def flush_test_redis() -> None:
     import redis
 
@@ -103,16 +116,16 @@ class BackgroundApps:
 
     def build(self, db: Path):
         from dashboard.app import create_app
-        from dashboard.jobs import background_manager
+        from dashboard.jobs import background_managers
         from dashboard.settings import Settings
 
         celery_url = REDIS_TEST_URL if self.manager == "celery" else None
-        settings = Settings(f"sqlite:///{db}", self.folder / "cache", "test-secret", celery_url=celery_url)
+        self.settings = Settings(f"sqlite:///{db}", self.folder / "cache", "test-secret", celery_url=celery_url)
         if celery_url:
             flush_test_redis()
-            self.workers.append(start_worker(db, settings.cache_dir, self.folder / "worker.log"))
-        self.managers.append(background_manager(settings))
-        return create_app(settings, self.managers[-1])
+            self.workers.append(start_worker(db, self.settings.cache_dir, self.folder / "worker.log"))
+        self.managers.append(background_managers(self.settings))
+        return create_app(self.settings, self.managers[-1])
 
     def running_jobs(self) -> int:
         if self.manager == "celery":
@@ -121,21 +134,14 @@ class BackgroundApps:
             with celery_app(REDIS_TEST_URL) as control_app:
                 active = control_app.control.inspect(timeout=1.0).active() or {}
             return sum(len(tasks) for tasks in active.values())
-        jobs = 0
-        for process in psutil.Process().children(recursive=True):
-            try:
-                if "forkserver" in " ".join(process.cmdline()):  # jobs are the fork server's children
-                    jobs += sum(1 for job in process.children() if job.status() != psutil.STATUS_ZOMBIE)
-            except psutil.Error:  # ended meanwhile
-                continue
-        return jobs
+        return job_server_jobs(self.settings.cache_dir)
 
     def close(self) -> None:
         # Close this process's Redis connections: kombu closes them again in every process forked later (a
         # DataLoader's decode workers in another test, say), and that close blocks on the Redis server forever.
-        for manager in self.managers:
+        for managers in self.managers:
             if self.manager == "celery":
-                manager.handle.close()
+                managers.long.handle.close()
         for worker in self.workers:
             stop(worker)
         if self.workers:

@@ -19,22 +19,14 @@ LIST_TASKS = ("from dashboard.celery_app import app; "
               "print(*[name for name in app.tasks if name.startswith('background_callback_')])")
 
 
-def test_the_settings_choose_the_manager(tmp_path):
-    assert isinstance(jobs.background_manager(Settings("sqlite:///x.db", tmp_path)), jobs.ForkServerDiskcacheManager)
-    celery = jobs.background_manager(Settings("sqlite:///x.db", tmp_path, celery_url=REDIS_TEST_URL))
-    assert isinstance(celery, CeleryManager)
-    assert celery.handle.conf.broker_url == REDIS_TEST_URL and celery.handle.conf.worker_prefetch_multiplier == 1
-
-
-def test_a_job_that_ends_while_dash_looks_at_it_is_over_not_an_error(tmp_path, monkeypatch):
-    import psutil
-
-    manager = jobs.background_manager(Settings("sqlite:///x.db", tmp_path))
-    ended = subprocess.Popen([sys.executable, "-c", "pass"])
-    ended.wait()
-    monkeypatch.setattr(psutil, "pid_exists", lambda pid: True)  # it still existed when Dash checked
-    manager.terminate_job(ended.pid)
-    assert manager.job_running(ended.pid) is False
+def test_the_settings_choose_the_managers(tmp_path):
+    managers = jobs.background_managers(Settings("sqlite:///x.db", tmp_path))
+    assert isinstance(managers.long, jobs.JobServerManager) and isinstance(managers.short, jobs.JobServerManager)
+    assert (managers.long.lane, managers.short.lane) == ("long", "short")
+    celery = jobs.background_managers(Settings("sqlite:///x.db", tmp_path, celery_url=REDIS_TEST_URL))
+    assert isinstance(celery.long, CeleryManager) and celery.short is celery.long
+    assert celery.long.handle.conf.broker_url == REDIS_TEST_URL
+    assert celery.long.handle.conf.worker_prefetch_multiplier == 1
 
 
 def test_the_test_redis_answers():

@@ -111,12 +111,81 @@ def test_clustering_the_projection_uses_the_two_dimensional_points():
 
 def test_the_download_lists_every_image_with_its_cluster_and_position():
     view = _blobs()
+    relpaths = list(view.relpaths)
+    relpaths[5] = "=HYPERLINK(1)"  # a spreadsheet would run it as a formula
+    view = DatasetView(view.name, 1, view.image_ids, relpaths, view.labels, view.sizes, view.embeddings)
     coordinates = np.arange(len(view) * 2, dtype=np.float32).reshape(-1, 2)
     labels = np.arange(len(view)) % 3
-    rows = list(csv.DictReader(io.StringIO(assignment_csv(view, coordinates, labels))))
+    pieces = list(assignment_csv(view, coordinates, labels, chunk=7))
+    assert len(pieces) == 6  # written a few rows at a time: 30 rows in 5 pieces, and the (empty) end
+    rows = list(csv.DictReader(io.StringIO("".join(pieces))))
     assert len(rows) == len(view)
     assert rows[4] == {"image_id": "104", "relpath": "cats/4.png", "label": "cats", "cluster": "1", "x": "8",
                        "y": "9"}
+    assert rows[5]["relpath"] == "'=HYPERLINK(1)"
+
+
+def test_clustering_the_projection_of_a_large_dataset_is_bounded_by_a_sample(monkeypatch):
+    """Ward and DBSCAN on all 2-D points took over a minute and 3 GB at 20,000 images: above CLUSTER_SAMPLE they
+    cluster a sample, in either space, and the other images join their nearest sampled one."""
+    n = clustering_view.CLUSTER_SAMPLE + 1_000
+    rng = np.random.default_rng(0)
+    folders = np.arange(n) % 3
+    corners = np.array([[0, 0], [10, 0], [0, 10]], np.float32)
+    coordinates = (corners[folders] + 0.3 * rng.standard_normal((n, 2))).astype(np.float32)
+    embeddings = (np.eye(3, 8, dtype=np.float32)[folders] + 0.01 * rng.standard_normal((n, 8))).astype(np.float32)
+    view = DatasetView("large", 1, np.arange(n), [f"{f}/{i}.png" for i, f in enumerate(folders)],
+                       [str(f) for f in folders], [(64, 48)] * n, embeddings)
+    clustered = []
+    real = clustering_view.cluster
+    monkeypatch.setattr(clustering_view, "cluster",
+                        lambda points, *a, **k: clustered.append(len(points)) or real(points, *a, **k))
+    for params in (ClusterParams("hierarchical", k=3, space="projection"),
+                   ClusterParams("dbscan", eps=1.0, min_samples=5, space="projection")):
+        clustered.clear()
+        result = cluster_images(view, coordinates, params)
+        assert clustered == [clustering_view.CLUSTER_SAMPLE]
+        assert result.metrics.adjusted_rand == pytest.approx(1.0) and len(result.labels) == n
+        assert f"a sample of {clustering_view.CLUSTER_SAMPLE:,} images" in result.notes[0]
+
+
+def test_dbscan_that_finds_only_noise_says_so_and_suggests_an_eps():
+    view = _blobs()
+    result = cluster_images(view, np.zeros((len(view), 2)), ClusterParams("dbscan", eps=0.01, min_samples=3))
+    assert result.metrics.n_noise == len(view)
+    advice = result.notes[-1]
+    assert advice.startswith("DBSCAN called 100% of the images noise: with eps 0.01 (cosine 1.00)")
+    suggested = float(advice.split("Try eps ")[1].split(" ")[0])
+    again = cluster_images(view, np.zeros((len(view), 2)), ClusterParams("dbscan", eps=suggested, min_samples=3))
+    assert again.metrics.n_clusters == 3 and again.metrics.n_noise == 0  # the suggestion finds the folders
+
+    one = cluster_images(view, np.zeros((len(view), 2)), ClusterParams("dbscan", eps=1.9, min_samples=3))
+    assert one.metrics.n_clusters == 1 and "100% of the images in one cluster" in one.notes[-1]
+    fine = cluster_images(view, np.zeros((len(view), 2)), ClusterParams("dbscan", eps=suggested, min_samples=3))
+    assert fine.notes == []
+    assert clustering_view.eps_as_cosine(0.5) == pytest.approx(0.875)
+
+
+def test_slow_clusterings_go_to_a_background_job_and_every_clustering_is_cached(monkeypatch):
+    small, large = _blobs(), _blobs(per_blob=4)
+    monkeypatch.setattr(clustering_view, "CLUSTER_IN_REQUEST", 20)
+    assert not clustering_view.clusters_in_background(large, ClusterParams("dbscan"))  # 12 images
+    assert clustering_view.clusters_in_background(small, ClusterParams("dbscan"))
+    assert clustering_view.clusters_in_background(small, ClusterParams("hierarchical"))
+    assert not clustering_view.clusters_in_background(small, ClusterParams("kmeans"))
+    calls = []
+    real = clustering_view.cluster_images
+    monkeypatch.setattr(clustering_view, "cluster_images", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache: dict = {}
+    coordinates = np.random.default_rng(0).standard_normal((len(small), 2)).astype(np.float32)
+    first = clustering_view.cached_clustering(cache, small, "p1", coordinates, ClusterParams("kmeans", k=3))
+    again = clustering_view.cached_clustering(cache, small, "p1", coordinates, ClusterParams("kmeans", k=3))
+    assert again is first and calls == [1]
+    clustering_view.cached_clustering(cache, small, "p2", coordinates, ClusterParams("kmeans", k=3))  # same space
+    clustering_view.cached_clustering(cache, small, "p2", coordinates, ClusterParams("kmeans", k=3,
+                                                                                     space="projection"))
+    clustering_view.cached_clustering(cache, _blobs(generation=2), "p1", coordinates, ClusterParams("kmeans", k=3))
+    assert calls == [1, 1, 1] and len(cache) == 3
 
 
 def test_the_scatter_has_a_trace_per_cluster_whose_points_carry_image_ids():
@@ -143,19 +212,19 @@ def test_a_scatter_of_more_points_than_the_browser_draws_well_shows_a_sample(mon
 def test_the_scatter_reaches_the_browser_as_binary_typed_arrays(dashboard_app, sample_db, tmp_path):
     """What Dash sends for the scatter: x, y and the image ids as base64 typed arrays, not JSON lists."""
     view = DatasetStore(f"sqlite:///{sample_db}").view("samples")
-    params = ProjectionParams("pca")
+    params, clustering = ProjectionParams("pca"), ClusterParams(k=3)
     with diskcache.Cache(str(tmp_path / "cache" / "results")) as results:  # the app's shared results cache
         projection = cached_projection(results, view, params)
+        clustering_view.cached_clustering(results, view, params.cache_key(view), projection.coordinates, clustering)
     output = next(o for o in dashboard_app.callback_map if o.startswith("..clustering-scatter.figure..."))
-    controls = {"clustering-projection-key": ("data", params.cache_key(view)), "clustering-method": ("value", "kmeans"),
-                "clustering-k": ("value", 3), "clustering-eps": ("value", 0.5),
-                "clustering-min-samples": ("value", 5), "clustering-space": ("value", False)}
+    shown = {"key": clustering_view.clustering_key(view, clustering, params.cache_key(view)),
+             "projection": params.cache_key(view), "query": query_of(params, clustering)}
     response = dashboard_app.server.test_client().post("/_dash-update-component", json={
         "output": output,
         "outputs": [dict(zip(("id", "property"), part.rsplit(".", 1))) for part in output.strip(".").split("...")],
-        "inputs": [{"id": name, "property": prop, "value": value} for name, (prop, value) in controls.items()],
+        "inputs": [{"id": "clustering-shown", "property": "data", "value": shown}],
         "state": [{"id": "clustering-dataset", "property": "data", "value": "samples"}],
-        "changedPropIds": ["clustering-projection-key.data"],
+        "changedPropIds": ["clustering-shown.data"],
     })
     traces = response.get_json()["response"]["clustering-scatter"]["figure"]["data"]
 
@@ -323,8 +392,8 @@ def test_the_cluster_summary_and_the_csv_download(dash_duo, dashboard_app):
     assert sum(sizes) == 22
     assert all(len(s.find_elements("css selector", "img")) == min(8, n) for s, n in zip(summaries, sizes))
 
-    dash_duo.find_element("#clustering-download-button").click()
-    target = Path(dash_duo.download_path) / "samples-pca-kmeans-clusters.csv"
+    dash_duo.find_element("#clustering-download-link").click()
+    target = Path(dash_duo.download_path) / "samples-pca-kmeans-k4-clusters.csv"
     until(lambda: target.exists() and target.stat().st_size > 0, timeout=20)
     rows = list(csv.DictReader(target.open()))
     assert len(rows) == 22 and sorted({int(r["cluster"]) for r in rows}) == [0, 1, 2, 3]

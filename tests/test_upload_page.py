@@ -7,12 +7,11 @@ import base64
 import shutil
 from pathlib import Path
 
-import diskcache
 from dash.testing.wait import until
 
 from dashboard.app import create_app
 from dashboard.data import DatasetStore
-from dashboard.jobs import ForkServerDiskcacheManager
+from dashboard.jobs import JobManagers, JobServerManager, background_managers, job_server_config
 from dashboard.query_image import QueryModels, embed_upload, recorded_model
 from dashboard.settings import Settings
 from dashboard.similarity_view import images_similar_to
@@ -49,12 +48,12 @@ def _open(dash_duo, query: str) -> None:
     dash_duo.wait_for_element("#similarity-result-grid img")
 
 
-class RecordingManager(ForkServerDiskcacheManager):
+class RecordingManager(JobServerManager):
     """The usual manager, keeping every value the web server reads back from what the jobs stored in the cache
     folder: results, progress and set_props (the server runs in the test's process)."""
 
-    def __init__(self, cache) -> None:
-        super().__init__(cache)
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
         self.stored = []
 
     def get_result(self, key, job):
@@ -78,8 +77,10 @@ def _files_containing(folder: Path, needles: list[bytes]) -> list[Path]:
 
 
 def test_an_uploaded_sample_is_shown_with_its_neighbours_itself_first(dash_duo, sample_db, samples, tmp_path):
-    manager = RecordingManager(diskcache.Cache(str(tmp_path / "cache" / "background")))
-    dash_duo.start_server(create_app(Settings(f"sqlite:///{sample_db}", tmp_path / "cache", "test-secret"), manager))
+    settings = Settings(f"sqlite:///{sample_db}", tmp_path / "cache", "test-secret")
+    managers = background_managers(settings)
+    manager = RecordingManager(managers.short.handle, job_server_config(settings), "short")
+    dash_duo.start_server(create_app(settings, JobManagers(managers.long, manager)))
     _open(dash_duo, "dataset=samples&image=5&k=5")
     until(lambda: "at most 10 MB" in text_of(dash_duo, "#similarity-upload"), timeout=10)  # a lazily loaded component
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import re
+import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from sklearn.decomposition import PCA
@@ -15,6 +21,7 @@ TSNE_ITERATIONS = 750  # openTSNE's default: 250 with early exaggeration, then 5
 TSNE_REPORT_EVERY = 50
 # Below this UMAP's spectral initialisation fails; a projection of so few points is PCA's to give anyway.
 MIN_NONLINEAR_IMAGES = 4
+UMAP_EXACT_NEIGHBOURS = 4096  # below this UMAP searches neighbours exactly (here with scikit-learn), else NNDescent
 
 
 @dataclass
@@ -94,8 +101,12 @@ def project(
 
 
 def warm_up() -> None:
-    """Compile UMAP's numba code and load openTSNE in this process (about 10 s), so background jobs forked from it
-    start at once (dashboard.analysis.warm runs it in the jobs' fork server)."""
+    """Load UMAP's compiled code (compiling it the first time on a machine, 20 s or more) and openTSNE in this
+    process, so the background jobs forked from it start at once (the job server and Celery workers run it).
+
+    Not warmed: the approximate neighbour search (pynndescent) that UMAP uses from UMAP_EXACT_NEIGHBOURS images
+    on. Its main function cannot be cached on disk, so warming it would cost every start 15 s or more; the
+    UMAP jobs that need it compile it then, in a projection that takes minutes anyway."""
     points = np.random.default_rng(0).standard_normal((2 * MIN_NONLINEAR_IMAGES + 8, 8))
     project(points, "umap", n_neighbors=4)
     project(points, "tsne", perplexity=2)
@@ -158,24 +169,81 @@ def _umap(
     notes: list[str],
     report: Callable[[str], None],
 ) -> np.ndarray:
-    import numba
-
-    # UMAP runs in forked background jobs, and numba's OpenMP layer aborts a forked child once its parent has
-    # used it; the work-queue layer is fork-safe. Set before numba first starts its threads in this process.
-    numba.config.THREADING_LAYER = "workqueue"
-    import umap  # slow to import (numba): only when asked for
-
+    umap_class = _umap_class()
     n = len(vectors)
     if n_neighbors >= n:
         notes.append(f"n_neighbors {n_neighbors} lowered to {n - 1}: it must be below the {n} images")
         n_neighbors = n - 1
-    report("UMAP")
-    reducer = umap.UMAP(
+    report("UMAP: nearest neighbours")
+    reducer = umap_class(
         n_components=2,
         n_neighbors=n_neighbors,
         min_dist=min_dist,
         metric="euclidean",
         random_state=seed,
         n_jobs=1 if seed is not None else -1,
+        precomputed_knn=_exact_neighbours(vectors, n_neighbors) if n < UMAP_EXACT_NEIGHBOURS else (None, None, None),
+        tqdm_kwds={"disable": False, "file": _EpochReport(report), "bar_format": "{n}/{total}",
+                   "mininterval": 0.5},
     )
-    return reducer.fit_transform(vectors)
+    with warnings.catch_warnings():
+        # precomputed neighbours come without a search index, which only transform() (never used here) needs
+        warnings.filterwarnings("ignore", message=".*knn_search_index.*")
+        return reducer.fit_transform(vectors)
+
+
+def _exact_neighbours(vectors: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each point's n_neighbors nearest (itself first), as UMAP takes them. Below UMAP's own threshold for
+    approximate search it would compute all distances through a Python callback per pair (minutes for 3,000
+    points); scikit-learn's exact search takes a fraction of a second there."""
+    from sklearn.neighbors import NearestNeighbors
+
+    distances, indices = NearestNeighbors(n_neighbors=n_neighbors).fit(vectors).kneighbors(vectors)
+    return indices.astype(np.int32), distances.astype(np.float32)
+
+
+class _EpochReport:
+    """A file for UMAP's progress bar (tqdm writes "done/total" here): reports how many epochs have run."""
+
+    def __init__(self, report: Callable[[str], None]) -> None:
+        self.report = report
+
+    def write(self, text: str) -> None:
+        found = re.search(r"(\d+)/(\d+)", text)
+        if found:
+            self.report(f"UMAP: epoch {found[1]} of {found[2]}")
+
+    def flush(self) -> None:
+        pass
+
+
+@functools.cache
+def _umap_class():
+    """UMAP's estimator, imported (slow: numba) only when asked for, with its compiled code cached on disk.
+
+    UMAP runs in forked background jobs, and numba's OpenMP layer aborts a forked child once its parent has used
+    it; the work-queue layer is fork-safe. Set before numba first starts its threads in this process. Most of
+    UMAP's numba functions are not marked for caching, so every new process compiled them again (15 s or more);
+    here each is cached in numba's cache folder, so only the first process on a machine compiles them.
+    """
+    import numba
+
+    numba.config.THREADING_LAYER = "workqueue"
+    if not numba.config.CACHE_DIR:
+        numba.config.CACHE_DIR = str(numba_cache_dir())
+    import umap
+    from numba.core.registry import CPUDispatcher
+
+    for name, module in list(sys.modules.items()):
+        if name.partition(".")[0] in ("umap", "pynndescent"):
+            for value in list(vars(module).values()):
+                if isinstance(value, CPUDispatcher):
+                    value.enable_caching()
+    return umap.UMAP
+
+
+def numba_cache_dir() -> Path:
+    """Where numba keeps compiled code unless NUMBA_CACHE_DIR says otherwise: one folder per user, kept across
+    restarts and shared by every dinoscope process."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "dinoscope" / "numba"

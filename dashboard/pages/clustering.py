@@ -1,12 +1,14 @@
 """Clustering: a 2-D projection of the embeddings coloured by clusters, with metrics, summaries and a download.
 
-PCA is computed in the request. t-SNE and UMAP run in a background callback with progress and cancel; every
-projection is kept in the shared results cache under (dataset, generation, parameters), so whoever asks second
-gets it at once, and a re-index (a new generation) makes it stale.
+PCA and K-Means are computed in the request. t-SNE and UMAP run in a background job (the long lane) and DBSCAN and
+Ward above CLUSTER_IN_REQUEST images in another (the short lane), with progress and cancel. Every projection and
+clustering is kept in the shared results cache under (dataset, generation, parameters), so whoever asks second gets
+it at once, and a re-index (a new generation) makes it stale.
 """
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
 from uuid import uuid4
 
 import dash
@@ -14,19 +16,23 @@ import dash_bootstrap_components as dbc
 from dash import Dash, Input, Output, State, dcc, html
 
 from dashboard.clustering_view import (
-    assignment_csv,
+    K_MAX,
+    K_MIN,
+    cached_clustering,
     cached_projection,
-    cluster_images,
     cluster_name,
     cluster_params,
     cluster_scatter,
+    clustering_key,
+    clusters_in_background,
     hover_components,
     projection_params,
     query_of,
 )
 from dashboard.data import DatasetStore
-from dashboard.explanations import explanation
-from dashboard.shell import image_links, page_shell
+from dashboard.downloads import CLUSTERS_CSV_PATH
+from dashboard.explanations import METRIC_EXPLANATIONS, METRIC_TITLES, explanation
+from dashboard.shell import busy, image_links, page_shell
 from dashboard.urlstate import similarity_url, sync_url, thumbnail_url, url_parameters
 
 PATH = "/clustering"
@@ -35,6 +41,14 @@ _PROJECTION_CONTROLS = [("clustering-projection", "value"), ("clustering-perplex
                         ("clustering-seed", "value")]
 _CLUSTER_CONTROLS = [("clustering-method", "value"), ("clustering-k", "value"), ("clustering-eps", "value"),
                      ("clustering-min-samples", "value"), ("clustering-space", "value")]
+# The cosine similarity that DBSCAN's eps means between normalised embeddings (eps is their chord distance).
+_EPS_AS_COSINE = """
+function (eps, onProjection) {
+    if (typeof eps !== "number" || !isFinite(eps)) { return ""; }
+    if (onProjection) { return "eps is a distance between the 2-D points"; }
+    return "neighbours within eps " + eps.toFixed(2) + " have cosine similarity ≥ " + (1 - eps * eps / 2).toFixed(3);
+}
+"""
 # The image id of a hovered or clicked point, {"image_id", "bbox"}. dcc.Graph reads an event's customdata from
 # the figure as sent, where binary arrays are still base64, so its events lack it; plotly's decoded copy has it.
 _IMAGE_AT_POINT = """
@@ -50,8 +64,9 @@ _URL_NAMES = ["dataset", "projection", "perplexity", "n_neighbors", "min_dist", 
               "method", "k", "eps", "min_samples", "space"]
 
 
-def register(app: Dash, store: DatasetStore, results) -> None:
-    """`results` is the diskcache shared by every worker process, where projections are kept."""
+def register(app: Dash, store: DatasetStore, results, short_jobs) -> None:
+    """`results` is the diskcache shared by every worker process, where projections and clusterings are kept;
+    `short_jobs` the background-callback manager for jobs of seconds (DBSCAN and Ward of a sample)."""
 
     def layout(dataset: str | None = None, **query):
         projection, clustering = projection_params(query), cluster_params(query)
@@ -62,6 +77,8 @@ def register(app: Dash, store: DatasetStore, results) -> None:
                 dcc.Store(id="clustering-dataset", data=provenance.name),
                 dcc.Store(id="clustering-projection-key"),
                 dcc.Store(id="clustering-projection-request"),
+                dcc.Store(id="clustering-shown"),  # {"key": clustering, "projection": its key, "query": the view}
+                dcc.Store(id="clustering-cluster-request"),
                 url_parameters("clustering", _URL_NAMES),
                 explanation("clustering"),
                 dbc.Row([
@@ -70,17 +87,19 @@ def register(app: Dash, store: DatasetStore, results) -> None:
                         html.Div(id="clustering-status", className="small text-muted"),
                         dbc.Button("Cancel", id="clustering-cancel", size="sm", color="secondary",
                                    className="mb-2", style={"display": "none"}),
-                        dcc.Graph(id="clustering-scatter", config={"displaylogo": False}),
+                        busy(dcc.Graph(id="clustering-scatter", config={"displaylogo": False},
+                                       clear_on_unhover=True)),
                         dcc.Tooltip(id="clustering-tooltip"),
                         dcc.Store(id="clustering-hovered"),
                         dcc.Store(id="clustering-clicked"),
                         html.Div(id="clustering-metrics"),
+                        _metric_explanations(),
                     ], md=6),
                     dbc.Col(html.Div(id="clustering-selected", children=html.P(
                         "Click a point to select its image.", className="text-muted")), md=3),
                 ]),
                 html.H4("Clusters", className="mt-3"),
-                html.Div(id="clustering-summary"),
+                busy(html.Div(id="clustering-summary")),
             ])
 
         return page_shell(store, PATH, dataset, content)
@@ -129,37 +148,84 @@ def register(app: Dash, store: DatasetStore, results) -> None:
         prevent_initial_call=True,
     )
     def report_cancel(_clicks):
-        return "Cancelled: the plot still shows the previous projection."
+        return "Cancelled: the plot still shows the previous result."
+
+    @app.callback(
+        Output("clustering-shown", "data"), Output("clustering-cluster-request", "data"),
+        Output("clustering-status", "children", allow_duplicate=True),
+        Input("clustering-projection-key", "data"), *[Input(c, p) for c, p in _CLUSTER_CONTROLS],
+        *[State(c, p) for c, p in _PROJECTION_CONTROLS], State("clustering-dataset", "data"),
+        State("clustering-shown", "data"), prevent_initial_call=True,
+    )
+    def choose_clusters(projection_key, method, k, eps, min_samples, space, projection_method, perplexity,
+                        n_neighbors, min_dist, seed, dataset, shown_before):
+        projection = results.get(projection_key) if projection_key else None
+        if projection is None:
+            return dash.no_update, dash.no_update, dash.no_update
+        view = store.view(dataset)
+        params = _cluster_params(method, k, eps, min_samples, space)
+        query = query_of(projection_params({"projection": projection_method, "perplexity": perplexity,
+                                            "n_neighbors": n_neighbors, "min_dist": min_dist, "seed": seed}), params)
+        shown = {"key": clustering_key(view, params, projection_key), "projection": projection_key, "query": query}
+        if clusters_in_background(view, params) and shown["key"] not in results:
+            return dash.no_update, shown, "Starting…"
+        cached_clustering(results, view, projection_key, projection.coordinates, params)
+        # An empty request stops a clustering job still running (its result would replace this one); on page load
+        # none runs, and none is started.
+        return shown, None if shown_before else dash.no_update, dash.no_update
+
+    @app.callback(
+        Output("clustering-shown", "data", allow_duplicate=True),
+        Input("clustering-cluster-request", "data"),
+        State("clustering-dataset", "data"), State("clustering-session", "data"),
+        background=True, manager=short_jobs, prevent_initial_call=True, interval=300,
+        progress=Output("clustering-status", "children"),
+        running=[(Output("clustering-cancel", "style"), {"display": "inline-block"}, {"display": "none"})],
+        cancel=Input("clustering-cancel", "n_clicks"),
+    )
+    def compute_clusters(set_progress, request, dataset, _session):
+        # _session: a per-page-load id, so two users asking for the same view are two jobs (Dash 4.4.1).
+        projection = results.get(request["projection"]) if request else None
+        if projection is None:
+            return dash.no_update
+        cached_clustering(results, store.view(dataset), request["projection"], projection.coordinates,
+                          cluster_params(request["query"]), progress=lambda stage: set_progress(f"Computing: {stage}…"))
+        return request
 
     @app.callback(
         Output("clustering-scatter", "figure"), Output("clustering-metrics", "children"),
         Output("clustering-summary", "children"), Output("clustering-status", "children", allow_duplicate=True),
-        Input("clustering-projection-key", "data"), *[Input(c, p) for c, p in _CLUSTER_CONTROLS],
-        State("clustering-dataset", "data"), prevent_initial_call=True,
+        Output("clustering-download-link", "href"),
+        Input("clustering-shown", "data"), State("clustering-dataset", "data"), prevent_initial_call=True,
     )
-    def show_clusters(key, method, k, eps, min_samples, space, dataset):
-        projection = results.get(key) if key else None
-        if projection is None:
-            return dash.no_update, dash.no_update, dash.no_update, dash.no_update
+    def show_clusters(shown, dataset):
+        projection = results.get(shown["projection"]) if shown else None
+        result = results.get(shown["key"]) if shown else None
+        if projection is None or result is None:
+            return dash.no_update, dash.no_update, dash.no_update, dash.no_update, dash.no_update
         view = store.view(dataset)
-        result = cluster_images(view, projection.coordinates, _cluster_params(method, k, eps, min_samples, space))
         notes = html.Ul([html.Li(note) for note in projection.notes + result.notes],
-                        className="small text-warning") if projection.notes or result.notes else ""
-        return (cluster_scatter(view, projection, result), _metrics(result.metrics),
-                _summary(view, result, dataset), notes)
+                        className="small text-warning", id="clustering-notes") \
+            if projection.notes or result.notes else ""
+        return (cluster_scatter(view, projection, result), _metrics(result.metrics), _summary(view, result, dataset),
+                notes, f"{CLUSTERS_CSV_PATH}?{urlencode({'dataset': dataset, **shown['query']})}")
 
     app.clientside_callback(_IMAGE_AT_POINT, Output("clustering-hovered", "data"),
                             Input("clustering-scatter", "hoverData"))
     app.clientside_callback(_IMAGE_AT_POINT, Output("clustering-clicked", "data"),
                             Input("clustering-scatter", "clickData"), prevent_initial_call=True)
 
+    app.clientside_callback(_EPS_AS_COSINE, Output("clustering-eps-cosine", "children"),
+                            Input("clustering-eps", "value"), Input("clustering-space", "value"))
+
     @app.callback(
         Output("clustering-tooltip", "show"), Output("clustering-tooltip", "bbox"),
         Output("clustering-tooltip", "children"),
-        Input("clustering-hovered", "data"), State("clustering-dataset", "data"),
+        Input("clustering-hovered", "data"), Input("clustering-scatter", "figure"), State("clustering-dataset", "data"),
     )
-    def hover_point(point, dataset):
-        if not point:
+    def hover_point(point, _figure, dataset):
+        # The card closes when the pointer leaves the point and whenever the figure changes under it.
+        if not point or dash.ctx.triggered_id == "clustering-scatter":
             return False, dash.no_update, dash.no_update
         view = store.view(dataset)
         row = view.position(point["image_id"])
@@ -171,7 +237,7 @@ def register(app: Dash, store: DatasetStore, results) -> None:
             html.Div(view.relpaths[row], className="fw-bold small"),
             html.Div(f"label: {view.labels[row] or 'none'}", className="small"),
             html.Div(pcs, className="small text-muted"),
-        ], id="clustering-hover-card", style={"width": "170px"})
+        ], id="clustering-hover-card", style={"width": "170px", "overflowWrap": "anywhere", "whiteSpace": "normal"})
 
     @app.callback(
         Output("clustering-selected", "children"), Input("clustering-clicked", "data"),
@@ -194,21 +260,6 @@ def register(app: Dash, store: DatasetStore, results) -> None:
                 image_links(dataset, image_id, "clustering"),
             ]),
         ])
-
-    @app.callback(
-        Output("clustering-download", "data"), Input("clustering-download-button", "n_clicks"),
-        State("clustering-projection-key", "data"), *[State(c, p) for c, p in _CLUSTER_CONTROLS],
-        State("clustering-dataset", "data"), prevent_initial_call=True,
-    )
-    def download_assignment(_clicks, key, method, k, eps, min_samples, space, dataset):
-        projection = results.get(key) if key else None
-        if projection is None:
-            return dash.no_update
-        view = store.view(dataset)
-        params = _cluster_params(method, k, eps, min_samples, space)
-        labels = cluster_images(view, projection.coordinates, params).labels
-        return {"content": assignment_csv(view, projection.coordinates, labels),
-                "filename": f"{dataset}-{projection.method}-{params.method}-clusters.csv"}
 
     @app.callback(
         Output("clustering-perplexity-group", "style"), Output("clustering-umap-group", "style"),
@@ -254,17 +305,25 @@ def _controls(projection, clustering) -> dbc.Card:
                        options=[{"label": "K-Means", "value": "kmeans"}, {"label": "DBSCAN", "value": "dbscan"},
                                 {"label": "Hierarchical (Ward)", "value": "hierarchical"}]),
         html.Div([dbc.Label("clusters k", className="small"),
-                  dcc.Slider(id="clustering-k", min=2, max=20, step=1, value=clustering.k,
-                             marks={n: str(n) for n in (2, 5, 10, 15, 20)})], id="clustering-k-group"),
+                  dcc.Slider(id="clustering-k", min=K_MIN, max=K_MAX, step=1, value=clustering.k,
+                             marks={n: str(n) for n in (K_MIN, 5, 10, 15, K_MAX)})], id="clustering-k-group"),
         html.Div([_number_input("clustering-eps", "eps (chord distance)", clustering.eps, "any", 0.01, 2),
+                  html.Div(id="clustering-eps-cosine", className="small text-muted mb-1"),
                   _number_input("clustering-min-samples", "min_samples", clustering.min_samples, 1, 1, 100)],
                  id="clustering-dbscan-group"),
         dbc.Switch(id="clustering-space", label="cluster the 2-D projection instead",
                    value=clustering.space == "projection", className="mt-2"),
         html.Hr(),
-        dbc.Button("Download clusters (CSV)", id="clustering-download-button", size="sm", color="secondary"),
-        dcc.Download(id="clustering-download"),
+        dbc.Button("Download clusters (CSV)", id="clustering-download-link", size="sm", color="secondary",
+                   external_link=True, href=CLUSTERS_CSV_PATH),
     ]))
+
+
+def _metric_explanations() -> html.Details:
+    return html.Details([
+        html.Summary("What do these numbers mean?", className="small"),
+        dcc.Markdown(METRIC_EXPLANATIONS, className="small text-muted"),
+    ], id="clustering-metric-explanations", className="mt-1")
 
 
 def _metrics(metrics) -> html.Div:
@@ -276,7 +335,8 @@ def _metrics(metrics) -> html.Div:
              ("NMI vs folders", score(metrics.normalized_mutual_info))]
     if metrics.n_noise:
         items.insert(1, ("noise points", str(metrics.n_noise)))
-    return html.Div([dbc.Badge(f"{name}: {value}", color="light", text_color="dark", className="me-2")
+    return html.Div([dbc.Badge(f"{name}: {value}", color="light", text_color="dark", className="me-2",
+                               title=METRIC_TITLES.get(name, ""))
                      for name, value in items], id="clustering-metric-badges", className="mt-2")
 
 

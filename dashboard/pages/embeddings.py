@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import dash
 import dash_bootstrap_components as dbc
 from dash import Dash, Input, Output, State, dash_table, dcc, html
 
 from dashboard.data import DatasetStore, DatasetView
+from dashboard.downloads import EMBEDDING_NPY_PATH, EMBEDDINGS_NPZ_PATH
 from dashboard.embeddings_view import (
     COMPONENTS_DEFAULT,
     COMPONENTS_MIN,
@@ -15,26 +18,25 @@ from dashboard.embeddings_view import (
     DatasetPCA,
     cached_pca,
     component_limit,
-    dataset_npz,
     embedding_histogram_figure,
     embedding_line_figure,
-    embedding_npy,
     embedding_of,
     embedding_statistics,
     explained_variance_figure,
     extreme_features,
     extremes_figure,
     format_value,
-    pca_table,
+    pca_table_page,
     raw_values_text,
 )
 from dashboard.explanations import explanation
 from dashboard.image_picker import image_picker, register_image_search
-from dashboard.shell import image_links, page_shell
+from dashboard.shell import busy, image_links, page_shell
 from dashboard.similarity_view import reference_image
 from dashboard.urlstate import as_int, sync_url, thumbnail_url, url_parameters
 
 PATH = "/embeddings"
+TABLE_PAGE_SIZE = 25
 N_MARKS = {1: "1", 10: "10", 20: "20", 30: "30", 40: "40", 50: "50"}
 _GRAPH_CONFIG = {"displaylogo": False}
 
@@ -57,8 +59,8 @@ def register(app: Dash, store: DatasetStore, results) -> None:
                 f"There is no image {image!r} in this dataset; showing its first image.", color="warning",
                 id="embeddings-missing", dismissable=True)
             line, histogram, card, raw = _image_parts(view, shown)
-            pca = cached_pca(results, view, chosen)
-            columns, rows = pca_table(view, pca)
+            pca = cached_pca(results, view).first(chosen)
+            table = pca_table_page(view, pca, 0, TABLE_PAGE_SIZE)
             return html.Div([
                 dcc.Store(id="embeddings-dataset", data=view.name),
                 url_parameters("embeddings", ["dataset", "image", "n", "components"]),
@@ -73,12 +75,12 @@ def register(app: Dash, store: DatasetStore, results) -> None:
                             md=6),
                 ], className="mb-3 g-3"),
                 dbc.Row([
-                    dbc.Col([html.Div(card, id="embeddings-card"), _downloads()], md=3),
+                    dbc.Col([html.Div(card, id="embeddings-card"), _downloads(view.name, shown)], md=3),
                     dbc.Col([
                         dbc.Row([
-                            dbc.Col(dcc.Graph(id="embeddings-line", figure=line, config=_GRAPH_CONFIG), lg=6),
-                            dbc.Col(dcc.Graph(id="embeddings-histogram", figure=histogram, config=_GRAPH_CONFIG),
-                                    lg=6),
+                            dbc.Col(busy(dcc.Graph(id="embeddings-line", figure=line, config=_GRAPH_CONFIG)), lg=6),
+                            dbc.Col(busy(dcc.Graph(id="embeddings-histogram", figure=histogram,
+                                                   config=_GRAPH_CONFIG)), lg=6),
                         ], className="g-2"),
                         dcc.Graph(id="embeddings-extremes", config=_GRAPH_CONFIG,
                                   figure=extremes_figure(extreme_features(embedding_of(view, shown), count))),
@@ -99,15 +101,16 @@ def register(app: Dash, store: DatasetStore, results) -> None:
                                         marks=_component_marks(limit), disabled=limit < COMPONENTS_MIN)], md=6),
                 ], className="mb-2"),
                 dbc.Row([
-                    dbc.Col(dcc.Graph(id="embeddings-variance", config=_GRAPH_CONFIG,
-                                      figure=explained_variance_figure(pca.ratio, pca.cumulative)), lg=5),
-                    dbc.Col(dash_table.DataTable(
-                        id="embeddings-pca-table", columns=columns, data=rows, sort_action="native",
-                        page_action="native", page_size=25, style_table={"overflowX": "auto"},
+                    dbc.Col(busy(dcc.Graph(id="embeddings-variance", config=_GRAPH_CONFIG,
+                                           figure=explained_variance_figure(pca.ratio, pca.cumulative))), lg=5),
+                    dbc.Col(busy(dash_table.DataTable(
+                        id="embeddings-pca-table", columns=table.columns, data=table.rows, sort_action="custom",
+                        sort_mode="single", sort_by=[], page_action="custom", page_current=0,
+                        page_size=TABLE_PAGE_SIZE, page_count=table.page_count, style_table={"overflowX": "auto"},
                         style_cell={"fontFamily": "monospace", "fontSize": "0.8rem", "padding": "2px 6px"},
                         style_header={"fontWeight": "bold"},
                         style_cell_conditional=[{"if": {"column_id": c}, "textAlign": "left"}
-                                                for c in ("path", "label")]), lg=7),
+                                                for c in ("path", "label")])), lg=7),
                 ], className="g-3 mb-4"),
             ])
 
@@ -143,35 +146,38 @@ def register(app: Dash, store: DatasetStore, results) -> None:
         return extremes_figure(extreme_features(embedding_of(view, image_id), as_int(n, N_DEFAULT, 1, N_MAX)))
 
     @app.callback(
-        Output("embeddings-variance", "figure"), Output("embeddings-pca-table", "columns"),
-        Output("embeddings-pca-table", "data"), Output("embeddings-pca-caption", "children"),
+        Output("embeddings-variance", "figure"), Output("embeddings-pca-caption", "children"),
+        Output("embeddings-pca-table", "page_current"),
         Input("embeddings-components", "value"), State("embeddings-dataset", "data"), prevent_initial_call=True,
     )
     def show_pca(components, dataset):
         if components is None:
-            return dash.no_update, dash.no_update, dash.no_update, dash.no_update
+            return dash.no_update, dash.no_update, dash.no_update
         view = store.view(dataset)
-        limit = max(COMPONENTS_MIN, component_limit(view))
-        pca = cached_pca(results, view, as_int(components, COMPONENTS_DEFAULT, COMPONENTS_MIN, limit))
-        columns, rows = pca_table(view, pca)
-        return explained_variance_figure(pca.ratio, pca.cumulative), columns, rows, _pca_caption(view, pca)
+        pca = _pca(view, components)
+        return explained_variance_figure(pca.ratio, pca.cumulative), _pca_caption(view, pca), 0
 
     @app.callback(
-        Output("embeddings-download-npy", "data"), Input("embeddings-download-npy-button", "n_clicks"),
-        State("embeddings-image", "value"), State("embeddings-dataset", "data"), prevent_initial_call=True,
+        Output("embeddings-pca-table", "columns"), Output("embeddings-pca-table", "data"),
+        Output("embeddings-pca-table", "page_count"),
+        Input("embeddings-pca-table", "page_current"), Input("embeddings-pca-table", "sort_by"),
+        Input("embeddings-components", "value"), State("embeddings-dataset", "data"), prevent_initial_call=True,
     )
-    def download_embedding(_clicks, image_id, dataset):
+    def show_table_page(page, sort_by, components, dataset):
         view = store.view(dataset)
-        if image_id is None or view.position(image_id) is None:
-            return dash.no_update
-        return dcc.send_bytes(embedding_npy(view, image_id), f"{dataset}-{int(image_id)}.npy")
+        table = pca_table_page(view, _pca(view, components), as_int(page, 0, 0), TABLE_PAGE_SIZE, sort_by)
+        return table.columns, table.rows, table.page_count
 
     @app.callback(
-        Output("embeddings-download-npz", "data"), Input("embeddings-download-npz-button", "n_clicks"),
+        Output("embeddings-download-npy", "href"), Input("embeddings-image", "value"),
         State("embeddings-dataset", "data"), prevent_initial_call=True,
     )
-    def download_dataset(_clicks, dataset):
-        return dcc.send_bytes(dataset_npz(store.view(dataset)), f"{dataset}-embeddings.npz")
+    def link_download(image_id, dataset):
+        return _npy_url(dataset, image_id) if image_id is not None else dash.no_update
+
+    def _pca(view: DatasetView, components) -> DatasetPCA:
+        limit = max(COMPONENTS_MIN, component_limit(view))
+        return cached_pca(results, view).first(as_int(components, COMPONENTS_DEFAULT, COMPONENTS_MIN, limit))
 
 
 def _image_parts(view: DatasetView, image_id: int):
@@ -205,15 +211,17 @@ def _card(view: DatasetView, image_id: int, vector) -> dbc.Card:
     ], color="primary", outline=True)
 
 
-def _downloads() -> html.Div:
+def _downloads(dataset: str, image_id: int) -> html.Div:
     return html.Div([
-        dbc.Button("This embedding (.npy)", id="embeddings-download-npy-button", size="sm", color="secondary",
-                   className="me-2 mt-2"),
-        dbc.Button("All embeddings (.npz)", id="embeddings-download-npz-button", size="sm", color="secondary",
-                   className="mt-2"),
-        dcc.Download(id="embeddings-download-npy"),
-        dcc.Download(id="embeddings-download-npz"),
+        dbc.Button("This embedding (.npy)", id="embeddings-download-npy", size="sm", color="secondary",
+                   className="me-2 mt-2", external_link=True, href=_npy_url(dataset, image_id)),
+        dbc.Button("All embeddings (.npz)", id="embeddings-download-npz", size="sm", color="secondary",
+                   className="mt-2", external_link=True, href=f"{EMBEDDINGS_NPZ_PATH}?{urlencode({'dataset': dataset})}"),
     ])
+
+
+def _npy_url(dataset: str, image_id: int) -> str:
+    return f"{EMBEDDING_NPY_PATH}?{urlencode({'dataset': dataset, 'image': int(image_id)})}"
 
 
 def _component_marks(limit: int) -> dict:

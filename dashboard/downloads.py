@@ -1,0 +1,103 @@
+"""Downloads: plain HTTP responses that Flask streams as they are written, behind the same login as every page
+(never a JSON callback payload, whose size grows with the dataset), each with a file name that says what it holds.
+
+    /download/embedding.npy?dataset=NAME&image=ID        one image's embedding (float32, D)
+    /download/embeddings.npz?dataset=NAME                every embedding with ids, paths and labels
+    /download/clusters.csv?dataset=NAME&<the clustering page's parameters>
+                                                         every image's cluster and 2-D position
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import flask
+
+from dashboard.clustering_view import (
+    assignment_csv,
+    cached_clustering,
+    cached_projection,
+    cluster_params,
+    clustering_key,
+    clusters_in_background,
+    projection_params,
+)
+from dashboard.data import DatasetStore, DatasetView
+from dashboard.embeddings_view import dataset_npz, embedding_npy
+from db.errors import DatasetNotFound, DinoscopeDbError
+
+EMBEDDING_NPY_PATH = "/download/embedding.npy"
+EMBEDDINGS_NPZ_PATH = "/download/embeddings.npz"
+CLUSTERS_CSV_PATH = "/download/clusters.csv"
+
+
+def add_download_routes(server: flask.Flask, store: DatasetStore, results) -> None:
+    """`results`: the shared results cache, where the clustering page keeps its projections and clusterings."""
+
+    @server.route(EMBEDDING_NPY_PATH)
+    def embedding():
+        view = _view(store)
+        image_id = _image_id(view)
+        return _attachment([embedding_npy(view, image_id)], f"{_slug(view.name)}-image{image_id}-embedding.npy",
+                           "application/octet-stream")
+
+    @server.route(EMBEDDINGS_NPZ_PATH)
+    def embeddings():
+        view = _view(store)
+        rows, dim = view.embeddings.shape
+        return _attachment(dataset_npz(view), f"{_slug(view.name)}-embeddings-{rows}x{dim}.npz", "application/zip")
+
+    @server.route(CLUSTERS_CSV_PATH)
+    def clusters():
+        view = _view(store)
+        projection, clustering = projection_params(flask.request.args), cluster_params(flask.request.args)
+        projection_key = projection.cache_key(view)
+        found = results.get(projection_key)
+        if found is None and projection.runs_in_background:
+            flask.abort(409, f"This {projection.method} projection has not been computed: open it on the clustering "
+                             "page first, then download.")
+        found = found or cached_projection(results, view, projection)
+        if clusters_in_background(view, clustering) and clustering_key(view, clustering, projection_key) not in results:
+            flask.abort(409, "This clustering has not been computed: open it on the clustering page first, then "
+                             "download.")
+        result = cached_clustering(results, view, projection_key, found.coordinates, clustering)
+        detail = (f"eps{clustering.eps:g}-min{clustering.min_samples}" if clustering.method == "dbscan"
+                  else f"k{clustering.k}")
+        space = "-2d" if clustering.space == "projection" else ""
+        name = f"{_slug(view.name)}-{projection.method}-{clustering.method}-{detail}{space}-clusters.csv"
+        return _attachment(assignment_csv(view, found.coordinates, result.labels), name, "text/csv")
+
+
+def _view(store: DatasetStore) -> DatasetView:
+    name = flask.request.args.get("dataset")
+    if not name:
+        flask.abort(400, "Say which dataset: ?dataset=NAME")
+    try:
+        return store.view(name)
+    except DatasetNotFound as error:
+        flask.abort(404, str(error))
+    except DinoscopeDbError as error:
+        flask.abort(503, str(error))
+
+
+def _image_id(view: DatasetView) -> int:
+    try:
+        image_id = int(flask.request.args.get("image", ""))
+    except ValueError:
+        flask.abort(400, "Say which image: ?image=ID, a number")
+    if view.position(image_id) is None:
+        flask.abort(404, f"There is no image {image_id} in dataset {view.name!r}")
+    return image_id
+
+
+def _slug(name: str) -> str:
+    """A dataset's name as a file name: letters, digits, '.', '_' and '-' kept, anything else '_'."""
+    return re.sub(r"[^\w.-]+", "_", name).strip("._") or "dataset"
+
+
+def _attachment(parts: Iterable, filename: str, mimetype: str) -> flask.Response:
+    response = flask.Response(flask.stream_with_context(iter(parts)), mimetype=mimetype)
+    response.headers.set("Content-Disposition", "attachment", filename=filename)
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
