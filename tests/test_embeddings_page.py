@@ -28,7 +28,7 @@ from dashboard.embeddings_view import (
     format_value,
     histogram_counts,
     pca_cache_key,
-    pca_table,
+    pca_table_page,
     raw_values_text,
 )
 from db.engine import open_database
@@ -88,7 +88,7 @@ def test_top_and_bottom_features_are_right_and_ties_go_by_feature_index():
 
 @pytest.mark.parametrize("n", [2, 5, 21])
 def test_explained_variance_matches_sklearn_on_the_normalised_embeddings(samples, n):
-    pca = dataset_pca(samples, n)
+    pca = dataset_pca(samples).first(n)
     reference = PCA(n_components=n).fit(normalize_rows(samples.embeddings))
     np.testing.assert_allclose(pca.ratio, reference.explained_variance_ratio_, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(pca.cumulative, np.cumsum(reference.explained_variance_ratio_), rtol=1e-4)
@@ -102,27 +102,28 @@ def test_explained_variance_matches_sklearn_on_the_normalised_embeddings(samples
 
 def test_all_components_explain_everything_and_limits_follow_the_data():
     view = _view(6, dim=16)
-    pca = dataset_pca(view, 6)
+    pca = dataset_pca(view)
+    assert pca.components == 6
     assert pca.cumulative[-1] == pytest.approx(1.0) and pca.cumulative[-1] <= 1 + 1e-9
     assert component_limit(view) == 6 and component_limit(_view(80, dim=64)) == 50
     assert component_limit(_view(30, dim=8)) == 8
 
 
-def test_the_pca_is_cached_by_dataset_generation_and_components(monkeypatch):
+def test_the_pca_is_computed_once_per_dataset_generation_for_every_number_of_components(monkeypatch):
     from dashboard import embeddings_view
 
     calls = []
     real = embeddings_view.dataset_pca
-    monkeypatch.setattr(embeddings_view, "dataset_pca", lambda *a: calls.append(a[1]) or real(*a))
+    monkeypatch.setattr(embeddings_view, "dataset_pca", lambda view: calls.append(view.generation) or real(view))
     cache: dict = {}
     view = _view(12)
-    first = cached_pca(cache, view, 4)
-    again = cached_pca(cache, view, 4)
-    assert calls == [4] and again is first
-    cached_pca(cache, view, 3)
-    cached_pca(cache, _view(12, generation=2), 4)
-    assert calls == [4, 3, 4] and len(cache) == 3
-    assert pca_cache_key(view, 4) != pca_cache_key(_view(12, generation=2), 4)
+    first = cached_pca(cache, view)
+    assert cached_pca(cache, view) is first and calls == [1]
+    np.testing.assert_array_equal(first.first(3).coordinates, first.coordinates[:, :3])
+    assert first.first(3).ratio.tolist() == first.ratio[:3].tolist()
+    cached_pca(cache, _view(12, generation=2))
+    assert calls == [1, 2] and len(cache) == 2
+    assert pca_cache_key(view) != pca_cache_key(_view(12, generation=2))
 
 
 def test_the_npy_and_npz_downloads_hold_exactly_the_stored_values(samples, stored):
@@ -135,7 +136,7 @@ def test_the_npy_and_npz_downloads_hold_exactly_the_stored_values(samples, store
     with pytest.raises(KeyError):
         embedding_npy(samples, 99999)
 
-    with np.load(io.BytesIO(dataset_npz(samples))) as archive:  # allow_pickle is False by default
+    with np.load(io.BytesIO(b"".join(dataset_npz(samples)))) as archive:  # allow_pickle is False by default
         assert sorted(archive.files) == ["embeddings", "image_ids", "labels", "relpaths"]
         assert archive["embeddings"].dtype == np.float32
         np.testing.assert_array_equal(archive["embeddings"], embeddings)
@@ -145,18 +146,44 @@ def test_the_npy_and_npz_downloads_hold_exactly_the_stored_values(samples, store
         assert archive["relpaths"][4] == "microscopy/ihc.png" and archive["labels"][4] == "microscopy"
 
     unlabelled = _view(5)
-    with np.load(io.BytesIO(dataset_npz(unlabelled))) as archive:
+    with np.load(io.BytesIO(b"".join(dataset_npz(unlabelled)))) as archive:
         assert archive["labels"].tolist() == ["", "set1", "set2", "set0", ""]
 
 
-def test_the_table_lists_every_image_with_its_coordinates():
-    view = _view(10)
-    pca = dataset_pca(view, 3)
-    columns, rows = pca_table(view, pca)
-    assert [c["id"] for c in columns] == ["path", "label", "PC1", "PC2", "PC3"]
-    assert all(c.get("type") == "numeric" for c in columns[2:])
-    assert len(rows) == 10 and rows[1]["path"] == "set1/Image_001.png" and rows[0]["label"] == ""
-    assert rows[3]["id"] == 103 and rows[3]["PC2"] == pytest.approx(float(pca.coordinates[3, 1]), abs=1e-4)
+def test_the_npz_is_streamed_in_pieces_of_bounded_size():
+    """The whole .npz travelled as one JSON callback response (108 MB at 20,000 images): now it is written a few
+    rows at a time, whatever the dataset's size."""
+    view = _view(3000, dim=64)
+    pieces = list(dataset_npz(view, chunk=100))
+    assert max(len(piece) for piece in pieces) <= 100 * 64 * 4 + 1024
+    with np.load(io.BytesIO(b"".join(pieces))) as archive:
+        np.testing.assert_array_equal(archive["embeddings"], view.embeddings)
+        assert archive["relpaths"].tolist() == view.relpaths
+
+
+def test_the_table_is_sent_a_page_at_a_time_sorted_on_the_server():
+    """Every row of the PCA table went to the browser (15.5 MB at 20,000 images): now one page does."""
+    view = _view(3000)
+    pca = dataset_pca(view).first(3)
+    page = pca_table_page(view, pca, 0, 25)
+    assert [c["id"] for c in page.columns] == ["path", "label", "PC1", "PC2", "PC3"]
+    assert all(c.get("type") == "numeric" for c in page.columns[2:])
+    assert len(page.rows) == 25 and page.page_count == 120
+    assert [row["path"] for row in page.rows] == view.relpaths[:25] and page.rows[0]["label"] == ""
+    assert page.rows[3]["id"] == 103 and page.rows[3]["PC2"] == pytest.approx(float(pca.coordinates[3, 1]), abs=1e-4)
+    last = pca_table_page(view, pca, 500, 25)  # a page past the end is the last one
+    assert [row["id"] for row in last.rows] == view.image_ids[-25:].tolist()
+
+    ascending = pca_table_page(view, pca, 1, 25, [{"column_id": "PC2", "direction": "asc"}])
+    order = np.argsort(pca.coordinates[:, 1], kind="stable")
+    assert [row["id"] for row in ascending.rows] == view.image_ids[order[25:50]].tolist()
+    descending = pca_table_page(view, pca, 0, 25, [{"column_id": "PC2", "direction": "desc"}])
+    assert descending.rows[0]["id"] == int(view.image_ids[np.argmax(pca.coordinates[:, 1])])
+    by_label = pca_table_page(view, pca, 0, 3000, [{"column_id": "label", "direction": "asc"}])
+    labels = [row["label"] for row in by_label.rows]
+    assert labels == sorted(labels) and labels[0] == ""
+    by_path = pca_table_page(view, pca, 0, 3000, [{"column_id": "path", "direction": "desc"}])
+    assert [row["path"] for row in by_path.rows] == view.relpaths[::-1]
 
 
 def test_figures_show_the_embedding():
@@ -310,24 +337,24 @@ def test_components_change_the_pca_and_the_table_sorts_by_a_clicked_column(dash_
     variance = "Array.from(gd._fullData[0].y)"
     until(lambda: _figure(dash_duo, "embeddings-variance", "Array.from(gd._fullData[0].x)") == ["PC1", "PC2", "PC3"],
           timeout=10)
-    expected = dataset_pca(samples, 3)
+    expected = dataset_pca(samples).first(3)
     assert _figure(dash_duo, "embeddings-variance", variance) == pytest.approx(expected.ratio.tolist(), rel=1e-4)
     assert _header_ids(dash_duo) == ["path", "label", "PC1", "PC2", "PC3"]
 
     _set_slider(dash_duo, "#embeddings-components", 8)
     until(lambda: len(_figure(dash_duo, "embeddings-variance", variance) or []) == 8, timeout=10)
     assert _figure(dash_duo, "embeddings-variance", variance) == pytest.approx(
-        dataset_pca(samples, 8).ratio.tolist(), rel=1e-4)
+        dataset_pca(samples).first(8).ratio.tolist(), rel=1e-4)
     until(lambda: _header_ids(dash_duo) == ["path", "label", *[f"PC{i}" for i in range(1, 9)]], timeout=10)
     assert "components=8" in dash_duo.driver.current_url
     caption = _text(dash_duo, "#embeddings-pca-caption")
-    assert "first 8 components" in caption and f"{dataset_pca(samples, 8).cumulative[-1]:.1%}" in caption
+    assert "first 8 components" in caption and f"{dataset_pca(samples).first(8).cumulative[-1]:.1%}" in caption
 
     paths = _column(dash_duo, "path")
     assert paths == samples.relpaths  # the dataset's order until a column is sorted
     _when_stable(lambda: dash_duo.find_element(
         "#embeddings-pca-table th[data-dash-column='PC1'] .column-header--sort").click())
-    coordinates = dataset_pca(samples, 8).coordinates[:, 0]
+    coordinates = dataset_pca(samples).coordinates[:, 0]
     by_pc1 = [samples.relpaths[i] for i in np.argsort(coordinates, kind="stable")]
     until(lambda: _column(dash_duo, "path") == by_pc1, timeout=10)  # the first click sorts in ascending order
     shown = [float(v) for v in _column(dash_duo, "PC1")]
@@ -355,17 +382,18 @@ def test_both_downloads_hold_the_stored_embeddings(dash_duo, dashboard_app, samp
     _open(dash_duo, "dataset=samples&image=12")
     _expect_image(dash_duo, samples, 12)
 
-    _click(dash_duo, "#embeddings-download-npy-button")
-    target = Path(dash_duo.download_path) / "samples-12.npy"
+    _click(dash_duo, "#embeddings-download-npy")
+    target = Path(dash_duo.download_path) / "samples-image12-embedding.npy"
     until(lambda: target.exists() and target.stat().st_size > 0, timeout=20)
     until(lambda: target.stat().st_size == len(embedding_npy(samples, 12)), timeout=10)
     loaded = np.load(target)
     assert loaded.dtype == np.float32
     np.testing.assert_array_equal(loaded, samples.embeddings[samples.position(12)])
 
-    _click(dash_duo, "#embeddings-download-npz-button")
-    archive_path = Path(dash_duo.download_path) / "samples-embeddings.npz"
-    until(lambda: archive_path.exists() and archive_path.stat().st_size == len(dataset_npz(samples)), timeout=20)
+    _click(dash_duo, "#embeddings-download-npz")
+    archive_path = Path(dash_duo.download_path) / "samples-embeddings-22x384.npz"
+    size = len(b"".join(dataset_npz(samples)))
+    until(lambda: archive_path.exists() and archive_path.stat().st_size == size, timeout=20)
     with np.load(archive_path) as archive:
         np.testing.assert_array_equal(archive["embeddings"], samples.embeddings)
         np.testing.assert_array_equal(archive["image_ids"], samples.image_ids)
