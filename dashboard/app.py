@@ -50,6 +50,7 @@ def create_app(settings: Settings, managers: JobManagers | None = None) -> Dash:
     clustering.register(app, store, results, managers.short)
     patches.register(app, store)
     shell.register(app, store)
+    shell.register_not_found(store)
     app.layout = html.Div([dcc.Location(id="navigate", refresh="callback-nav"),
                            dcc.Interval(id="dataset-check", interval=settings.change_check_seconds * 1000),
                            dash.page_container])

@@ -43,6 +43,7 @@ class Provenance:
     image_count: int
     last_indexed: datetime | None
     generation: int
+    synthetic: bool = False  # written by `dinoscope synthetic`, never indexed
 
     @property
     def random_weights(self) -> bool:
@@ -178,7 +179,8 @@ class DatasetStore:
 def _provenance(dataset: Dataset, image_count: int, last_indexed: datetime | None) -> Provenance:
     return Provenance(dataset.name, dataset.model_name, dataset.weights_kind, dataset.weights_identity,
                       dataset.image_size, (dataset.grid_height, dataset.grid_width), dataset.embed_dim,
-                      dataset.precision, image_count, last_indexed, dataset.generation)
+                      dataset.precision, image_count, last_indexed, dataset.generation,
+                      bool((dataset.preprocessing or {}).get("synthetic")))
 
 
 def _build_shared(session, dataset: Dataset, key: MatrixKey, folder: Path) -> SharedContent:

@@ -37,6 +37,7 @@ MAX_DECODED_PIXELS = 24_000_000
 # Flask answers 413 to any larger request: an upload travels base64-encoded (4/3 of its size) in a callback's JSON.
 MAX_REQUEST_BYTES = 16 * 1024**2
 ACCEPTED_FORMATS = ("JPEG", "PNG")
+UPLOAD_TYPES = ("image/jpeg", "image/png")  # what the browser lets through: the types of ACCEPTED_FORMATS
 
 
 class QueryRefused(Exception):

@@ -9,7 +9,7 @@ import dash_bootstrap_components as dbc
 from dash import Dash, Input, Output, State, dcc, html
 
 from dashboard.data import DatasetStore, Provenance
-from dashboard.urlstate import image_page_url
+from dashboard.urlstate import as_int, image_page_url
 from db.errors import DinoscopeDbError
 
 # (title, path) of the pages in navigation order; a page appears once its module registers it.
@@ -38,6 +38,15 @@ def image_links(dataset: str, image_id: int, prefix: str, here: str | None = Non
                      for title, path, suffix in _IMAGE_PAGES if path != here], className="image-links")
 
 
+def unknown_image_notice(page: str, image: str | None, shown: int) -> dbc.Alert | None:
+    """A warning when the URL named an image (`image`, as written) that the page is not showing: the dataset has no
+    such image, so the page shows its first one."""
+    if image is None or as_int(image, None) == shown:
+        return None
+    return dbc.Alert(f"There is no image {image!r} in this dataset; showing its first image.", color="warning",
+                     id=f"{page}-missing", dismissable=True)
+
+
 def page_shell(store: DatasetStore, path: str, dataset: str | None,
                content: Callable[[Provenance], object]) -> html.Div:
     """The page at `path` for the dataset named in the URL (or the first one), or a panel that says what to do."""
@@ -57,6 +66,20 @@ def page_shell(store: DatasetStore, path: str, dataset: str | None,
     return _frame(path, chosen, names, html.Div([_provenance_line(chosen), _random_banner(chosen), content(chosen)]))
 
 
+def register_not_found(store: DatasetStore) -> None:
+    """The page for an address no page has: the navigation and the dataset picker, and what to do."""
+    def layout(**_query):
+        try:
+            names = [p.name for p in store.provenances()]
+        except DinoscopeDbError:
+            names = []
+        return _frame("/404", None, names, _panel(
+            "There is no page at this address", "Pick a page in the navigation above.", "warning"))
+
+    dash.register_page("not_found_404", path="/404", name="Not found", title="dinoscope: no such page",
+                       layout=layout)
+
+
 def _frame(path: str, chosen: Provenance | None, names: list[str], body) -> html.Div:
     query = f"?dataset={chosen.name}" if chosen else ""
     links = [dbc.NavItem(dbc.NavLink(title, href=f"{href}{query}", active=href == path, id=f"nav-{href.strip('/')}"))
@@ -72,8 +95,9 @@ def _frame(path: str, chosen: Provenance | None, names: list[str], body) -> html
 
 
 def register(app: Dash, store: DatasetStore) -> None:
-    """The shell's callbacks: the dataset picker navigates, and an open page learns when the indexer changed the
-    datasets (new ones join the picker; a changed dataset offers a reload)."""
+    """The shell's callbacks: the dataset picker navigates, an open page learns when the indexer changed the
+    datasets (new ones join the picker; a changed dataset offers a reload), and the random-weights banner folds."""
+    register_collapsible(app, "random-weights-banner")
 
     @app.callback(Output("navigate", "href"), Input("dataset-picker", "value"), State("shell-dataset", "data"),
                   State("navigate", "pathname"), prevent_initial_call=True)
@@ -114,7 +138,10 @@ def change_notice(current: Provenance | None, shown: str | None, generation: int
 
 
 def _provenance_line(p: Provenance) -> html.P:
-    when = f"last indexed {p.last_indexed:%Y-%m-%d %H:%M} UTC" if p.last_indexed else "indexing not finished"
+    if p.last_indexed:
+        when = f"last indexed {p.last_indexed:%Y-%m-%d %H:%M} UTC"
+    else:
+        when = "synthetic data, written without a model" if p.synthetic else "indexing not finished"
     return html.P(f"{p.image_count} images · {p.model_name} · weights {p.weights_identity} · input {p.image_size} px "
                   f"({p.grid_shape[0]}x{p.grid_shape[1]} patches) · {p.precision} · {when}",
                   id="provenance", className="text-muted small")
@@ -123,9 +150,35 @@ def _provenance_line(p: Provenance) -> html.P:
 def _random_banner(p: Provenance):
     if not p.random_weights:
         return None
-    return dbc.Alert("This dataset was indexed with random weights: its embeddings say nothing about the images. "
-                     "Use it to try the dashboard; index with pretrained weights for real analysis.",
-                     color="warning", id="random-weights-banner")
+    return dbc.Alert(collapsible(
+        "random-weights-banner", html.Strong("Random weights", className="small"),
+        html.Div("This dataset was indexed with random weights: its embeddings say nothing about the images. Use it "
+                 "to try the dashboard; index with pretrained weights for real analysis.", className="small mt-1")),
+        color="warning", id="random-weights-banner", className="py-1 px-3")
+
+
+def collapsible(component_id: str, title, body) -> html.Div:
+    """A title that always shows, with a Hide/Show button for `body`; each browser remembers the choice (see
+    register_collapsible, which every page that uses one calls once per id)."""
+    return html.Div([
+        html.Div([title, dbc.Button("Hide", id=f"{component_id}-toggle", color="link", size="sm",
+                                    className="py-0 ms-2 align-baseline")], className="d-flex align-items-baseline"),
+        dbc.Collapse(body, id=f"{component_id}-body", is_open=True),
+        dcc.Store(id=f"{component_id}-open", storage_type="local"),
+    ])
+
+
+def register_collapsible(app: Dash, component_id: str) -> None:
+    """The two browser-side callbacks of a `collapsible`: a click flips the remembered choice, which opens or closes
+    the body (open until a user closes it)."""
+    app.clientside_callback(
+        "function (clicks, open) { return clicks ? open === false : window.dash_clientside.no_update; }",
+        Output(f"{component_id}-open", "data"), Input(f"{component_id}-toggle", "n_clicks"),
+        State(f"{component_id}-open", "data"), prevent_initial_call=True)
+    app.clientside_callback(
+        "function (open) { return [open !== false, open === false ? 'Show' : 'Hide']; }",
+        Output(f"{component_id}-body", "is_open"), Output(f"{component_id}-toggle", "children"),
+        Input(f"{component_id}-open", "data"))
 
 
 def _panel(title: str, text: str, color: str) -> dbc.Alert:

@@ -51,9 +51,9 @@ def test_the_worker_module_registers_the_tasks_the_web_app_queues(sample_db, tmp
     from dashboard.app import create_app
 
     settings = Settings(f"sqlite:///{sample_db}", tmp_path / "cache", celery_url=REDIS_TEST_URL)
-    manager = jobs.background_manager(settings)
-    create_app(settings, manager)
-    queued = {f"background_callback_{key}" for key in manager.func_registry}
+    managers = jobs.background_managers(settings)
+    create_app(settings, managers)
+    queued = {f"background_callback_{key}" for key in managers.long.func_registry}
 
     environment = {**os.environ, "DINOSCOPE_DB": str(sample_db), "DINOSCOPE_CACHE_DIR": str(tmp_path / "cache"),
                    "DINOSCOPE_CELERY": REDIS_TEST_URL}

@@ -82,7 +82,7 @@ def test_the_server_itself_refuses_a_request_over_its_limit(dashboard_app):
     assert response.status_code == 413
     # while the largest upload the page takes still fits in its callback request, with room to spare
     request = {"output": "..similarity-upload-facts.children...", "outputs": [], "changedPropIds": [],
-               "inputs": [{"id": "similarity-upload", "property": "contents",
+               "inputs": [{"id": "similarity-upload-accepted", "property": "data",
                            "value": data_url(bytes(MAX_UPLOAD_BYTES), "image/jpeg")}],
                "state": [{"id": "similarity-upload", "property": "filename", "value": "x" * 255}]}
     assert len(json.dumps(request)) < MAX_REQUEST_BYTES - 1024**2
@@ -90,12 +90,33 @@ def test_the_server_itself_refuses_a_request_over_its_limit(dashboard_app):
 
 def test_files_that_are_not_usable_images_are_refused_with_the_reason(tmp_path):
     reasons = write_bad_files(tmp_path)  # empty, not an image, truncated, decompression bomb
+    del reasons["bomb.png"]  # refused earlier, by its size: see the next test
     for name, word in reasons.items():
         with pytest.raises(UploadRefused, match=word) as refused:
             decode_upload((tmp_path / name).read_bytes(), IMAGE_SIZE)
         message = str(refused.value)
         assert message.startswith("This file cannot be used: ") and message.endswith("(upload a JPG or PNG)")
         assert "\n" not in message
+
+
+def test_a_png_of_too_many_pixels_is_refused_from_its_header_before_it_is_decoded(monkeypatch, tmp_path):
+    """A small PNG file can hold 80 megapixels, which would take a job's memory into gigabytes once decoded."""
+    from dashboard import query_image
+
+    data = encoded(Image.new("1", (10_000, 8_000)), "PNG")
+    assert len(data) < 100_000
+    monkeypatch.setattr(query_image, "decode_image", lambda *args: pytest.fail("the PNG was decoded"))
+    with pytest.raises(UploadRefused, match=r"^This PNG is 10000 x 8000 pixels \(80 megapixels\); uploads other "
+                                            r"than JPEG are limited to 24 megapixels"):
+        decode_upload(data, IMAGE_SIZE)
+    bomb = tmp_path / "bomb"
+    write_bad_files(bomb)
+    with pytest.raises(UploadRefused, match=r"\(100 megapixels\)"):
+        decode_upload((bomb / "bomb.png").read_bytes(), IMAGE_SIZE)
+    monkeypatch.undo()
+    # A JPEG of as many pixels is decoded at a reduced scale instead, which keeps it small.
+    decoded, found = decode_upload(encoded(Image.new("RGB", (6000, 4500), (9, 9, 9)), "JPEG"), IMAGE_SIZE)
+    assert found == "JPEG" and (decoded.width, decoded.height) == (6000, 4500) and decoded.rgb.size == (750, 563)
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF", "WEBP"])

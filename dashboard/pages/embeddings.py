@@ -31,7 +31,7 @@ from dashboard.embeddings_view import (
 )
 from dashboard.explanations import explanation
 from dashboard.image_picker import image_picker, register_image_search
-from dashboard.shell import busy, image_links, page_shell
+from dashboard.shell import busy, image_links, page_shell, unknown_image_notice
 from dashboard.similarity_view import reference_image
 from dashboard.urlstate import as_int, sync_url, thumbnail_url, url_parameters
 
@@ -48,23 +48,19 @@ def register(app: Dash, store: DatasetStore, results) -> None:
                components: str = str(COMPONENTS_DEFAULT), **_query):
         def content(provenance):
             view = store.view(provenance.name)
-            requested = as_int(image, None)
-            shown = reference_image(view, requested)
+            shown = reference_image(view, as_int(image, None))
             if shown is None:
                 return dbc.Alert("This dataset has no images yet.", color="info", id="embeddings-empty")
             count = as_int(n, N_DEFAULT, 1, N_MAX)
             limit = component_limit(view)
             chosen = as_int(components, COMPONENTS_DEFAULT, COMPONENTS_MIN, max(COMPONENTS_MIN, limit))
-            missing = None if image is None or requested == shown else dbc.Alert(
-                f"There is no image {image!r} in this dataset; showing its first image.", color="warning",
-                id="embeddings-missing", dismissable=True)
             line, histogram, card, raw = _image_parts(view, shown)
             pca = cached_pca(results, view).first(chosen)
             table = pca_table_page(view, pca, 0, TABLE_PAGE_SIZE)
             return html.Div([
                 dcc.Store(id="embeddings-dataset", data=view.name),
                 url_parameters("embeddings", ["dataset", "image", "n", "components"]),
-                missing,
+                unknown_image_notice("embeddings", image, shown),
                 explanation("embeddings"),
                 dbc.Row([
                     dbc.Col([dbc.Label("Image", html_for="embeddings-image"),

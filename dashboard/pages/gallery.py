@@ -8,7 +8,7 @@ from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 
 from dashboard.browse import GALLERY_COLUMNS, GALLERY_PAGE_SIZE, PAGE_SIZES, gallery_page, image_detail, label_options
 from dashboard.data import DatasetStore, DatasetView
-from dashboard.shell import image_links, page_shell
+from dashboard.shell import busy, image_links, page_shell
 from dashboard.urlstate import as_int, sync_url, thumbnail_url, url_parameters
 
 PATH = "/gallery"
@@ -38,7 +38,7 @@ def register(app: Dash, store: DatasetStore) -> None:
                     dbc.Col(html.Span(id="gallery-count", children=_count_text(shown.total)),
                             className="text-muted align-self-center"),
                 ], className="mb-2 g-2"),
-                html.Div(id="gallery-grid", children=_grid(view, shown.positions)),
+                busy(html.Div(id="gallery-grid", children=_grid(view, shown.positions))),
                 dbc.Modal(id="gallery-detail", size="lg", is_open=False),
             ])
 

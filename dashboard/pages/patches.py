@@ -26,9 +26,9 @@ from dashboard.patches_view import (
     settings_from,
     similarity_figure,
 )
-from dashboard.shell import image_links, page_shell
+from dashboard.shell import busy, image_links, page_shell, unknown_image_notice
 from dashboard.similarity_view import reference_image
-from dashboard.urlstate import sync_url, thumbnail_url, url_parameters
+from dashboard.urlstate import as_int, sync_url, thumbnail_url, url_parameters
 
 PATH = "/patches"
 NEIGHBOURS = 3
@@ -44,11 +44,7 @@ def register(app: Dash, store: DatasetStore) -> None:
 
         def content(provenance):
             view = store.view(provenance.name)
-            try:
-                requested = int(image) if image is not None else None
-            except ValueError:
-                requested = None
-            reference = reference_image(view, requested)
+            reference = reference_image(view, as_int(image, None))
             if reference is None:
                 return dbc.Alert("This dataset has no images yet.", color="info")
             return html.Div([
@@ -57,6 +53,7 @@ def register(app: Dash, store: DatasetStore) -> None:
                 url_parameters("patches", ["dataset", "image", "layer", "k", "window", "step", "opacity",
                                            "foreground_only"]),
                 explanation("patches"),
+                unknown_image_notice("patches", image, reference),
                 dbc.Row([
                     dbc.Col([dbc.Label("Image", html_for="patches-image"),
                              image_picker("patches-image", view, reference),
@@ -76,12 +73,13 @@ def register(app: Dash, store: DatasetStore) -> None:
                 dbc.Switch(id="patches-foreground-only", value=settings.foreground_only,
                            label="foreground only (cluster and colour the patches PC 1 calls foreground)"),
                 dbc.Row([
-                    dbc.Col([dcc.Graph(id="patches-overlay", config={"displaylogo": False, "displayModeBar": False}),
+                    dbc.Col([busy(dcc.Graph(id="patches-overlay",
+                                            config={"displaylogo": False, "displayModeBar": False})),
                              html.P("Click a patch to compare it with every other patch, here and in the nearest "
                                     "images.", className="small text-muted")], md=7),
                     dbc.Col([html.Div(id="patches-statistics"), html.Div(id="patches-examples")], md=5),
                 ], className="mt-2"),
-                html.Div(id="patches-similarity", className="mt-3"),
+                busy(html.Div(id="patches-similarity", className="mt-3")),
             ])
 
         return page_shell(store, PATH, dataset, content)
@@ -186,7 +184,7 @@ def _neighbours(view: DatasetView, image_id: int):
 def _similarity_panel(frame, image_id, pooled, similarity, settings, marked, title, component_id):
     figure = similarity_figure(thumbnail_url(image_id, "preview"), frame, pooled, similarity,
                                max(settings.opacity, 0.6), marked)
-    figure.update_traces(showscale=False)
+    figure.update_traces(colorbar={"thickness": 10, "len": 0.9, "title": {"text": "cosine", "side": "right"}})
     figure.update_layout(height=220)
     return html.Div([html.Div(title, className="small fw-bold text-truncate"),
                      dcc.Graph(id=component_id, figure=figure, config={"staticPlot": True})])

@@ -7,13 +7,14 @@ from uuid import uuid4
 
 import dash
 import dash_bootstrap_components as dbc
-from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
+from dash import ALL, ClientsideFunction, Dash, Input, Output, State, ctx, dcc, html
 
 from dashboard.data import DatasetStore, DatasetView
 from dashboard.explanations import explanation
 from dashboard.image_picker import image_picker, register_image_search
 from dashboard.query_image import (
     MAX_UPLOAD_BYTES,
+    UPLOAD_TYPES,
     QueryModels,
     QueryRefused,
     RecordedModel,
@@ -21,7 +22,7 @@ from dashboard.query_image import (
     embed_upload,
     recorded_model,
 )
-from dashboard.shell import image_links, page_shell
+from dashboard.shell import busy, collapsible, image_links, page_shell, register_collapsible, unknown_image_notice
 from dashboard.similarity_view import (
     EMBEDDING_HEAD,
     K_DEFAULT,
@@ -47,21 +48,17 @@ def register(app: Dash, store: DatasetStore, short_jobs) -> None:
     def layout(dataset: str | None = None, image: str | None = None, k: str = str(K_DEFAULT), **_query):
         def content(provenance):
             view = store.view(provenance.name)
-            requested = as_int(image, None)
-            reference = reference_image(view, requested)
+            reference = reference_image(view, as_int(image, None))
             if reference is None:
                 return dbc.Alert("This dataset has no images yet.", color="info", id="similarity-empty")
             count = as_int(k, K_DEFAULT, 1, K_MAX)
             results, heatmap = neighbourhood(view, reference, count)
-            missing = None if image is None or requested == reference else dbc.Alert(
-                f"There is no image {image!r} in this dataset; showing its first image.", color="warning",
-                id="similarity-missing", dismissable=True)
             return html.Div([
                 dcc.Store(id="similarity-dataset", data=view.name),
                 dcc.Store(id="similarity-session", data=uuid4().hex),
                 url_parameters("similarity", ["dataset", "image", "k"]),
                 explanation("similarity"),
-                missing,
+                unknown_image_notice("similarity", image, reference),
                 _upload_section(),
                 dbc.Row([
                     dbc.Col([dbc.Label("Reference image", html_for="similarity-reference"),
@@ -71,11 +68,11 @@ def register(app: Dash, store: DatasetStore, short_jobs) -> None:
                              dcc.Slider(id="similarity-k", min=1, max=K_MAX, step=1, value=count, marks=K_MARKS)],
                             md=6),
                 ], className="mb-3 g-3"),
-                html.Div(id="similarity-results", children=_results(view, reference, results)),
+                busy(html.Div(id="similarity-results", children=_results(view, reference, results))),
                 html.H5("Pairwise cosine similarity", className="mt-4"),
                 html.P(_heatmap_caption(view, heatmap), id="similarity-heatmap-caption", className="text-muted small"),
-                dcc.Graph(id="similarity-heatmap", figure=heatmap_figure(heatmap.matrix, heatmap.relpaths, False),
-                          clear_on_unhover=True, config={"displaylogo": False}, style={"maxWidth": "1000px"}),
+                busy(dcc.Graph(id="similarity-heatmap", figure=heatmap_figure(heatmap.matrix, heatmap.relpaths, False),
+                               clear_on_unhover=True, config={"displaylogo": False}, style={"maxWidth": "1000px"})),
                 dcc.Store(id="similarity-heatmap-images", data=_heatmap_images(heatmap)),
                 dcc.Tooltip(id="similarity-tooltip", direction="bottom"),
             ])
@@ -86,20 +83,31 @@ def register(app: Dash, store: DatasetStore, short_jobs) -> None:
                        order=3)
 
     register_image_search(app, store, "similarity-reference", "similarity-dataset")
+    register_collapsible(app, "similarity-upload-card")
     models = QueryModels()
+
+    # Checked in the browser before anything is sent: a file too large or of another type is refused with its
+    # reason, and only an accepted one travels to the server.
+    app.clientside_callback(
+        ClientsideFunction(namespace="dinoscope", function_name="acceptUpload"),
+        Output("similarity-upload-accepted", "data"), Output("similarity-upload-rejected", "children"),
+        Output("similarity-upload-rejected", "hidden"),
+        Input("similarity-upload", "contents"), State("similarity-upload", "filename"),
+        State("similarity-upload-limits", "data"), prevent_initial_call=True,
+    )
 
     # The thumbnail is the browser's own copy of the file: the upload never comes back from the server.
     app.clientside_callback(
         "function (contents) { return [contents || '', true, null]; }",
         Output("similarity-upload-preview", "src"), Output("similarity-upload-panel", "hidden", allow_duplicate=True),
         Output("similarity-upload-message", "children", allow_duplicate=True),
-        Input("similarity-upload", "contents"), prevent_initial_call=True,
+        Input("similarity-upload-accepted", "data"), prevent_initial_call=True,
     )
 
     @app.callback(
         Output("similarity-upload-facts", "children"), Output("similarity-upload-results", "children"),
         Output("similarity-upload-panel", "hidden"), Output("similarity-upload-message", "children"),
-        Input("similarity-upload", "contents"), State("similarity-upload", "filename"),
+        Input("similarity-upload-accepted", "data"), State("similarity-upload", "filename"),
         State("similarity-k", "value"), State("similarity-dataset", "data"), State("similarity-session", "data"),
         background=True, manager=short_jobs, prevent_initial_call=True, interval=500,
         progress=Output("similarity-upload-progress", "children"),
@@ -205,20 +213,22 @@ def _embedding_text(head: list[float]) -> html.Code:
 
 
 def _upload_section() -> dbc.Card:
-    """Query by upload: the drop zone, the job's progress, and (once embedded) the upload beside its neighbours."""
+    """Query by upload: the drop zone, the job's progress, and (once embedded) the upload beside its neighbours.
+    The drop zone takes any file, so the browser can say why one is refused (dcc.Upload drops those silently)."""
     limit = f"{MAX_UPLOAD_BYTES / 1024**2:.0f} MB"
     drop_zone = dcc.Upload(
         html.Div(["Drop a JPG or PNG here, or ", html.A("choose one", href="#"), f" (at most {limit})."]),
-        id="similarity-upload", accept="image/jpeg,image/png,.jpg,.jpeg,.png", max_size=MAX_UPLOAD_BYTES,
-        multiple=False, className="similarity-upload",
+        id="similarity-upload", multiple=False, className="similarity-upload",
         style={"border": "2px dashed #adb5bd", "borderRadius": "6px", "padding": "12px", "textAlign": "center"},
     )
-    return dbc.Card(dbc.CardBody([
-        html.H6("Query by upload", className="card-title"),
+    body = html.Div([
         html.P("Your picture is embedded exactly as this dataset's images were (same model, weights, size and "
                "preprocessing) and compared with all of them. It is kept in memory only: nothing is stored.",
                className="small text-muted mb-2"),
         drop_zone,
+        dcc.Store(id="similarity-upload-limits", data={"bytes": MAX_UPLOAD_BYTES, "types": list(UPLOAD_TYPES)}),
+        dcc.Store(id="similarity-upload-accepted"),
+        html.Div(id="similarity-upload-rejected", className="alert alert-danger small mt-2 mb-0", hidden=True),
         html.Div([dbc.Spinner(size="sm", spinner_class_name="me-2"), html.Span(id="similarity-upload-progress")],
                  id="similarity-upload-status", hidden=True, className="small mt-2"),
         html.Div(id="similarity-upload-message", className="mt-2"),
@@ -230,7 +240,9 @@ def _upload_section() -> dbc.Card:
             ], color="info", outline=True), md=3),
             dbc.Col(html.Div(id="similarity-upload-results"), md=9),
         ], className="g-3 mt-1"), id="similarity-upload-panel", hidden=True),
-    ]), className="mb-3")
+    ])
+    title = html.H6("Query by upload", className="card-title mb-0")
+    return dbc.Card(dbc.CardBody(collapsible("similarity-upload-card", title, body)), className="mb-3")
 
 
 def _upload_facts(filename: str | None, upload: UploadEmbedding, recorded: RecordedModel) -> list:
