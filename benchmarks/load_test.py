@@ -149,8 +149,11 @@ def visit(client: DashClient, page: str, dataset: str, image: int | None, rng: r
                                    "clustering-projection.value")
         if response is not None:
             props["clustering-projection-key"] = {"data": response["clustering-projection-key"]["data"]}
-            client.callback("clustering: clusters", "clustering-scatter.figure", props,
-                            "clustering-projection-key.data")
+            chosen = client.callback("clustering: clusters", "clustering-shown.data", props,
+                                     "clustering-projection-key.data")
+            if chosen is not None and "clustering-shown" in chosen:
+                props["clustering-shown"] = {"data": chosen["clustering-shown"]["data"]}
+                client.callback("clustering: scatter", "clustering-scatter.figure", props, "clustering-shown.data")
     elif page == "embeddings":
         client.callback("embeddings: image", "embeddings-line.figure", props, "embeddings-image.value")
     elif page == "patches":

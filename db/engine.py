@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -168,13 +170,26 @@ def _configure_sqlite(engine: Engine, *, readonly: bool) -> None:
         if readonly:
             cursor.execute("PRAGMA query_only=ON")
         else:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection):
         connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def _switch_to_wal(cursor, tries: int = 100, pause_s: float = 0.05) -> None:
+    """WAL mode, set once in the file. Writers opening a new file at the same moment contend for the switch, and
+    SQLite answers "database is locked" there at once rather than waiting out the busy timeout: try again."""
+    for attempt in range(tries):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or attempt == tries - 1:
+                raise
+            time.sleep(pause_s)
 
 
 def _create_schema(database: Database) -> None:

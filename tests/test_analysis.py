@@ -141,7 +141,8 @@ def test_umap_reduces_with_pca_first_separates_blobs_and_is_deterministic():
     stages: list[str] = []
     first = project(points, "umap", seed=7, progress=stages.append)
     second = project(points, "umap", seed=7)
-    assert stages == ["PCA to 50 dimensions", "UMAP"]
+    assert stages[:3] == ["PCA to 50 dimensions", "UMAP: nearest neighbours", "UMAP: epoch 0 of 500"]
+    assert stages[-1] == "UMAP: epoch 500 of 500"  # its progress, epoch by epoch as they run
     assert first.method == "umap" and first.notes == []
     assert first.coordinates.dtype == np.float32 and first.coordinates.shape == (60, 2)
     assert np.isfinite(first.coordinates).all()

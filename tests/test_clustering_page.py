@@ -24,6 +24,7 @@ from dashboard.clustering_view import (
     query_of,
 )
 from dashboard.data import DatasetStore, DatasetView
+from dashboard.job_board import JobBoard
 
 
 def _blobs(per_blob: int = 10, generation: int = 1) -> DatasetView:
@@ -249,9 +250,14 @@ from dash.testing.wait import until
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
+from dashboard.app import create_app
+from dashboard.job_server import dump_job, start_job_server
+from dashboard.jobs import background_managers
+from dashboard.settings import Settings
 from tests.browser import on_graph
 from tests.browser import text_of as _text
 from tests.browser import when_stable as _when_stable
+from tests.test_job_server import _held
 
 
 def _figure(dash_duo, expression: str):
@@ -398,4 +404,97 @@ def test_the_cluster_summary_and_the_csv_download(dash_duo, dashboard_app):
     rows = list(csv.DictReader(target.open()))
     assert len(rows) == 22 and sorted({int(r["cluster"]) for r in rows}) == [0, 1, 2, 3]
     assert sorted(sum(1 for r in rows if int(r["cluster"]) == c) for c in range(4)) == sorted(sizes)
+    assert dash_duo.get_logs() == []
+
+
+def _card_shown(dash_duo) -> bool:
+    return bool(dash_duo.driver.execute_script(
+        "const card = document.querySelector('#clustering-hover-card');"
+        "return !!card && card.getBoundingClientRect().height > 0 && getComputedStyle(card.parentElement.parentElement)"
+        ".visibility !== 'hidden';"))
+
+
+def test_the_hover_card_closes_when_the_pointer_leaves_and_when_the_figure_changes(dash_duo, dashboard_app):
+    dash_duo.start_server(dashboard_app)
+    dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples")
+    until(lambda: _trace_count(dash_duo) == 5, timeout=20)
+    plot_area = dash_duo.find_element("#clustering-scatter .nsewdrag")
+
+    def hover_first_point():
+        x, y = _point_on_screen(dash_duo)
+        ActionChains(dash_duo.driver).move_to_element(plot_area).move_by_offset(int(x), int(y)).perform()
+        until(lambda: _card_shown(dash_duo), timeout=10)
+
+    hover_first_point()
+    card = dash_duo.find_element("#clustering-hover-card")
+    assert card.find_element("css selector", ".fw-bold").size["width"] <= card.size["width"]  # text stays inside
+    ActionChains(dash_duo.driver).move_to_element(dash_duo.find_element("#clustering-metric-badges")).perform()
+    until(lambda: not _card_shown(dash_duo), timeout=10)  # the pointer left the point
+
+    hover_first_point()
+    dash_duo.find_element("label[for='_dbcprivate_radioitems_clustering-method_input_hierarchical']").click()
+    until(lambda: "method=hierarchical" in dash_duo.driver.current_url, timeout=10)
+    until(lambda: not _card_shown(dash_duo), timeout=10)  # the figure changed under it
+    assert dash_duo.get_logs() == []
+
+
+def test_dbscan_explains_its_eps_and_its_numbers_and_what_to_try(dash_duo, dashboard_app, monkeypatch, tmp_path):
+    """With more images than CLUSTER_IN_REQUEST, DBSCAN runs as a background job in the short lane."""
+    monkeypatch.setattr(clustering_view, "CLUSTER_IN_REQUEST", 10)
+    dash_duo.start_server(dashboard_app)
+    dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples&method=dbscan&eps=0.01&min_samples=3")
+    until(lambda: "noise points: 22" in _text(dash_duo, "#clustering-metric-badges"), timeout=120)
+    notes = _text(dash_duo, "#clustering-notes")
+    assert "DBSCAN called 100% of the images noise" in notes and "Try eps" in notes
+    assert _text(dash_duo, "#clustering-eps-cosine") == ("neighbours within eps 0.01 have cosine similarity "
+                                                          "≥ 1.000")
+    _set_number(dash_duo, "#clustering-eps", 0.5)
+    until(lambda: "cosine similarity ≥ 0.875" in _text(dash_duo, "#clustering-eps-cosine"), timeout=10)
+    dash_duo.find_element("#clustering-space").click()
+    until(lambda: _text(dash_duo, "#clustering-eps-cosine") == "eps is a distance between the 2-D points", timeout=10)
+    board = JobBoard(tmp_path / "cache" / "jobs")  # the dashboard_app fixture's cache folder
+    lanes = {board.job(key[1])["lane"] for key in board.cache if isinstance(key, tuple) and key[0] == "job"}
+    assert lanes == {"short"}
+
+    silhouette = dash_duo.find_element("#clustering-metric-badges .badge")
+    assert "from -1 to 1" in silhouette.get_attribute("title")
+    dash_duo.find_element("#clustering-metric-explanations summary").click()
+    until(lambda: "Adjusted Rand index" in _text(dash_duo, "#clustering-metric-explanations"), timeout=5)
+    assert "Normalised mutual information" in _text(dash_duo, "#clustering-metric-explanations")
+    assert dash_duo.get_logs() == []
+
+
+def test_a_number_box_commits_on_enter(dash_duo, dashboard_app):
+    dash_duo.start_server(dashboard_app)
+    dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples&method=dbscan")
+    until(lambda: dash_duo.find_element("#clustering-min-samples").is_displayed(), timeout=20)
+    field = dash_duo.find_element("#clustering-min-samples")
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys("4", Keys.ENTER)  # no click elsewhere, the box keeps the focus
+    until(lambda: "min_samples=4" in dash_duo.driver.current_url, timeout=10)
+    assert dash_duo.driver.switch_to.active_element.get_attribute("id") == "clustering-min-samples"
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys("1e999", Keys.ENTER)  # a number the browser cannot hold: never NaN or Infinity in the URL
+    until(lambda: "min_samples=" not in dash_duo.driver.current_url, timeout=10)
+    assert "NaN" not in dash_duo.driver.current_url and "Infinity" not in dash_duo.driver.current_url
+    assert dash_duo.get_logs() == []
+
+
+def test_a_projection_waiting_for_a_free_slot_shows_its_place(dash_duo, sample_db, tmp_path):
+    """With every slot of the long lane taken, a t-SNE waits in the queue, and the page says so."""
+    settings = Settings(f"sqlite:///{sample_db}", tmp_path / "cache", "test-secret", job_slots=1)
+    managers = background_managers(settings)
+    dash_duo.start_server(create_app(settings, managers))
+    board = managers.long.board
+    blocker = board.submit("long", dump_job(_held, (str(tmp_path), "blocker")), "blocker-progress")
+    start_job_server(managers.long.config, board)
+    until(lambda: (tmp_path / "blocker.started").exists(), timeout=120)
+    dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples")
+    until(lambda: _trace_count(dash_duo) == 5, timeout=20)
+    dash_duo.find_element("label[for='_dbcprivate_radioitems_clustering-projection_input_tsne']").click()
+    until(lambda: "Queued: 0 jobs ahead of yours, 1 running" in _text(dash_duo, "#clustering-status"), timeout=10)
+    assert dash_duo.find_element("#clustering-cancel").is_displayed()
+    (tmp_path / "blocker.release").touch()
+    until(lambda: _x_title(dash_duo) == "t-SNE 1", timeout=60)
+    assert board.job(blocker)["state"] == "ended"
     assert dash_duo.get_logs() == []

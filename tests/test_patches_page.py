@@ -163,3 +163,25 @@ def test_the_image_stays_the_same_from_page_to_page(dash_duo, dashboard_app):
     dash_duo.wait_for_contains_text("#embeddings-path", path)
     dash_duo.wait_for_element("#embeddings-patches-link")
     assert dash_duo.get_logs() == []
+
+
+def test_an_unknown_image_is_named_and_the_first_one_shown(dash_duo, dashboard_app, samples):
+    dash_duo.start_server(dashboard_app)
+    dash_duo.driver.get(dash_duo.server_url + "/patches?dataset=samples&image=99999")
+    dash_duo.wait_for_contains_text("#patches-missing", "There is no image '99999' in this dataset")
+    first = int(samples.image_ids[0])
+    until(lambda: _overlay(dash_duo, "gd.layout.images[0].source") == f"/thumbnails/{first}/preview.jpg", timeout=20)
+    assert dash_duo.get_logs() == []
+
+
+def test_the_patch_similarity_maps_have_a_colour_scale(dash_duo, dashboard_app):
+    dash_duo.start_server(dashboard_app)
+    dash_duo.driver.get(dash_duo.server_url + "/patches?dataset=samples&image=3")
+    until(lambda: _table_rows(dash_duo) == 4, timeout=20)
+    plot_area = dash_duo.find_element("#patches-overlay .nsewdrag")
+    ActionChains(dash_duo.driver).move_to_element(plot_area).click().perform()
+    scale = ("try { const gd = document.querySelector('#patches-similarity-self .js-plotly-plot');"
+             " return gd._fullData[0].showscale && gd._fullData[0].colorbar.title.text; } catch (e) { return null; }")
+    until(lambda: dash_duo.driver.execute_script(scale) == "cosine", timeout=20)
+    assert dash_duo.driver.find_elements("css selector", "#patches-similarity-self .colorbar")
+    assert dash_duo.get_logs() == []

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 from dash.testing.wait import until
+from selenium.webdriver.common.by import By
 
 from dashboard.app import create_app
 from dashboard.data import DatasetStore
@@ -88,4 +89,58 @@ def test_each_page_explains_itself_when_asked(dash_duo, dashboard_app, page, wor
     dash_duo.driver.get(f"{dash_duo.server_url}/{page}?dataset=samples")
     dash_duo.wait_for_element(f"#{page}-explanation .accordion-button").click()
     dash_duo.wait_for_contains_text(f"#{page}-explanation", words)
+    assert dash_duo.get_logs() == []
+
+
+def _shown(dash_duo, selector: str) -> bool:
+    return bool(dash_duo.driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return !!e && e.offsetHeight > 0;", selector))
+
+
+def test_the_random_weights_banner_folds_and_each_browser_remembers_it(dash_duo, dashboard_app):
+    """At 1366 x 768 the banner pushed the results down: it folds to one line, on every page, until unfolded."""
+    dash_duo.start_server(dashboard_app)
+    dash_duo.driver.get(f"{dash_duo.server_url}/gallery?dataset=samples")
+    dash_duo.wait_for_contains_text("#random-weights-banner-body", "say nothing about the images")
+    tall = dash_duo.find_element("#random-weights-banner").size["height"]
+    when_stable(lambda: dash_duo.find_element("#random-weights-banner-toggle").click())
+    until(lambda: not _shown(dash_duo, "#random-weights-banner-body"), timeout=10)
+    assert dash_duo.find_element("#random-weights-banner-toggle").text == "Show"
+    assert dash_duo.find_element("#random-weights-banner").size["height"] < tall / 2
+    assert "Random weights" in dash_duo.find_element("#random-weights-banner").text
+
+    dash_duo.driver.get(f"{dash_duo.server_url}/similarity?dataset=samples")  # another page, loaded anew
+    dash_duo.wait_for_element("#similarity-result-grid img")
+    until(lambda: dash_duo.find_element("#random-weights-banner-toggle").text == "Show", timeout=10)
+    assert not _shown(dash_duo, "#random-weights-banner-body")
+    when_stable(lambda: dash_duo.find_element("#random-weights-banner-toggle").click())
+    until(lambda: _shown(dash_duo, "#random-weights-banner-body"), timeout=10)
+    assert dash_duo.find_element("#random-weights-banner-toggle").text == "Hide"
+    assert dash_duo.get_logs() == []
+
+
+def test_an_unknown_address_keeps_the_navigation(dash_duo, dashboard_app):
+    dash_duo.start_server(dashboard_app)
+    dash_duo.driver.get(f"{dash_duo.server_url}/no/such/page")
+    dash_duo.wait_for_contains_text("#state-panel", "There is no page at this address")
+    when_stable(lambda: dash_duo.find_element("#nav-clustering").click())
+    until(lambda: dash_duo.driver.current_url.split("?")[0].endswith("/clustering"), timeout=10)
+    dash_duo.wait_for_contains_text("#provenance", "22 images")
+    assert dash_duo.get_logs() == []
+
+
+def test_a_slow_answer_shows_a_busy_state_over_what_it_will_replace(dash_duo, dashboard_app):
+    dash_duo.start_server(dashboard_app)
+    dash_duo.driver.get(f"{dash_duo.server_url}/gallery?dataset=samples&per_page=20")
+    dash_duo.wait_for_element("#gallery-grid img")
+    spinner = ".dinoscope-busy .dash-spinner"
+    assert not dash_duo.find_elements(spinner)
+    # Every callback answer from now on takes two seconds to arrive, as on a busy server.
+    dash_duo.driver.execute_script("""
+        const fetch = window.fetch;
+        window.fetch = (...args) => new Promise(done => setTimeout(() => done(fetch(...args)), 2000));""")
+    when_stable(lambda: dash_duo.find_element("#gallery-pages").find_element(By.LINK_TEXT, "2").click())
+    until(lambda: dash_duo.find_elements(spinner), timeout=5)  # shown once the answer is half a second late
+    until(lambda: not dash_duo.find_elements(spinner), timeout=20)
+    until(lambda: "page=2" in dash_duo.driver.current_url, timeout=10)
     assert dash_duo.get_logs() == []

@@ -8,9 +8,11 @@ import shutil
 from pathlib import Path
 
 from dash.testing.wait import until
+from PIL import Image
 
 from dashboard.app import create_app
 from dashboard.data import DatasetStore
+from dashboard.job_board import JobBoard
 from dashboard.jobs import JobManagers, JobServerManager, background_managers, job_server_config
 from dashboard.query_image import QueryModels, embed_upload, recorded_model
 from dashboard.settings import Settings
@@ -19,7 +21,7 @@ from tests.browser import text_of, when_stable
 from tests.conftest import FAST, run_cli
 from tests.images import data_url, noise
 
-# The first upload waits for the job fork server to start and for torch to be imported in the job.
+# The first upload waits for the job server to start and warm up.
 FIRST_JOB_S = 180
 
 
@@ -145,4 +147,46 @@ def test_a_dataset_whose_weights_file_is_gone_says_so(dash_duo, tmp_path, weight
     message = text_of(dash_duo, "#similarity-upload-error")
     assert f"weights file {weights.resolve()} does not exist" in message
     assert _hidden(dash_duo, "#similarity-upload-panel") and _upload_paths(dash_duo) == []
+    assert dash_duo.get_logs() == []
+
+
+def test_a_file_too_large_or_of_another_type_is_refused_in_the_page_before_it_is_sent(dash_duo, dashboard_app,
+                                                                                      tmp_path):
+    dash_duo.start_server(dashboard_app)
+    _open(dash_duo, "dataset=samples")
+    large = tmp_path / "holiday.jpg"
+    large.write_bytes(bytes(11 * 1024**2))
+    _upload(dash_duo, large)
+    until(lambda: not _hidden(dash_duo, "#similarity-upload-rejected"), timeout=20)
+    assert text_of(dash_duo, "#similarity-upload-rejected").startswith(
+        "holiday.jpg is 11.0 MB; uploads are limited to 10 MB: save a smaller copy")
+
+    animation = tmp_path / "animation.gif"
+    Image.new("RGB", (20, 20), (9, 9, 9)).save(animation)
+    _upload(dash_duo, animation)
+    until(lambda: text_of(dash_duo, "#similarity-upload-rejected")
+          == "animation.gif is of type image/gif: upload a JPG or PNG.", timeout=10)
+    assert _hidden(dash_duo, "#similarity-upload-panel") and _hidden(dash_duo, "#similarity-upload-status")
+    board = JobBoard(tmp_path / "cache" / "jobs")  # the dashboard_app fixture's cache folder
+    assert not any(isinstance(key, tuple) and key[0] == "job" for key in board.cache)  # nothing was sent
+
+    _upload(dash_duo, noise(tmp_path / "fine.png", seed=3))  # an accepted one clears the message
+    until(lambda: _hidden(dash_duo, "#similarity-upload-rejected"), timeout=10)
+    assert dash_duo.get_logs() == []
+
+
+def test_the_upload_card_folds_and_each_browser_remembers_it(dash_duo, dashboard_app):
+    dash_duo.start_server(dashboard_app)
+    _open(dash_duo, "dataset=samples")
+    body = "#similarity-upload-card-body"
+    until(lambda: "at most 10 MB" in text_of(dash_duo, body), timeout=10)
+    results_top = dash_duo.find_element("#similarity-result-grid").location["y"]
+    when_stable(lambda: dash_duo.find_element("#similarity-upload-card-toggle").click())
+    until(lambda: dash_duo.find_element("#similarity-result-grid").location["y"] < results_top - 80, timeout=10)
+    dash_duo.driver.refresh()
+    dash_duo.wait_for_element("#similarity-result-grid img")
+    until(lambda: dash_duo.find_element("#similarity-upload-card-toggle").text == "Show", timeout=10)
+    assert not dash_duo.find_element(body).is_displayed()
+    when_stable(lambda: dash_duo.find_element("#similarity-upload-card-toggle").click())
+    until(lambda: dash_duo.find_element(body).is_displayed(), timeout=10)
     assert dash_duo.get_logs() == []

@@ -8,7 +8,7 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
             const query = new URLSearchParams();
             names.forEach(function (name, i) {
                 const value = values[i];
-                // An empty box, or a number the browser could not read (NaN, Infinity), leaves the URL alone.
+                // An empty box, or a number the browser could not hold (NaN, Infinity), is left out of the URL.
                 if (value === null || value === undefined || value === "") return;
                 if (typeof value === "number" && !isFinite(value)) return;
                 query.set(name, value);
@@ -32,8 +32,8 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
                     "hundred pixels anyway).", false];
             }
             if (limits.types.indexOf(type) < 0) {
-                return [null, name + " is " + (type ? "a " + type + " file" : "not a file the browser knows as an " +
-                    "image") + ": upload a JPG or PNG.", false];
+                return [null, name + (type ? " is of type " + type : " is not a file the browser knows as an image") +
+                    ": upload a JPG or PNG.", false];
             }
             return [contents, "", true];
         }
