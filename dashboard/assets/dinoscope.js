@@ -17,7 +17,8 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
             return window.dash_clientside.no_update;
         },
 
-        // An upload checked before it is sent: [the accepted data URL or null, the reason it was refused, hidden].
+        // An upload checked before it is sent: [the accepted data URL, the reason it was refused, hidden]. A refused
+        // file leaves the accepted one as it was, so nothing is sent to the server.
         acceptUpload: function (contents, filename, limits) {
             const noUpdate = window.dash_clientside.no_update;
             if (!contents) { return [noUpdate, noUpdate, noUpdate]; }
@@ -27,12 +28,12 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
             const name = filename || "The file";
             const megabytes = function (count) { return (count / 1048576).toFixed(1) + " MB"; };
             if (bytes > limits.bytes) {
-                return [null, name + " is " + megabytes(bytes) + "; uploads are limited to " +
+                return [noUpdate, name + " is " + megabytes(bytes) + "; uploads are limited to " +
                     (limits.bytes / 1048576).toFixed(0) + " MB: save a smaller copy (the model sees only a few " +
                     "hundred pixels anyway).", false];
             }
             if (limits.types.indexOf(type) < 0) {
-                return [null, name + (type ? " is of type " + type : " is not a file the browser knows as an image") +
+                return [noUpdate, name + (type ? " is of type " + type : " is not a file the browser knows as an image") +
                     ": upload a JPG or PNG.", false];
             }
             return [contents, "", true];

@@ -335,7 +335,7 @@ def _metrics(metrics) -> html.Div:
              ("NMI vs folders", score(metrics.normalized_mutual_info))]
     if metrics.n_noise:
         items.insert(1, ("noise points", str(metrics.n_noise)))
-    return html.Div([dbc.Badge(f"{name}: {value}", color="light", text_color="dark", className="me-2",
+    return html.Div([html.Span(dbc.Badge(f"{name}: {value}", color="light", text_color="dark", className="me-2"),
                                title=METRIC_TITLES.get(name, ""))
                      for name, value in items], id="clustering-metric-badges", className="mt-2")
 
