@@ -107,9 +107,12 @@ class JobBoard:
             return False
 
     def waiting_message(self, progress_key: str, now: float | None = None) -> str | None:
-        """What a page should say of its job while it has not started (None once it runs or has ended)."""
+        """What a page should say of its job while the job has nothing to say itself: where it waits, or once that
+        it runs (None after that, and once it has ended)."""
         token = self.cache.get(("by-progress", progress_key))
         job = token and self.cache.get(("job", token))
+        if job and job["state"] == "running" and self.cache.add(("told", token), True, expire=RECORD_TTL_S):
+            return "Running…"
         if not job or job["state"] not in WAITING:
             return None
         now = time.time() if now is None else now
@@ -125,6 +128,12 @@ class JobBoard:
         running = server.running.get(job["lane"], 0)
         return (f"Queued: {ahead} job{'s' if ahead != 1 else ''} ahead of yours, {running} running "
                 f"(waiting {now - job['submitted']:.0f} s)…")
+
+    def told(self, progress_key: str) -> None:
+        """The job's page has heard from the job itself: no "Running…" needed."""
+        token = self.cache.get(("by-progress", progress_key))
+        if token:
+            self._set(("told", token), True)
 
     def job(self, token: str) -> dict | None:
         return self.cache.get(("job", token))

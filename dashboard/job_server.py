@@ -165,8 +165,12 @@ class JobServer:
         self.board.set_server(ServerState(os.getpid(), self.created, phase, detail, time.time(), running))
 
     def _warm_up(self) -> None:
-        """What every projection job needs, before the first job. Uploads are prepared later, while idle."""
+        """What every job needs, before the first one: the dashboard's code (a job's callback comes with
+        references to it), and for projections UMAP's compiled code. Uploads are prepared later, while idle."""
         started = time.monotonic()
+        self._say("warming", "importing the dashboard")
+        import dashboard.app  # noqa: F401
+
         if "projections" in self.config.preload:
             self._say("warming", "loading UMAP's compiled code")
             from dashboard.analysis.projection import warm_up

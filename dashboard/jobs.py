@@ -65,14 +65,16 @@ class JobServerManager(DiskcacheManager):
 
     def get_progress(self, key):
         progress = super().get_progress(key)
-        if progress is None:
-            waiting = self.board.waiting_message(self._make_progress_key(key))
-            if waiting is not None:
-                server = self.board.server()
-                if server is None or not server.alive:
-                    start_job_server(self.config, self.board)  # it ended (or was killed): queued jobs need one
-                return [waiting]
-        return progress
+        if progress is not None:
+            self.board.told(self._make_progress_key(key))
+            return progress
+        waiting = self.board.waiting_message(self._make_progress_key(key))
+        if waiting is None:
+            return None
+        server = self.board.server()
+        if server is None or not server.alive:
+            start_job_server(self.config, self.board)  # it ended (or was killed): queued jobs need one
+        return [waiting]
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,8 @@ def test_jobs_run_in_order_with_a_bounded_number_at_once_per_lane(jobs):
     assert not jobs.started("b") and jobs.board.is_running(tokens["b"])
     assert jobs.board.waiting_message("b-progress").startswith("Queued: 0 jobs ahead of yours, 1 running")
     assert jobs.board.waiting_message("c-progress").startswith("Queued: 1 job ahead of yours, 1 running")
-    assert jobs.board.waiting_message("a-progress") is None  # running: the job reports its own progress
+    assert jobs.board.waiting_message("a-progress") == "Running…"  # once: then the job reports its own progress
+    assert jobs.board.waiting_message("a-progress") is None
     assert job_server_jobs(jobs.config.cache_dir) == 2
 
     jobs.release("quick")
