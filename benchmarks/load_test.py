@@ -210,14 +210,14 @@ def write_photographs(folder: Path, count: int, start: int) -> None:
         Image.fromarray(tinted).save(folder / f"photo{i:05d}.jpg", quality=90)
 
 
-def run_indexer(folder: Path, db: str, model: str, stop: threading.Event, log: list[str]) -> None:
+def run_indexer(folder: Path, db: str, model: str, stop: threading.Event, log: list[str], niceness: int = 0) -> None:
     """Add photographs to the folder and index it, again and again, until the test ends (the run going on
-    then is stopped: it resumes like any interrupted run)."""
+    then is stopped: it resumes like any interrupted run). `niceness`: run it under `nice -n`."""
     added = len(list(folder.glob("*.jpg")))
     while not stop.is_set():
         write_photographs(folder, 16, added)
         added += 16
-        run = subprocess.Popen([*DINOSCOPE, "index", str(folder), "--dataset", "live", "--db", db, "--model", model,
+        run = subprocess.Popen([*(["nice", "-n", str(niceness)] if niceness else []), *DINOSCOPE, "index", str(folder), "--dataset", "live", "--db", db, "--model", model,
                                 "--random-weights", "--batch-size", "8", "--quiet"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         while run.poll() is None and not stop.wait(0.2):

@@ -157,7 +157,8 @@ def pca_table_page(view: DatasetView, pca: DatasetPCA, page: int, page_size: int
         {"name": name, "id": name, "type": "numeric"} for name in names]
     page_count = max(1, -(-len(view) // page_size))
     page = min(max(0, page), page_count - 1)
-    order = _table_order(view, pca, names, (sort_by or [None])[0])
+    sort = sort_by[0] if isinstance(sort_by, list) and sort_by and isinstance(sort_by[0], dict) else None
+    order = _table_order(view, pca, names, sort)
     rows = order[page * page_size:(page + 1) * page_size]
     rounded = np.round(pca.coordinates[rows].astype(np.float64), TABLE_DECIMALS).tolist()
     return TablePage(columns, [{"id": int(view.image_ids[row]), "path": view.relpaths[row],

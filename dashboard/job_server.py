@@ -34,11 +34,14 @@ import psutil
 from dashboard.job_board import LANES, JobBoard, ServerState
 from dashboard.query_image import QueryModels
 from dashboard.settings import PRELOADS
+from db.queries import dataset_generations
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.05  # how often the server looks for new jobs and ended ones
 MODEL_CHECK_S = 30.0  # how often an idle server looks for datasets whose upload model it does not hold yet
+MATRIX_CHECK_S = 5.0  # how often the server looks for datasets changed since their shared matrix was prepared
+JOB_NICENESS = 10  # jobs yield the processors to the web workers: a page answers first, a projection waits
 UPLOAD_MODELS = 2  # upload models kept in memory (ViT-B: about 350 MB each in float32)
 # Set before numpy and torch load their libraries: one thread each in the server (jobs raise their own limits),
 # and a CUDA check that asks the driver's management library, so the server never makes a CUDA context a fork
@@ -128,6 +131,9 @@ class JobServer:
         self.lock_fd: int | None = None
         self.model_check_at = 0.0
         self.unbuildable: set[tuple] = set()
+        self.matrix_check_at = 0.0
+        self.prepared: dict[str, int] = {}  # dataset -> the generation whose shared matrix has been prepared
+        self.preparing: tuple[int, dict[str, int]] | None = None  # the process preparing, and for what
 
     def serve(self) -> None:
         """Run until the process that started the server ends, or SIGTERM."""
@@ -141,6 +147,7 @@ class JobServer:
         while not self.stopping and os.getppid() == self.parent:
             self._reap()
             started = self._start_jobs()
+            self._prepare_matrices()
             if not started and not self.running:
                 self._prepare_uploads()
             time.sleep(TICK_S)
@@ -210,9 +217,7 @@ class JobServer:
         log.info("job %s started in the %s lane (pid %d)", token[:8], lane, pid)
 
     def _run_job(self, payload: bytes) -> None:
-        os.close(self.lock_fd)  # the lock is the server's alone: a job outliving it must not keep it
-        for number in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(number, signal.SIG_DFL)
+        self._become_job()
         threads = self.config.job_threads
         from threadpoolctl import threadpool_limits
 
@@ -222,14 +227,58 @@ class JobServer:
         job_fn, args = load_job(payload, {"query-models": self.models})
         job_fn(*args)
 
+    def _become_job(self) -> None:
+        """In a forked child: let go of what is the server's, and yield the processors to the web workers."""
+        os.close(self.lock_fd)  # the lock is the server's alone: a job outliving it must not keep it
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, signal.SIG_DFL)
+        os.nice(JOB_NICENESS)
+
+    def _prepare_matrices(self) -> None:
+        """Every few seconds, look for datasets whose generation changed since their shared matrix was prepared,
+        and prepare those in a child process, so the first page to open a dataset after a start or
+        a re-index maps the file instead of building it."""
+        if self.preparing is not None or time.monotonic() < self.matrix_check_at:
+            return
+        self.matrix_check_at = time.monotonic() + MATRIX_CHECK_S
+        try:
+            generations = dataset_generations_of(self.config.db_url)
+        except Exception as error:  # noqa: BLE001  a database that cannot be read now may be readable later
+            log.debug("cannot read the datasets' generations: %s", error)
+            return
+        changed = {name: generation for name, generation in generations.items()
+                   if self.prepared.get(name) != generation}
+        if not changed:
+            return
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                self._become_job()
+                from dashboard.data import DatasetStore
+
+                store = DatasetStore(self.config.db_url, self.config.cache_dir)
+                for name in changed:
+                    store.view(name)
+                code = 0
+            except BaseException:  # a child must never return into the server's loop
+                log.exception("preparing the shared matrices of %s failed", ", ".join(changed))
+            finally:
+                os._exit(code)
+        self.preparing = pid, changed
+
     def _reap(self) -> None:
-        while self.running:
+        while self.running or self.preparing:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            if self.preparing and pid == self.preparing[0]:
+                self.prepared.update(self.preparing[1])  # done, or failed: tried again at the next change
+                self.preparing = None
+                continue
             found = self.running.pop(pid, None)
             if found is not None:
                 token, _lane, started = found
@@ -280,10 +329,22 @@ class JobServer:
             self._say("ready")
 
     def _end_jobs(self) -> None:
-        for pid in list(self.running):
+        for pid in [*self.running, *([self.preparing[0]] if self.preparing else [])]:
             kill_tree(pid)
         self._reap()
         log.info("job server stopped")
+
+
+def dataset_generations_of(db_url: str) -> dict[str, int]:
+    """Every dataset's generation, read on a connection opened for that alone (none is kept across a fork)."""
+    from db.engine import open_database
+
+    database = open_database(db_url, readonly=True)
+    try:
+        with database.session() as session:
+            return dataset_generations(session)
+    finally:
+        database.dispose()
 
 
 def kill_tree(pid: int) -> None:

@@ -37,10 +37,10 @@ class Settings:
 
     @classmethod
     def from_env(cls, db: str | None = None, cache_dir: str | Path | None = None, celery_url: str | None = None,
-                 users_file: str | Path | None = None) -> Settings:
+                 users_file: str | Path | None = None, job_slots: int | None = None) -> Settings:
         cache = cache_dir or os.environ.get(CACHE_DIR_ENV) or Path(tempfile.gettempdir()) / "dinoscope-cache"
         users = users_file or os.environ.get(USERS_FILE_ENV)
         return cls(resolve_url(db or os.environ.get(DB_ENV)), Path(cache).expanduser().resolve(),
                    os.environ.get(SECRET_ENV), celery_url=celery_url or os.environ.get(CELERY_ENV) or None,
                    users_file=Path(users).expanduser().resolve() if users else None,
-                   job_slots=int(os.environ.get(JOB_SLOTS_ENV) or default_job_slots()))
+                   job_slots=job_slots or int(os.environ.get(JOB_SLOTS_ENV) or default_job_slots()))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from dashboard.settings import CACHE_DIR_ENV, CELERY_ENV, SECRET_ENV, USERS_FILE_ENV
+from dashboard.settings import CACHE_DIR_ENV, CELERY_ENV, JOB_SLOTS_ENV, SECRET_ENV, USERS_FILE_ENV
 from db.engine import DB_ENV, default_database_path
 
 _DB_HELP = f"Database: a SQLite file path or a SQLAlchemy URL. [env {DB_ENV}; default {default_database_path()}]"
@@ -236,12 +236,16 @@ def samples(folder):
                    f"{USERS_FILE_ENV}; default: no login]")
 @click.option("--celery", envvar=CELERY_ENV, metavar="REDIS_URL",
               help=f"Run background callbacks (t-SNE, UMAP) in `dinoscope worker` processes through this Redis. "
-                   f"[env {CELERY_ENV}; default: processes started beside the server]")
-def serve(db, host, port, cache_dir, workers, threads, users_file, celery):
+                   f"[env {CELERY_ENV}; default: the server's own job server]")
+@click.option("--job-slots", envvar=JOB_SLOTS_ENV, type=click.IntRange(1, 64),
+              help=f"Background jobs the job server runs at once in each of its two lanes (projections; sampled "
+                   f"clusterings and uploads); later ones wait in order. [env {JOB_SLOTS_ENV}; default: a quarter "
+                   "of the cores, at least 1]")
+def serve(db, host, port, cache_dir, workers, threads, users_file, celery, job_slots):
     """Serve the dashboard on the database (read-only)."""
     from dashboard.settings import Settings
 
-    _serve(Settings.from_env(db, cache_dir, celery, users_file), host, port, workers, threads)
+    _serve(Settings.from_env(db, cache_dir, celery, users_file, job_slots), host, port, workers, threads)
 
 
 def _serve(settings, host: str, port: int, workers: int | None = None, threads: int = 8) -> None:

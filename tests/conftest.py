@@ -171,6 +171,24 @@ def dashboard_app(sample_db, tmp_path):
     return create_app(Settings(f"sqlite:///{sample_db}", tmp_path / "cache", "test-secret"))
 
 
+def call_callback(app, output_prefix: str, values: dict, changed: str) -> dict:
+    """Post the callback whose output starts with `output_prefix` as the browser does, with inputs and state taken
+    from `values` ({component id: value}); returns the response's JSON."""
+    output = next(o for o in app.callback_map if o.lstrip(".").startswith(output_prefix))
+    spec = app.callback_map[output]
+
+    def filled(items):
+        return [{**item, "value": values.get(item["id"])} for item in items]
+
+    response = app.server.test_client().post("/_dash-update-component", json={
+        "output": output, "changedPropIds": [changed],
+        "outputs": [dict(zip(("id", "property"), part.rsplit(".", 1))) for part in output.strip(".").split("...")],
+        "inputs": filled(spec["inputs"]), "state": filled(spec["state"]),
+    })
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    return response.get_json()
+
+
 @pytest.fixture(scope="session")
 def large_db(tmp_path_factory) -> Path:
     """3,000 images written straight into the database (no model): enough to keep t-SNE busy for seconds."""

@@ -25,6 +25,7 @@ from dashboard.clustering_view import (
 )
 from dashboard.data import DatasetStore, DatasetView
 from dashboard.job_board import JobBoard
+from tests.conftest import call_callback
 
 
 def _blobs(per_blob: int = 10, generation: int = 1) -> DatasetView:
@@ -167,6 +168,23 @@ def test_dbscan_that_finds_only_noise_says_so_and_suggests_an_eps():
     assert clustering_view.eps_as_cosine(0.5) == pytest.approx(0.875)
 
 
+def test_crafted_values_are_clamped_on_the_server(dashboard_app, sample_db):
+    """A value the page's controls would never send is clamped (k to the slider's 2 to 20), never a 500."""
+    controls = {"clustering-method": "kmeans", "clustering-k": 999, "clustering-eps": "Infinity",
+                "clustering-min-samples": "abc", "clustering-space": False, "clustering-dataset": "samples"}
+    view = DatasetStore(f"sqlite:///{sample_db}").view("samples")
+    projection = call_callback(dashboard_app, "clustering-projection-key.data...", {
+        "clustering-projection": "pca", "clustering-perplexity": -5, "clustering-neighbors": "x",
+        "clustering-min-dist": 1e9, "clustering-seed": -1, "clustering-dataset": "samples"},
+        "clustering-projection.value")
+    key = projection["response"]["clustering-projection-key"]["data"]
+    assert key == ProjectionParams("pca").cache_key(view)
+    chosen = call_callback(dashboard_app, "clustering-shown.data...", {**controls, "clustering-projection-key": key},
+                           "clustering-k.value")
+    query = chosen["response"]["clustering-shown"]["data"]["query"]
+    assert (query["k"], query["eps"], query["min_samples"]) == (20, 0.5, 5)
+
+
 def test_slow_clusterings_go_to_a_background_job_and_every_clustering_is_cached(monkeypatch):
     small, large = _blobs(), _blobs(per_blob=4)
     monkeypatch.setattr(clustering_view, "CLUSTER_IN_REQUEST", 20)
@@ -217,17 +235,12 @@ def test_the_scatter_reaches_the_browser_as_binary_typed_arrays(dashboard_app, s
     with diskcache.Cache(str(tmp_path / "cache" / "results")) as results:  # the app's shared results cache
         projection = cached_projection(results, view, params)
         clustering_view.cached_clustering(results, view, params.cache_key(view), projection.coordinates, clustering)
-    output = next(o for o in dashboard_app.callback_map if o.startswith("..clustering-scatter.figure..."))
     shown = {"key": clustering_view.clustering_key(view, clustering, params.cache_key(view)),
              "projection": params.cache_key(view), "query": query_of(params, clustering)}
-    response = dashboard_app.server.test_client().post("/_dash-update-component", json={
-        "output": output,
-        "outputs": [dict(zip(("id", "property"), part.rsplit(".", 1))) for part in output.strip(".").split("...")],
-        "inputs": [{"id": "clustering-shown", "property": "data", "value": shown}],
-        "state": [{"id": "clustering-dataset", "property": "data", "value": "samples"}],
-        "changedPropIds": ["clustering-shown.data"],
-    })
-    traces = response.get_json()["response"]["clustering-scatter"]["figure"]["data"]
+    answer = call_callback(dashboard_app, "clustering-scatter.figure", {"clustering-shown": shown,
+                                                                         "clustering-dataset": "samples"},
+                           "clustering-shown.data")
+    traces = answer["response"]["clustering-scatter"]["figure"]["data"]
 
     def decoded(spec):
         assert set(spec) == {"dtype", "bdata"}, "sent as a JSON list"

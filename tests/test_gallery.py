@@ -11,6 +11,7 @@ from selenium.webdriver.support.ui import Select
 from dashboard.browse import GALLERY_COLUMNS, NO_LABEL, gallery_page, image_detail, label_options
 from dashboard.data import DatasetStore, DatasetView
 from tests.browser import when_stable as _when_stable
+from tests.conftest import call_callback
 
 
 def _view(labels: list[str | None]) -> DatasetView:
@@ -54,6 +55,16 @@ def test_dataset_views_reload_only_when_the_generation_changes(sample_db):
     second = store.view("samples")
     assert second is not first and second.generation == first.generation + 1
     np.testing.assert_array_equal(second.embeddings, first.embeddings)
+
+
+def test_crafted_page_values_are_clamped_on_the_server(dashboard_app):
+    values = {"gallery-label": None, "gallery-pages": 10**9, "gallery-per-page": "abc", "gallery-dataset": "samples",
+              "gallery-filter": {"label": None, "per_page": 50}}
+    answer = call_callback(dashboard_app, "gallery-grid.children", values, "gallery-pages.active_page")["response"]
+    assert answer["gallery-pages"]["active_page"] == 1 and answer["gallery-filter"]["data"]["per_page"] == 50
+    values.update({"gallery-per-page": "20", "gallery-pages": "x", "gallery-filter": {"label": None, "per_page": 20}})
+    answer = call_callback(dashboard_app, "gallery-grid.children", values, "gallery-pages.active_page")["response"]
+    assert answer["gallery-pages"]["active_page"] == 1 and answer["gallery-pages"]["max_value"] == 2
 
 
 def test_thumbnails_are_served_by_id_with_cache_headers(dashboard_app):

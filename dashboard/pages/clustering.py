@@ -36,6 +36,7 @@ from dashboard.shell import busy, image_links, page_shell
 from dashboard.urlstate import similarity_url, sync_url, thumbnail_url, url_parameters
 
 PATH = "/clustering"
+POLL_MS = 500  # how often a page asks about its background job: 30 pages waiting make 60 requests a second
 _PROJECTION_CONTROLS = [("clustering-projection", "value"), ("clustering-perplexity", "value"),
                         ("clustering-neighbors", "value"), ("clustering-min-dist", "value"),
                         ("clustering-seed", "value")]
@@ -129,7 +130,7 @@ def register(app: Dash, store: DatasetStore, results, short_jobs) -> None:
         Output("clustering-projection-key", "data", allow_duplicate=True),
         Input("clustering-projection-request", "data"),
         State("clustering-dataset", "data"), State("clustering-session", "data"),
-        background=True, prevent_initial_call=True, interval=300,
+        background=True, prevent_initial_call=True, interval=POLL_MS,
         progress=Output("clustering-status", "children"),
         running=[(Output("clustering-cancel", "style"), {"display": "inline-block"}, {"display": "none"})],
         cancel=Input("clustering-cancel", "n_clicks"),
@@ -178,7 +179,7 @@ def register(app: Dash, store: DatasetStore, results, short_jobs) -> None:
         Output("clustering-shown", "data", allow_duplicate=True),
         Input("clustering-cluster-request", "data"),
         State("clustering-dataset", "data"), State("clustering-session", "data"),
-        background=True, manager=short_jobs, prevent_initial_call=True, interval=300,
+        background=True, manager=short_jobs, prevent_initial_call=True, interval=POLL_MS,
         progress=Output("clustering-status", "children"),
         running=[(Output("clustering-cancel", "style"), {"display": "inline-block"}, {"display": "none"})],
         cancel=Input("clustering-cancel", "n_clicks"),

@@ -55,8 +55,9 @@ def register(app: Dash, store: DatasetStore) -> None:
     )
     def show_page(label, page, per_page, dataset, shown_filter):
         view = store.view(dataset)
-        chosen = {"label": label, "per_page": int(per_page)}
-        shown = gallery_page(view, label, page or 1 if chosen == shown_filter else 1, chosen["per_page"])
+        size = as_int(per_page, GALLERY_PAGE_SIZE)
+        chosen = {"label": label, "per_page": size if size in PAGE_SIZES else GALLERY_PAGE_SIZE}
+        shown = gallery_page(view, label, as_int(page, 1) if chosen == shown_filter else 1, chosen["per_page"])
         return _grid(view, shown.positions), shown.page_count, shown.page, _count_text(shown.total), chosen
 
     @app.callback(
