@@ -25,6 +25,7 @@ import argparse
 import base64
 import io
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -131,6 +132,24 @@ class Student(DashClient):
         except requests.RequestException as failure:
             error = f"{type(failure).__name__}: {failure}"
         self.results.record(kind, time.perf_counter() - started, error)
+
+
+def class_group(url: str, dependencies: list[dict], end_id: str, numbers: list[int], datasets: dict, options: dict,
+                uploads: dict[str, str], answers) -> None:
+    """Some of the students, each in a thread of this process, for the run's seconds; their figures go back on
+    `answers` as (latencies, errors, first states)."""
+    args = argparse.Namespace(**options)
+    results, first_states, stop = Results(), defaultdict(list), threading.Event()
+    threads = [threading.Thread(target=study, daemon=True, args=(
+        Student(url, dependencies, results, f"student{number}", end_id), datasets, stop, number, args, uploads,
+        first_states)) for number in numbers]
+    for thread in threads:
+        thread.start()
+    stop.wait(args.seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=args.patience + 120)
+    answers.put((dict(results.latencies), results.errors, dict(first_states)))
 
 
 def study(student: Student, datasets: dict[str, list[int]], stop: threading.Event, seed: int, args,
@@ -358,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic", type=int, default=100_000, help="images in the synthetic dataset")
     parser.add_argument("--think", type=float, default=3.0, help="mean pause between a student's actions, seconds")
     parser.add_argument("--patience", type=float, default=45.0, help="how long a student waits for a job")
+    parser.add_argument("--client-processes", type=int, default=3, help="processes the students are spread over")
     parser.add_argument("--index-model", default="vit_small_patch14_reg4_dinov2.lvd142m")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
@@ -408,18 +428,33 @@ def main(argv: list[str] | None = None) -> int:
             probe = Student(url, dependencies, Results(), "student0", end_id)
             page = probe.open_page("gallery", f"dataset={name}&per_page=200")
             datasets[name] = [int(i) for i in THUMBNAIL.findall(json.dumps(page))] if page else []
-        threads = [threading.Thread(target=study, daemon=True, args=(
-            Student(url, dependencies, results, f"student{n}", end_id), datasets, stop, n, args, uploads,
-            first_states)) for n in range(args.students)]
-        threads.append(threading.Thread(target=run_indexer, daemon=True,  # niced, as the README advises
-                                        args=(photos, db, args.index_model, stop, indexer_log, 10)))
+        indexer = threading.Thread(target=run_indexer, daemon=True,  # niced, as the README advises
+                                   args=(photos, db, args.index_model, stop, indexer_log, 10))
+        # Students in several processes: one Python process sending for all of them would itself be the
+        # bottleneck (its lock on the interpreter), and its delays would count as the server's.
+        context = multiprocessing.get_context("spawn")
+        answers = context.Queue()
+        groups = [list(range(args.students))[number::args.client_processes]
+                  for number in range(args.client_processes)]
+        clients = [context.Process(target=class_group, args=(url, dependencies, end_id, group, datasets, vars(args),
+                                                             uploads, answers)) for group in groups if group]
         started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        stop.wait(args.seconds)
+        psutil.cpu_percent()
+        indexer.start()
+        for client in clients:
+            client.start()
+        for _ in clients:
+            latencies, errors_found, states = answers.get(timeout=args.seconds + args.patience + 300)
+            for kind, times in latencies.items():
+                results.latencies[kind] += times
+            results.errors += errors_found
+            for kind, times in states.items():
+                first_states[kind] += times
+        busy = psutil.cpu_percent()
         stop.set()
-        for thread in threads:
-            thread.join(timeout=args.patience + 120)
+        indexer.join(timeout=120)
+        for client in clients:
+            client.join(timeout=60)
         elapsed = time.perf_counter() - started
         waits = queue_waits(cache)
     finally:
@@ -435,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     for error in results.errors:
         errors[error.split(":")[0]] += 1
     print(f"\n{args.students} students for {elapsed:.0f} s, {args.workers} gunicorn workers, "
-          f"{args.synthetic:,} + 22 + live images; indexer runs: {len(indexer_log)}")
+          f"{args.synthetic:,} + 22 + live images; indexer runs: {len(indexer_log)}; the {psutil.cpu_count()} "
+          f"processors were {busy:.0f} % busy (server, indexer and the students' {len(clients)} processes)")
     print(f"{'interaction':<24}{'count':>7}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}{'errors':>8}")
     for kind in sorted(results.latencies):
         print(percentile_row(kind, results.latencies[kind], errors.get(kind, 0)))

@@ -17,11 +17,15 @@ import psutil
 import pytest
 from dash.testing.wait import until
 
+from dashboard import data
+from dashboard.data import DatasetStore
 from dashboard.job_board import ABANDONED_S, JobBoard, ServerState
 from dashboard.job_server import JobServerConfig, dump_job, start_job_server
 from dashboard.jobs import JobServerManager
 from dashboard.query_image import QueryModels, recorded_model
 from dashboard.settings import Settings
+from tests.conftest import index_folder
+from tests.images import noise
 from tests.servers import job_server_jobs
 
 
@@ -182,3 +186,24 @@ def recorded_model_of(settings: Settings):
     from dashboard.data import DatasetStore
 
     return recorded_model(DatasetStore(settings.db_url), "samples")
+
+
+def test_the_server_prepares_the_shared_matrix_of_each_changed_dataset(tmp_path, monkeypatch):
+    """After a start and after every re-index, the first page to open a dataset maps its file: it builds nothing."""
+    photos = tmp_path / "photos"
+    for seed in (1, 2):
+        noise(photos / f"{seed}.png", seed=seed)
+    db = tmp_path / "index.db"
+    index_folder(photos, db)
+    jobs = Jobs(tmp_path, f"sqlite:///{db}")
+    matrices = jobs.config.cache_dir / "matrices"
+    try:
+        until(lambda: len(list(matrices.glob("*-g1.matrix"))) == 1, timeout=60)
+        monkeypatch.setattr(data, "_build_shared", lambda *args: pytest.fail("a page built the shared matrix"))
+        assert len(DatasetStore(f"sqlite:///{db}", jobs.config.cache_dir).view("photos")) == 2
+        noise(photos / "3.png", seed=3)
+        index_folder(photos, db)
+        until(lambda: len(list(matrices.glob("*-g2.matrix"))) == 1, timeout=60)
+        assert len(DatasetStore(f"sqlite:///{db}", jobs.config.cache_dir).view("photos")) == 3
+    finally:
+        jobs.stop()
