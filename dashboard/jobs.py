@@ -54,12 +54,6 @@ class JobServerManager(DiskcacheManager):
         if pid is not None:
             kill_tree(pid)
 
-    def terminate_unhealthy_job(self, job):
-        if job and not self.job_running(job):
-            self.terminate_job(job)
-            return True
-        return False
-
     def job_running(self, job):
         return bool(job) and self.board.is_running(str(job))
 
