@@ -149,7 +149,8 @@ def class_group(url: str, dependencies: list[dict], end_id: str, numbers: list[i
     stop.set()
     for thread in threads:
         thread.join(timeout=args.patience + 120)
-    answers.put((dict(results.latencies), results.errors, dict(first_states)))
+    times = os.times()
+    answers.put((dict(results.latencies), results.errors, dict(first_states), times.user + times.system))
 
 
 def study(student: Student, datasets: dict[str, list[int]], stop: threading.Event, seed: int, args,
@@ -310,6 +311,27 @@ class MemoryWatch(threading.Thread):
         return total
 
 
+def server_cpu(pid: int) -> dict[str, float]:
+    """Processor seconds the server's processes have used so far: the web workers, and the job server with the
+    jobs it has reaped (psutil counts a process's ended children in its own times)."""
+    used = {"web workers": 0.0, "job server and its jobs": 0.0}
+    try:
+        tree = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return used
+    for process in tree:
+        try:
+            part = "job server and its jobs" if "dashboard.job_server" in " ".join(process.cmdline()) else \
+                "web workers" if process.ppid() == pid else None
+            if part is None:
+                continue  # a running job: its time is counted with the job server once it ends
+            times = process.cpu_times()
+            used[part] += times.user + times.system + times.children_user + times.children_system
+        except psutil.Error:
+            continue
+    return used
+
+
 def first_job_wait(url: str, dependencies: list[dict], end_id: str) -> tuple[float, list[str]]:
     """Seconds from asking for a t-SNE of the samples, right after the server started, until the job ran (its own
     progress, or its answer, reached the page), and what the page was told meanwhile."""
@@ -440,22 +462,30 @@ def main(argv: list[str] | None = None) -> int:
                                                              uploads, answers)) for group in groups if group]
         started = time.perf_counter()
         psutil.cpu_percent()
+        before = server_cpu(server.pid), os.times()
         indexer.start()
         for client in clients:
             client.start()
+        client_cpu = 0.0
         for _ in clients:
-            latencies, errors_found, states = answers.get(timeout=args.seconds + args.patience + 300)
+            latencies, errors_found, states, cpu = answers.get(timeout=args.seconds + args.patience + 300)
+            client_cpu += cpu
             for kind, times in latencies.items():
                 results.latencies[kind] += times
             results.errors += errors_found
             for kind, times in states.items():
                 first_states[kind] += times
         busy = psutil.cpu_percent()
+        used = {part: seconds - before[0].get(part, 0.0) for part, seconds in server_cpu(server.pid).items()}
         stop.set()
         indexer.join(timeout=120)
         for client in clients:
             client.join(timeout=60)
         elapsed = time.perf_counter() - started
+        after = os.times()  # the clients and the indexer's runs, all ended and reaped by now
+        used["students"] = client_cpu
+        used["indexer"] = (after.children_user + after.children_system
+                           - before[1].children_user - before[1].children_system - client_cpu)
         waits = queue_waits(cache)
     finally:
         stop.set()
@@ -482,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         print(percentile_row(f"queue wait, {lane} lane", waits.get(lane, []), 0)[:-8])
     print(f"jobs by state: {waits.get('states')}")
     print(f"first job after a fresh start: {first_wait:.1f} s")
+    print("processor seconds used: " + ", ".join(f"{part} {seconds:.0f}" for part, seconds in used.items())
+          + f" (of {elapsed * psutil.cpu_count():.0f} available)")
     print(f"peak memory of the server's process tree ({memory.peak_processes} processes at most): "
           f"{memory.peak_rss / 1024**3:.2f} GiB resident, {memory.peak_pss / 1024**3:.2f} GiB proportional")
     print(f"errors: {len(results.errors)}")
@@ -500,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
                              for kind, t in results.latencies.items() if t},
             "first_state_ms": {kind: {"count": len(t), "max": float(max(t) * 1000)}
                                for kind, t in first_states.items() if t},
-            "jobs": waits.get("states"),
+            "jobs": waits.get("states"), "processor_seconds": used,
         }, indent=2))
     return 1 if results.errors or any(line.startswith("indexer failed") for line in indexer_log) else 0
 

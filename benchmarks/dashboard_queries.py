@@ -182,7 +182,8 @@ def answers(view: DatasetView, dash: Dash, args) -> list[tuple[str, str]]:
     with diskcache.Cache(str(dash.cache_dir / "results")) as results:  # the app's, shared by its processes
         coordinates = cached_projection(results, view, projection).coordinates
         cached_clustering(results, view, key, coordinates, clustering)  # timed above as K-Means k=20
-    shown = {"key": clustering_key(view, clustering, key), "projection": key, "query": query_of(projection, clustering)}
+    shown = {"key": clustering_key(view, clustering, key), "projection": key, "generation": view.generation,
+             "query": query_of(projection, clustering)}
     scatter = {"clustering-shown": shown, "clustering-dataset": view.name}
     body = dash.call("..clustering-scatter.figure", scatter, "clustering-shown.data")
     rows.append((f"scatter, K-Means k=20 (callback route, {len(body) / MIB:.1f} MiB JSON)",

@@ -25,7 +25,9 @@ from dashboard.clustering_view import (
 )
 from dashboard.data import DatasetStore, DatasetView
 from dashboard.job_board import JobBoard
-from tests.conftest import call_callback
+from dashboard.pages.clustering import CHANGED
+from tests.conftest import call_callback, index_folder
+from tests.images import noise
 
 
 def _blobs(per_blob: int = 10, generation: int = 1) -> DatasetView:
@@ -185,6 +187,33 @@ def test_crafted_values_are_clamped_on_the_server(dashboard_app, sample_db):
     assert (query["k"], query["eps"], query["min_samples"]) == (20, 0.5, 5)
 
 
+def test_a_view_of_a_generation_the_indexer_has_replaced_is_not_drawn(tmp_path):
+    """The indexer ran between two steps of the page: the clustering it shows is of the older images (a race the
+    classroom benchmark met as a 500), so the page says the dataset changed instead."""
+    photos = tmp_path / "photos"
+    for seed in range(4):
+        noise(photos / f"{seed}.png", seed=seed)
+    db = tmp_path / "index.db"
+    index_folder(photos, db)
+    app = create_app(Settings(f"sqlite:///{db}", tmp_path / "cache", "secret"))
+    pca = {"clustering-projection": "pca", "clustering-perplexity": 30, "clustering-neighbors": 15,
+           "clustering-min-dist": 0.1, "clustering-seed": 0, "clustering-dataset": "photos"}
+    key = call_callback(app, "clustering-projection-key.data...", pca, "clustering-projection.value")["response"][
+        "clustering-projection-key"]["data"]
+    controls = {**pca, "clustering-method": "kmeans", "clustering-k": 2, "clustering-eps": 0.5,
+                "clustering-min-samples": 5, "clustering-space": False, "clustering-projection-key": key}
+    shown = call_callback(app, "clustering-shown.data...", controls, "clustering-k.value")["response"][
+        "clustering-shown"]["data"]
+    noise(photos / "new.png", seed=9)
+    index_folder(photos, db)  # a new generation, with one more image
+    drawn = call_callback(app, "clustering-scatter.figure", {"clustering-shown": shown,
+                                                             "clustering-dataset": "photos"}, "clustering-shown.data")
+    assert set(drawn["response"]) == {"clustering-status"}
+    assert list(drawn["response"]["clustering-status"].values()) == [CHANGED]
+    again = call_callback(app, "clustering-shown.data...", controls, "clustering-k.value")["response"]
+    assert list(again["clustering-status"].values()) == [CHANGED] and "clustering-shown" not in again
+
+
 def test_slow_clusterings_go_to_a_background_job_and_every_clustering_is_cached(monkeypatch):
     small, large = _blobs(), _blobs(per_blob=4)
     monkeypatch.setattr(clustering_view, "CLUSTER_IN_REQUEST", 20)
@@ -236,7 +265,7 @@ def test_the_scatter_reaches_the_browser_as_binary_typed_arrays(dashboard_app, s
         projection = cached_projection(results, view, params)
         clustering_view.cached_clustering(results, view, params.cache_key(view), projection.coordinates, clustering)
     shown = {"key": clustering_view.clustering_key(view, clustering, params.cache_key(view)),
-             "projection": params.cache_key(view), "query": query_of(params, clustering)}
+             "projection": params.cache_key(view), "generation": view.generation, "query": query_of(params, clustering)}
     answer = call_callback(dashboard_app, "clustering-scatter.figure", {"clustering-shown": shown,
                                                                          "clustering-dataset": "samples"},
                            "clustering-shown.data")

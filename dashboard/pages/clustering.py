@@ -36,6 +36,7 @@ from dashboard.shell import busy, image_links, page_shell
 from dashboard.urlstate import similarity_url, sync_url, thumbnail_url, url_parameters
 
 PATH = "/clustering"
+CHANGED = "The indexer has changed this dataset since the page opened: show the changes (above) to work on them."
 POLL_MS = 500  # how often a page asks about its background job: 30 pages waiting make 60 requests a second
 _PROJECTION_CONTROLS = [("clustering-projection", "value"), ("clustering-perplexity", "value"),
                         ("clustering-neighbors", "value"), ("clustering-min-dist", "value"),
@@ -165,9 +166,12 @@ def register(app: Dash, store: DatasetStore, results, short_jobs) -> None:
             return dash.no_update, dash.no_update, dash.no_update
         view = store.view(dataset)
         params = _cluster_params(method, k, eps, min_samples, space)
-        query = query_of(projection_params({"projection": projection_method, "perplexity": perplexity,
-                                            "n_neighbors": n_neighbors, "min_dist": min_dist, "seed": seed}), params)
-        shown = {"key": clustering_key(view, params, projection_key), "projection": projection_key, "query": query}
+        chosen_projection = projection_params({"projection": projection_method, "perplexity": perplexity,
+                                               "n_neighbors": n_neighbors, "min_dist": min_dist, "seed": seed})
+        if chosen_projection.cache_key(view) != projection_key:  # of an earlier generation: the indexer ran since
+            return dash.no_update, dash.no_update, CHANGED
+        shown = {"key": clustering_key(view, params, projection_key), "projection": projection_key,
+                 "generation": view.generation, "query": query_of(chosen_projection, params)}
         if clusters_in_background(view, params) and shown["key"] not in results:
             return dash.no_update, shown, "Starting…"
         cached_clustering(results, view, projection_key, projection.coordinates, params)
@@ -187,9 +191,10 @@ def register(app: Dash, store: DatasetStore, results, short_jobs) -> None:
     def compute_clusters(set_progress, request, dataset, _session):
         # _session: a per-page-load id, so two users asking for the same view are two jobs (Dash 4.4.1).
         projection = results.get(request["projection"]) if request else None
-        if projection is None:
+        view = store.view(dataset)
+        if projection is None or view.generation != request["generation"]:
             return dash.no_update
-        cached_clustering(results, store.view(dataset), request["projection"], projection.coordinates,
+        cached_clustering(results, view, request["projection"], projection.coordinates,
                           cluster_params(request["query"]), progress=lambda stage: set_progress(f"Computing: {stage}…"))
         return request
 
@@ -205,6 +210,8 @@ def register(app: Dash, store: DatasetStore, results, short_jobs) -> None:
         if projection is None or result is None:
             return dash.no_update, dash.no_update, dash.no_update, dash.no_update, dash.no_update
         view = store.view(dataset)
+        if view.generation != shown["generation"]:
+            return dash.no_update, dash.no_update, dash.no_update, CHANGED, dash.no_update
         notes = html.Ul([html.Li(note) for note in projection.notes + result.notes],
                         className="small text-warning", id="clustering-notes") \
             if projection.notes or result.notes else ""
