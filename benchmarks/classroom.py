@@ -44,6 +44,8 @@ import psutil
 import requests
 from PIL import Image
 
+from dashboard.job_board import LANES, JobBoard
+
 sys.path.insert(0, str(Path(__file__).parent))
 from load_test import (
     DINOSCOPE,
@@ -353,8 +355,6 @@ def first_job_wait(url: str, dependencies: list[dict], end_id: str) -> tuple[flo
 
 def queue_waits(cache_dir: Path) -> dict[str, list[float]]:
     """Per lane, how long each job that started waited in the queue (from the job board's records)."""
-    from dashboard.job_board import JobBoard
-
     board = JobBoard(cache_dir / "jobs")
     waits: dict[str, list[float]] = defaultdict(list)
     states: dict[str, int] = defaultdict(int)
@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'until the page showed a state':<24}{'count':>7}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}")
     for kind in sorted(first_states):
         print(percentile_row(kind, first_states[kind], 0)[:-8])
-    for lane in ("long", "short"):
+    for lane in LANES:
         print(percentile_row(f"queue wait, {lane} lane", waits.get(lane, []), 0)[:-8])
     print(f"jobs by state: {waits.get('states')}")
     print(f"first job after a fresh start: {first_wait:.1f} s")

@@ -33,7 +33,7 @@ def create_app(settings: Settings, managers: JobManagers | None = None) -> Dash:
     results = diskcache.Cache(str(settings.cache_dir / "results"), size_limit=RESULTS_CACHE_BYTES)
     app = Dash(
         __name__, use_pages=True, pages_folder="", assets_folder=str(ASSETS), title="dinoscope", update_title=None,
-        background_callback_manager=managers.long, suppress_callback_exceptions=True,
+        background_callback_manager=managers.projections, suppress_callback_exceptions=True,
         health_endpoint=HEALTH_PATH.lstrip("/"),
     )
     if settings.users_file:
@@ -45,9 +45,9 @@ def create_app(settings: Settings, managers: JobManagers | None = None) -> Dash:
     _add_image_routes(app.server, store)
     add_download_routes(app.server, store, results)
     gallery.register(app, store)
-    similarity.register(app, store, managers.short)
+    similarity.register(app, store, managers.uploads)
     embeddings.register(app, store, results)
-    clustering.register(app, store, results, managers.short)
+    clustering.register(app, store, results, managers.clusterings)
     patches.register(app, store)
     shell.register(app, store)
     shell.register_not_found(store)
@@ -70,7 +70,7 @@ def create_worker(settings: Settings) -> Celery:
     warm_up()  # UMAP's compiled code loaded once, before the pool forks its processes
     managers = background_managers(settings)
     create_app(settings, managers)
-    return managers.long.handle
+    return managers.projections.handle
 
 
 def _add_image_routes(server: flask.Flask, store: DatasetStore) -> None:

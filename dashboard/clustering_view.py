@@ -153,11 +153,12 @@ def cluster_images(view: DatasetView, coordinates: np.ndarray, params: ClusterPa
                    progress: Callable[[str], None] | None = None) -> ClusteringResult:
     """Cluster in cosine geometry or on the 2-D projection, with quality metrics.
 
-    In cosine geometry K-Means runs on the normalised embeddings' first 50 principal components (`view.reduced`:
-    the same clusters as on the full vectors for clustered data, and fast at 100,000 images); DBSCAN and Ward run
-    on the normalised embeddings themselves. On the projection every method runs on the 2-D points. DBSCAN and
-    Ward see at most CLUSTER_SAMPLE images: in a larger dataset a seeded sample of them, every other image joining
-    the cluster of its nearest sampled image (on the principal components, or on the 2-D points).
+    In cosine geometry K-Means and Ward run on the normalised embeddings' first 50 principal components
+    (`view.reduced`: the same clusters as on the full vectors for clustered data, and several times faster);
+    DBSCAN runs on the normalised embeddings themselves, so that eps is an exact chord distance (sqrt(2 - 2 cos)).
+    On the projection every method runs on the 2-D points. DBSCAN and Ward see at most CLUSTER_SAMPLE images: in a
+    larger dataset a seeded sample of them, every other image joining the cluster of its nearest sampled image (on
+    the principal components, or on the 2-D points).
     """
     report = progress or (lambda stage: None)
     options = {"k": params.k, "eps": params.eps, "min_samples": params.min_samples}
@@ -168,13 +169,16 @@ def cluster_images(view: DatasetView, coordinates: np.ndarray, params: ClusterPa
         if on_projection:
             points = coordinates
         else:
-            points = view.reduced if params.method == "kmeans" else normalize_rows(view.embeddings)
+            points = normalize_rows(view.embeddings) if params.method == "dbscan" else view.reduced
         report(f"{name} of {len(view):,} images")
         labels = cluster(points, params.method, **options)
         clustered, clustered_labels = points, labels
     else:
         sample = np.sort(np.random.default_rng(0).choice(len(view), CLUSTER_SAMPLE, replace=False))
-        clustered = coordinates[sample] if on_projection else normalize_rows(view.embeddings[sample])
+        if on_projection:
+            clustered = coordinates[sample]
+        else:
+            clustered = normalize_rows(view.embeddings[sample]) if params.method == "dbscan" else view.reduced[sample]
         report(f"{name} of a sample of {CLUSTER_SAMPLE:,} images")
         clustered_labels = cluster(clustered, params.method, **options)
         report(f"placing the other {len(view) - CLUSTER_SAMPLE:,} images")

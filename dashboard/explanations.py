@@ -28,9 +28,9 @@ layout than t-SNE, but it is still not a faithful map of distances.
 of any shape and calls what lies between them noise; eps is how close neighbours must be (here a chord distance,
 sqrt(2 - 2 cos), between normalised embeddings: eps 0.5 means cosine similarity 0.875 or more). **Hierarchical
 (Ward)** merges the closest groups step by step, keeping clusters compact, and cuts the tree at k clusters.
-Clustering works on the embeddings, not on the 2-D picture, unless the switch says otherwise: K-Means on their
-first 50 principal components (which keep the clusters' shape and are fast), DBSCAN and Ward on the normalised
-embeddings themselves. In a large dataset DBSCAN and Ward cluster a sample of 5,000 images and every other image
+Clustering works on the embeddings, not on the 2-D picture, unless the switch says otherwise: K-Means and Ward on
+their first 50 principal components (which keep the clusters' shape and are fast), DBSCAN on the normalised
+embeddings themselves (so that eps means the cosine shown beside it). In a large dataset DBSCAN and Ward cluster a sample of 5,000 images and every other image
 joins the cluster of its nearest sampled image.
 """,
     "similarity": """

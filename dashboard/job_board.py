@@ -6,9 +6,9 @@ A job's payload (its callback and arguments, an upload among them) travels in me
 memory folder /dev/shm, read and removed by the job server when the job starts (on a system without one, in the
 board's folder).
 
-A job is submitted to a lane (`long`: projections, which can take minutes; `short`: work bounded to seconds,
-such as the clustering of a sample or the embedding of an upload) and waits there in order until the job server
-has a free slot in that lane. Its states: queued -> starting -> running -> ended, or cancelled on the way. A page
+A job is submitted to the lane of its kind (`projections`: t-SNE and UMAP, which can take minutes; `clusterings`:
+DBSCAN and Ward of a sample, seconds; `uploads`: embedding a picture, under a second), so a quick job never waits
+behind a slow one, and waits there in order until the job server has a free slot in that lane. Its states: queued -> starting -> running -> ended, or cancelled on the way. A page
 that stops asking about a queued job (its browser left) has abandoned it: the job server drops it.
 """
 
@@ -23,7 +23,7 @@ from uuid import uuid4
 import diskcache
 import psutil
 
-LANES = ("long", "short")
+LANES = ("projections", "clusterings", "uploads")
 RECORD_TTL_S = 6 * 3600  # job records outlive any job a page could still be waiting for
 ABANDONED_S = 30.0  # a queued job that no page has asked about for this long is dropped
 SHARED_MEMORY = Path("/dev/shm")

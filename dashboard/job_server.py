@@ -217,7 +217,8 @@ class JobServer:
         log.info("job %s started in the %s lane (pid %d)", token[:8], lane, pid)
 
     def _run_job(self, payload: bytes) -> None:
-        self._become_job()
+        self._become_child()
+        os.nice(JOB_NICENESS)
         threads = self.config.job_threads
         from threadpoolctl import threadpool_limits
 
@@ -227,12 +228,11 @@ class JobServer:
         job_fn, args = load_job(payload, {"query-models": self.models})
         job_fn(*args)
 
-    def _become_job(self) -> None:
-        """In a forked child: let go of what is the server's, and yield the processors to the web workers."""
-        os.close(self.lock_fd)  # the lock is the server's alone: a job outliving it must not keep it
+    def _become_child(self) -> None:
+        """In a forked child: let go of what is the server's."""
+        os.close(self.lock_fd)  # the lock is the server's alone: a child outliving it must not keep it
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, signal.SIG_DFL)
-        os.nice(JOB_NICENESS)
 
     def _prepare_matrices(self) -> None:
         """Every few seconds, look for datasets whose generation changed since their shared matrix was prepared,
@@ -254,7 +254,7 @@ class JobServer:
         if pid == 0:
             code = 1
             try:
-                self._become_job()
+                self._become_child()  # not niced: pages that open the dataset meanwhile wait for its file
                 from dashboard.data import DatasetStore
 
                 store = DatasetStore(self.config.db_url, self.config.cache_dir)

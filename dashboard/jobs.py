@@ -1,8 +1,8 @@
 """Background callbacks: run by the job server of the cache folder (diskcache), or by Celery workers (Redis).
 
 With the diskcache manager, a web process never forks: it puts the job on the job board in the cache folder and
-the one job server of that folder (dashboard.job_server) runs it, at most `slots` at a time in each of two lanes,
-the others waiting in order. While a job waits, its page is told where it stands (the job server warming up, or
+the one job server of that folder (dashboard.job_server) runs it, at most `slots` at a time in each lane (one per
+kind of job), the others waiting in order. While a job waits, its page is told where it stands (the job server warming up, or
 its place in the queue) in the callback's progress output.
 
 With Celery, the web processes only queue the callbacks' JSON arguments in Redis; `dinoscope worker` builds the
@@ -19,7 +19,7 @@ from celery import Celery
 from dash import CeleryManager, DiskcacheManager
 from kombu.utils.url import maybe_sanitize_url
 
-from dashboard.job_board import JobBoard
+from dashboard.job_board import LANES, JobBoard
 from dashboard.job_server import JobServerConfig, dump_job, kill_tree, start_job_server
 
 REDIS_SCHEMES = ("redis://", "rediss://")
@@ -73,11 +73,13 @@ class JobServerManager(DiskcacheManager):
 
 @dataclass(frozen=True)
 class JobManagers:
-    """The managers of an app's background callbacks: `long` for projections (minutes at 100,000 images), `short`
-    for work bounded to seconds (a sampled clustering, an upload), which must not wait behind long jobs."""
+    """The managers of an app's background callbacks, one per lane of the job server: t-SNE and UMAP (minutes at
+    100,000 images), DBSCAN and Ward of a sample (seconds), and uploads (under a second), so that a quick job never
+    waits behind a slow one. With Celery, one manager serves all three."""
 
-    long: object
-    short: object
+    projections: object
+    clusterings: object
+    uploads: object
 
 
 def background_managers(settings) -> JobManagers:
@@ -85,10 +87,10 @@ def background_managers(settings) -> JobManagers:
     process shares."""
     if settings.celery_url:
         manager = CeleryManager(celery_app(settings.celery_url))
-        return JobManagers(manager, manager)
+        return JobManagers(manager, manager, manager)
     config = job_server_config(settings)
     cache = diskcache.Cache(str(settings.cache_dir / "background"))
-    return JobManagers(JobServerManager(cache, config, "long"), JobServerManager(cache, config, "short"))
+    return JobManagers(*(JobServerManager(cache, config, lane) for lane in LANES))
 
 
 def job_server_config(settings) -> JobServerConfig:

@@ -19,8 +19,7 @@ PRELOADS = ("projections", "models")
 
 
 def default_job_slots() -> int:
-    """Background jobs at once in each of the job server's two lanes: a quarter of the cores each, at least one
-    (so half the cores run jobs and the other half serves pages)."""
+    """Background jobs at once in each of the job server's lanes: a quarter of the cores, at least one."""
     return max(1, (os.cpu_count() or 2) // 4)
 
 

@@ -238,9 +238,9 @@ def samples(folder):
               help=f"Run background callbacks (t-SNE, UMAP) in `dinoscope worker` processes through this Redis. "
                    f"[env {CELERY_ENV}; default: the server's own job server]")
 @click.option("--job-slots", envvar=JOB_SLOTS_ENV, type=click.IntRange(1, 64),
-              help=f"Background jobs the job server runs at once in each of its two lanes (projections; sampled "
-                   f"clusterings and uploads); later ones wait in order. [env {JOB_SLOTS_ENV}; default: a quarter "
-                   "of the cores, at least 1]")
+              help=f"Background jobs the job server runs at once of each kind (projections, sampled clusterings, "
+                   f"uploads); later ones wait in order. [env {JOB_SLOTS_ENV}; default: a quarter of the cores, at "
+                   "least 1]")
 def serve(db, host, port, cache_dir, workers, threads, users_file, celery, job_slots):
     """Serve the dashboard on the database (read-only)."""
     from dashboard.settings import Settings

@@ -86,16 +86,12 @@ def stop(process: subprocess.Popen, timeout_s: float = 60) -> tuple[int, int]:
 
 
 def job_server_jobs(cache_dir: Path) -> int:
-    """How many jobs the job server of a cache folder runs now (its live child processes)."""
+    """How many jobs the job server of a cache folder runs now (as its board records them, with live processes)."""
     from dashboard.job_board import JobBoard
 
-    server = JobBoard(cache_dir / "jobs").server()
-    if server is None or not server.alive:
-        return 0
-    try:
-        return sum(1 for job in psutil.Process(server.pid).children() if job.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:  # ended meanwhile
-        return 0
+    board = JobBoard(cache_dir / "jobs")
+    tokens = [key[1] for key in board.cache if isinstance(key, tuple) and key[0] == "job"]
+    return sum(1 for token in tokens if (board.job(token) or {}).get("state") == "running" and board.is_running(token))
 
 
 def flush_test_redis() -> None:
@@ -141,7 +137,7 @@ class BackgroundApps:
         # DataLoader's decode workers in another test, say), and that close blocks on the Redis server forever.
         for managers in self.managers:
             if self.manager == "celery":
-                managers.long.handle.close()
+                managers.projections.handle.close()
         for worker in self.workers:
             stop(worker)
         if self.workers:

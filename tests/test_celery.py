@@ -21,12 +21,12 @@ LIST_TASKS = ("from dashboard.celery_app import app; "
 
 def test_the_settings_choose_the_managers(tmp_path):
     managers = jobs.background_managers(Settings("sqlite:///x.db", tmp_path))
-    assert isinstance(managers.long, jobs.JobServerManager) and isinstance(managers.short, jobs.JobServerManager)
-    assert (managers.long.lane, managers.short.lane) == ("long", "short")
+    assert all(isinstance(manager, jobs.JobServerManager) for manager in vars(managers).values())
+    assert [manager.lane for manager in vars(managers).values()] == ["projections", "clusterings", "uploads"]
     celery = jobs.background_managers(Settings("sqlite:///x.db", tmp_path, celery_url=REDIS_TEST_URL))
-    assert isinstance(celery.long, CeleryManager) and celery.short is celery.long
-    assert celery.long.handle.conf.broker_url == REDIS_TEST_URL
-    assert celery.long.handle.conf.worker_prefetch_multiplier == 1
+    assert isinstance(celery.projections, CeleryManager) and celery.uploads is celery.clusterings is celery.projections
+    assert celery.projections.handle.conf.broker_url == REDIS_TEST_URL
+    assert celery.projections.handle.conf.worker_prefetch_multiplier == 1
 
 
 def test_the_test_redis_answers():
@@ -53,7 +53,7 @@ def test_the_worker_module_registers_the_tasks_the_web_app_queues(sample_db, tmp
     settings = Settings(f"sqlite:///{sample_db}", tmp_path / "cache", celery_url=REDIS_TEST_URL)
     managers = jobs.background_managers(settings)
     create_app(settings, managers)
-    queued = {f"background_callback_{key}" for key in managers.long.func_registry}
+    queued = {f"background_callback_{key}" for key in managers.projections.func_registry}
 
     environment = {**os.environ, "DINOSCOPE_DB": str(sample_db), "DINOSCOPE_CACHE_DIR": str(tmp_path / "cache"),
                    "DINOSCOPE_CELERY": REDIS_TEST_URL}

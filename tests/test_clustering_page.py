@@ -481,7 +481,7 @@ def test_the_hover_card_closes_when_the_pointer_leaves_and_when_the_figure_chang
 
 
 def test_dbscan_explains_its_eps_and_its_numbers_and_what_to_try(dash_duo, dashboard_app, monkeypatch, tmp_path):
-    """With more images than CLUSTER_IN_REQUEST, DBSCAN runs as a background job in the short lane."""
+    """With more images than CLUSTER_IN_REQUEST, DBSCAN runs as a background job in the clusterings lane."""
     monkeypatch.setattr(clustering_view, "CLUSTER_IN_REQUEST", 10)
     dash_duo.start_server(dashboard_app)
     dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples&method=dbscan&eps=0.01&min_samples=3")
@@ -496,7 +496,7 @@ def test_dbscan_explains_its_eps_and_its_numbers_and_what_to_try(dash_duo, dashb
     until(lambda: _text(dash_duo, "#clustering-eps-cosine") == "eps is a distance between the 2-D points", timeout=10)
     board = JobBoard(tmp_path / "cache" / "jobs")  # the dashboard_app fixture's cache folder
     lanes = {board.job(key[1])["lane"] for key in board.cache if isinstance(key, tuple) and key[0] == "job"}
-    assert lanes == {"short"}
+    assert lanes == {"clusterings"}
 
     titles = [span.get_attribute("title") for span in dash_duo.find_elements("#clustering-metric-badges > span")]
     assert any("from -1 to 1" in title for title in titles) and any("folder labels" in title for title in titles)
@@ -525,13 +525,13 @@ def test_a_number_box_commits_on_enter(dash_duo, dashboard_app):
 
 
 def test_a_projection_waiting_for_a_free_slot_shows_its_place(dash_duo, sample_db, tmp_path):
-    """With every slot of the long lane taken, a t-SNE waits in the queue, and the page says so."""
+    """With every slot of the projections lane taken, a t-SNE waits in the queue, and the page says so."""
     settings = Settings(f"sqlite:///{sample_db}", tmp_path / "cache", "test-secret", job_slots=1)
     managers = background_managers(settings)
     dash_duo.start_server(create_app(settings, managers))
-    board = managers.long.board
-    blocker = board.submit("long", dump_job(_held, (str(tmp_path), "blocker")), "blocker-progress")
-    start_job_server(managers.long.config, board)
+    board = managers.projections.board
+    blocker = board.submit("projections", dump_job(_held, (str(tmp_path), "blocker")), "blocker-progress")
+    start_job_server(managers.projections.config, board)
     until(lambda: (tmp_path / "blocker.started").exists(), timeout=120)
     dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples")
     until(lambda: _trace_count(dash_duo) == 5, timeout=20)

@@ -52,7 +52,7 @@ class Jobs:
         self.board = JobBoard(self.config.board_folder)
         self.server = start_job_server(self.config, self.board)
 
-    def submit(self, name: str, lane: str = "long") -> str:
+    def submit(self, name: str, lane: str = "projections") -> str:
         return self.board.submit(lane, dump_job(_held, (str(self.folder), name)), f"{name}-progress")
 
     def started(self, name: str) -> bool:
@@ -75,8 +75,9 @@ def jobs(tmp_path):
 
 def test_jobs_run_in_order_with_a_bounded_number_at_once_per_lane(jobs):
     tokens = {name: jobs.submit(name) for name in ("a", "b", "c")}
-    quick = jobs.submit("quick", "short")
+    quick = jobs.submit("quick", "uploads")
     until(lambda: jobs.started("a") and jobs.started("quick"), timeout=60)  # each lane runs one at a time
+    until(lambda: jobs.board.job(tokens["a"])["state"] == "running", timeout=10)  # recorded just after the fork
     assert not jobs.started("b") and jobs.board.is_running(tokens["b"])
     assert jobs.board.waiting_message("b-progress").startswith("Queued: 0 jobs ahead of yours, 1 running")
     assert jobs.board.waiting_message("c-progress").startswith("Queued: 1 job ahead of yours, 1 running")
@@ -96,7 +97,7 @@ def test_jobs_run_in_order_with_a_bounded_number_at_once_per_lane(jobs):
 
 
 def test_a_queued_job_can_be_cancelled_and_a_running_one_ended(jobs, tmp_path):
-    manager = JobServerManager(diskcache.Cache(str(tmp_path / "background")), jobs.config, "long")
+    manager = JobServerManager(diskcache.Cache(str(tmp_path / "background")), jobs.config, "projections")
     first, second = jobs.submit("first"), jobs.submit("second")
     until(lambda: jobs.started("first"), timeout=60)
     manager.terminate_job(second)  # queued: it never starts
@@ -115,14 +116,14 @@ def test_a_queued_job_can_be_cancelled_and_a_running_one_ended(jobs, tmp_path):
 def test_a_page_is_told_what_its_job_waits_for(tmp_path):
     """Before the first job runs, the page hears of the job server warming up, with the time it has taken."""
     board = JobBoard(tmp_path / "jobs")
-    token = board.submit("long", b"payload", "key-progress")
+    token = board.submit("projections", b"payload", "key-progress")
     assert board.waiting_message("key-progress").startswith("Waiting for the job server to start")
     now = time.time()
     me = psutil.Process()
     board.set_server(ServerState(me.pid, me.create_time(), "warming", "loading UMAP's compiled code", now - 12, {}))
     assert board.waiting_message("key-progress", now) == ("Waiting for the job server, which is loading UMAP's "
                                                           "compiled code (12 s so far)…")
-    board.set_server(ServerState(me.pid, me.create_time(), "ready", "", now, {"long": 1}))
+    board.set_server(ServerState(me.pid, me.create_time(), "ready", "", now, {"projections": 1}))
     assert board.waiting_message("key-progress", now).startswith("Queued: 0 jobs ahead of yours, 1 running")
     assert board.waiting_message("another-progress") is None
     board.set_server(ServerState(me.pid, me.create_time() - 100, "ready", "", now, {}))  # a pid reused since
@@ -132,12 +133,12 @@ def test_a_page_is_told_what_its_job_waits_for(tmp_path):
 
 def test_a_job_no_page_asks_about_is_dropped_and_its_payload_with_it(tmp_path):
     board = JobBoard(tmp_path / "jobs")
-    abandoned = board.submit("short", b"upload bytes", "a-progress")
-    waited_for = board.submit("short", b"other bytes", "b-progress")
+    abandoned = board.submit("uploads", b"upload bytes", "a-progress")
+    waited_for = board.submit("uploads", b"other bytes", "b-progress")
     later = time.time() + ABANDONED_S + 1
     board.cache.set(("seen", waited_for), later)  # its page asked just now
-    assert board.take("short", now=later) == (waited_for, b"other bytes")
-    assert board.job(abandoned)["state"] == "abandoned" and board.take("short", now=later) is None
+    assert board.take("uploads", now=later) == (waited_for, b"other bytes")
+    assert board.job(abandoned)["state"] == "abandoned" and board.take("uploads", now=later) is None
     assert not list(Path("/dev/shm").glob(f"dinoscope-job-{abandoned}*"))
     assert not any(b"upload bytes" in path.read_bytes() for path in (tmp_path / "jobs").rglob("*") if path.is_file())
 
@@ -173,7 +174,7 @@ def test_the_server_keeps_the_upload_model_of_the_newest_dataset(sample_db, tmp_
 
         def built() -> bool:
             (tmp_path / "holds").unlink(missing_ok=True)
-            jobs.board.submit("short", dump_job(_holds_model, (str(tmp_path), QueryModels(), recorded)), "p")
+            jobs.board.submit("uploads", dump_job(_holds_model, (str(tmp_path), QueryModels(), recorded)), "p")
             until(lambda: (tmp_path / "holds").exists(), timeout=60)
             return (tmp_path / "holds").read_text() == "True"
 

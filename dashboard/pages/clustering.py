@@ -1,7 +1,8 @@
 """Clustering: a 2-D projection of the embeddings coloured by clusters, with metrics, summaries and a download.
 
-PCA and K-Means are computed in the request. t-SNE and UMAP run in a background job (the long lane) and DBSCAN and
-Ward above CLUSTER_IN_REQUEST images in another (the short lane), with progress and cancel. Every projection and
+PCA and K-Means are computed in the request. t-SNE and UMAP run in background jobs (the job server's projections
+lane) and DBSCAN and Ward above CLUSTER_IN_REQUEST images in others (its clusterings lane), with progress and
+cancel. Every projection and
 clustering is kept in the shared results cache under (dataset, generation, parameters), so whoever asks second gets
 it at once, and a re-index (a new generation) makes it stale.
 """
@@ -66,9 +67,9 @@ _URL_NAMES = ["dataset", "projection", "perplexity", "n_neighbors", "min_dist", 
               "method", "k", "eps", "min_samples", "space"]
 
 
-def register(app: Dash, store: DatasetStore, results, short_jobs) -> None:
+def register(app: Dash, store: DatasetStore, results, clustering_jobs) -> None:
     """`results` is the diskcache shared by every worker process, where projections and clusterings are kept;
-    `short_jobs` the background-callback manager for jobs of seconds (DBSCAN and Ward of a sample)."""
+    `clustering_jobs` the background-callback manager of sampled clusterings (projections use the app's)."""
 
     def layout(dataset: str | None = None, **query):
         projection, clustering = projection_params(query), cluster_params(query)
@@ -183,7 +184,7 @@ def register(app: Dash, store: DatasetStore, results, short_jobs) -> None:
         Output("clustering-shown", "data", allow_duplicate=True),
         Input("clustering-cluster-request", "data"),
         State("clustering-dataset", "data"), State("clustering-session", "data"),
-        background=True, manager=short_jobs, prevent_initial_call=True, interval=POLL_MS,
+        background=True, manager=clustering_jobs, prevent_initial_call=True, interval=POLL_MS,
         progress=Output("clustering-status", "children"),
         running=[(Output("clustering-cancel", "style"), {"display": "inline-block"}, {"display": "none"})],
         cancel=Input("clustering-cancel", "n_clicks"),

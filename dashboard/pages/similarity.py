@@ -43,8 +43,8 @@ PATH = "/similarity"
 K_MARKS = {1: "1", 10: "10", 20: "20", 30: "30", 40: "40", 50: "50"}
 
 
-def register(app: Dash, store: DatasetStore, short_jobs) -> None:
-    """`short_jobs`: the background-callback manager for jobs of seconds (embedding an upload)."""
+def register(app: Dash, store: DatasetStore, upload_jobs) -> None:
+    """`upload_jobs`: the background-callback manager that embeds uploads."""
     def layout(dataset: str | None = None, image: str | None = None, k: str = str(K_DEFAULT), **_query):
         def content(provenance):
             view = store.view(provenance.name)
@@ -109,7 +109,7 @@ def register(app: Dash, store: DatasetStore, short_jobs) -> None:
         Output("similarity-upload-panel", "hidden"), Output("similarity-upload-message", "children"),
         Input("similarity-upload-accepted", "data"), State("similarity-upload", "filename"),
         State("similarity-k", "value"), State("similarity-dataset", "data"), State("similarity-session", "data"),
-        background=True, manager=short_jobs, prevent_initial_call=True, interval=500,
+        background=True, manager=upload_jobs, prevent_initial_call=True, interval=500,
         progress=Output("similarity-upload-progress", "children"),
         running=[(Output("similarity-upload-status", "hidden"), False, True),
                  (Output("similarity-upload", "disabled"), True, False)],
