@@ -22,7 +22,15 @@ from dashboard.analysis.similarity import top_k
 from dashboard.shared_matrix import MatrixKey, SharedContent, one_builder, read_shared, write_shared
 from db.arrays import decode_array
 from db.engine import Database, open_database
-from db.queries import EMBEDDING_DTYPE, dataset_by_name, dataset_generations, dataset_summaries, patch_grid, thumbnail
+from db.queries import (
+    EMBEDDING_DTYPE,
+    dataset_by_name,
+    dataset_generations,
+    dataset_summaries,
+    latest_run_state,
+    patch_grid,
+    thumbnail,
+)
 from db.schema import Dataset, Embedding, Image
 
 READ_BATCH = 4096  # embeddings decoded per step when a dataset is read from the database
@@ -99,6 +107,7 @@ class DatasetStore:
         self._database: Database | None = None
         self._capacity = capacity
         self._views: dict[str, tuple[MatrixKey, DatasetView]] = {}
+        self._provenances: tuple[tuple, list[Provenance]] | None = None  # (the state they are of, the list)
         self._loading = threading.Lock()
 
     def __getstate__(self) -> dict:
@@ -129,10 +138,18 @@ class DatasetStore:
         return None if jpeg is None else (jpeg, f"{content_hash}-{kind}")
 
     def provenances(self) -> list[Provenance]:
+        """Every dataset's provenance. Counting the images reads every image's row, and every page asks for this:
+        the list is kept until a dataset's generation or the newest index run changes (two small queries tell)."""
         with self.database.session() as session:
-            return [_provenance(summary.dataset, summary.image_count,
-                                summary.last_run.finished_at if summary.last_run else None)
-                    for summary in dataset_summaries(session)]
+            state = (dataset_generations(session), latest_run_state(session))
+            kept = self._provenances
+            if kept is not None and kept[0] == state:
+                return kept[1]
+            found = [_provenance(summary.dataset, summary.image_count,
+                                 summary.last_run.finished_at if summary.last_run else None)
+                     for summary in dataset_summaries(session)]
+        self._provenances = (state, found)
+        return found
 
     def generations(self) -> dict[str, int]:
         with self.database.session() as session:

@@ -26,6 +26,7 @@ import psutil
 LANES = ("projections", "clusterings", "uploads")
 RECORD_TTL_S = 6 * 3600  # job records outlive any job a page could still be waiting for
 ABANDONED_S = 30.0  # a queued job that no page has asked about for this long is dropped
+SEEN_EVERY_S = 5.0  # how often a page's asking is written down (well within ABANDONED_S)
 SHARED_MEMORY = Path("/dev/shm")
 WAITING = ("queued", "starting", "cancelling")
 
@@ -97,7 +98,9 @@ class JobBoard:
         if job is None:
             return False
         if job["state"] in WAITING:
-            self._set(("seen", token), time.time())
+            now = time.time()
+            if now - self.cache.get(("seen", token), 0.0) > SEEN_EVERY_S:  # a write only now and then: pages poll often
+                self._set(("seen", token), now)
             return True
         if job["state"] != "running":
             return False
@@ -111,7 +114,8 @@ class JobBoard:
         it runs (None after that, and once it has ended)."""
         token = self.cache.get(("by-progress", progress_key))
         job = token and self.cache.get(("job", token))
-        if job and job["state"] == "running" and self.cache.add(("told", token), True, expire=RECORD_TTL_S):
+        if job and job["state"] == "running" and ("told", token) not in self.cache \
+                and self.cache.add(("told", token), True, expire=RECORD_TTL_S):
             return "Running…"
         if not job or job["state"] not in WAITING:
             return None
@@ -132,7 +136,7 @@ class JobBoard:
     def told(self, progress_key: str) -> None:
         """The job's page has heard from the job itself: no "Running…" needed."""
         token = self.cache.get(("by-progress", progress_key))
-        if token:
+        if token and ("told", token) not in self.cache:
             self._set(("told", token), True)
 
     def job(self, token: str) -> dict | None:
@@ -157,6 +161,8 @@ class JobBoard:
         """The next job of `lane` that a page still waits for, marked starting, with its payload; abandoned jobs
         on the way are dropped."""
         now = time.time() if now is None else now
+        if not self._queue(lane):  # the common case, read without taking the write lock every process contends for
+            return None
         with self.cache.transact():
             queue = list(self._queue(lane))
             taken = None

@@ -80,6 +80,14 @@ def dataset_generations(session: Session) -> dict[str, int]:
     return dict(session.execute(select(Dataset.name, Dataset.generation).order_by(Dataset.name)).all())
 
 
+def latest_run_state(session: Session) -> tuple | None:
+    """(id, status, finished_at) of the newest index run of any dataset: what changes when a run starts or ends,
+    even one that changed no image."""
+    row = session.execute(select(IndexRun.id, IndexRun.status, IndexRun.finished_at)
+                          .order_by(IndexRun.id.desc()).limit(1)).first()
+    return tuple(row) if row else None
+
+
 def stored_images(session: Session, dataset_id: int) -> dict[str, StoredImage]:
     """What the database holds of a dataset's files, by relative path."""
     rows = session.execute(

@@ -8,10 +8,12 @@ from dash.testing.wait import until
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
+from dashboard import data
 from dashboard.browse import GALLERY_COLUMNS, NO_LABEL, gallery_page, image_detail, label_options
 from dashboard.data import DatasetStore, DatasetView
 from tests.browser import when_stable as _when_stable
-from tests.conftest import call_callback
+from tests.conftest import call_callback, index_folder
+from tests.images import noise
 
 
 def _view(labels: list[str | None]) -> DatasetView:
@@ -55,6 +57,27 @@ def test_dataset_views_reload_only_when_the_generation_changes(sample_db):
     second = store.view("samples")
     assert second is not first and second.generation == first.generation + 1
     np.testing.assert_array_equal(second.embeddings, first.embeddings)
+
+
+def test_the_dataset_list_is_read_again_only_after_the_indexer_ran(tmp_path, monkeypatch):
+    """Every page shows the datasets with their image counts, and counting reads every image's row: a process keeps
+    the list until a dataset's generation or the newest index run changes."""
+    photos = tmp_path / "photos"
+    for seed in (1, 2):
+        noise(photos / f"{seed}.png", seed=seed)
+    db = tmp_path / "index.db"
+    index_folder(photos, db)
+    counted = []
+    real = data.dataset_summaries
+    monkeypatch.setattr(data, "dataset_summaries", lambda session: counted.append(1) or real(session))
+    store = DatasetStore(f"sqlite:///{db}")
+    first = store.provenances()
+    assert store.provenances() is first and len(counted) == 1
+    index_folder(photos, db)  # nothing to do, but a run: its time is shown
+    assert store.provenances() is not first and len(counted) == 2
+    noise(photos / "3.png", seed=3)
+    index_folder(photos, db)
+    assert store.provenances()[0].image_count == 3 and len(counted) == 3
 
 
 def test_crafted_page_values_are_clamped_on_the_server(dashboard_app):
