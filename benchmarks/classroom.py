@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import io
 import json
 import multiprocessing
@@ -313,6 +314,12 @@ class MemoryWatch(threading.Thread):
         return total
 
 
+def slow_requests(log: str) -> collections.Counter:
+    """The server's slow-request warnings, counted by what they ran."""
+    found = re.findall(r"slow request: (\S+ \S+) ?(\S*) took", log)
+    return collections.Counter(output.strip(".").split("...")[0] or path for path, output in found)
+
+
 def server_cpu(pid: int) -> dict[str, float]:
     """Processor seconds the server's processes have used so far: the web workers, and the job server with the
     jobs it has reaped (psutil counts a process's ended children in its own times)."""
@@ -425,9 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "DINOSCOPE_SECRET_KEY": "classroom"}
+    server_log = work / "serve.log"
     server = subprocess.Popen([*DINOSCOPE, "serve", "--db", db, "--host", "127.0.0.1", "--port", str(port),
                                "--workers", str(args.workers), "--cache-dir", str(cache), "--users", str(users)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                              env=env, stdout=subprocess.DEVNULL, stderr=server_log.open("w"),
+                              start_new_session=True)
     stop = threading.Event()
     memory = MemoryWatch(server.pid, stop)
     memory.start()
@@ -482,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         for client in clients:
             client.join(timeout=60)
         elapsed = time.perf_counter() - started
+        slow = slow_requests(server_log.read_text())
         after = os.times()  # the clients and the indexer's runs, all ended and reaped by now
         used["students"] = client_cpu
         used["indexer"] = (after.children_user + after.children_system
@@ -516,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
           + f" (of {elapsed * psutil.cpu_count():.0f} available)")
     print(f"peak memory of the server's process tree ({memory.peak_processes} processes at most): "
           f"{memory.peak_rss / 1024**3:.2f} GiB resident, {memory.peak_pss / 1024**3:.2f} GiB proportional")
+    print(f"requests the server logged as slow (over 1 s): {sum(slow.values())}; by callback: "
+          f"{dict(slow.most_common(8))}")
     print(f"errors: {len(results.errors)}")
     for error in results.errors[:20]:
         print(f"  {error}")

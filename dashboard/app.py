@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
+import time
 from pathlib import Path
 
 import dash
@@ -20,9 +22,11 @@ from dashboard.pages import clustering, embeddings, gallery, patches, similarity
 from dashboard.query_image import MAX_REQUEST_BYTES
 from dashboard.settings import CELERY_ENV, Settings
 
+log = logging.getLogger(__name__)
 ASSETS = Path(__file__).parent / "assets"
 THUMBNAIL_MAX_AGE_S = 300
 RESULTS_CACHE_BYTES = 2 * 1024**3  # projections of old generations are evicted least recently used first
+SLOW_REQUEST_S = 1.0  # requests that take longer are logged
 HEALTH_PATH = "/health"  # public even with a login: load balancers ask it without credentials
 
 
@@ -44,6 +48,7 @@ def create_app(settings: Settings, managers: JobManagers | None = None) -> Dash:
     store = DatasetStore(settings.db_url, settings.cache_dir)
     _add_image_routes(app.server, store)
     add_download_routes(app.server, store, results)
+    _log_slow_requests(app.server)
     gallery.register(app, store)
     similarity.register(app, store, managers.uploads)
     embeddings.register(app, store, results)
@@ -71,6 +76,25 @@ def create_worker(settings: Settings) -> Celery:
     managers = background_managers(settings)
     create_app(settings, managers)
     return managers.projections.handle
+
+
+def _log_slow_requests(server: flask.Flask) -> None:
+    """A warning for an operator whenever a request takes longer than SLOW_REQUEST_S to answer (until its first
+    byte), naming the callback it ran."""
+
+    @server.before_request
+    def start_clock():
+        flask.g.started = time.perf_counter()
+
+    @server.after_request
+    def report_if_slow(response: flask.Response) -> flask.Response:
+        seconds = time.perf_counter() - flask.g.get("started", time.perf_counter())
+        if seconds > SLOW_REQUEST_S:
+            body = flask.request.get_json(silent=True, cache=True) if flask.request.is_json else None
+            output = body.get("output", "") if isinstance(body, dict) else ""
+            log.warning("slow request: %s %s %s took %.1f s", flask.request.method, flask.request.path,
+                        output[:120], seconds)
+        return response
 
 
 def _add_image_routes(server: flask.Flask, store: DatasetStore) -> None:
