@@ -5,7 +5,7 @@
 
 It builds its world in a temporary folder: a synthetic dataset `bench` (--synthetic images), the sample photographs
 indexed as `samples`, a users file with a login per student, and a folder of photographs that `dinoscope index`
-keeps adding to a dataset `live` (under `nice -n 10`, as the README advises on a shared server). It starts `dinoscope serve --workers 4 --users FILE` on a free loopback port and,
+keeps adding to a dataset `live` (at a low priority, as the README advises on a shared server). It starts `dinoscope serve --workers 4 --users FILE` on a free loopback port and,
 the moment the server answers, asks for one t-SNE (how long the first job waits after a fresh start). Then each
 student, logged in with their own browser session, keeps doing what a class does: t-SNE and UMAP with their own
 parameters, Ward and DBSCAN on the embeddings and on the 2-D projection, uploads (some of them an 80-megapixel PNG
@@ -120,21 +120,18 @@ class Student(DashClient):
         return json.loads(body) if body else None
 
     def download(self, kind: str, path: str, first_states: dict[str, list[float]]) -> None:
-        """A download read to its end; the page 'shows a state' when the first bytes arrive."""
-        started = time.perf_counter()
-        error = None
-        try:
-            with self.http.get(self.base_url + path, stream=True, timeout=120) as reply:
-                if reply.status_code != 200:
-                    error = f"HTTP {reply.status_code}"
-                else:
-                    for number, _ in enumerate(reply.iter_content(1 << 20)):
-                        if number == 0:
-                            with self.results.lock:
-                                first_states[kind].append(time.perf_counter() - started)
-        except requests.RequestException as failure:
-            error = f"{type(failure).__name__}: {failure}"
-        self.results.record(kind, time.perf_counter() - started, error)
+        """A download read to its end by curl, as a browser would save it (reading hundreds of megabytes in this
+        Python process would slow every other student of it); the page 'shows a state' at its first byte."""
+        user, password = self.http.auth
+        run = subprocess.run(["curl", "--config", "-", "--silent", "--show-error", "--output", os.devnull,
+                              "--write-out", "%{http_code} %{time_starttransfer} %{time_total}", self.base_url + path],
+                             input=f'user = "{user}:{password}"\n', capture_output=True, text=True, check=False,
+                             timeout=300)  # the login on standard input, not on a command line others can list
+        status, first_byte, total = (run.stdout.split() + ["0", "0", "0"])[:3]
+        error = None if run.returncode == 0 and status == "200" else f"HTTP {status} {run.stderr.strip()[:200]}"
+        with self.results.lock:
+            first_states[kind].append(float(first_byte))
+        self.results.record(kind, float(total), error)
 
 
 def class_group(url: str, dependencies: list[dict], end_id: str, numbers: list[int], datasets: dict, options: dict,
@@ -406,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic", type=int, default=100_000, help="images in the synthetic dataset")
     parser.add_argument("--think", type=float, default=3.0, help="mean pause between a student's actions, seconds")
     parser.add_argument("--patience", type=float, default=45.0, help="how long a student waits for a job")
-    parser.add_argument("--client-processes", type=int, default=3, help="processes the students are spread over")
+    parser.add_argument("--client-processes", type=int, default=6, help="processes the students are spread over")
     parser.add_argument("--index-model", default="vit_small_patch14_reg4_dinov2.lvd142m")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
@@ -459,8 +456,8 @@ def main(argv: list[str] | None = None) -> int:
             probe = Student(url, dependencies, Results(), "student0", end_id)
             page = probe.open_page("gallery", f"dataset={name}&per_page=200")
             datasets[name] = [int(i) for i in THUMBNAIL.findall(json.dumps(page))] if page else []
-        indexer = threading.Thread(target=run_indexer, daemon=True,  # niced, as the README advises
-                                   args=(photos, db, args.index_model, stop, indexer_log, 10))
+        indexer = threading.Thread(target=run_indexer, daemon=True,  # at a low priority, as the README advises
+                                   args=(photos, db, args.index_model, stop, indexer_log, True))
         # Students in several processes: one Python process sending for all of them would itself be the
         # bottleneck (its lock on the interpreter), and its delays would count as the server's.
         context = multiprocessing.get_context("spawn")
