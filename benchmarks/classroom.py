@@ -406,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-processes", type=int, default=6, help="processes the students are spread over")
     parser.add_argument("--index-model", default="vit_small_patch14_reg4_dinov2.lvd142m")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--server-log", type=Path, help="keep the server's log (its warnings) in this file")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="dinoscope-classroom-"))
@@ -489,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
             client.join(timeout=60)
         elapsed = time.perf_counter() - started
         slow = slow_requests(server_log.read_text())
+        if args.server_log:
+            shutil.copyfile(server_log, args.server_log)
         after = os.times()  # the clients and the indexer's runs, all ended and reaped by now
         used["students"] = client_cpu
         used["indexer"] = (after.children_user + after.children_system

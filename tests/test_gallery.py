@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from dash.testing.wait import until
@@ -88,6 +90,20 @@ def test_crafted_page_values_are_clamped_on_the_server(dashboard_app):
     values.update({"gallery-per-page": "20", "gallery-pages": "x", "gallery-filter": {"label": None, "per_page": 20}})
     answer = call_callback(dashboard_app, "gallery-grid.children", values, "gallery-pages.active_page")["response"]
     assert answer["gallery-pages"]["active_page"] == 1 and answer["gallery-pages"]["max_value"] == 2
+
+
+def test_a_slow_request_is_logged_for_the_operator_with_the_callback_it_ran(dashboard_app, monkeypatch, caplog):
+    from dashboard import app as app_module
+
+    values = {"gallery-label": None, "gallery-pages": 2, "gallery-per-page": "20", "gallery-dataset": "samples",
+              "gallery-filter": {"label": None, "per_page": 20}}
+    with caplog.at_level(logging.WARNING, logger="dashboard.app"):
+        call_callback(dashboard_app, "gallery-grid.children", values, "gallery-pages.active_page")
+        assert caplog.text == ""  # a quick one is not
+        monkeypatch.setattr(app_module, "SLOW_REQUEST_S", 0.0)
+        call_callback(dashboard_app, "gallery-grid.children", values, "gallery-pages.active_page")
+    assert "slow request: POST /_dash-update-component ..gallery-grid.children...gallery-pages.max_value" \
+        in caplog.text
 
 
 def test_thumbnails_are_served_by_id_with_cache_headers(dashboard_app):

@@ -44,6 +44,15 @@ def test_an_empty_database_says_how_to_fill_it(tmp_path):
     assert "No datasets yet" in _page(DatasetStore(f"sqlite:///{tmp_path / 'empty.db'}"))
 
 
+def test_a_synthetic_dataset_says_what_it_is_rather_than_that_indexing_is_unfinished(tmp_path):
+    from indexer.synthetic import write_synthetic_dataset
+
+    db = tmp_path / "synthetic.db"
+    write_synthetic_dataset(open_database(str(db)), "scale", 12, dim=8, clusters=2)
+    text = _page(DatasetStore(f"sqlite:///{db}"), "scale")
+    assert "synthetic data, written without a model" in text and "indexing not finished" not in text
+
+
 def test_an_unknown_dataset_lists_the_known_ones(sample_db):
     store = DatasetStore(f"sqlite:///{sample_db}")
     assert "No dataset named 'dogs'" in _page(store, "dogs") and "samples" in _page(store, "dogs")
