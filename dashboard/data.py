@@ -139,9 +139,10 @@ class DatasetStore:
 
     def provenances(self) -> list[Provenance]:
         """Every dataset's provenance. Counting the images reads every image's row, and every page asks for this:
-        the list is kept until a dataset's generation or the newest index run changes (two small queries tell)."""
+        the list is kept until a dataset's generation or the newest index run changes (two small queries tell), or
+        the database file is replaced."""
         with self.database.session() as session:
-            state = (dataset_generations(session), latest_run_state(session))
+            state = (self.database.identity, dataset_generations(session), latest_run_state(session))
             kept = self._provenances
             if kept is not None and kept[0] == state:
                 return kept[1]
