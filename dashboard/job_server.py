@@ -34,7 +34,7 @@ import psutil
 from dashboard.folder_cache import file_identity
 from dashboard.job_board import LANES, JobBoard, ServerState
 from dashboard.query_image import QueryModels
-from dashboard.settings import PRELOADS
+from dashboard.settings import LOG_FORMAT, LOG_LEVEL_ENV, PRELOADS
 from db.queries import dataset_generations
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,8 @@ def start_job_server(config: JobServerConfig, board: JobBoard | None = None) -> 
         return None
     command = [sys.executable, "-m", "dashboard.job_server", "--cache-dir", str(config.cache_dir),
                "--slots", str(config.slots), "--preload", ",".join(config.preload)]
-    env = {**os.environ, **SERVER_ENVIRONMENT, "DINOSCOPE_DB": config.db_url}
+    env = {**os.environ, **SERVER_ENVIRONMENT, "DINOSCOPE_DB": config.db_url,
+           LOG_LEVEL_ENV: logging.getLevelName(logging.getLogger().getEffectiveLevel())}
     log.info("starting the job server for %s", config.cache_dir)
     return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
 
@@ -386,8 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slots", type=int, default=1)
     parser.add_argument("--preload", default=",".join(PRELOADS))
     options = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("DINOSCOPE_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=os.environ.get(LOG_LEVEL_ENV, "INFO"), format=LOG_FORMAT)
     from db.engine import DB_ENV, resolve_url
 
     preload = tuple(name for name in options.preload.split(",") if name)
