@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from dashboard.jobs import BrokerError, JobManagers, background_managers
 from dashboard.pages import clustering, embeddings, gallery, patches, similarity
 from dashboard.query_image import MAX_REQUEST_BYTES
 from dashboard.settings import CELERY_ENV, Settings
+from db.engine import display_url
 from db.errors import DinoscopeDbError
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,8 @@ def create_app(settings: Settings, managers: JobManagers | None = None) -> Dash:
     # Dash completes its set-up (scripts, the pages' router) on the first request, without a lock: in a threaded
     # worker, requests arriving meanwhile found no scripts registered (500s). One request now, before any user's.
     app.server.test_client().get(HEALTH_PATH)
+    log.info("dashboard process %d ready: database %s, cache folder %s, %s", os.getpid(),
+             display_url(settings.db_url), settings.cache_dir, "login required" if settings.users_file else "no login")
     return app
 
 
