@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
 from pathlib import Path
 
 import dash
-import diskcache
 import flask
 from celery import Celery
 from dash import Dash, dcc, html
@@ -17,10 +17,13 @@ from dashboard import shell
 from dashboard.auth import protect, read_users
 from dashboard.data import DatasetStore
 from dashboard.downloads import add_download_routes
+from dashboard.folder_cache import FolderCache
 from dashboard.jobs import BrokerError, JobManagers, background_managers
 from dashboard.pages import clustering, embeddings, gallery, patches, similarity
 from dashboard.query_image import MAX_REQUEST_BYTES
 from dashboard.settings import CELERY_ENV, Settings
+from db.engine import display_url
+from db.errors import DinoscopeDbError
 
 log = logging.getLogger(__name__)
 ASSETS = Path(__file__).parent / "assets"
@@ -34,7 +37,7 @@ def create_app(settings: Settings, managers: JobManagers | None = None) -> Dash:
     """`managers`: the background-callback managers, by default the ones the settings ask for."""
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
     managers = managers or background_managers(settings)
-    results = diskcache.Cache(str(settings.cache_dir / "results"), size_limit=RESULTS_CACHE_BYTES)
+    results = FolderCache(str(settings.cache_dir / "results"), size_limit=RESULTS_CACHE_BYTES)
     app = Dash(
         __name__, use_pages=True, pages_folder="", assets_folder=str(ASSETS), title="dinoscope", update_title=None,
         background_callback_manager=managers.projections, suppress_callback_exceptions=True,
@@ -49,6 +52,7 @@ def create_app(settings: Settings, managers: JobManagers | None = None) -> Dash:
     _add_image_routes(app.server, store)
     add_download_routes(app.server, store, results)
     _log_slow_requests(app.server)
+    _answer_database_errors(app.server)
     gallery.register(app, store)
     similarity.register(app, store, managers.uploads)
     embeddings.register(app, store, results)
@@ -62,6 +66,8 @@ def create_app(settings: Settings, managers: JobManagers | None = None) -> Dash:
     # Dash completes its set-up (scripts, the pages' router) on the first request, without a lock: in a threaded
     # worker, requests arriving meanwhile found no scripts registered (500s). One request now, before any user's.
     app.server.test_client().get(HEALTH_PATH)
+    log.info("dashboard process %d ready: database %s, cache folder %s, %s", os.getpid(),
+             display_url(settings.db_url), settings.cache_dir, "login required" if settings.users_file else "no login")
     return app
 
 
@@ -95,6 +101,16 @@ def _log_slow_requests(server: flask.Flask) -> None:
             log.warning("slow request: %s %s %s took %.1f s", flask.request.method, flask.request.path,
                         output[:120], seconds)
         return response
+
+
+def _answer_database_errors(server: flask.Flask) -> None:
+    """A database that cannot be read (deleted, replaced by something else, unreachable) answers every request with
+    the storage layer's message and 503, not a bare 500: the pages themselves say it in their panel."""
+
+    @server.errorhandler(DinoscopeDbError)
+    def database_error(error: DinoscopeDbError):
+        log.warning("%s %s: %s", flask.request.method, flask.request.path, error)
+        return flask.Response(str(error), status=503, mimetype="text/plain")
 
 
 def _add_image_routes(server: flask.Flask, store: DatasetStore) -> None:

@@ -8,6 +8,7 @@ the first process to need a generation builds it from the database, the others m
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from db.queries import (
 )
 from db.schema import Dataset, Embedding, Image
 
+log = logging.getLogger(__name__)
 READ_BATCH = 4096  # embeddings decoded per step when a dataset is read from the database
 PATH_SEPARATOR = "\0"  # the one character no file path holds
 SHARED_CONTENT = 2  # the version of what _read_dataset shares: change it with what it stores
@@ -139,9 +141,10 @@ class DatasetStore:
 
     def provenances(self) -> list[Provenance]:
         """Every dataset's provenance. Counting the images reads every image's row, and every page asks for this:
-        the list is kept until a dataset's generation or the newest index run changes (two small queries tell)."""
+        the list is kept until a dataset's generation or the newest index run changes (two small queries tell), or
+        the database file is replaced."""
         with self.database.session() as session:
-            state = (dataset_generations(session), latest_run_state(session))
+            state = (self.database.identity, dataset_generations(session), latest_run_state(session))
             kept = self._provenances
             if kept is not None and kept[0] == state:
                 return kept[1]
@@ -182,8 +185,9 @@ class DatasetStore:
             try:
                 with one_builder(folder, key):
                     shared = read_shared(folder, key) or _build_shared(session, dataset, key, folder)
-            except OSError:
-                pass  # a cache folder that cannot be made: this process keeps its own arrays
+            except OSError as error:  # a cache folder that cannot be made: this process keeps its own arrays
+                log.warning("shared matrix of dataset %r not used (%s): this process reads its own copy",
+                            dataset.name, error)
         if shared is None:
             shared = _read_dataset(session, dataset)
         arrays, images = shared.arrays, shared.document
@@ -208,7 +212,8 @@ def _build_shared(session, dataset: Dataset, key: MatrixKey, folder: Path) -> Sh
         return built
     try:
         write_shared(folder, key, built)
-    except OSError:  # a cache folder that cannot be written: this process keeps its own arrays
+    except OSError as error:  # a cache folder that cannot be written: this process keeps its own arrays
+        log.warning("cannot write the shared matrix of dataset %r to %s: %s", dataset.name, folder, error)
         return built
     return read_shared(folder, key) or built
 

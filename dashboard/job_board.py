@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from uuid import uuid4
 
-import diskcache
 import psutil
+
+from dashboard.folder_cache import FolderCache
 
 LANES = ("projections", "clusterings", "uploads")
 RECORD_TTL_S = 6 * 3600  # job records outlive any job a page could still be waiting for
@@ -57,7 +58,7 @@ class JobBoard:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self.cache = diskcache.Cache(str(self.folder))
+        self.cache = FolderCache(str(self.folder))
 
     # What the web processes do ------------------------------------------------------------------------------
 

@@ -31,9 +31,10 @@ from pathlib import Path
 import dill
 import psutil
 
+from dashboard.folder_cache import file_identity
 from dashboard.job_board import LANES, JobBoard, ServerState
 from dashboard.query_image import QueryModels
-from dashboard.settings import PRELOADS
+from dashboard.settings import LOG_FORMAT, LOG_LEVEL_ENV, PRELOADS
 from db.queries import dataset_generations
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,8 @@ def start_job_server(config: JobServerConfig, board: JobBoard | None = None) -> 
         return None
     command = [sys.executable, "-m", "dashboard.job_server", "--cache-dir", str(config.cache_dir),
                "--slots", str(config.slots), "--preload", ",".join(config.preload)]
-    env = {**os.environ, **SERVER_ENVIRONMENT, "DINOSCOPE_DB": config.db_url}
+    env = {**os.environ, **SERVER_ENVIRONMENT, "DINOSCOPE_DB": config.db_url,
+           LOG_LEVEL_ENV: logging.getLevelName(logging.getLogger().getEffectiveLevel())}
     log.info("starting the job server for %s", config.cache_dir)
     return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
 
@@ -144,7 +146,7 @@ class JobServer:
         signal.signal(signal.SIGINT, self._stop)
         self.board.cache.delete("server-starting")
         self._warm_up()
-        while not self.stopping and os.getppid() == self.parent:
+        while not self.stopping and os.getppid() == self.parent and self._keep_lock():
             self._reap()
             started = self._start_jobs()
             self._prepare_matrices()
@@ -155,7 +157,7 @@ class JobServer:
 
     def _lock(self) -> bool:
         self.config.board_folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.config.board_folder / "server.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -163,6 +165,27 @@ class JobServer:
             return False
         self.lock_fd = fd
         return True
+
+    def _keep_lock(self) -> bool:
+        """Whether this is still the cache folder's job server. An operator may delete the folder while it serves:
+        the lock file is then made and locked anew, and the server says again that it is ready, on the new board
+        (web processes that found no server meanwhile may have started another: the first to lock stays)."""
+        locked = os.fstat(self.lock_fd)
+        if file_identity(str(self.lock_path)) == (locked.st_dev, locked.st_ino):
+            return True
+        os.close(self.lock_fd)
+        if not self._lock():
+            log.warning("the cache folder %s was replaced and another job server serves it now: stopping",
+                        self.config.cache_dir)
+            return False
+        log.warning("the cache folder %s was deleted or replaced: job server lock and board made anew",
+                    self.config.cache_dir)
+        self._say("ready")
+        return True
+
+    @property
+    def lock_path(self) -> Path:
+        return self.config.board_folder / "server.lock"
 
     def _stop(self, _signal, _frame) -> None:
         self.stopping = True
@@ -364,8 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slots", type=int, default=1)
     parser.add_argument("--preload", default=",".join(PRELOADS))
     options = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("DINOSCOPE_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=os.environ.get(LOG_LEVEL_ENV, "INFO"), format=LOG_FORMAT)
     from db.engine import DB_ENV, resolve_url
 
     preload = tuple(name for name in options.preload.split(",") if name)

@@ -19,6 +19,7 @@ from celery import Celery
 from dash import CeleryManager, DiskcacheManager
 from kombu.utils.url import maybe_sanitize_url
 
+from dashboard.folder_cache import FolderCache
 from dashboard.job_board import LANES, JobBoard
 from dashboard.job_server import JobServerConfig, dump_job, kill_tree, start_job_server
 
@@ -89,7 +90,7 @@ def background_managers(settings) -> JobManagers:
         manager = CeleryManager(celery_app(settings.celery_url))
         return JobManagers(manager, manager, manager)
     config = job_server_config(settings)
-    cache = diskcache.Cache(str(settings.cache_dir / "background"))
+    cache = FolderCache(str(settings.cache_dir / "background"))
     return JobManagers(*(JobServerManager(cache, config, lane) for lane in LANES))
 
 

@@ -14,6 +14,8 @@ SECRET_ENV = "DINOSCOPE_SECRET_KEY"
 CELERY_ENV = "DINOSCOPE_CELERY"
 USERS_FILE_ENV = "DINOSCOPE_USERS_FILE"
 JOB_SLOTS_ENV = "DINOSCOPE_JOB_SLOTS"
+LOG_LEVEL_ENV = "DINOSCOPE_LOG_LEVEL"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # What the job server warms up before its first job: UMAP and t-SNE; torch, timm and the newest upload models.
 PRELOADS = ("projections", "models")
 

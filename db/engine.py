@@ -8,9 +8,11 @@ writes; readers open the file read-only. On PostgreSQL every reader session is o
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,9 +23,16 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.errors import DatabaseNotFound, DatabaseUnreachable, NotADinoscopeDatabase, SchemaMismatch
+from db.errors import (
+    DatabaseNotFound,
+    DatabaseUnreachable,
+    DinoscopeDbError,
+    NotADinoscopeDatabase,
+    SchemaMismatch,
+)
 from db.schema import SCHEMA_VERSION, Base, SchemaInfo
 
+log = logging.getLogger(__name__)
 DB_ENV = "DINOSCOPE_DB"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # psycopg (3) is the PostgreSQL driver dinoscope installs; SQLAlchemy 2.0 would look for psycopg2 under these.
@@ -66,6 +75,11 @@ class Database:
         self._engine: Engine | None = None
         self._pid = -1
         self._sessions: sessionmaker[Session] | None = None
+        parsed = make_url(url)
+        on_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+        self._file = Path(parsed.database) if on_file else None
+        self.identity: tuple[int, int] | None = None  # the SQLite file the engine was opened on (device, inode)
+        self._reopening = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Database({display_url(self.url)!r}, readonly={self.readonly})"
@@ -79,7 +93,16 @@ class Database:
         if self._engine is None or self._pid != os.getpid():
             if self._engine is not None:
                 self._engine.dispose(close=False)  # the parent's connections stay the parent's
-            self._engine = _create_engine(self.url, readonly=self.readonly)
+            engine = _create_engine(self.url, readonly=self.readonly)
+            if self._file is not None:
+                try:
+                    engine.connect().close()  # a writer's first connection makes the file
+                except OperationalError as error:
+                    engine.dispose()
+                    raise DatabaseUnreachable(f"cannot open database {self._file}: {_first_line(error.orig)}") \
+                        from error
+                self.identity = _file_identity(self._file)
+            self._engine = engine
             self._sessions = sessionmaker(self._engine, expire_on_commit=False)
             self._pid = os.getpid()
         return self._engine
@@ -87,11 +110,38 @@ class Database:
     @contextmanager
     def session(self) -> Iterator[Session]:
         self.engine  # noqa: B018  (makes the engine and session factory for this process)
+        if self._file is not None:
+            self._check_file()
         try:
             with self._sessions.begin() as session:
                 yield session
         except OperationalError as error:
             raise DatabaseUnreachable(f"database {display_url(self.url)}: {_first_line(error.orig)}") from error
+
+    def _check_file(self) -> None:
+        """A SQLite file replaced (renamed over) or deleted while open must not be read on old connections beside new
+        ones: a reader opens the new file afresh, with its schema checked; a writer, which holds ids of the old
+        file, stops. One `stat` per session."""
+        found = _file_identity(self._file)
+        if found == self.identity:
+            return
+        if found is None:
+            raise DatabaseNotFound(f"the database file {self._file} was deleted or moved while dinoscope was using"
+                                   " it: put it back, or index into it again")
+        if not self.readonly:
+            raise DatabaseUnreachable(f"the database file {self._file} was replaced by another file while this"
+                                      " process was writing to it: run the command again")
+        with self._reopening:
+            if _file_identity(self._file) == self.identity:
+                return  # another thread reopened it
+            log.warning("database file %s was replaced: reopening it", self._file)
+            self.dispose()
+            self.engine  # noqa: B018  (a new engine on the new file)
+            try:
+                _check_schema(self)
+            except DinoscopeDbError:
+                self.identity = None  # checked again next time: the file may be put right
+                raise
 
     def checkpoint(self) -> None:
         """Fold SQLite's write-ahead log back into the database file, so the file alone holds everything (to
@@ -122,6 +172,14 @@ def open_database(db: str | None = None, *, readonly: bool = False) -> Database:
     database = Database(url, readonly=readonly)
     _check_schema(database)
     return database
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _parse_url(url: str) -> URL:

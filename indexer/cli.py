@@ -6,15 +6,26 @@ imports (torch, timm) happen inside the commands that need them, so `dinoscope d
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
 
 import click
 
-from dashboard.settings import CACHE_DIR_ENV, CELERY_ENV, JOB_SLOTS_ENV, SECRET_ENV, USERS_FILE_ENV
+from dashboard.settings import (
+    CACHE_DIR_ENV,
+    CELERY_ENV,
+    JOB_SLOTS_ENV,
+    LOG_FORMAT,
+    LOG_LEVEL_ENV,
+    SECRET_ENV,
+    USERS_FILE_ENV,
+)
 from db.engine import DB_ENV, default_database_path
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+SERVER_COMMANDS = ("serve", "worker", "demo")  # what they log (start-up, jobs, failed logins) is for an operator
 _DB_HELP = f"Database: a SQLite file path or a SQLAlchemy URL. [env {DB_ENV}; default {default_database_path()}]"
 
 
@@ -52,8 +63,37 @@ def _fail(error: Exception) -> click.ClickException:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.option("--log-level", envvar=LOG_LEVEL_ENV, type=click.Choice(LOG_LEVELS, case_sensitive=False),
+              help=f"What operators are told on standard error. [env {LOG_LEVEL_ENV}; default INFO for serve, "
+                   "worker and demo, WARNING otherwise]")
+@click.pass_context
+def main(context: click.Context, log_level: str | None) -> None:
     """Explore image collections through DINOv2 embeddings."""
+    level = (log_level or ("INFO" if context.invoked_subcommand in SERVER_COMMANDS else "WARNING")).upper()
+    _log_to_stderr(level)
+
+
+class _StandardError(logging.StreamHandler):
+    """Writes to whatever standard error is when a record comes (as logging's last resort does)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _stream) -> None:
+        pass
+
+
+def _log_to_stderr(level: str) -> None:
+    """Standard logging to standard error, one timestamped line a record; processes the command starts (the job
+    server) are given the same level. Other handlers on the root logger (a test's capture, say) stay."""
+    root = logging.getLogger()
+    if not any(isinstance(handler, _StandardError) for handler in root.handlers):
+        handler = _StandardError()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(level)
 
 
 @main.command()

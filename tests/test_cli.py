@@ -132,3 +132,27 @@ def test_synthetic_writes_a_dataset_without_a_model_and_keeps_existing_ones(db_u
     refused = run_cli("synthetic", "scale", "--count", "5", "--db", db, expect=1)
     assert "a dataset named 'scale' exists already" in refused.output
     assert "scale: 120 images" in run_cli("datasets", "--db", db).output
+
+
+@pytest.mark.parametrize(("arguments", "environment", "level"), [
+    (["datasets"], None, "WARNING"),
+    (["--log-level", "info", "datasets"], None, "INFO"),
+    (["datasets"], "DEBUG", "DEBUG"),
+    (["--log-level", "error", "datasets"], "DEBUG", "ERROR"),
+])
+def test_the_log_level_is_an_option_an_environment_variable_or_the_commands_default(
+        sample_db, monkeypatch, capsys, arguments, environment, level):
+    import logging
+
+    if environment:
+        monkeypatch.setenv("DINOSCOPE_LOG_LEVEL", environment)
+    else:
+        monkeypatch.delenv("DINOSCOPE_LOG_LEVEL", raising=False)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "level", root.level)  # restored after the test
+    run_cli(*arguments[:-1], arguments[-1], "--db", sample_db)
+    assert logging.getLevelName(root.level) == level
+    logging.getLogger("dinoscope.check").error("the cache folder could not be written")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.endswith(" ERROR dinoscope.check: the cache folder could not be written")
+    assert line[:4].isdigit()  # a timestamp first
