@@ -7,6 +7,7 @@ import http.client
 import logging
 import secrets
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
@@ -206,14 +207,21 @@ def test_password_checks_run_a_few_at_once_and_identical_credentials_share_one()
     threads = [attempt("alice", "alice's credentials", passed=True)]
     until(lambda: called == ["alice"], timeout=10, poll=0.01)
     threads.append(attempt("alice again", "alice's credentials"))  # waits for the first check's answer
+    until(lambda: _blocked(threads[-1]), timeout=10, poll=0.01)
     threads.append(attempt("bob", "bob's credentials"))  # waits its turn: the one place in line
-    until(lambda: checks._waiting == 1, timeout=10, poll=0.01)
+    until(lambda: _blocked(threads[-1]), timeout=10, poll=0.01)
     assert checks.run("mallory's credentials", check("mallory", False)) is None  # refused at once, not checked
     release.set()
     for thread in threads:
         thread.join(10)
     assert answers == {"alice": True, "alice again": True, "bob": False}
     assert sorted(called) == ["alice", "bob"]
+
+
+def _blocked(thread: threading.Thread) -> bool:
+    """Whether `thread` waits on a condition or an event now."""
+    frame = sys._current_frames().get(thread.ident)
+    return frame is not None and frame.f_code.co_name == "wait"
 
 
 def test_guessers_do_not_slow_down_a_logged_in_user(tmp_path, tiny_db):
