@@ -12,6 +12,7 @@ import dash
 import flask
 from celery import Celery
 from dash import Dash, dcc, html
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from dashboard import shell
 from dashboard.auth import protect, read_users
@@ -44,7 +45,9 @@ def create_app(settings: Settings, managers: JobManagers | None = None) -> Dash:
         health_endpoint=HEALTH_PATH.lstrip("/"),
     )
     if settings.users_file:
-        protect(app, read_users(settings.users_file), HEALTH_PATH)
+        protect(app, read_users(settings.users_file), HEALTH_PATH, settings.login, settings.celery_url)
+    if settings.trusted_proxies:  # the client's address (for login limits and logs) as the proxies say
+        app.server.wsgi_app = ProxyFix(app.server.wsgi_app, x_for=settings.trusted_proxies)
     # Without a configured secret every worker would sign with its own random key; a single process is fine.
     app.server.secret_key = settings.secret_key or secrets.token_hex(32)
     app.server.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES  # refused with 413, whatever the browser sent

@@ -5,24 +5,41 @@ The users file holds one `user:hash` line per user, the hash from werkzeug (scry
 installed, every route needs credentials (pages, callbacks, background-callback polling, assets, thumbnails)
 except the health check, which load balancers call without any. A single sign-on scheme (dash_auth.OIDCAuth)
 would be installed by `protect` in the same way.
+
+Against guessing: a password that passed once is recognised at once afterwards (requests of logged-in users never
+wait for a check); an unknown user name costs as long as a wrong password (a dummy hash of the same kind is checked);
+failed logins are counted per client address and per user name, and past their limits a login is refused with 429
+before any check (dashboard.login_limits); and only a few checks run at once in a process
+(dashboard.password_checks). Failed logins are logged with the user name and the client's address.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import math
 import os
 import secrets
 import stat
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import flask
 from dash import Dash
 from dash_auth import BasicAuth
+from limits.errors import StorageError
+from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from dashboard.login_limits import LoginLimits
+from dashboard.password_checks import PasswordChecks
+from dashboard.settings import LoginSettings
+
+log = logging.getLogger(__name__)
 HASH_METHODS = ("scrypt", "pbkdf2")
+_LOGGED_IN = "logged_in_as"  # the session cookie's entry naming the user its browser logged in as
 
 
 class UsersFileError(ValueError):
@@ -81,9 +98,11 @@ def add_user(path: Path, user: str, password: str) -> bool:
     return new
 
 
-def protect(app: Dash, users: dict[str, str], public_path: str) -> None:
-    """Ask for a user and password on every route of `app` except `public_path`."""
-    _HashedBasicAuth(app, users, public_path)
+def protect(app: Dash, users: dict[str, str], public_path: str, login: LoginSettings,
+            redis_url: str | None = None) -> None:
+    """Ask for a user and password on every route of `app` except `public_path`, holding guessers back as `login`
+    says (failures counted in the Redis of `redis_url`, else in this process)."""
+    _HashedBasicAuth(app, users, public_path, LoginLimits(login, redis_url), PasswordChecks(login.checks))
 
 
 class _HashedBasicAuth(BasicAuth):
@@ -91,32 +110,89 @@ class _HashedBasicAuth(BasicAuth):
     refused (401) rather than failing (500), and it keeps the public path out of dash_auth's public routes, which
     would also open every callback whose `pathname` input a client claims to be that path."""
 
-    def __init__(self, app: Dash, users: dict[str, str], public_path: str) -> None:
+    def __init__(self, app: Dash, users: dict[str, str], public_path: str, limits: LoginLimits,
+                 checks: PasswordChecks) -> None:
         self._hashes = users
         self._public_path = public_path
+        self._limits = limits
+        self._checks = checks
+        # Checked for unknown user names, so that they take as long as a known user's wrong password.
+        self._dummy_hash = generate_password_hash(secrets.token_urlsafe(16), method=_commonest_method(users))
         # Checking a hash takes a fifth of a second on purpose, and a page sends credentials with every thumbnail:
         # a password that passed once is recognised by a keyed digest for the life of this process.
         self._digest_key = secrets.token_bytes(32)
         self._passed: dict[str, bytes] = {}
-        super().__init__(app, auth_func=self._check)
+        super().__init__(app, auth_func=self._verify)  # unused: is_authorized is replaced below
 
     def is_authorized(self) -> bool:
         if flask.request.path == self._public_path:
             return True
         credentials = flask.request.authorization
-        return (credentials is not None and credentials.type == "basic"
-                and self._check(credentials.username or "", credentials.password or ""))
-
-    def _check(self, user: str, password: str) -> bool:
-        digest = hmac.new(self._digest_key, password.encode(), hashlib.sha256).digest()
-        passed = self._passed.get(user)
-        if passed is not None and hmac.compare_digest(passed, digest):
-            return True
-        password_hash = self._hashes.get(user)
-        if password_hash is None or not check_password_hash(password_hash, password):
+        if credentials is None or credentials.type != "basic":
             return False
-        self._passed[user] = digest
-        return True
+        user, password = credentials.username or "", credentials.password or ""
+        digest = hmac.new(self._digest_key, password.encode(), hashlib.sha256).digest()
+        # A browser that has logged in as `user` carries a session cookie saying so (signed with the workers'
+        # shared secret), and is never held back. Any other request is refused at once while its address or user is
+        # locked out, even with the right password: otherwise a locked-out guesser would still learn when it guessed.
+        logged_in = flask.session.get(_LOGGED_IN) == user
+        if not logged_in:
+            self._refuse_if_locked_out(user)
+        passed = self._recognised(user, digest) or self._check(user, password, digest)
+        if passed and not logged_in:
+            flask.session[_LOGGED_IN] = user
+        return passed
+
+    def _recognised(self, user: str, digest: bytes) -> bool:
+        passed = self._passed.get(user)
+        return passed is not None and hmac.compare_digest(passed, digest)
+
+    def _refuse_if_locked_out(self, user: str) -> None:
+        try:
+            wait_s = self._limits.wait_s(_client_address(), user)
+        except StorageError as error:
+            raise self._unavailable(error) from None
+        if wait_s > 0:
+            raise TooManyRequests("Too many failed logins: try again later.", retry_after=math.ceil(wait_s))
+
+    def _check(self, user: str, password: str, digest: bytes) -> bool:
+        """Check a password not seen to pass yet in this process; 429 when the process is busy with other checks. A
+        failure is logged and counted."""
+        passed = self._checks.run((user, digest), lambda: self._recognised(user, digest)
+                                  or self._verify(user, password))
+        if passed is None:
+            raise TooManyRequests("The server is busy checking other logins: try again in a moment.", retry_after=1)
+        if passed:
+            self._passed[user] = digest
+            return True
+        address = _client_address()
+        log.warning("failed login as %r from %s", user, address)
+        try:
+            locked = self._limits.count_failure(address, user)
+        except StorageError as error:
+            raise self._unavailable(error) from None
+        for what in locked:
+            log.warning("too many failed logins: %s is refused for a while", what)
+        return False
+
+    @staticmethod
+    def _unavailable(error: StorageError) -> ServiceUnavailable:
+        log.error("cannot count failed logins in Redis, so no new login is checked: %s", error.storage_error)
+        return ServiceUnavailable("Logins cannot be checked at the moment: try again later.")
+
+    def _verify(self, user: str, password: str) -> bool:
+        password_hash = self._hashes.get(user)
+        passed = check_password_hash(password_hash or self._dummy_hash, password)
+        return passed and password_hash is not None
+
+
+def _client_address() -> str:
+    return flask.request.remote_addr or "an unknown address"
+
+
+def _commonest_method(users: dict[str, str]) -> str:
+    """The hash method and cost most users' hashes were made with, as werkzeug writes it ("scrypt:32768:8:1")."""
+    return Counter(password_hash.split("$")[0] for password_hash in users.values()).most_common(1)[0][0]
 
 
 def _is_password_hash(text: str) -> bool:

@@ -16,6 +16,10 @@ USERS_FILE_ENV = "DINOSCOPE_USERS_FILE"
 JOB_SLOTS_ENV = "DINOSCOPE_JOB_SLOTS"
 LOG_LEVEL_ENV = "DINOSCOPE_LOG_LEVEL"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOGIN_LIMITS_ADDRESS_ENV = "DINOSCOPE_LOGIN_LIMITS_ADDRESS"
+LOGIN_LIMITS_USER_ENV = "DINOSCOPE_LOGIN_LIMITS_USER"
+LOGIN_CHECKS_ENV = "DINOSCOPE_LOGIN_CHECKS"
+TRUSTED_PROXIES_ENV = "DINOSCOPE_TRUSTED_PROXIES"
 # What the job server warms up before its first job: UMAP and t-SNE; torch, timm and the newest upload models.
 PRELOADS = ("projections", "models")
 
@@ -26,6 +30,23 @@ def default_job_slots() -> int:
 
 
 @dataclass(frozen=True)
+class LoginSettings:
+    """How password guessing is held back: the failed logins allowed per client address and per user name (limits
+    such as '10/minute;100/hour', over moving windows), and the password checks run at once by one process."""
+
+    failures_per_address: str = "10/minute;100/hour"
+    failures_per_user: str = "5/minute;30/hour"
+    checks: int = 2
+
+    @classmethod
+    def from_env(cls, failures_per_address: str | None = None, failures_per_user: str | None = None,
+                 checks: int | None = None) -> LoginSettings:
+        return cls(failures_per_address or os.environ.get(LOGIN_LIMITS_ADDRESS_ENV) or cls.failures_per_address,
+                   failures_per_user or os.environ.get(LOGIN_LIMITS_USER_ENV) or cls.failures_per_user,
+                   checks or int(os.environ.get(LOGIN_CHECKS_ENV) or cls.checks))
+
+
+@dataclass(frozen=True)
 class Settings:
     db_url: str
     cache_dir: Path  # absolute, shared by every worker process: background results and cached projections
@@ -33,15 +54,21 @@ class Settings:
     change_check_seconds: float = 15.0  # how often an open page asks whether its dataset has changed
     celery_url: str | None = None  # Redis for background callbacks run by `dinoscope worker`; None: diskcache
     users_file: Path | None = None  # user:hash lines; None: no login
+    login: LoginSettings = LoginSettings()
+    trusted_proxies: int = 0  # reverse proxies in front whose X-Forwarded-For names the client (0: none)
     job_slots: int = 1  # background jobs running at once per lane of the job server (diskcache manager)
     preload: tuple[str, ...] = PRELOADS
 
     @classmethod
     def from_env(cls, db: str | None = None, cache_dir: str | Path | None = None, celery_url: str | None = None,
-                 users_file: str | Path | None = None, job_slots: int | None = None) -> Settings:
+                 users_file: str | Path | None = None, job_slots: int | None = None,
+                 login: LoginSettings | None = None, trusted_proxies: int | None = None) -> Settings:
         cache = cache_dir or os.environ.get(CACHE_DIR_ENV) or Path(tempfile.gettempdir()) / "dinoscope-cache"
         users = users_file or os.environ.get(USERS_FILE_ENV)
         return cls(resolve_url(db or os.environ.get(DB_ENV)), Path(cache).expanduser().resolve(),
                    os.environ.get(SECRET_ENV), celery_url=celery_url or os.environ.get(CELERY_ENV) or None,
                    users_file=Path(users).expanduser().resolve() if users else None,
-                   job_slots=job_slots or int(os.environ.get(JOB_SLOTS_ENV) or default_job_slots()))
+                   job_slots=job_slots or int(os.environ.get(JOB_SLOTS_ENV) or default_job_slots()),
+                   login=login or LoginSettings.from_env(),
+                   trusted_proxies=trusted_proxies if trusted_proxies is not None
+                   else int(os.environ.get(TRUSTED_PROXIES_ENV) or 0))

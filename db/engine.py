@@ -23,13 +23,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.errors import (
-    DatabaseNotFound,
-    DatabaseUnreachable,
-    DinoscopeDbError,
-    NotADinoscopeDatabase,
-    SchemaMismatch,
-)
+from db.errors import DatabaseNotFound, DatabaseUnreachable, DinoscopeDbError, NotADinoscopeDatabase, SchemaMismatch
 from db.schema import SCHEMA_VERSION, Base, SchemaInfo
 
 log = logging.getLogger(__name__)

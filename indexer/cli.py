@@ -19,8 +19,13 @@ from dashboard.settings import (
     JOB_SLOTS_ENV,
     LOG_FORMAT,
     LOG_LEVEL_ENV,
+    LOGIN_CHECKS_ENV,
+    LOGIN_LIMITS_ADDRESS_ENV,
+    LOGIN_LIMITS_USER_ENV,
     SECRET_ENV,
+    TRUSTED_PROXIES_ENV,
     USERS_FILE_ENV,
+    LoginSettings,
 )
 from db.engine import DB_ENV, default_database_path
 
@@ -281,11 +286,28 @@ def samples(folder):
               help=f"Background jobs the job server runs at once of each kind (projections, sampled clusterings, "
                    f"uploads); later ones wait in order. [env {JOB_SLOTS_ENV}; default: a quarter of the cores, at "
                    "least 1]")
-def serve(db, host, port, cache_dir, workers, threads, users_file, celery, job_slots):
+@click.option("--login-limits-address", envvar=LOGIN_LIMITS_ADDRESS_ENV, metavar="LIMITS",
+              help=f"Failed logins allowed from one client address; past them its logins are refused (429) until "
+                   f"the oldest failure leaves its window. [env {LOGIN_LIMITS_ADDRESS_ENV}; default "
+                   f"{LoginSettings.failures_per_address}]")
+@click.option("--login-limits-user", envvar=LOGIN_LIMITS_USER_ENV, metavar="LIMITS",
+              help=f"Failed logins allowed as one user name, from any address. [env {LOGIN_LIMITS_USER_ENV}; "
+                   f"default {LoginSettings.failures_per_user}]")
+@click.option("--login-checks", envvar=LOGIN_CHECKS_ENV, type=click.IntRange(1, 64),
+              help=f"Password checks run at once by each worker process (as many more may wait a second for their "
+                   f"turn; other new logins are refused with 429). [env {LOGIN_CHECKS_ENV}; default "
+                   f"{LoginSettings.checks}]")
+@click.option("--trusted-proxies", envvar=TRUSTED_PROXIES_ENV, type=click.IntRange(0, 8), default=0,
+              help=f"Reverse proxies in front of the server, whose X-Forwarded-For header names the client's "
+                   f"address for the login limits and the logs. [env {TRUSTED_PROXIES_ENV}; default 0]")
+def serve(db, host, port, cache_dir, workers, threads, users_file, celery, job_slots, login_limits_address,
+          login_limits_user, login_checks, trusted_proxies):
     """Serve the dashboard on the database (read-only)."""
     from dashboard.settings import Settings
 
-    _serve(Settings.from_env(db, cache_dir, celery, users_file, job_slots), host, port, workers, threads)
+    login = LoginSettings.from_env(login_limits_address, login_limits_user, login_checks)
+    _serve(Settings.from_env(db, cache_dir, celery, users_file, job_slots, login, trusted_proxies), host, port,
+           workers, threads)
 
 
 def _serve(settings, host: str, port: int, workers: int | None = None, threads: int = 8) -> None:
@@ -293,13 +315,15 @@ def _serve(settings, host: str, port: int, workers: int | None = None, threads: 
     from dashboard.app import create_app
     from dashboard.auth import UsersFileError, read_users
     from dashboard.jobs import BrokerError, check_redis
+    from dashboard.login_limits import LoginLimitsError, check_limits
 
     try:  # here, so that a mistake is one line rather than a traceback from every worker
         if settings.users_file:
             read_users(settings.users_file)
+            check_limits(settings.login)
         if settings.celery_url:
             check_redis(settings.celery_url)
-    except (UsersFileError, BrokerError) as error:
+    except (UsersFileError, LoginLimitsError, BrokerError) as error:
         raise _fail(error) from None
     if serving.needs_login_warning(host, settings):
         click.echo(serving.NO_LOGIN_WARNING.format(host=host), err=True)

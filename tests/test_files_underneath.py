@@ -15,7 +15,7 @@ from dash.testing.wait import until
 from dashboard.data import DatasetStore
 from dashboard.folder_cache import FolderCache
 from db.engine import open_database
-from db.errors import DatabaseNotFound
+from db.errors import DatabaseNotFound, DatabaseUnreachable
 from indexer.synthetic import write_synthetic_dataset
 from tests.browser import on_graph
 from tests.servers import free_port, start, stop, wait_until_healthy
@@ -74,9 +74,9 @@ def test_a_writer_stops_when_its_database_file_is_replaced(tmp_path):
     with writer.session():
         pass
     _synthetic_db(tmp_path / "other.db", "second", 10).replace(path)
-    with pytest.raises(Exception, match="replaced by another file while this process was writing"):
-        with writer.session():
-            pass
+    with pytest.raises(DatabaseUnreachable, match="replaced by another file while this process was writing"), \
+            writer.session():
+        pass
 
 
 def _get(url: str) -> tuple[int, bytes]:
