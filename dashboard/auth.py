@@ -39,7 +39,10 @@ from dashboard.settings import LoginSettings
 
 log = logging.getLogger(__name__)
 HASH_METHODS = ("scrypt", "pbkdf2")
-_LOGGED_IN = "logged_in_as"  # the session cookie's entry naming the user its browser logged in as
+# A class logging in at the same moment can outrun the checks a process runs at once: the page opened tries again.
+BUSY_PAGE = ('<!doctype html><meta http-equiv="refresh" content="1"><title>dinoscope</title>'
+             "<p>The server is busy checking other logins: this page tries again in a second.</p>")
+_LOGGED_IN = "login"  # the session cookie's entry: the proof of the credentials its browser logged in with
 
 
 class UsersFileError(ValueError):
@@ -131,17 +134,26 @@ class _HashedBasicAuth(BasicAuth):
         if credentials is None or credentials.type != "basic":
             return False
         user, password = credentials.username or "", credentials.password or ""
+        # A browser that has logged in carries a session cookie (signed with the workers' shared secret) holding a
+        # proof of the credentials it logged in with: every worker recognises them without a check, and it is never
+        # held back. Any other request is refused at once while its address or user is locked out, even with the
+        # right password: otherwise a locked-out guesser would still learn when it guessed.
+        proof = self._proof(user, password)
+        if hmac.compare_digest(flask.session.get(_LOGGED_IN, ""), proof):
+            return True
+        self._refuse_if_locked_out(user)
         digest = hmac.new(self._digest_key, password.encode(), hashlib.sha256).digest()
-        # A browser that has logged in as `user` carries a session cookie saying so (signed with the workers'
-        # shared secret), and is never held back. Any other request is refused at once while its address or user is
-        # locked out, even with the right password: otherwise a locked-out guesser would still learn when it guessed.
-        logged_in = flask.session.get(_LOGGED_IN) == user
-        if not logged_in:
-            self._refuse_if_locked_out(user)
         passed = self._recognised(user, digest) or self._check(user, password, digest)
-        if passed and not logged_in:
-            flask.session[_LOGGED_IN] = user
+        if passed:
+            flask.session[_LOGGED_IN] = proof
         return passed
+
+    def _proof(self, user: str, password: str) -> str:
+        """A keyed digest of the credentials and of the user's stored hash (so that it ends when the password is
+        changed in the users file); without the server's secret it cannot be made or reversed."""
+        key = str(flask.current_app.secret_key).encode()
+        credentials = "\0".join((user, self._hashes.get(user, ""), password)).encode()
+        return hmac.new(key, credentials, hashlib.sha256).hexdigest()
 
     def _recognised(self, user: str, digest: bytes) -> bool:
         passed = self._passed.get(user)
@@ -161,7 +173,7 @@ class _HashedBasicAuth(BasicAuth):
         passed = self._checks.run((user, digest), lambda: self._recognised(user, digest)
                                   or self._verify(user, password))
         if passed is None:
-            raise TooManyRequests("The server is busy checking other logins: try again in a moment.", retry_after=1)
+            raise TooManyRequests(response=flask.Response(BUSY_PAGE, 429, {"Retry-After": "1"}, mimetype="text/html"))
         if passed:
             self._passed[user] = digest
             return True

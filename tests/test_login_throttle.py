@@ -277,3 +277,59 @@ def _timed_get(connection: http.client.HTTPConnection, user: str, cookie: str = 
     assert response.status == 200
     return time.perf_counter() - started, (response.getheader("Set-Cookie") or cookie).split(";")[0]
 
+
+
+def test_a_browser_that_logged_in_is_recognised_by_every_worker_until_its_password_changes(
+        make_server, monkeypatch, tiny_db, tmp_path):
+    from dashboard.app import create_app
+
+    first_worker = make_server()
+    second_worker = create_app(Settings(f"sqlite:///{tiny_db}", tmp_path / "cache", "test-secret",
+                                        users_file=tmp_path / "users")).server  # the same secret and users file
+    browser = _client(first_worker, "10.0.4.1")
+    assert _log_in(browser, "alice").status_code == 200
+    cookie = browser.get_cookie("session")
+    assert cookie is not None
+
+    def no_check(*_args):
+        raise AssertionError("a password hash was checked")
+
+    monkeypatch.setattr("dashboard.auth.check_password_hash", no_check)
+    same_browser = _client(second_worker, "10.0.4.1")
+    same_browser.set_cookie("session", cookie.value)
+    assert _log_in(same_browser, "alice").status_code == 200  # no check on the second worker
+    monkeypatch.undo()
+    assert _log_in(same_browser, "alice", "another guess").status_code == 401  # the cookie proves only its password
+
+    monkeypatch.setitem(PASSWORDS, "alice", "a new password")
+    restarted = make_server()  # the users file now holds alice's new password
+    monkeypatch.undo()
+    after = _client(restarted, "10.0.4.1")
+    after.set_cookie("session", cookie.value)
+    assert _log_in(after, "alice").status_code == 401  # the old password's proof ended with it
+
+
+def test_a_login_beyond_the_checks_under_way_gets_a_page_that_tries_again(make_server, monkeypatch):
+    server = make_server(checks=1)
+    release = threading.Event()
+    real_check = __import__("dashboard.auth", fromlist=["check_password_hash"]).check_password_hash
+
+    def slow_check(password_hash, password):
+        release.wait(10)
+        return real_check(password_hash, password)
+
+    monkeypatch.setattr("dashboard.auth.check_password_hash", slow_check)
+    answers = []
+    first = threading.Thread(target=lambda: answers.append(_log_in(_client(server, "10.0.5.1"), "alice").status_code))
+    first.start()
+    second = threading.Thread(target=lambda: answers.append(_log_in(_client(server, "10.0.5.2"), "bob").status_code))
+    until(lambda: _blocked(first), timeout=10, poll=0.01)
+    second.start()  # waits for the one check under way: the one place in line
+    until(lambda: _blocked(second), timeout=10, poll=0.01)
+    busy = _log_in(_client(server, "10.0.5.3"), "bob")
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert busy.status_code == 429 and busy.headers["Retry-After"] == "1"
+    assert b'http-equiv="refresh" content="1"' in busy.data and b"tries again in a second" in busy.data
+    assert sorted(answers) == [200, 200]
