@@ -78,24 +78,15 @@ def main(context: click.Context, log_level: str | None) -> None:
     _log_to_stderr(level)
 
 
-class _StandardError(logging.StreamHandler):
-    """Writes to whatever standard error is when a record comes (as logging's last resort does)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _stream) -> None:
-        pass
-
-
 def _log_to_stderr(level: str) -> None:
     """Standard logging to standard error, one timestamped line a record; processes the command starts (the job
     server) are given the same level. Other handlers on the root logger (a test's capture, say) stay."""
     root = logging.getLogger()
-    if not any(isinstance(handler, _StandardError) for handler in root.handlers):
-        handler = _StandardError()
+    if not any(handler.get_name() == "dinoscope" for handler in root.handlers):
+        # The process's own standard error, not sys.stderr: Celery's worker pool replaces that with a proxy that
+        # logs what is written to it, which would swallow the records.
+        handler = logging.StreamHandler(sys.__stderr__)
+        handler.set_name("dinoscope")
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(handler)
     root.setLevel(level)
