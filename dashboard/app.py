@@ -17,6 +17,7 @@ from dashboard import shell
 from dashboard.auth import protect, read_users
 from dashboard.data import DatasetStore
 from dashboard.downloads import add_download_routes
+from dashboard.inputs import INT64
 from dashboard.jobs import BrokerError, JobManagers, background_managers
 from dashboard.pages import clustering, embeddings, gallery, patches, similarity
 from dashboard.query_image import MAX_REQUEST_BYTES
@@ -98,9 +99,13 @@ def _log_slow_requests(server: flask.Flask) -> None:
 
 
 def _add_image_routes(server: flask.Flask, store: DatasetStore) -> None:
+    @server.route("/thumbnails/<path:_anything_else>")
+    def no_thumbnail(_anything_else: str):
+        flask.abort(404)  # a non-numeric or negative id, another shape of path: not the page Dash answers with
+
     @server.route("/thumbnails/<int:image_id>/<kind>.jpg")
     def thumbnail(image_id: int, kind: str):
-        if kind not in ("gallery", "preview"):
+        if kind not in ("gallery", "preview") or image_id >= INT64:
             flask.abort(404)
         found = store.thumbnail(image_id, kind)
         if found is None:
