@@ -17,6 +17,7 @@ from dashboard import shell
 from dashboard.auth import protect, read_users
 from dashboard.data import DatasetStore
 from dashboard.downloads import add_download_routes
+from dashboard.framing import add_framing_headers
 from dashboard.inputs import INT64
 from dashboard.jobs import BrokerError, JobManagers, background_managers
 from dashboard.pages import clustering, embeddings, gallery, patches, similarity
@@ -50,6 +51,7 @@ def create_app(settings: Settings, managers: JobManagers | None = None) -> Dash:
     _add_image_routes(app.server, store)
     add_download_routes(app.server, store, results)
     _log_slow_requests(app.server)
+    add_framing_headers(app.server, settings.frame_ancestors)
     gallery.register(app, store)
     similarity.register(app, store, managers.uploads)
     embeddings.register(app, store, results)

@@ -7,6 +7,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from dashboard.framing import DEFAULT_FRAME_ANCESTORS
 from db.engine import DB_ENV, resolve_url
 
 CACHE_DIR_ENV = "DINOSCOPE_CACHE_DIR"
@@ -14,6 +15,7 @@ SECRET_ENV = "DINOSCOPE_SECRET_KEY"
 CELERY_ENV = "DINOSCOPE_CELERY"
 USERS_FILE_ENV = "DINOSCOPE_USERS_FILE"
 JOB_SLOTS_ENV = "DINOSCOPE_JOB_SLOTS"
+FRAME_ANCESTORS_ENV = "DINOSCOPE_FRAME_ANCESTORS"
 # What the job server warms up before its first job: UMAP and t-SNE; torch, timm and the newest upload models.
 PRELOADS = ("projections", "models")
 
@@ -33,13 +35,16 @@ class Settings:
     users_file: Path | None = None  # user:hash lines; None: no login
     job_slots: int = 1  # background jobs running at once per lane of the job server (diskcache manager)
     preload: tuple[str, ...] = PRELOADS
+    frame_ancestors: str = DEFAULT_FRAME_ANCESTORS  # the pages that may frame the dashboard (dashboard.framing)
 
     @classmethod
     def from_env(cls, db: str | None = None, cache_dir: str | Path | None = None, celery_url: str | None = None,
-                 users_file: str | Path | None = None, job_slots: int | None = None) -> Settings:
+                 users_file: str | Path | None = None, job_slots: int | None = None,
+                 frame_ancestors: str | None = None) -> Settings:
         cache = cache_dir or os.environ.get(CACHE_DIR_ENV) or Path(tempfile.gettempdir()) / "dinoscope-cache"
         users = users_file or os.environ.get(USERS_FILE_ENV)
         return cls(resolve_url(db or os.environ.get(DB_ENV)), Path(cache).expanduser().resolve(),
                    os.environ.get(SECRET_ENV), celery_url=celery_url or os.environ.get(CELERY_ENV) or None,
                    users_file=Path(users).expanduser().resolve() if users else None,
-                   job_slots=job_slots or int(os.environ.get(JOB_SLOTS_ENV) or default_job_slots()))
+                   job_slots=job_slots or int(os.environ.get(JOB_SLOTS_ENV) or default_job_slots()),
+                   frame_ancestors=frame_ancestors or os.environ.get(FRAME_ANCESTORS_ENV) or DEFAULT_FRAME_ANCESTORS)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from dashboard.settings import CACHE_DIR_ENV, CELERY_ENV, JOB_SLOTS_ENV, SECRET_ENV, USERS_FILE_ENV
+from dashboard.settings import CACHE_DIR_ENV, CELERY_ENV, FRAME_ANCESTORS_ENV, JOB_SLOTS_ENV, SECRET_ENV, USERS_FILE_ENV
 from db.engine import DB_ENV, default_database_path
 
 _DB_HELP = f"Database: a SQLite file path or a SQLAlchemy URL. [env {DB_ENV}; default {default_database_path()}]"
@@ -241,17 +241,23 @@ def samples(folder):
               help=f"Background jobs the job server runs at once of each kind (projections, sampled clusterings, "
                    f"uploads); later ones wait in order. [env {JOB_SLOTS_ENV}; default: a quarter of the cores, at "
                    "least 1]")
-def serve(db, host, port, cache_dir, workers, threads, users_file, celery, job_slots):
+@click.option("--frame-ancestors", envvar=FRAME_ANCESTORS_ENV, metavar="SOURCES",
+              help=f"The pages that may show the dashboard in a frame: 'self', 'none', or origins such as "
+                   f"https://intranet.example.edu, space-separated (a Content-Security-Policy frame-ancestors list). "
+                   f"[env {FRAME_ANCESTORS_ENV}; default: 'self']")
+def serve(db, host, port, cache_dir, workers, threads, users_file, celery, job_slots, frame_ancestors):
     """Serve the dashboard on the database (read-only)."""
     from dashboard.settings import Settings
 
-    _serve(Settings.from_env(db, cache_dir, celery, users_file, job_slots), host, port, workers, threads)
+    _serve(Settings.from_env(db, cache_dir, celery, users_file, job_slots, frame_ancestors), host, port, workers,
+           threads)
 
 
 def _serve(settings, host: str, port: int, workers: int | None = None, threads: int = 8) -> None:
     from dashboard import serving
     from dashboard.app import create_app
     from dashboard.auth import UsersFileError, read_users
+    from dashboard.framing import frame_ancestors
     from dashboard.jobs import BrokerError, check_redis
 
     try:  # here, so that a mistake is one line rather than a traceback from every worker
@@ -259,7 +265,8 @@ def _serve(settings, host: str, port: int, workers: int | None = None, threads: 
             read_users(settings.users_file)
         if settings.celery_url:
             check_redis(settings.celery_url)
-    except (UsersFileError, BrokerError) as error:
+        frame_ancestors(settings.frame_ancestors)
+    except (UsersFileError, BrokerError, ValueError) as error:
         raise _fail(error) from None
     if serving.needs_login_warning(host, settings):
         click.echo(serving.NO_LOGIN_WARNING.format(host=host), err=True)

@@ -1,5 +1,5 @@
-"""Every input answered cleanly: crafted callback values, thumbnail ids, and file and dataset names that hold
-markup, formulas or URL syntax."""
+"""Every input answered cleanly: crafted callback values, thumbnail ids, file and dataset names that hold markup,
+formulas or URL syntax, and the anti-framing headers."""
 
 from __future__ import annotations
 
@@ -329,3 +329,33 @@ def test_a_file_name_that_is_markup_shows_as_text_in_the_heatmap(dash_duo, trick
     links = dash_duo.driver.execute_script(
         "return document.querySelectorAll('#similarity-heatmap .xtick a, #similarity-heatmap .ytick a').length")
     assert links == 0
+
+
+# Anti-framing headers -------------------------------------------------------------------------------------------------
+
+
+def test_every_response_forbids_framing_by_other_sites(dashboard_app):
+    client = dashboard_app.server.test_client()
+    responses = [client.get("/gallery"), client.get("/thumbnails/1/gallery.jpg"), client.get("/thumbnails/x"),
+                 client.get("/health"), client.get("/assets/dinoscope.js"), client.get("/download/embeddings.npz")]
+    for response in responses:
+        assert response.headers["Content-Security-Policy"] == "frame-ancestors 'self'", response.status
+        assert response.headers["X-Frame-Options"] == "SAMEORIGIN"
+
+
+@pytest.mark.parametrize(("setting", "policy", "frame_options"), [
+    ("none", "frame-ancestors 'none'", "DENY"),
+    ("'self' https://intranet.example.edu", "frame-ancestors 'self' https://intranet.example.edu", None),
+])
+def test_an_intranet_that_embeds_the_dashboard_can_be_allowed(sample_db, tmp_path, monkeypatch, setting, policy,
+                                                              frame_options):
+    monkeypatch.setenv("DINOSCOPE_FRAME_ANCESTORS", setting)
+    app = create_app(Settings.from_env(str(sample_db), tmp_path / "cache"))
+    response = app.server.test_client().get("/gallery")
+    assert response.headers["Content-Security-Policy"] == policy
+    assert response.headers.get("X-Frame-Options") == frame_options
+
+
+def test_serve_refuses_a_frame_ancestors_list_that_is_not_one(sample_db):
+    result = run_cli("serve", "--db", sample_db, "--frame-ancestors", "'self'; script-src *", expect=1)
+    assert "frame-ancestors: \"'self';\" is not a source" in result.output
