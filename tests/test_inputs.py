@@ -1,5 +1,5 @@
 """Every input answered cleanly: crafted callback values, thumbnail ids, file and dataset names that hold markup,
-formulas or URL syntax, and the anti-framing headers."""
+formulas or URL syntax, the anti-framing headers, and the WSGI entry point's warning about a missing secret."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import csv
 import html
 import io
 import json
+import logging
+import runpy
 import shutil
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -359,3 +361,20 @@ def test_an_intranet_that_embeds_the_dashboard_can_be_allowed(sample_db, tmp_pat
 def test_serve_refuses_a_frame_ancestors_list_that_is_not_one(sample_db):
     result = run_cli("serve", "--db", sample_db, "--frame-ancestors", "'self'; script-src *", expect=1)
     assert "frame-ancestors: \"'self';\" is not a source" in result.output
+
+
+# The WSGI entry point -------------------------------------------------------------------------------------------------
+
+
+def test_the_wsgi_entry_point_warns_without_a_shared_secret(sample_db, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("DINOSCOPE_DB", str(sample_db))
+    monkeypatch.setenv("DINOSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("DINOSCOPE_SECRET_KEY", raising=False)
+    with caplog.at_level(logging.WARNING, logger="dashboard.wsgi"):
+        runpy.run_module("dashboard.wsgi", run_name="dashboard.wsgi")
+    assert "DINOSCOPE_SECRET_KEY is not set" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("DINOSCOPE_SECRET_KEY", "shared")
+    with caplog.at_level(logging.WARNING, logger="dashboard.wsgi"):
+        runpy.run_module("dashboard.wsgi", run_name="dashboard.wsgi")
+    assert caplog.text == ""
