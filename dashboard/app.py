@@ -19,6 +19,8 @@ from dashboard.auth import protect, read_users
 from dashboard.data import DatasetStore
 from dashboard.downloads import add_download_routes
 from dashboard.folder_cache import FolderCache
+from dashboard.framing import add_framing_headers
+from dashboard.inputs import INT64
 from dashboard.jobs import BrokerError, JobManagers, background_managers
 from dashboard.pages import clustering, embeddings, gallery, patches, similarity
 from dashboard.query_image import MAX_REQUEST_BYTES
@@ -56,6 +58,7 @@ def create_app(settings: Settings, managers: JobManagers | None = None) -> Dash:
     add_download_routes(app.server, store, results)
     _log_slow_requests(app.server)
     _answer_database_errors(app.server)
+    add_framing_headers(app.server, settings.frame_ancestors)
     gallery.register(app, store)
     similarity.register(app, store, managers.uploads)
     embeddings.register(app, store, results)
@@ -117,9 +120,13 @@ def _answer_database_errors(server: flask.Flask) -> None:
 
 
 def _add_image_routes(server: flask.Flask, store: DatasetStore) -> None:
+    @server.route("/thumbnails/<path:_anything_else>")
+    def no_thumbnail(_anything_else: str):
+        flask.abort(404)  # a non-numeric or negative id, another shape of path: not the page Dash answers with
+
     @server.route("/thumbnails/<int:image_id>/<kind>.jpg")
     def thumbnail(image_id: int, kind: str):
-        if kind not in ("gallery", "preview"):
+        if kind not in ("gallery", "preview") or image_id >= INT64:
             flask.abort(404)
         found = store.thumbnail(image_id, kind)
         if found is None:

@@ -7,10 +7,12 @@ import io
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import plotly.express as px
 import plotly.graph_objects as go
+from pydantic import BaseModel, StrictInt, StrictStr
 
 from dashboard.analysis.clustering import (
     NOISE,
@@ -131,6 +133,23 @@ def clustering_key(view: DatasetView, params: ClusterParams, projection_key: str
     detail = f"eps={params.eps}/min_samples={params.min_samples}" if params.method == "dbscan" else f"k={params.k}"
     space = projection_key if params.space == "projection" else "embedding"
     return f"clusters/{view.name}/{view.generation}/{params.method}/{detail}/{space}"
+
+
+class ShownClustering(BaseModel):
+    """A clustering the page shows, or asks a background job for: its key and its projection's key in the shared
+    results cache, the dataset's generation they are of, and the URL parameters of the view (query_of)."""
+
+    key: StrictStr
+    projection: StrictStr
+    generation: StrictInt
+    query: dict[str, Any]
+
+    def is_of(self, view: DatasetView) -> bool:
+        """Whether the keys are the ones this view's dataset and the query give (not another dataset's results, or
+        another kind of result in the cache)."""
+        projection_key = projection_params(self.query).cache_key(view)
+        return (self.projection == projection_key
+                and self.key == clustering_key(view, cluster_params(self.query), projection_key))
 
 
 def clusters_in_background(view: DatasetView, params: ClusterParams) -> bool:
@@ -263,8 +282,12 @@ def assignment_csv(view: DatasetView, coordinates: np.ndarray, labels: np.ndarra
     yield buffer.getvalue()
 
 
+# What a spreadsheet reads as the start of a formula (OWASP's list: tab and carriage return too).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(text: str) -> str:
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
 def _choice(value, allowed: tuple[str, ...], default: str) -> str:

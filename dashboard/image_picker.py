@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dash import Dash, Input, Output, State, dcc
 
+from dashboard import inputs
 from dashboard.data import DatasetStore, DatasetView
 from dashboard.similarity_view import reference_options
 
@@ -23,4 +24,5 @@ def register_image_search(app: Dash, store: DatasetStore, component_id: str, dat
         State(dataset_store_id, "data"), prevent_initial_call=True,
     )
     def search_images(search, image_id, dataset):
-        return reference_options(store.view(dataset), search, selected=image_id)
+        view = inputs.dataset_view(store, dataset)
+        return reference_options(view, inputs.text(search, "The search"), selected=inputs.image_in(view, image_id))

@@ -75,7 +75,7 @@ def settings_from(query: dict) -> PatchSettings:
     def number(name, default, low, high, kind=int):
         try:
             value = kind(query.get(name))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int(Infinity)
             return default
         return min(max(value, low), high) if np.isfinite(value) else default
 

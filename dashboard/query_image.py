@@ -104,8 +104,9 @@ def _recorded(dataset) -> RecordedModel:
 
 
 def upload_bytes(contents: str | None) -> bytes:
-    """The file inside a dcc.Upload `contents` data URL; refused when larger than MAX_UPLOAD_BYTES."""
-    header, comma, payload = (contents or "").partition(",")
+    """The file inside a dcc.Upload `contents` data URL; refused when larger than MAX_UPLOAD_BYTES, or not a data
+    URL (whatever a crafted request sent)."""
+    header, comma, payload = (contents if isinstance(contents, str) else "").partition(",")
     if not comma or not header.startswith("data:") or not header.endswith(";base64"):
         raise UploadRefused("The upload did not arrive as a file: choose a JPG or PNG file to upload")
     if len(payload) * 3 // 4 > MAX_UPLOAD_BYTES + 2:  # refused before decoding anything

@@ -7,6 +7,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from dashboard.framing import DEFAULT_FRAME_ANCESTORS
 from db.engine import DB_ENV, resolve_url
 
 CACHE_DIR_ENV = "DINOSCOPE_CACHE_DIR"
@@ -20,6 +21,7 @@ LOGIN_LIMITS_ADDRESS_ENV = "DINOSCOPE_LOGIN_LIMITS_ADDRESS"
 LOGIN_LIMITS_USER_ENV = "DINOSCOPE_LOGIN_LIMITS_USER"
 LOGIN_CHECKS_ENV = "DINOSCOPE_LOGIN_CHECKS"
 TRUSTED_PROXIES_ENV = "DINOSCOPE_TRUSTED_PROXIES"
+FRAME_ANCESTORS_ENV = "DINOSCOPE_FRAME_ANCESTORS"
 # What the job server warms up before its first job: UMAP and t-SNE; torch, timm and the newest upload models.
 PRELOADS = ("projections", "models")
 
@@ -58,11 +60,13 @@ class Settings:
     trusted_proxies: int = 0  # reverse proxies in front whose X-Forwarded-For names the client (0: none)
     job_slots: int = 1  # background jobs running at once per lane of the job server (diskcache manager)
     preload: tuple[str, ...] = PRELOADS
+    frame_ancestors: str = DEFAULT_FRAME_ANCESTORS  # the pages that may frame the dashboard (dashboard.framing)
 
     @classmethod
     def from_env(cls, db: str | None = None, cache_dir: str | Path | None = None, celery_url: str | None = None,
                  users_file: str | Path | None = None, job_slots: int | None = None,
-                 login: LoginSettings | None = None, trusted_proxies: int | None = None) -> Settings:
+                 login: LoginSettings | None = None, trusted_proxies: int | None = None,
+                 frame_ancestors: str | None = None) -> Settings:
         cache = cache_dir or os.environ.get(CACHE_DIR_ENV) or Path(tempfile.gettempdir()) / "dinoscope-cache"
         users = users_file or os.environ.get(USERS_FILE_ENV)
         return cls(resolve_url(db or os.environ.get(DB_ENV)), Path(cache).expanduser().resolve(),
@@ -71,4 +75,5 @@ class Settings:
                    job_slots=job_slots or int(os.environ.get(JOB_SLOTS_ENV) or default_job_slots()),
                    login=login or LoginSettings.from_env(),
                    trusted_proxies=trusted_proxies if trusted_proxies is not None
-                   else int(os.environ.get(TRUSTED_PROXIES_ENV) or 0))
+                   else int(os.environ.get(TRUSTED_PROXIES_ENV) or 0),
+                   frame_ancestors=frame_ancestors or os.environ.get(FRAME_ANCESTORS_ENV) or DEFAULT_FRAME_ANCESTORS)

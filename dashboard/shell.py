@@ -8,8 +8,9 @@ import dash
 import dash_bootstrap_components as dbc
 from dash import Dash, Input, Output, State, dcc, html
 
+from dashboard import inputs
 from dashboard.data import DatasetStore, Provenance
-from dashboard.urlstate import as_int, image_page_url
+from dashboard.urlstate import as_int, dataset_url, image_page_url
 from db.errors import DinoscopeDbError
 
 # (title, path) of the pages in navigation order; a page appears once its module registers it.
@@ -81,17 +82,18 @@ def register_not_found(store: DatasetStore) -> None:
 
 
 def _frame(path: str, chosen: Provenance | None, names: list[str], body) -> html.Div:
-    query = f"?dataset={chosen.name}" if chosen else ""
-    links = [dbc.NavItem(dbc.NavLink(title, href=f"{href}{query}", active=href == path, id=f"nav-{href.strip('/')}"))
+    shown = chosen.name if chosen else None
+    links = [dbc.NavItem(dbc.NavLink(title, href=dataset_url(href, shown), active=href == path,
+                                     id=f"nav-{href.strip('/')}"))
              for title, href in PAGES]
     picker = dcc.Dropdown(id="dataset-picker", options=names, value=chosen.name if chosen else None,
                           clearable=False, placeholder="dataset", style={"minWidth": "14rem"})
-    navbar = dbc.Navbar(dbc.Container([dbc.NavbarBrand("dinoscope", href=f"/gallery{query}"),
+    navbar = dbc.Navbar(dbc.Container([dbc.NavbarBrand("dinoscope", href=dataset_url("/gallery", shown)),
                                        dbc.Nav(links, navbar=True, className="me-auto"), picker], fluid=True),
                         color="dark", dark=True, className="mb-3")
-    shown = [dcc.Store(id="shell-dataset", data=chosen.name if chosen else None),
-             dcc.Store(id="shell-generation", data=chosen.generation if chosen else None)]
-    return html.Div([*shown, navbar, dbc.Container([html.Div(id="shell-changes"), body], fluid=True)])
+    stores = [dcc.Store(id="shell-dataset", data=shown),
+              dcc.Store(id="shell-generation", data=chosen.generation if chosen else None)]
+    return html.Div([*stores, navbar, dbc.Container([html.Div(id="shell-changes"), body], fluid=True)])
 
 
 def register(app: Dash, store: DatasetStore) -> None:
@@ -103,13 +105,14 @@ def register(app: Dash, store: DatasetStore) -> None:
                   State("navigate", "pathname"), prevent_initial_call=True)
     def open_dataset(name, shown, pathname):
         # The picker reports its value when it mounts too: only a different dataset is a request to navigate.
-        return f"{pathname or '/'}?dataset={name}" if name and name != shown else dash.no_update
+        return dataset_url(pathname or "/", name) if name and name != shown else dash.no_update
 
     @app.callback(Output("dataset-picker", "options"), Output("shell-changes", "children"),
                   Input("dataset-check", "n_intervals"), State("dataset-picker", "options"),
                   State("shell-dataset", "data"), State("shell-generation", "data"), State("navigate", "href"),
                   prevent_initial_call=True)
     def check_for_changes(_tick, options, shown, generation, href):
+        shown = inputs.text(shown, "The page's dataset") or None  # None: a page without a dataset
         try:
             generations = store.generations()  # every open page asks every few seconds: one small query
             names = list(generations)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ import plotly.graph_objects as go
 
 from dashboard.analysis.similarity import cosine_matrix, heatmap_indices
 from dashboard.data import DatasetView
+from dashboard.inputs import CategoryPoint
 
 K_DEFAULT = 8
 K_MAX = 50
@@ -139,16 +141,24 @@ def short_names(relpaths: Sequence[str]) -> list[str]:
             depth[i] += 1
 
 
+def plotly_text(text: str) -> str:
+    """A file name as Plotly shows it, character for character: Plotly reads tags (<a href>, <b>, <br>) and entities
+    in every text it draws (ticks, hover labels, titles, legends), so <, > and & go as entities."""
+    return html.escape(text, quote=False)  # Plotly decodes &lt; &gt; &amp; but not &quot;
+
+
 def heatmap_figure(matrix: np.ndarray, relpaths: Sequence[str], native_hover: bool = True) -> go.Figure:
-    """The cosine matrix with each image's short name on the axes and both full paths in the hover.
+    """The cosine matrix with each image's short name on the axes and both full paths in the hover. The axes'
+    categories are the paths as Plotly text (plotly_text), which hover events report.
 
     `native_hover=False` leaves the hover label to the page (hover events still fire)."""
-    names = short_names(relpaths)
+    categories = [plotly_text(relpath) for relpath in relpaths]
+    names = [plotly_text(name) for name in short_names(relpaths)]
     n = len(relpaths)
-    axis = {"type": "category", "tickmode": "array", "tickvals": list(relpaths), "ticktext": names,
+    axis = {"type": "category", "tickmode": "array", "tickvals": categories, "ticktext": names,
             "automargin": True, "tickfont": {"size": 10 if n <= 50 else 7}, "constrain": "domain"}
     figure = go.Figure(go.Heatmap(
-        z=np.asarray(matrix, dtype=np.float32), x=list(relpaths), y=list(relpaths), zmin=-1, zmax=1,
+        z=np.asarray(matrix, dtype=np.float32), x=categories, y=categories, zmin=-1, zmax=1,
         colorscale="RdBu_r", colorbar={"title": {"text": "cosine"}},
         hovertemplate="%{y}<br>%{x}<br>cosine %{z:.3f}<extra></extra>" if native_hover else None,
         hoverinfo=None if native_hover else "none",
@@ -160,15 +170,13 @@ def heatmap_figure(matrix: np.ndarray, relpaths: Sequence[str], native_hover: bo
     return figure
 
 
-def hovered_cell(hover_data: dict | None, image_ids: Sequence[int], relpaths: Sequence[str]) -> HoveredCell | None:
-    """The two images of the heatmap cell that `hover_data` (a dcc.Graph's hoverData) points at."""
-    if not hover_data or not hover_data.get("points"):
+def hovered_cell(point: CategoryPoint | None, image_ids: Sequence[int], relpaths: Sequence[str]) -> HoveredCell | None:
+    """The two images of the heatmap cell a hover event's point (inputs.first_point) is on; None when the pointer
+    left the heatmap or is on an image it does not show."""
+    if point is None:
         return None
-    point = hover_data["points"][0]
-    where = {relpath: i for i, relpath in enumerate(relpaths)}
-    row, column = where.get(point.get("y")), where.get(point.get("x"))
+    where = {plotly_text(relpath): (int(image_id), relpath) for image_id, relpath in zip(image_ids, relpaths)}
+    row, column = where.get(point.y), where.get(point.x)
     if row is None or column is None:
         return None
-    score = point.get("z")
-    return HoveredCell(int(image_ids[row]), relpaths[row], int(image_ids[column]), relpaths[column],
-                       float(score) if score is not None else None)
+    return HoveredCell(*row, *column, point.z)

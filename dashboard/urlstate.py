@@ -3,7 +3,7 @@ layout), and the addresses of images and pages that link to each other."""
 
 from __future__ import annotations
 
-from urllib.parse import quote
+from urllib.parse import urlencode
 
 from dash import ClientsideFunction, Dash, Input, Output, State, dcc
 
@@ -13,9 +13,14 @@ def thumbnail_url(image_id: int, kind: str = "gallery") -> str:
     return f"/thumbnails/{int(image_id)}/{kind}.jpg"
 
 
+def dataset_url(path: str, dataset: str | None) -> str:
+    """A page opened on a dataset (or on the first one, for None); the name URL-encoded, whatever it holds (& or #)."""
+    return f"{path}?{urlencode({'dataset': dataset})}" if dataset is not None else path
+
+
 def image_page_url(path: str, dataset: str, image_id: int) -> str:
     """A page about one image (similarity, embeddings, within image), opened on that image."""
-    return f"{path}?dataset={quote(dataset)}&image={int(image_id)}"
+    return f"{path}?{urlencode({'dataset': dataset, 'image': int(image_id)})}"
 
 
 def similarity_url(dataset: str, image_id: int) -> str:
@@ -38,10 +43,11 @@ def sync_url(app: Dash, page: str, sources: list[tuple[str, str]]) -> None:
 
 
 def as_int(text: str | None, default: int, low: int | None = None, high: int | None = None) -> int:
-    """An integer URL parameter, or the default when it is missing or not a number; clamped to [low, high]."""
+    """An integer URL parameter (or a callback's value), or the default when it is missing or not a finite number;
+    clamped to [low, high]."""
     try:
         value = int(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: Infinity
         return default
     return max(low if low is not None else value, min(high if high is not None else value, value))
 

@@ -6,10 +6,23 @@ runs gunicorn itself and is the simpler way):
         gunicorn --workers 4 --worker-class gthread --threads 8 'dashboard.wsgi:server'
 
 DINOSCOPE_SECRET_KEY must be set when there are several workers: they all have to sign with the same key.
-DINOSCOPE_USERS_FILE (a login) and DINOSCOPE_CELERY (background callbacks in `dinoscope worker`) are optional.
+DINOSCOPE_USERS_FILE (a login), DINOSCOPE_CELERY (background callbacks in `dinoscope worker`) and
+DINOSCOPE_FRAME_ANCESTORS (the pages that may frame the dashboard) are optional.
 """
 
-from dashboard.app import create_app
-from dashboard.settings import Settings
+import logging
 
-server = create_app(Settings.from_env()).server
+from dashboard.app import create_app
+from dashboard.settings import SECRET_ENV, Settings
+
+# A WSGI server normally runs several processes, and this module cannot tell how many.
+MISSING_SECRET_WARNING = (
+    f"{SECRET_ENV} is not set: each worker process signs background-job handles (and sessions) with a key of its "
+    "own, so with several workers a background result (t-SNE, UMAP, an upload's neighbours) is lost whenever its "
+    f"page's poll reaches another worker. Give every worker the same key: export {SECRET_ENV}=$(python -c "
+    "'import secrets; print(secrets.token_hex(32))')")
+
+settings = Settings.from_env()
+if not settings.secret_key:
+    logging.getLogger(__name__).warning(MISSING_SECRET_WARNING)
+server = create_app(settings).server

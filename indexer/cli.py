@@ -16,6 +16,7 @@ import click
 from dashboard.settings import (
     CACHE_DIR_ENV,
     CELERY_ENV,
+    FRAME_ANCESTORS_ENV,
     JOB_SLOTS_ENV,
     LOG_FORMAT,
     LOG_LEVEL_ENV,
@@ -291,20 +292,25 @@ def samples(folder):
 @click.option("--trusted-proxies", envvar=TRUSTED_PROXIES_ENV, type=click.IntRange(0, 8), default=0,
               help=f"Reverse proxies in front of the server, whose X-Forwarded-For header names the client's "
                    f"address for the login limits and the logs. [env {TRUSTED_PROXIES_ENV}; default 0]")
+@click.option("--frame-ancestors", envvar=FRAME_ANCESTORS_ENV, metavar="SOURCES",
+              help=f"The pages that may show the dashboard in a frame: 'self', 'none', or origins such as "
+                   f"https://intranet.example.edu, space-separated (a Content-Security-Policy frame-ancestors list). "
+                   f"[env {FRAME_ANCESTORS_ENV}; default: 'self']")
 def serve(db, host, port, cache_dir, workers, threads, users_file, celery, job_slots, login_limits_address,
-          login_limits_user, login_checks, trusted_proxies):
+          login_limits_user, login_checks, trusted_proxies, frame_ancestors):
     """Serve the dashboard on the database (read-only)."""
     from dashboard.settings import Settings
 
     login = LoginSettings.from_env(login_limits_address, login_limits_user, login_checks)
-    _serve(Settings.from_env(db, cache_dir, celery, users_file, job_slots, login, trusted_proxies), host, port,
-           workers, threads)
+    _serve(Settings.from_env(db, cache_dir, celery, users_file, job_slots, login, trusted_proxies, frame_ancestors),
+           host, port, workers, threads)
 
 
 def _serve(settings, host: str, port: int, workers: int | None = None, threads: int = 8) -> None:
     from dashboard import serving
     from dashboard.app import create_app
     from dashboard.auth import UsersFileError, read_users
+    from dashboard.framing import frame_ancestors
     from dashboard.jobs import BrokerError, check_redis
     from dashboard.login_limits import LoginLimitsError, check_limits
 
@@ -314,7 +320,8 @@ def _serve(settings, host: str, port: int, workers: int | None = None, threads: 
             check_limits(settings.login)
         if settings.celery_url:
             check_redis(settings.celery_url)
-    except (UsersFileError, LoginLimitsError, BrokerError) as error:
+        frame_ancestors(settings.frame_ancestors)
+    except (UsersFileError, LoginLimitsError, BrokerError, ValueError) as error:
         raise _fail(error) from None
     if serving.needs_login_warning(host, settings):
         click.echo(serving.NO_LOGIN_WARNING.format(host=host), err=True)

@@ -9,6 +9,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
 from dashboard.data import DatasetView
+from dashboard.inputs import CategoryPoint
 from dashboard.similarity_view import (
     EMBEDDING_HEAD,
     heatmap_figure,
@@ -122,11 +123,11 @@ def test_heatmap_figure_labels_tell_the_images_apart():
 
 def test_a_hovered_cell_names_its_row_and_column_images():
     ids, paths = [7, 8, 9], ["a/x.png", "b/y.png", "c/z.png"]
-    cell = hovered_cell({"points": [{"x": "c/z.png", "y": "a/x.png", "z": 0.25}]}, ids, paths)
+    cell = hovered_cell(CategoryPoint(x="c/z.png", y="a/x.png", z=0.25), ids, paths)
     assert (cell.row_id, cell.row_relpath, cell.column_id, cell.column_relpath, cell.score) == (
         7, "a/x.png", 9, "c/z.png", 0.25)
     assert hovered_cell(None, ids, paths) is None
-    assert hovered_cell({"points": [{"x": "gone.png", "y": "a/x.png"}]}, ids, paths) is None
+    assert hovered_cell(CategoryPoint(x="gone.png", y="a/x.png"), ids, paths) is None
 
 
 # In the browser -------------------------------------------------------------------------------------------------

@@ -15,10 +15,13 @@ from uuid import uuid4
 import dash
 import dash_bootstrap_components as dbc
 from dash import Dash, Input, Output, State, dcc, html
+from pydantic import BaseModel, FiniteFloat, StrictInt
 
+from dashboard import inputs
 from dashboard.clustering_view import (
     K_MAX,
     K_MIN,
+    ShownClustering,
     cached_clustering,
     cached_projection,
     cluster_name,
@@ -63,6 +66,15 @@ function (event) {
     return {image_id: Number(trace.customdata[point.pointNumber]), bbox: point.bbox || null};
 }
 """
+
+
+class ImagePoint(BaseModel):
+    """What _IMAGE_AT_POINT reports."""
+
+    image_id: StrictInt
+    bbox: dict[str, FiniteFloat] | None = None
+
+
 _URL_NAMES = ["dataset", "projection", "perplexity", "n_neighbors", "min_dist", "seed",
               "method", "k", "eps", "min_samples", "space"]
 
@@ -119,7 +131,7 @@ def register(app: Dash, store: DatasetStore, results, clustering_jobs) -> None:
     def choose_projection(method, perplexity, n_neighbors, min_dist, seed, dataset):
         params = projection_params({"projection": method, "perplexity": perplexity, "n_neighbors": n_neighbors,
                                     "min_dist": min_dist, "seed": seed})
-        view = store.view(dataset)
+        view = inputs.dataset_view(store, dataset)
         key = params.cache_key(view)
         if params.runs_in_background and key not in results:
             return dash.no_update, {"key": key, **query_of(params, cluster_params({}))}, "Starting…"
@@ -141,8 +153,12 @@ def register(app: Dash, store: DatasetStore, results, clustering_jobs) -> None:
         # _session: a per-page-load id, so two users asking for the same view are two jobs (Dash 4.4.1).
         if not request:
             return dash.no_update
-        params = projection_params(request)
-        view = store.view(dataset)
+        try:
+            params = projection_params(inputs.mapping(request, "The projection asked for"))
+            view = inputs.dataset_view(store, dataset)
+        except inputs.BadInput as error:
+            dash.set_props("clustering-status", {"children": str(error)})
+            return dash.no_update
         cached_projection(results, view, params, progress=lambda stage: set_progress(f"Computing: {stage}…"))
         return params.cache_key(view)
 
@@ -162,17 +178,17 @@ def register(app: Dash, store: DatasetStore, results, clustering_jobs) -> None:
     )
     def choose_clusters(projection_key, method, k, eps, min_samples, space, projection_method, perplexity,
                         n_neighbors, min_dist, seed, dataset, shown_before):
-        projection = results.get(projection_key) if projection_key else None
+        projection = results.get(inputs.text(projection_key, "The projection's key")) if projection_key else None
         if projection is None:
             return dash.no_update, dash.no_update, dash.no_update
-        view = store.view(dataset)
+        view = inputs.dataset_view(store, dataset)
         params = _cluster_params(method, k, eps, min_samples, space)
         chosen_projection = projection_params({"projection": projection_method, "perplexity": perplexity,
                                                "n_neighbors": n_neighbors, "min_dist": min_dist, "seed": seed})
         if chosen_projection.cache_key(view) != projection_key:  # of an earlier generation: the indexer ran since
             return dash.no_update, dash.no_update, CHANGED
-        shown = {"key": clustering_key(view, params, projection_key), "projection": projection_key,
-                 "generation": view.generation, "query": query_of(chosen_projection, params)}
+        shown = ShownClustering(key=clustering_key(view, params, projection_key), projection=projection_key,
+                                generation=view.generation, query=query_of(chosen_projection, params)).model_dump()
         if clusters_in_background(view, params) and shown["key"] not in results:
             return dash.no_update, shown, "Starting…"
         cached_clustering(results, view, projection_key, projection.coordinates, params)
@@ -191,12 +207,19 @@ def register(app: Dash, store: DatasetStore, results, clustering_jobs) -> None:
     )
     def compute_clusters(set_progress, request, dataset, _session):
         # _session: a per-page-load id, so two users asking for the same view are two jobs (Dash 4.4.1).
-        projection = results.get(request["projection"]) if request else None
-        view = store.view(dataset)
-        if projection is None or view.generation != request["generation"]:
+        if not request:
             return dash.no_update
-        cached_clustering(results, view, request["projection"], projection.coordinates,
-                          cluster_params(request["query"]), progress=lambda stage: set_progress(f"Computing: {stage}…"))
+        try:
+            view = inputs.dataset_view(store, dataset)
+            wanted = _clustering_of(view, request, "The clustering asked for")
+        except inputs.BadInput as error:
+            dash.set_props("clustering-status", {"children": str(error)})
+            return dash.no_update
+        projection = results.get(wanted.projection)
+        if projection is None or view.generation != wanted.generation:
+            return dash.no_update
+        cached_clustering(results, view, wanted.projection, projection.coordinates, cluster_params(wanted.query),
+                          progress=lambda stage: set_progress(f"Computing: {stage}…"))
         return request
 
     @app.callback(
@@ -206,18 +229,20 @@ def register(app: Dash, store: DatasetStore, results, clustering_jobs) -> None:
         Input("clustering-shown", "data"), State("clustering-dataset", "data"), prevent_initial_call=True,
     )
     def show_clusters(shown, dataset):
-        projection = results.get(shown["projection"]) if shown else None
-        result = results.get(shown["key"]) if shown else None
+        if not shown:
+            return dash.no_update, dash.no_update, dash.no_update, dash.no_update, dash.no_update
+        view = inputs.dataset_view(store, dataset)
+        shown = _clustering_of(view, shown, "The clustering shown")
+        projection, result = results.get(shown.projection), results.get(shown.key)
         if projection is None or result is None:
             return dash.no_update, dash.no_update, dash.no_update, dash.no_update, dash.no_update
-        view = store.view(dataset)
-        if view.generation != shown["generation"]:
+        if view.generation != shown.generation:
             return dash.no_update, dash.no_update, dash.no_update, CHANGED, dash.no_update
         notes = html.Ul([html.Li(note) for note in projection.notes + result.notes],
                         className="small text-warning", id="clustering-notes") \
             if projection.notes or result.notes else ""
         return (cluster_scatter(view, projection, result), _metrics(result.metrics), _summary(view, result, dataset),
-                notes, f"{CLUSTERS_CSV_PATH}?{urlencode({'dataset': dataset, **shown['query']})}")
+                notes, f"{CLUSTERS_CSV_PATH}?{urlencode({'dataset': dataset, **shown.query})}")
 
     app.clientside_callback(_IMAGE_AT_POINT, Output("clustering-hovered", "data"),
                             Input("clustering-scatter", "hoverData"))
@@ -236,13 +261,12 @@ def register(app: Dash, store: DatasetStore, results, clustering_jobs) -> None:
         # The card closes when the pointer leaves the point and whenever the figure changes under it.
         if not point or dash.ctx.triggered_id == "clustering-scatter":
             return False, dash.no_update, dash.no_update
-        view = store.view(dataset)
-        row = view.position(point["image_id"])
-        if row is None:
-            return False, dash.no_update, dash.no_update
+        point = inputs.record(ImagePoint, point, "The point")
+        view = inputs.dataset_view(store, dataset)
+        row = view.position(inputs.image_in(view, point.image_id))
         pcs = ", ".join(f"PC{i + 1} {value:+.3f}" for i, value in enumerate(hover_components(view, row)))
-        return True, point["bbox"], html.Div([
-            html.Img(src=thumbnail_url(point["image_id"]), style={"width": "160px"}),
+        return True, point.bbox, html.Div([
+            html.Img(src=thumbnail_url(point.image_id), style={"width": "160px"}),
             html.Div(view.relpaths[row], className="fw-bold small"),
             html.Div(f"label: {view.labels[row] or 'none'}", className="small"),
             html.Div(pcs, className="small text-muted"),
@@ -255,11 +279,9 @@ def register(app: Dash, store: DatasetStore, results, clustering_jobs) -> None:
     def select_point(point, dataset):
         if not point:
             return dash.no_update
-        image_id = point["image_id"]
-        view = store.view(dataset)
+        view = inputs.dataset_view(store, dataset)
+        image_id = inputs.image_in(view, inputs.record(ImagePoint, point, "The point").image_id)
         row = view.position(image_id)
-        if row is None:
-            return dash.no_update
         width, height = view.sizes[row]
         return dbc.Card([
             dbc.CardImg(src=thumbnail_url(image_id, "preview"), top=True),
@@ -281,6 +303,15 @@ def register(app: Dash, store: DatasetStore, results, clustering_jobs) -> None:
 
         return shown(projection == "tsne"), shown(projection == "umap"), shown(method != "dbscan"), \
             shown(method == "dbscan")
+
+
+def _clustering_of(view, value, what: str) -> ShownClustering:
+    """`value` read as a clustering of this dataset: of its current generation (or of an earlier one, which the
+    callers report as a change), never of another dataset or another kind of result in the cache."""
+    shown = inputs.record(ShownClustering, value, what)
+    if shown.generation == view.generation and not shown.is_of(view):
+        raise inputs.BadInput(f"{what} is not a clustering of dataset {view.name!r}")
+    return shown
 
 
 def _cluster_params(method, k, eps, min_samples, space_switch):

@@ -8,6 +8,7 @@ import dash
 import dash_bootstrap_components as dbc
 from dash import Dash, Input, Output, State, dash_table, dcc, html
 
+from dashboard import inputs
 from dashboard.data import DatasetStore, DatasetView
 from dashboard.downloads import EMBEDDING_NPY_PATH, EMBEDDINGS_NPZ_PATH
 from dashboard.embeddings_view import (
@@ -125,10 +126,8 @@ def register(app: Dash, store: DatasetStore, results) -> None:
         Input("embeddings-image", "value"), State("embeddings-dataset", "data"), prevent_initial_call=True,
     )
     def show_image(image_id, dataset):
-        view = store.view(dataset)
-        if image_id is None or view.position(image_id) is None:
-            return dash.no_update, dash.no_update, dash.no_update, dash.no_update
-        return _image_parts(view, image_id)
+        view = inputs.dataset_view(store, dataset)
+        return _image_parts(view, inputs.image_in(view, image_id))
 
     @app.callback(
         Output("embeddings-extremes", "figure"),
@@ -136,10 +135,9 @@ def register(app: Dash, store: DatasetStore, results) -> None:
         prevent_initial_call=True,
     )
     def show_extremes(image_id, n, dataset):
-        view = store.view(dataset)
-        if image_id is None or n is None or view.position(image_id) is None:
-            return dash.no_update
-        return extremes_figure(extreme_features(embedding_of(view, image_id), as_int(n, N_DEFAULT, 1, N_MAX)))
+        view = inputs.dataset_view(store, dataset)
+        vector = embedding_of(view, inputs.image_in(view, image_id))
+        return extremes_figure(extreme_features(vector, as_int(n, N_DEFAULT, 1, N_MAX)))
 
     @app.callback(
         Output("embeddings-variance", "figure"), Output("embeddings-pca-caption", "children"),
@@ -149,7 +147,7 @@ def register(app: Dash, store: DatasetStore, results) -> None:
     def show_pca(components, dataset):
         if components is None:
             return dash.no_update, dash.no_update, dash.no_update
-        view = store.view(dataset)
+        view = inputs.dataset_view(store, dataset)
         pca = _pca(view, components)
         return explained_variance_figure(pca.ratio, pca.cumulative), _pca_caption(view, pca), 0
 
@@ -160,7 +158,7 @@ def register(app: Dash, store: DatasetStore, results) -> None:
         Input("embeddings-components", "value"), State("embeddings-dataset", "data"), prevent_initial_call=True,
     )
     def show_table_page(page, sort_by, components, dataset):
-        view = store.view(dataset)
+        view = inputs.dataset_view(store, dataset)
         table = pca_table_page(view, _pca(view, components), as_int(page, 0, 0), TABLE_PAGE_SIZE, sort_by)
         return table.columns, table.rows, table.page_count
 
@@ -169,7 +167,7 @@ def register(app: Dash, store: DatasetStore, results) -> None:
         State("embeddings-dataset", "data"), prevent_initial_call=True,
     )
     def link_download(image_id, dataset):
-        return _npy_url(dataset, image_id) if image_id is not None else dash.no_update
+        return _npy_url(dataset, inputs.image_in(inputs.dataset_view(store, dataset), image_id))
 
     def _pca(view: DatasetView, components) -> DatasetPCA:
         limit = max(COMPONENTS_MIN, component_limit(view))

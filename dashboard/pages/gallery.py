@@ -6,6 +6,7 @@ import dash
 import dash_bootstrap_components as dbc
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 
+from dashboard import inputs
 from dashboard.browse import GALLERY_COLUMNS, GALLERY_PAGE_SIZE, PAGE_SIZES, gallery_page, image_detail, label_options
 from dashboard.data import DatasetStore, DatasetView
 from dashboard.shell import busy, image_links, page_shell
@@ -54,7 +55,7 @@ def register(app: Dash, store: DatasetStore) -> None:
         State("gallery-dataset", "data"), State("gallery-filter", "data"), prevent_initial_call=True,
     )
     def show_page(label, page, per_page, dataset, shown_filter):
-        view = store.view(dataset)
+        view = inputs.dataset_view(store, dataset)
         size = as_int(per_page, GALLERY_PAGE_SIZE)
         chosen = {"label": label, "per_page": size if size in PAGE_SIZES else GALLERY_PAGE_SIZE}
         shown = gallery_page(view, label, as_int(page, 1) if chosen == shown_filter else 1, chosen["per_page"])
@@ -69,8 +70,9 @@ def register(app: Dash, store: DatasetStore) -> None:
     def open_detail(_grid_clicks, _neighbour_clicks, dataset):
         if not ctx.triggered or not ctx.triggered[0]["value"]:
             return dash.no_update, dash.no_update  # thumbnails re-rendered, nobody clicked
-        detail = image_detail(store.view(dataset), ctx.triggered_id["index"])
-        return (_detail_body(dataset, detail), True) if detail else (dash.no_update, False)
+        view = inputs.dataset_view(store, dataset)
+        detail = image_detail(view, inputs.image_in(view, ctx.triggered_id["index"]))
+        return _detail_body(dataset, detail), True
 
     sync_url(app, "gallery", [("gallery-dataset", "data"), ("gallery-label", "value"),
                               ("gallery-pages", "active_page"), ("gallery-per-page", "value")])

@@ -8,7 +8,9 @@ from __future__ import annotations
 import dash
 import dash_bootstrap_components as dbc
 from dash import Dash, Input, Output, State, dcc, html
+from pydantic import BaseModel, NonNegativeInt, StrictInt
 
+from dashboard import inputs
 from dashboard.analysis.patches import patch_similarity, pool_grid
 from dashboard.data import DatasetStore, DatasetView
 from dashboard.explanations import explanation
@@ -93,7 +95,8 @@ def register(app: Dash, store: DatasetStore) -> None:
     @app.callback(Output("patches-links", "children"), Input("patches-image", "value"),
                   State("patches-dataset", "data"), prevent_initial_call=True)
     def link_image(image_id, dataset):
-        return image_links(dataset, image_id, "patches", here=PATH)
+        return image_links(dataset, inputs.image_in(inputs.dataset_view(store, dataset), image_id), "patches",
+                           here=PATH)
 
     @app.callback(
         Output("patches-overlay", "figure"), Output("patches-statistics", "children"),
@@ -103,8 +106,10 @@ def register(app: Dash, store: DatasetStore) -> None:
     )
     def show_image(image_id, layer, k, window, step, opacity, foreground_only, selected, dataset):
         settings = _settings(layer, k, window, step, opacity, foreground_only)
+        view = inputs.dataset_view(store, dataset)
+        image_id = inputs.image_in(view, image_id)
         grid = store.patch_grid(image_id)
-        frame, result, preview = _frame(store, dataset, image_id, grid), analyse(grid, settings), \
+        frame, result, preview = _frame(view, image_id, grid), analyse(grid, settings), \
             thumbnail_url(image_id, "preview")
         marked = _cell(selected, image_id)
         figure = overlay_figure(preview, frame, result.pooled, layer_values(result, settings), settings.layer,
@@ -120,12 +125,15 @@ def register(app: Dash, store: DatasetStore) -> None:
         prevent_initial_call=True,
     )
     def select_patch(click, image_id, layer, k, window, step, opacity, foreground_only, dataset):
-        if not click:
+        point = inputs.first_point(click, inputs.NumberPoint)
+        if point is None:
             return dash.no_update
         settings = _settings(layer, k, window, step, opacity, foreground_only)
+        view = inputs.dataset_view(store, dataset)
+        image_id = inputs.image_in(view, image_id)
         grid = store.patch_grid(image_id)
         pooled = pool_grid(grid, settings.window, settings.step)
-        cell = _frame(store, dataset, image_id, grid).pooled_cell_at(pooled, click["points"][0]["x"], click["points"][0]["y"])
+        cell = _frame(view, image_id, grid).pooled_cell_at(pooled, point.x, point.y)
         return {"image": image_id, "row": cell[0], "col": cell[1]} if cell else dash.no_update
 
     @app.callback(
@@ -138,20 +146,21 @@ def register(app: Dash, store: DatasetStore) -> None:
         if cell is None:
             return ""
         settings = _settings("clusters", 2, window, step, opacity, False)
-        view = store.view(dataset)
+        view = inputs.dataset_view(store, dataset)
+        image_id = inputs.image_in(view, image_id)
         grid = store.patch_grid(image_id)
         pooled = pool_grid(grid, settings.window, settings.step)
         if cell[0] >= pooled.tokens.shape[0] or cell[1] >= pooled.tokens.shape[1]:
             return ""  # the pooling changed under the selection
         query = pooled.tokens[cell]
-        panels = [_similarity_panel(_frame(store, dataset, image_id, grid), image_id, pooled,
+        panels = [_similarity_panel(_frame(view, image_id, grid), image_id, pooled,
                                     query_similarity(pooled, cell), settings, cell, "This image",
                                     "patches-similarity-self")]
         for rank, (neighbour, score) in enumerate(zip(*_neighbours(view, image_id))):
             other_grid = store.patch_grid(neighbour)
             other = pool_grid(other_grid, settings.window, settings.step)
             similarity = patch_similarity(other.tokens, query)
-            panels.append(_similarity_panel(_frame(store, dataset, neighbour, other_grid), neighbour, other,
+            panels.append(_similarity_panel(_frame(view, neighbour, other_grid), neighbour, other,
                                             similarity, settings,
                                             best_match(similarity), f"{view.relpaths[view.position(neighbour)]} "
                                             f"(image similarity {score:.3f})", f"patches-similarity-{rank}"))
@@ -164,16 +173,25 @@ def _settings(layer, k, window, step, opacity, foreground_only) -> PatchSettings
                           "foreground_only": foreground_only})
 
 
-def _frame(store: DatasetStore, dataset: str, image_id: int, grid) -> ImageFrame:
-    view = store.view(dataset)
+def _frame(view: DatasetView, image_id: int, grid) -> ImageFrame:
     width, height = view.sizes[view.position(image_id)]
     return ImageFrame(width, height, grid.shape[0], grid.shape[1])
 
 
+class SelectedPatch(BaseModel):
+    """The patch a click selected (patches-selected): its image and its pooled cell."""
+
+    image: StrictInt
+    row: NonNegativeInt
+    col: NonNegativeInt
+
+
 def _cell(selected: dict | None, image_id: int) -> tuple[int, int] | None:
-    if not selected or selected.get("image") != image_id:
+    """The selected cell, when the selection is of this image."""
+    if not selected:
         return None
-    return selected["row"], selected["col"]
+    chosen = inputs.record(SelectedPatch, selected, "The selected patch")
+    return (chosen.row, chosen.col) if chosen.image == image_id else None
 
 
 def _neighbours(view: DatasetView, image_id: int):

@@ -8,7 +8,9 @@ from uuid import uuid4
 import dash
 import dash_bootstrap_components as dbc
 from dash import ALL, ClientsideFunction, Dash, Input, Output, State, ctx, dcc, html
+from pydantic import BaseModel, StrictInt, StrictStr
 
+from dashboard import inputs
 from dashboard.data import DatasetStore, DatasetView
 from dashboard.explanations import explanation
 from dashboard.image_picker import image_picker, register_image_search
@@ -119,13 +121,15 @@ def register(app: Dash, store: DatasetStore, upload_jobs) -> None:
         # Only ids, scores and paths are returned: the result is stored by the callback manager, the upload is not.
         if not contents:
             return dash.no_update, dash.no_update, dash.no_update, dash.no_update
-        set_progress(f"Reading {filename or 'the upload'}…")
         try:
+            filename = inputs.text(filename, "The file name")
+            set_progress(f"Reading {filename or 'the upload'}…")
+            view = inputs.dataset_view(store, dataset)
             recorded = recorded_model(store, dataset)
             upload = embed_upload(models, recorded, contents, set_progress)
-        except (QueryRefused, DinoscopeDbError) as error:
+        except (QueryRefused, DinoscopeDbError, inputs.BadInput) as error:
             return None, None, True, dbc.Alert(str(error), color="danger", id="similarity-upload-error")
-        results = images_similar_to(store.view(dataset), upload.embedding, as_int(k, K_DEFAULT, 1, K_MAX))
+        results = images_similar_to(view, upload.embedding, as_int(k, K_DEFAULT, 1, K_MAX))
         return (_upload_facts(filename, upload, recorded), _result_grid(results, "similarity-upload-result"), False,
                 None)
 
@@ -136,9 +140,8 @@ def register(app: Dash, store: DatasetStore, upload_jobs) -> None:
         State("similarity-dataset", "data"), prevent_initial_call=True,
     )
     def show_reference(reference, k, dataset):
-        view = store.view(dataset)
-        if reference is None or k is None or view.position(reference) is None:
-            return dash.no_update, dash.no_update, dash.no_update, dash.no_update
+        view = inputs.dataset_view(store, dataset)
+        reference = inputs.image_in(view, reference)
         results, heatmap = neighbourhood(view, reference, as_int(k, K_DEFAULT, 1, K_MAX))
         return (_results(view, reference, results), heatmap_figure(heatmap.matrix, heatmap.relpaths, False),
                 _heatmap_caption(view, heatmap), _heatmap_images(heatmap))
@@ -160,10 +163,12 @@ def register(app: Dash, store: DatasetStore, upload_jobs) -> None:
         prevent_initial_call=True,
     )
     def show_cell(hover_data, images):
-        cell = hovered_cell(hover_data, images["ids"], images["relpaths"])
+        point = inputs.first_point(hover_data, inputs.CategoryPoint)
+        shown = inputs.record(HeatmapImages, images, "The heatmap's images")
+        cell = hovered_cell(point, shown.ids, shown.relpaths)
         if cell is None:
             return False, dash.no_update, dash.no_update
-        return True, hover_data["points"][0].get("bbox"), _cell_tooltip(cell)
+        return True, point.bbox, _cell_tooltip(cell)
 
     sync_url(app, "similarity", [("similarity-dataset", "data"), ("similarity-reference", "value"),
                                  ("similarity-k", "value")])
@@ -262,8 +267,15 @@ def _heatmap_caption(view: DatasetView, heatmap: Heatmap) -> str:
             "nearest first. Hover a cell to see its two images.")
 
 
+class HeatmapImages(BaseModel):
+    """The images of the heatmap's rows and columns, in order, as the page holds them for its hover cards."""
+
+    ids: list[StrictInt]
+    relpaths: list[StrictStr]
+
+
 def _heatmap_images(heatmap: Heatmap) -> dict:
-    return {"ids": heatmap.image_ids, "relpaths": heatmap.relpaths}
+    return HeatmapImages(ids=heatmap.image_ids, relpaths=heatmap.relpaths).model_dump()
 
 
 def _cell_tooltip(cell) -> html.Div:
