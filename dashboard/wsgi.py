@@ -7,13 +7,15 @@ runs gunicorn itself and is the simpler way):
 
 DINOSCOPE_SECRET_KEY must be set when there are several workers: they all have to sign with the same key.
 DINOSCOPE_USERS_FILE (a login), DINOSCOPE_CELERY (background callbacks in `dinoscope worker`) and
-DINOSCOPE_FRAME_ANCESTORS (the pages that may frame the dashboard) are optional.
+DINOSCOPE_FRAME_ANCESTORS (the pages that may frame the dashboard) are optional, as are the login limits (see
+README) and DINOSCOPE_LOG_LEVEL (default INFO).
 """
 
 import logging
+import os
 
 from dashboard.app import create_app
-from dashboard.settings import SECRET_ENV, Settings
+from dashboard.settings import LOG_FORMAT, LOG_LEVEL_ENV, SECRET_ENV, Settings
 
 # A WSGI server normally runs several processes, and this module cannot tell how many.
 MISSING_SECRET_WARNING = (
@@ -22,6 +24,7 @@ MISSING_SECRET_WARNING = (
     f"page's poll reaches another worker. Give every worker the same key: export {SECRET_ENV}=$(python -c "
     "'import secrets; print(secrets.token_hex(32))')")
 
+logging.basicConfig(level=os.environ.get(LOG_LEVEL_ENV, "INFO").upper(), format=LOG_FORMAT)
 settings = Settings.from_env()
 if not settings.secret_key:
     logging.getLogger(__name__).warning(MISSING_SECRET_WARNING)
