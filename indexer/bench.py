@@ -167,7 +167,7 @@ def write_bench_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
     sources = [path for files in sample_sources().values() for path in files]
     paths = [folder / f"{number:04d}-{sources[number % len(sources)].stem}.jpg" for number in range(count)]
     if folder.exists():
-        others = sorted({found.relpath for found in scan_folder(folder)} - {path.name for path in paths})
+        others = sorted({found.relpath for found in scan_folder(folder).found} - {path.name for path in paths})
         if others:
             raise BenchError(f"{folder} holds {len(others)} image files besides this bench's {count} (such as "
                              f"{others[0]}); the bench indexes the whole folder, so give it a folder of its own")

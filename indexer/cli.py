@@ -121,7 +121,9 @@ def index(folder, dataset, db, model, weights, random_weights, image_size, batch
     """Embed the images of FOLDER (recursively) into a dataset; re-runs only do the new work."""
     from db import DinoscopeDbError, open_database
     from indexer.model import ModelError, WeightsChoice
+    from indexer.operator_log import indexer_log_on_stderr
     from indexer.patch_reduction import TooFewPatchTokens
+    from indexer.processes import sigterm_interrupts
     from indexer.run import IndexRefused, IndexRequest, index_folder
 
     if weights and random_weights:
@@ -131,7 +133,8 @@ def index(folder, dataset, db, model, weights, random_weights, image_size, batch
                            patch_dims, shard)
     try:
         database = open_database(db)
-        summary = index_folder(database, request, show_progress=not quiet)
+        with indexer_log_on_stderr(), sigterm_interrupts():  # SIGTERM stops the run as Ctrl-C does
+            summary = index_folder(database, request, show_progress=not quiet)
     except (DinoscopeDbError, IndexRefused, ModelError, TooFewPatchTokens) as error:
         raise _fail(error) from None
     _echo_summary(summary)

@@ -6,8 +6,11 @@ failure at its own index; nothing is ever substituted, so a row can never receiv
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from itertools import islice, pairwise
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from db.mutations import ImageContent, JpegImage
 from indexer.decode import UnreadableImage, decode_image, thumbnails
 from indexer.model import LoadedModel, forward_features, inference_model
+from indexer.processes import end_with
 
 
 @dataclass
@@ -90,8 +94,12 @@ def _joined(chunks: list[DecodedBatch]) -> DecodedBatch:
     return DecodedBatch([item for chunk in chunks for item in chunk.files], pixels)
 
 
-def _single_threaded_worker(_worker_id: int) -> None:
+def _start_decode_worker(indexer_pid: int, _worker_id: int) -> None:
     torch.set_num_threads(1)  # each worker decodes one file at a time; more threads would only contend
+    end_with(indexer_pid)
+    # SIGTERM sent to the whole process group (by a service manager, say) ends a worker quietly, as Ctrl-C does,
+    # and leaves the indexer to stop the run.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def batch_chunks(count: int, batch_size: int, workers: int) -> list[list[range]]:
@@ -109,7 +117,7 @@ def batch_chunks(count: int, batch_size: int, workers: int) -> list[list[range]]
 def decoded_batches(paths: Sequence[Path], loaded: LoadedModel, device: torch.device, batch_size: int,
                     workers: int) -> Iterator[DecodedBatch]:
     """Batches of decoded files, in order, read and decoded by `workers` processes (0: in this one) ahead of the
-    model. The workers start when this is called."""
+    model. The workers start when this is called, and end with this process however it ends."""
     batches = batch_chunks(len(paths), batch_size, workers)
     chunks = iter(DataLoader(
         ImageFiles(paths, loaded.transform, loaded.image_size),
@@ -117,7 +125,7 @@ def decoded_batches(paths: Sequence[Path], loaded: LoadedModel, device: torch.de
         num_workers=workers,
         collate_fn=_stacked,
         pin_memory=device.type == "cuda",
-        worker_init_fn=_single_threaded_worker if workers else None,
+        worker_init_fn=partial(_start_decode_worker, os.getpid()) if workers else None,
         prefetch_factor=2 if workers else None,  # two chunks per worker: the next two batches
         persistent_workers=False,
     ))

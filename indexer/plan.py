@@ -2,7 +2,9 @@
 
 A file whose size and modification time are unchanged is trusted as unchanged; any other file is hashed, and
 its content hash decides: same bytes under the same path is unchanged, same bytes under a path that vanished is
-a move, same bytes as an image already stored is a copy, and only bytes never seen before go to the model.
+a move, same bytes as an image already stored is a copy, and only bytes never seen before go to the model. A
+path the scan could not read (a folder it could not list) is a failure, never a removal: what is stored under it
+stays as it is.
 
 A shard run (`--shard I/N`) writes only the paths of its shard: it adds and changes its own files, removes its
 own vanished files, and takes a vanished row of any shard when one of its new files holds the same bytes. Every
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from db.mutations import FileFacts
 from db.queries import StoredImage
-from indexer.scan import FoundFile
+from indexer.scan import FolderScan, FoundFile, lies_under
 
 
 @dataclass(frozen=True)
@@ -85,13 +87,21 @@ class IndexPlan:
 
 
 def plan_index(
-    found: list[FoundFile],
+    scan: FolderScan,
     stored: dict[str, StoredImage],
     hash_file: Callable[[Path], str],
     hashing_progress: Callable[[Iterable[FoundFile]], Iterable[FoundFile]] = lambda files: files,
     shard: Shard = WHOLE_FOLDER,
 ) -> IndexPlan:
+    """What to do. Rows at or under a path the scan could not read are left as they are (not removed, not moved),
+    and that path is reported as a failure."""
     plan = IndexPlan()
+    for path, reason in scan.unreadable:
+        kept = sum(lies_under(relpath, path) for relpath in stored)
+        plan.unreadable.append((path, reason if not kept else f"{reason}; the image stored under it is kept"
+                                if kept == 1 else f"{reason}; the {kept} images stored under it are kept"))
+    stored = {relpath: image for relpath, image in stored.items() if not scan.hides(relpath)}
+    found = scan.found
     found_paths = {f.relpath for f in found}
     current_by_hash: dict[str, int] = {}  # bytes already stored under a path that still holds them
     candidates = []

@@ -1,11 +1,13 @@
 """One index run: check the request against the dataset, plan, then apply the plan batch by batch.
 
-Each batch is one transaction (its images, embeddings, patch grids, thumbnails, failures and the dataset's
-generation), so a run killed at any moment leaves only whole images behind, and the next run picks up the rest.
+Each batch is one transaction (its images, embeddings, patch grids, thumbnails, failures, the dataset's
+generation and the run's counters of them), so a run killed at any moment leaves only whole images behind, its
+counters say what it committed, and the next run picks up the rest.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -20,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from tqdm import tqdm
 
 from db.engine import Database
+from db.errors import DinoscopeDbError
 from db.mutations import (
     add_image,
     bump_generation,
@@ -44,7 +47,9 @@ from indexer.model import (
 )
 from indexer.patch_reduction import check_fittable, reduce_patch_grids
 from indexer.plan import WHOLE_FOLDER, IndexPlan, Shard, plan_index
-from indexer.scan import IMAGE_SUFFIXES, content_hash, scan_folder
+from indexer.scan import IMAGE_SUFFIXES, FolderScan, content_hash, scan_folder
+
+log = logging.getLogger(__name__)
 
 
 class IndexRefused(Exception):
@@ -98,22 +103,44 @@ class IndexSummary:
         return self.embedded / self.embedding_seconds if self.embedding_seconds else 0.0
 
 
+@dataclass
+class Changes:
+    """What one transaction does to the dataset: counted into the run's row in that same transaction, and into
+    the summary once it has committed, so that neither ever counts what was rolled back."""
+
+    added: int = 0
+    updated: int = 0
+    moved: int = 0
+    removed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def record(self, session, run_id: int) -> None:
+        session.add_all(Failure(run_id=run_id, relpath=relpath, reason=reason) for relpath, reason in self.failures)
+        session.execute(update(IndexRun).where(IndexRun.id == run_id).values(
+            added=IndexRun.added + self.added, updated=IndexRun.updated + self.updated,
+            moved=IndexRun.moved + self.moved, removed=IndexRun.removed + self.removed,
+            failed=IndexRun.failed + len(self.failures)))
+
+    def count_into(self, summary: IndexSummary) -> None:
+        summary.added += self.added
+        summary.updated += self.updated
+        summary.moved += self.moved
+        summary.removed += self.removed
+        summary.failures.extend(self.failures)
+
+
 def index_folder(database: Database, request: IndexRequest, *, show_progress: bool = True) -> IndexSummary:
     started = time.perf_counter()
     folder = request.folder.resolve()
-    if not folder.is_dir():
-        raise IndexRefused(f"{request.folder} is not a folder")
-    found = scan_folder(folder)
-    if not found:
-        raise IndexRefused(f"no image files in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))} in any "
-                           "letter case, hidden files skipped); nothing was changed")
+    scan = _scan(folder, request.folder)
     summary = IndexSummary(request.dataset_name, request.shard)
 
     with database.session() as session:
         dataset = find_dataset(session, request.dataset_name)
         model_name, weights, image_size = _model_request(dataset, request, folder)
         stored = stored_images(session, dataset.id) if dataset else {}
-    plan = plan_index(found, stored, content_hash,
+    _check_something_is_there(scan, stored, folder, request.dataset_name)
+    plan = plan_index(scan, stored, content_hash,
                       lambda files: tqdm(files, desc="hashing", unit="file", disable=not show_progress or
                                          len(files) < 1000), request.shard)
 
@@ -134,6 +161,13 @@ def index_folder(database: Database, request: IndexRequest, *, show_progress: bo
         session.add(run)
         session.flush()
         run_id = run.id
+    log.info("run %d of dataset %r started on %s: %d image files found, %d to embed on %s in %s, %d to remove",
+             run_id, request.dataset_name, folder, len(scan.found), sum(len(job.targets) for job in plan.embed),
+             device, precision, len(plan.removed))
+    if plan.embed and request.device == "auto" and device.type == "cpu":
+        log.info("run %d: no CUDA or MPS device found, so it embeds on the CPU", run_id)
+    for note in summary.notes:
+        log.warning("run %d: %s", run_id, note)
 
     try:
         _apply_changes_without_model(database, dataset_id, run_id, plan, summary)
@@ -141,8 +175,9 @@ def index_folder(database: Database, request: IndexRequest, *, show_progress: bo
             _embed_and_store(database, dataset_id, run_id, plan, loaded, device, precision, request, summary,
                              show_progress)
     except BaseException as error:
-        _finish_run(database, run_id, summary, started,
-                    "interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        summary.seconds = time.perf_counter() - started
+        _end_unfinished_run(database, run_id, summary, status, error)
         if isinstance(error, IntegrityError):
             raise IndexRefused(
                 f"another process changed dataset {request.dataset_name!r} where this run was writing (two runs "
@@ -151,9 +186,48 @@ def index_folder(database: Database, request: IndexRequest, *, show_progress: bo
             ) from error
         raise
     summary.seconds = time.perf_counter() - started
-    _finish_run(database, run_id, summary, started, "completed")
+    _finish_run(database, run_id, summary, "completed")
+    log.info("run %d of dataset %r completed in %.1f s: %s", run_id, summary.dataset, summary.seconds,
+             _counts(summary))
     database.checkpoint()
     return summary
+
+
+def _scan(folder: Path, as_given: Path) -> FolderScan:
+    try:
+        if not folder.is_dir():
+            raise IndexRefused(f"{as_given} is not a folder")
+        scan = scan_folder(folder)
+    except OSError as error:  # a stale network mount, say
+        raise IndexRefused(f"cannot list {folder}: {error.strerror or error}; nothing was changed") from error
+    for path, reason in scan.unreadable:
+        log.warning("%s/%s: %s; what is stored there is kept", folder, path, reason)
+    return scan
+
+
+def _check_something_is_there(scan: FolderScan, stored: dict, folder: Path, dataset_name: str) -> None:
+    """Refuse a scan that finds no image, or none of the images the dataset holds (not counting those under
+    paths it could not read): that is far likelier an unmounted or stale network folder than every image deleted,
+    and removing them all would lose every embedding."""
+    visible = [relpath for relpath in stored if not scan.hides(relpath)]
+    if visible and {f.relpath for f in scan.found}.isdisjoint(visible):
+        raise IndexRefused(
+            f"none of the {len(visible)} images that dataset {dataset_name!r} holds from {folder} is there now "
+            f"({len(scan.found)} image files found{_unreadable_note(scan)}): is it a network folder that is not "
+            f"mounted, or mounted stale? Nothing was changed. If the images are really gone, remove the dataset "
+            f"(`dinoscope remove {dataset_name}`) and index the folder again"
+        )
+    if not scan.found:
+        raise IndexRefused(f"no image files in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))} in any "
+                           f"letter case, hidden files skipped{_unreadable_note(scan)}); nothing was changed")
+
+
+def _unreadable_note(scan: FolderScan) -> str:
+    if not scan.unreadable:
+        return ""
+    shown = "; ".join(f"{path}: {reason}" for path, reason in scan.unreadable[:3])
+    more = f" and {len(scan.unreadable) - 3} more" if len(scan.unreadable) > 3 else ""
+    return f"; could not read {shown}{more}"
 
 
 def _model_request(dataset: Dataset | None, request: IndexRequest, folder: Path) -> tuple[str, WeightsChoice, int]:
@@ -275,33 +349,33 @@ def _process_alive(pid: int) -> bool:
 def _apply_changes_without_model(database: Database, dataset_id: int, run_id: int, plan: IndexPlan,
                                  summary: IndexSummary) -> None:
     summary.unchanged = plan.unchanged
-    failures = list(plan.unreadable)
+    changes = Changes(failures=list(plan.unreadable))
     with database.session() as session:
         dataset = session.get(Dataset, dataset_id)
         for image_id, facts in plan.touched:
             touch_image(session, image_id, facts)
         for image, facts in plan.moved:
             if move_image(session, image.id, image.relpath, facts):
-                summary.moved += 1
+                changes.moved += 1
             else:
-                failures.append((facts.relpath, _STORED_BYTES_CHANGED))
+                changes.failures.append((facts.relpath, _STORED_BYTES_CHANGED))
         for source_hint, facts, replaced in plan.copies:
             source = _stored_image_with_bytes(session, dataset_id, facts.content_hash, source_hint)
             if source is None:
-                failures.append((facts.relpath, _STORED_BYTES_CHANGED))
+                changes.failures.append((facts.relpath, _STORED_BYTES_CHANGED))
                 continue
             content = stored_content(session, dataset, source)
             if replaced is None:
                 add_image(session, dataset, facts, content)
-                summary.added += 1
+                changes.added += 1
             else:
                 replace_image_content(session, replaced, facts, content)
-                summary.updated += 1
-        summary.removed = remove_vanished_images(session, [(image.id, image.relpath) for image in plan.removed])
-        _record_failures(session, run_id, failures)
+                changes.updated += 1
+        changes.removed = remove_vanished_images(session, [(image.id, image.relpath) for image in plan.removed])
+        changes.record(session, run_id)
         if plan.changes_without_model:
             bump_generation(session, dataset)
-    summary.failures.extend(failures)
+    changes.count_into(summary)
 
 
 def _stored_image_with_bytes(session, dataset_id: int, content_hash: str, planned: int) -> int | None:
@@ -319,39 +393,50 @@ def _embed_and_store(database: Database, dataset_id: int, run_id: int, plan: Ind
                                                                    precision, request.batch_size, request.workers))
     with tqdm(total=len(plan.embed), desc="embedding", unit="img", disable=not show_progress) as progress:
         for batch in batches:
+            changes = Changes()
             with database.session() as session:
                 dataset = session.get(Dataset, dataset_id)
-                failures = []
                 for result in batch:
                     for facts, replaced in plan.embed[result.index].targets:
                         if result.content is None:
-                            failures.append((facts.relpath, result.failure))
+                            changes.failures.append((facts.relpath, result.failure))
                             if replaced is not None:  # the stored vectors describe bytes that are gone
                                 remove_images(session, [replaced])
                         elif replaced is None:
                             add_image(session, dataset, facts, result.content)
-                            summary.added += 1
+                            changes.added += 1
                         else:
                             replace_image_content(session, replaced, facts, result.content)
-                            summary.updated += 1
-                _record_failures(session, run_id, failures)
+                            changes.updated += 1
+                changes.record(session, run_id)
                 bump_generation(session, dataset)
-                session.execute(update(IndexRun).where(IndexRun.id == run_id).values(
-                    added=summary.added, updated=summary.updated, failed=summary.failed + len(failures)))
-            summary.failures.extend(failures)
+            changes.count_into(summary)
             summary.embedded += sum(1 for result in batch if result.content is not None)
             progress.update(len(batch))
     summary.embedding_seconds = time.perf_counter() - embedding_started
 
 
-def _record_failures(session, run_id: int, failures: list[tuple[str, str]]) -> None:
-    session.add_all(Failure(run_id=run_id, relpath=relpath, reason=reason) for relpath, reason in failures)
-
-
-def _finish_run(database: Database, run_id: int, summary: IndexSummary, started: float, status: str) -> None:
+def _finish_run(database: Database, run_id: int, summary: IndexSummary, status: str) -> None:
+    """Mark the run ended; its counters of changes were written with the changes themselves."""
     with database.session() as session:
         session.execute(update(IndexRun).where(IndexRun.id == run_id).values(
-            status=status, finished_at=utcnow(), seconds=time.perf_counter() - started, added=summary.added,
-            updated=summary.updated, unchanged=summary.unchanged, moved=summary.moved, removed=summary.removed,
-            failed=summary.failed,
-        ))
+            status=status, finished_at=utcnow(), seconds=summary.seconds, unchanged=summary.unchanged))
+
+
+def _end_unfinished_run(database: Database, run_id: int, summary: IndexSummary, status: str,
+                        error: BaseException) -> None:
+    """Mark a run that stopped early, and log it; what it committed stays (the next run goes on from there)."""
+    what = f"run {run_id} of dataset {summary.dataset!r} {status} after {summary.seconds:.1f} s"
+    if status == "interrupted":
+        log.warning("%s; committed: %s", what, _counts(summary))
+    else:
+        log.error("%s: %s; committed: %s", what, str(error) or type(error).__name__, _counts(summary))
+    try:
+        _finish_run(database, run_id, summary, status)
+    except DinoscopeDbError as finishing:  # a full disk, say: the next run marks this one as interrupted
+        log.error("run %d could not be marked %s: %s", run_id, status, finishing)
+
+
+def _counts(summary: IndexSummary) -> str:
+    return (f"{summary.added} added, {summary.updated} updated, {summary.unchanged} unchanged, {summary.moved} "
+            f"moved, {summary.removed} removed, {summary.failed} failed")

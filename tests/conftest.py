@@ -81,6 +81,25 @@ def weights_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def unlistable(monkeypatch):
+    """`unlistable(folder, errno.EACCES)` makes listing `folder` fail as an unreadable folder or a stale mount does
+    (by os.scandir: tests may run as root, whom chmod does not stop)."""
+    import errno
+
+    failing: dict[Path, int] = {}
+    scandir = os.scandir
+
+    def listing(path="."):
+        code = failing.get(Path(path).resolve())
+        if code is not None:
+            raise OSError(code, os.strerror(code), str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", listing)
+    return lambda folder, code=errno.EACCES: failing.__setitem__(Path(folder).resolve(), code)
+
+
+@pytest.fixture
 def db_path(tmp_path) -> Path:
     return tmp_path / "index.db"
 

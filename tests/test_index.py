@@ -4,6 +4,7 @@ Tests taking `db_url` run twice: into a SQLite file and into a PostgreSQL databa
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -164,6 +165,62 @@ def test_an_empty_folder_changes_nothing(tmp_path, db_url):
     (tmp_path / "empty").mkdir()
     result = run_cli("index", tmp_path / "empty", "--db", db_url, "--random-weights", *FAST, expect=1)
     assert f"no image files in {tmp_path / 'empty'}" in result.output
+
+
+def test_a_folder_that_cannot_be_listed_is_a_failure_and_keeps_its_images(photos, db_url, unlistable, caplog):
+    index_folder(photos, db_url)
+    (photos / "red" / "r1.png").unlink()
+    unlistable(photos / "blue")
+    result = index_folder(photos, db_url)
+    assert "photos: 0 added, 0 updated, 2 unchanged, 0 moved, 1 removed, 1 failed" in result.output
+    reason = "cannot list folder: Permission denied; the 2 images stored under it are kept"
+    assert f"  blue: {reason}" in result.output
+    assert any(record.levelname == "WARNING" and f"{photos}/blue: cannot list folder: Permission denied" in
+               record.getMessage() for record in caplog.records)
+    with reading(db_url) as session:
+        assert set(session.scalars(select(Image.relpath))) == {"red/r2.jpg", "blue/b1.png", "blue/b2.webp",
+                                                               "loose.bmp"}
+        run = session.scalars(select(IndexRun).order_by(IndexRun.id.desc()).limit(1)).one()
+        assert (run.removed, run.failed) == (1, 1)
+        assert session.execute(select(Failure.relpath, Failure.reason).where(Failure.run_id == run.id)).all() == [
+            ("blue", reason)]
+
+
+@pytest.mark.parametrize("now", ["empty", "other files"])
+def test_a_folder_without_any_of_its_images_is_refused_and_keeps_them_all(photos, tmp_path, db_url, now):
+    """As an unmounted network folder looks: empty, or showing what lies under its mount point."""
+    index_folder(photos, db_url)
+    shutil.move(photos, tmp_path / "elsewhere")
+    photos.mkdir()
+    if now == "other files":
+        noise(photos / "under-the-mount-point.png", seed=9)
+    result = index_folder(photos, db_url, expect=1)
+    assert f"none of the 5 images that dataset 'photos' holds from {photos} is there now" in result.output
+    assert "Nothing was changed" in result.output and "`dinoscope remove photos`" in result.output
+    assert _counts(db_url) == {"images": 5, "embeddings": 5, "patch_grids": 5, "thumbnails": 10}
+
+
+def test_a_folder_that_cannot_be_listed_itself_is_refused_and_keeps_its_images(photos, db_url, unlistable):
+    index_folder(photos, db_url)
+    unlistable(photos, errno.ESTALE)
+    result = index_folder(photos, db_url, expect=1)
+    assert f"Error: cannot list {photos}: Stale file handle; nothing was changed" in result.output
+    assert _counts(db_url)["images"] == 5
+
+
+def test_the_operator_log_tells_when_runs_start_and_end_at_the_level_asked(photos, tmp_path, monkeypatch):
+    db = tmp_path / "index.db"
+    output = index_folder(photos, db).output
+    assert f"INFO indexer.run: run 1 of dataset 'photos' started on {photos}: 5 image files found, 5 to embed" in output
+    assert ("INFO indexer.run: run 1 of dataset 'photos' completed in " in output
+            and "s: 5 added, 0 updated, 0 unchanged, 0 moved, 0 removed, 0 failed" in output)
+
+    monkeypatch.setenv("DINOSCOPE_LOG_LEVEL", "WARNING")
+    (photos / "loose.bmp").unlink()
+    assert "indexer.run" not in index_folder(photos, db).output
+    monkeypatch.setenv("DINOSCOPE_LOG_LEVEL", "LOUD")
+    output = index_folder(photos, db).output
+    assert "WARNING indexer: DINOSCOPE_LOG_LEVEL=LOUD is not a log level" in output and "INFO indexer.run" in output
 
 
 def test_another_folder_under_the_same_dataset_name_is_refused(photos, tmp_path, db_url):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -22,7 +23,7 @@ def test_scan_finds_images_in_any_letter_case_and_labels_them_by_first_folder(tm
     for name in ["a.JPG", "b.jpeg", "c.Png", "d.webp", "e.BMP", "f.tif", "g.TIFF", "h.gif",
                  "cats/siamese/i.jpg", "dogs/j.png", "readme.txt", "k.jpg.bak"]:
         _touch(tmp_path / name)
-    found = scan_folder(tmp_path)
+    found = scan_folder(tmp_path).found
     assert [f.relpath for f in found] == ["a.JPG", "b.jpeg", "c.Png", "cats/siamese/i.jpg", "d.webp", "dogs/j.png",
                                           "e.BMP", "f.tif", "g.TIFF", "h.gif"]
     labels = {f.relpath: f.label for f in found}
@@ -33,7 +34,7 @@ def test_scan_skips_hidden_files_and_folders(tmp_path):
     _touch(tmp_path / ".hidden.jpg")
     _touch(tmp_path / ".thumbnails" / "a.jpg")
     _touch(tmp_path / "visible" / "b.jpg")
-    assert [f.relpath for f in scan_folder(tmp_path)] == ["visible/b.jpg"]
+    assert [f.relpath for f in scan_folder(tmp_path).found] == ["visible/b.jpg"]
 
 
 def test_scan_follows_folder_links_once_and_never_loops(tmp_path):
@@ -41,13 +42,50 @@ def test_scan_follows_folder_links_once_and_never_loops(tmp_path):
     os.symlink(tmp_path / "photos", tmp_path / "photos" / "loop")
     os.symlink(tmp_path / "photos", tmp_path / "alias")
     os.symlink(tmp_path / "nowhere", tmp_path / "dangling.jpg")
-    found = [f.relpath for f in scan_folder(tmp_path)]
-    assert found == ["alias/a.jpg"]  # the first path to a real folder in name order wins
+    scan = scan_folder(tmp_path)
+    assert [f.relpath for f in scan.found] == ["alias/a.jpg"]  # the first path to a real folder in name order wins
+    assert scan.unreadable == []  # a dangling link is a file that is gone, not one that cannot be read
 
 
 def _stored(tmp_path: Path, relpath: str, image_id: int, data: bytes) -> StoredImage:
     path = _touch(tmp_path / relpath, data)
     return StoredImage(image_id, relpath, content_hash(path), path.stat().st_size, path.stat().st_mtime_ns)
+
+
+@pytest.mark.parametrize(("code", "reason"), [(errno.EACCES, "Permission denied"),
+                                              (errno.ESTALE, "Stale file handle"), (errno.EIO, "Input/output error")])
+def test_a_folder_that_cannot_be_listed_is_reported_and_nothing_under_it_is_removed(tmp_path, unlistable, code,
+                                                                                      reason):
+    stored = {s.relpath: s for s in [
+        _stored(tmp_path, "cats/a.png", 1, b"a"),
+        _stored(tmp_path, "cats/deep/b.png", 2, b"b"),
+        _stored(tmp_path, "catsup.png", 3, b"c"),  # beside the folder, not in it
+        _stored(tmp_path, "dogs/d.png", 4, b"d"),
+    ]}
+    (tmp_path / "catsup.png").unlink()
+    (tmp_path / "dogs" / "d.png").rename(tmp_path / "dogs" / "e.png")
+    _touch(tmp_path / "dogs" / "a-copy.png", b"a")  # the bytes of cats/a.png: not taken to be moved
+    unlistable(tmp_path / "cats", code)
+
+    scan = scan_folder(tmp_path)
+    assert [f.relpath for f in scan.found] == ["dogs/a-copy.png", "dogs/e.png"]
+    assert scan.unreadable == [("cats", f"cannot list folder: {reason}")]
+    plan = plan_index(scan, stored, content_hash)
+    assert plan.unreadable == [("cats", f"cannot list folder: {reason}; the 2 images stored under it are kept")]
+    assert [image.id for image in plan.removed] == [3]
+    assert [(image.id, facts.relpath) for image, facts in plan.moved] == [(4, "dogs/e.png")]
+    assert [job.path.name for job in plan.embed] == ["a-copy.png"] and not plan.copies
+
+
+def test_a_folder_that_cannot_be_listed_deeper_down_keeps_only_what_is_under_it(tmp_path, unlistable):
+    stored = {s.relpath: s for s in [_stored(tmp_path, "cats/a.png", 1, b"a"),
+                                     _stored(tmp_path, "cats/deep/b.png", 2, b"b")]}
+    (tmp_path / "cats" / "a.png").unlink()
+    unlistable(tmp_path / "cats" / "deep", errno.ESTALE)
+    plan = plan_index(scan_folder(tmp_path), stored, content_hash)
+    assert plan.unreadable == [("cats/deep", "cannot list folder: Stale file handle; the image stored under it is "
+                                             "kept")]
+    assert [image.id for image in plan.removed] == [1]
 
 
 def test_plan_does_only_the_new_work(tmp_path):
@@ -126,11 +164,11 @@ def test_shard_plans_together_do_what_one_plan_does(tmp_path):
     _touch(tmp_path / "copies" / "h.png", b"bytes h")
     for n in names:
         _touch(tmp_path / "fresh" / f"{n}.png", f"fresh {n}".encode())
-    found = scan_folder(tmp_path)
+    scan = scan_folder(tmp_path)
     assert {Shard(3, 3).holds("old/a.png"), Shard(2, 3).holds("new/a.png")} == {True}
 
-    whole = plan_index(found, stored, content_hash)
-    parts = [plan_index(found, stored, content_hash, shard=Shard(number, 3)) for number in range(1, 4)]
+    whole = plan_index(scan, stored, content_hash)
+    parts = [plan_index(scan, stored, content_hash, shard=Shard(number, 3)) for number in range(1, 4)]
 
     def written(plan):  # what each path will hold: a row moved there, or stored bytes
         return ([(image.id, facts.relpath) for image, facts in plan.moved],

@@ -71,7 +71,7 @@ def _stored(db: str) -> dict[str, tuple[int, str, str | None]]:
 
 
 def _as_scanned(folder: Path) -> dict[str, tuple[str, str | None]]:
-    return {f.relpath: (content_hash(f.path), f.label) for f in scan_folder(folder)}
+    return {f.relpath: (content_hash(f.path), f.label) for f in scan_folder(folder).found}
 
 
 def test_shards_running_at_once_index_every_image_once(photos, db_url):
