@@ -31,7 +31,8 @@ from dashboard.settings import (
 from db.engine import DB_ENV, default_database_path
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-SERVER_COMMANDS = ("serve", "worker", "demo")  # what they log (start-up, jobs, failed logins) is for an operator
+# What they log (start-up, jobs, failed logins, index runs) is for an operator, and there is little of it.
+INFO_COMMANDS = ("serve", "worker", "demo", "index")
 _DB_HELP = f"Database: a SQLite file path or a SQLAlchemy URL. [env {DB_ENV}; default {default_database_path()}]"
 
 
@@ -71,26 +72,37 @@ def _fail(error: Exception) -> click.ClickException:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", envvar=LOG_LEVEL_ENV, type=click.Choice(LOG_LEVELS, case_sensitive=False),
               help=f"What operators are told on standard error. [env {LOG_LEVEL_ENV}; default INFO for serve, "
-                   "worker and demo, WARNING otherwise]")
+                   "worker, demo and index, WARNING otherwise]")
 @click.pass_context
 def main(context: click.Context, log_level: str | None) -> None:
     """Explore image collections through DINOv2 embeddings."""
-    level = (log_level or ("INFO" if context.invoked_subcommand in SERVER_COMMANDS else "WARNING")).upper()
-    _log_to_stderr(level)
+    level = (log_level or ("INFO" if context.invoked_subcommand in INFO_COMMANDS else "WARNING")).upper()
+    _log_to_stderr(level, context.invoked_subcommand)
 
 
-def _log_to_stderr(level: str) -> None:
+class _StandardError(logging.StreamHandler):
+    """Writes to whatever standard error is when a record comes (as logging's last resort does), so that a progress
+    bar's redirection (tqdm's logging_redirect_tqdm) finds it."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _stream) -> None:
+        pass
+
+
+def _log_to_stderr(level: str, command: str | None) -> None:
     """Standard logging to standard error, one timestamped line a record; processes the command starts (the job
-    server) are given the same level. Other handlers on the root logger (a test's capture, say) stay."""
+    server) are given the same level. Other handlers on the root logger (a test's capture, say) stay. Celery's
+    worker sets up its own handler on the root logger, at this level."""
     root = logging.getLogger()
-    if not any(handler.get_name() == "dinoscope" for handler in root.handlers):
-        # The process's own standard error, not sys.stderr: Celery's worker pool replaces that with a proxy that
-        # logs what is written to it, which would swallow the records.
-        handler = logging.StreamHandler(sys.__stderr__)
-        handler.set_name("dinoscope")
+    root.setLevel(level)
+    if command != "worker" and not any(isinstance(handler, _StandardError) for handler in root.handlers):
+        handler = _StandardError()
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(handler)
-    root.setLevel(level)
 
 
 @main.command()
@@ -119,9 +131,10 @@ def _log_to_stderr(level: str) -> None:
 def index(folder, dataset, db, model, weights, random_weights, image_size, batch_size, workers, device, precision,
           patch_dims, shard, quiet):
     """Embed the images of FOLDER (recursively) into a dataset; re-runs only do the new work."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from db import DinoscopeDbError, open_database
     from indexer.model import ModelError, WeightsChoice
-    from indexer.operator_log import indexer_log_on_stderr
     from indexer.patch_reduction import TooFewPatchTokens
     from indexer.processes import sigterm_interrupts
     from indexer.run import IndexRefused, IndexRequest, index_folder
@@ -133,7 +146,8 @@ def index(folder, dataset, db, model, weights, random_weights, image_size, batch
                            patch_dims, shard)
     try:
         database = open_database(db)
-        with indexer_log_on_stderr(), sigterm_interrupts():  # SIGTERM stops the run as Ctrl-C does
+        # Log lines go between the progress bars' lines; SIGTERM stops the run as Ctrl-C does.
+        with logging_redirect_tqdm(), sigterm_interrupts():
             summary = index_folder(database, request, show_progress=not quiet)
     except (DinoscopeDbError, IndexRefused, ModelError, TooFewPatchTokens) as error:
         raise _fail(error) from None

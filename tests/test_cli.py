@@ -141,7 +141,7 @@ def test_synthetic_writes_a_dataset_without_a_model_and_keeps_existing_ones(db_u
     (["--log-level", "error", "datasets"], "DEBUG", "ERROR"),
 ])
 def test_the_log_level_is_an_option_an_environment_variable_or_the_commands_default(
-        sample_db, monkeypatch, capfd, arguments, environment, level):
+        sample_db, monkeypatch, capsys, arguments, environment, level):
     import logging
 
     if environment:
@@ -153,6 +153,6 @@ def test_the_log_level_is_an_option_an_environment_variable_or_the_commands_defa
     run_cli(*arguments[:-1], arguments[-1], "--db", sample_db)
     assert logging.getLevelName(root.level) == level
     logging.getLogger("dinoscope.check").error("the cache folder could not be written")
-    line = capfd.readouterr().err.strip().splitlines()[-1]
+    line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.endswith(" ERROR dinoscope.check: the cache folder could not be written")
     assert line[:4].isdigit()  # a timestamp first

@@ -219,8 +219,8 @@ def test_the_operator_log_tells_when_runs_start_and_end_at_the_level_asked(photo
     (photos / "loose.bmp").unlink()
     assert "indexer.run" not in index_folder(photos, db).output
     monkeypatch.setenv("DINOSCOPE_LOG_LEVEL", "LOUD")
-    output = index_folder(photos, db).output
-    assert "WARNING indexer: DINOSCOPE_LOG_LEVEL=LOUD is not a log level" in output and "INFO indexer.run" in output
+    output = index_folder(photos, db, expect=2).output
+    assert "Invalid value for '--log-level': 'LOUD' is not one of 'debug', 'info', 'warning', 'error'" in output
 
 
 def test_another_folder_under_the_same_dataset_name_is_refused(photos, tmp_path, db_url):

@@ -83,8 +83,8 @@ def test_a_folder_that_cannot_be_listed_deeper_down_keeps_only_what_is_under_it(
     (tmp_path / "cats" / "a.png").unlink()
     unlistable(tmp_path / "cats" / "deep", errno.ESTALE)
     plan = plan_index(scan_folder(tmp_path), stored, content_hash)
-    assert plan.unreadable == [("cats/deep", "cannot list folder: Stale file handle; the image stored under it is "
-                                             "kept")]
+    assert plan.unreadable == [("cats/deep", ("cannot list folder: Stale file handle; the image stored under it is "
+                                             "kept"))]
     assert [image.id for image in plan.removed] == [1]
 
 
