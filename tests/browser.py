@@ -30,3 +30,12 @@ def on_graph(dash_duo, selector: str, expression: str):
     return dash_duo.driver.execute_script(
         f"try {{ const gd = document.querySelector('{selector} .js-plotly-plot'); return {expression}; }} "
         "catch (notDrawnYet) { return null; }")
+
+
+def show_tsne(dash_duo, url: str, dataset: str, perplexity: int, timeout_s: float = 120) -> None:
+    """Open the clustering page of a served dashboard on a t-SNE and wait until the scatter shows it."""
+    from dash.testing.wait import until
+
+    dash_duo.driver.get(f"{url}/clustering?dataset={dataset}&projection=tsne&perplexity={perplexity}")
+    until(lambda: on_graph(dash_duo, "#clustering-scatter", "gd.layout.xaxis.title.text") == "t-SNE 1",
+          timeout=timeout_s)

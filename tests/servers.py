@@ -16,6 +16,8 @@ import psutil
 
 # A Redis database of the tests' own (others may use the server): the tests flush this one and no other.
 REDIS_TEST_URL = "redis://127.0.0.1:6379/5"
+# A served dashboard as its command line says, whatever the environment running the tests holds.
+PLAIN_SERVE_ENV = {"DINOSCOPE_SECRET_KEY": "", "DINOSCOPE_USERS_FILE": "", "DINOSCOPE_CELERY": ""}
 CLI = [sys.executable, "-c", "from indexer.cli import main; main()"]
 
 

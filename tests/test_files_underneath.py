@@ -17,8 +17,8 @@ from dashboard.folder_cache import FolderCache
 from db.engine import open_database
 from db.errors import DatabaseNotFound, DatabaseUnreachable
 from indexer.synthetic import write_synthetic_dataset
-from tests.browser import on_graph
-from tests.servers import free_port, start, stop, wait_until_healthy
+from tests.browser import show_tsne
+from tests.servers import PLAIN_SERVE_ENV, free_port, start, stop, wait_until_healthy
 
 
 def _synthetic_db(path: Path, name: str, count: int) -> Path:
@@ -114,19 +114,15 @@ def test_a_server_survives_its_cache_folder_deleted_and_its_database_replaced(da
     cache = tmp_path / "cache"
     log = tmp_path / "serve.log"
     process = start(["serve", "--workers", "2", "--port", port, "--db", served, "--cache-dir", cache], log,
-                    env={"DINOSCOPE_SECRET_KEY": "", "DINOSCOPE_USERS_FILE": "", "DINOSCOPE_CELERY": ""})
+                    env=PLAIN_SERVE_ENV)
     try:
         wait_until_healthy(process, url, log)
-        dash_duo.driver.get(f"{url}/clustering?dataset=samples&projection=tsne&perplexity=4")
-        until(lambda: on_graph(dash_duo, "#clustering-scatter", "gd.layout.xaxis.title.text") == "t-SNE 1",
-              timeout=120)
+        show_tsne(dash_duo, url, "samples", perplexity=4)
 
         shutil.rmtree(cache)
         statuses = {_get(f"{url}/thumbnails/{image_id}/gallery.jpg")[0] for image_id in range(1, 23)}
         assert statuses == {200}
-        dash_duo.driver.get(f"{url}/clustering?dataset=samples&projection=tsne&perplexity=5")
-        until(lambda: on_graph(dash_duo, "#clustering-scatter", "gd.layout.xaxis.title.text") == "t-SNE 1",
-              timeout=120)
+        show_tsne(dash_duo, url, "samples", perplexity=5)
         until(lambda: len(_job_servers(process.pid)) == 1, timeout=10)  # one, whoever made the new board
 
         expected = DatasetStore(f"sqlite:///{other}").thumbnail(1, "gallery")[0]

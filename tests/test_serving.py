@@ -10,13 +10,13 @@ import urllib.request
 
 import psutil
 import pytest
-from dash.testing.wait import until
 
 from dashboard.serving import is_loopback, needs_login_warning, shared_secret
 from dashboard.settings import Settings
-from tests.browser import on_graph
+from tests.browser import show_tsne
 from tests.conftest import run_cli
 from tests.servers import (
+    PLAIN_SERVE_ENV,
     REDIS_TEST_URL,
     basic_auth,
     flush_test_redis,
@@ -121,12 +121,10 @@ def test_background_callbacks_finish_across_gunicorn_workers(dash_duo, sample_db
     worker = start_worker(sample_db, tmp_path / "cache", tmp_path / "worker.log") if celery else None
     process = start(["serve", "--workers", "2", "--port", port, "--db", sample_db, "--cache-dir", tmp_path / "cache",
                      *(["--celery", REDIS_TEST_URL] if celery else [])], log,
-                    env={"DINOSCOPE_SECRET_KEY": "", "DINOSCOPE_USERS_FILE": "", "DINOSCOPE_CELERY": ""})
+                    env=PLAIN_SERVE_ENV)
     try:
         wait_until_healthy(process, url, log)
-        dash_duo.driver.get(f"{url}/clustering?dataset=samples&projection=tsne&perplexity=4")
-        until(lambda: on_graph(dash_duo, "#clustering-scatter", "gd.layout.xaxis.title.text") == "t-SNE 1",
-              timeout=120)
+        show_tsne(dash_duo, url, "samples", perplexity=4)
         assert dash_duo.get_logs() == []
         servers = [child for child in psutil.Process(process.pid).children(recursive=True)
                    if "dashboard.job_server" in " ".join(child.cmdline())]
