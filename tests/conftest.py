@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -26,7 +27,12 @@ FAST = ["--model", MODEL, "--image-size", str(IMAGE_SIZE), "--workers", "0", "--
 
 
 def run_cli(*args: str, expect: int = 0, input: str | None = None):
-    result = CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        result = CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
+    finally:  # the command sets up logging for its process: the tests' process keeps its own
+        root.handlers[:], root.level = handlers, level
     assert result.exit_code == expect, f"exit {result.exit_code}: {result.output}"
     return result
 

@@ -149,8 +149,9 @@ def test_the_log_level_is_an_option_an_environment_variable_or_the_commands_defa
     else:
         monkeypatch.delenv("DINOSCOPE_LOG_LEVEL", raising=False)
     root = logging.getLogger()
-    monkeypatch.setattr(root, "level", root.level)  # restored after the test
-    run_cli(*arguments[:-1], arguments[-1], "--db", sample_db)
+    monkeypatch.setattr(root, "level", root.level)  # restored after the test, as are the handlers
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    assert CliRunner().invoke(main, [*arguments, "--db", str(sample_db)]).exit_code == 0
     assert logging.getLevelName(root.level) == level
     logging.getLogger("dinoscope.check").error("the cache folder could not be written")
     line = capsys.readouterr().err.strip().splitlines()[-1]

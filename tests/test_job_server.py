@@ -93,7 +93,8 @@ def test_jobs_run_in_order_with_a_bounded_number_at_once_per_lane(jobs):
     jobs.release("b")
     jobs.release("c")
     until(lambda: (jobs.folder / "c.done").exists(), timeout=30)
-    assert [jobs.board.job(tokens[name])["state"] for name in "abc"] == ["ended"] * 3
+    # the server records a job's end when it reaps its process, a moment after the job's last word
+    until(lambda: [jobs.board.job(tokens[name])["state"] for name in "abc"] == ["ended"] * 3, timeout=10)
 
 
 def test_a_queued_job_can_be_cancelled_and_a_running_one_ended(jobs, tmp_path):
