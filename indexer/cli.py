@@ -99,6 +99,8 @@ def _log_to_stderr(level: str, command: str | None) -> None:
     worker sets up its own handler on the root logger, at this level."""
     root = logging.getLogger()
     root.setLevel(level)
+    if level != "DEBUG":  # the development server's line per request is not for the operator
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
     if command != "worker" and not any(isinstance(handler, _StandardError) for handler in root.handlers):
         handler = _StandardError()
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
