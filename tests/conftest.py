@@ -156,6 +156,11 @@ def db_url(request, tmp_path) -> str:
     return str(tmp_path / "index.db") if request.param == "sqlite" else request.getfixturevalue("postgres_url")
 
 
+# For a test whose SQL is that of another test run on both databases (the same statements, no other concurrency):
+# a second run on PostgreSQL would test nothing new.
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
 os.environ.setdefault("DASH_TEST_CHROMEPATH", "/usr/bin/chromium")
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from db.errors import DinoscopeDbError
 from db.queries import dataset_by_name, load_embeddings, patch_grid, thumbnail
 from db.schema import Embedding, Failure, Image, IndexRun, PatchGrid, Thumbnail
-from tests.conftest import FAST, IMAGE_SIZE, MODEL, index_folder, reading, run_cli
+from tests.conftest import FAST, IMAGE_SIZE, MODEL, index_folder, reading, run_cli, sqlite_only
 from tests.images import noise, solid, write_bad_files
 from tests.servers import CLI
 
@@ -73,6 +73,7 @@ def test_indexing_stores_embeddings_grids_thumbnails_and_provenance(photos, db_u
         assert (run.status, run.added, run.failed) == ("completed", 5, 0)
 
 
+@sqlite_only
 def test_the_sample_set_indexes_completely(tmp_path, db_url):
     run_cli("samples", tmp_path / "samples")
     result = index_folder(tmp_path / "samples", db_url)
@@ -123,6 +124,7 @@ def test_changed_added_removed_renamed_and_duplicated_files(photos, db_url):
     (["--image-size", "28"], "image size 28 instead of 56"),
     (["--model", "vit_base_patch14_reg4_dinov2.lvd142m"], "model vit_base_patch14_reg4_dinov2.lvd142m instead of"),
 ])
+@sqlite_only
 def test_a_different_model_or_size_is_refused_with_how_to_rebuild(photos, db_url, option, message):
     index_folder(photos, db_url)
     args = ["index", photos, "--db", db_url, "--random-weights", "--workers", "0", "--quiet"]
@@ -134,12 +136,14 @@ def test_a_different_model_or_size_is_refused_with_how_to_rebuild(photos, db_url
     assert _counts(db_url)["images"] == 5
 
 
+@sqlite_only
 def test_other_weights_are_refused(photos, db_url, weights_file):
     index_folder(photos, db_url)
     result = run_cli("index", photos, "--db", db_url, "--weights", weights_file, *FAST, expect=1)
     assert "a weights file instead of random weights" in result.output
 
 
+@sqlite_only
 def test_bad_files_are_reported_with_their_reason_and_the_run_goes_on(photos, db_url):
     reasons = write_bad_files(photos / "bad")
     result = index_folder(photos, db_url)
@@ -153,6 +157,7 @@ def test_bad_files_are_reported_with_their_reason_and_the_run_goes_on(photos, db
     assert _counts(db_url)["images"] == 5
 
 
+@sqlite_only
 def test_a_file_that_turns_bad_loses_its_stale_vectors(photos, db_url):
     index_folder(photos, db_url)
     (photos / "red" / "r1.png").write_bytes(b"")
@@ -161,12 +166,14 @@ def test_a_file_that_turns_bad_loses_its_stale_vectors(photos, db_url):
     assert "red/r1.png" not in _embeddings_by_path(db_url, "photos")
 
 
+@sqlite_only
 def test_an_empty_folder_changes_nothing(tmp_path, db_url):
     (tmp_path / "empty").mkdir()
     result = run_cli("index", tmp_path / "empty", "--db", db_url, "--random-weights", *FAST, expect=1)
     assert f"no image files in {tmp_path / 'empty'}" in result.output
 
 
+@sqlite_only
 def test_a_folder_that_cannot_be_listed_is_a_failure_and_keeps_its_images(photos, db_url, unlistable, caplog):
     index_folder(photos, db_url)
     (photos / "red" / "r1.png").unlink()
@@ -186,6 +193,7 @@ def test_a_folder_that_cannot_be_listed_is_a_failure_and_keeps_its_images(photos
             ("blue", reason)]
 
 
+@sqlite_only
 @pytest.mark.parametrize("now", ["empty", "other files"])
 def test_a_folder_without_any_of_its_images_is_refused_and_keeps_them_all(photos, tmp_path, db_url, now):
     """As an unmounted network folder looks: empty, or showing what lies under its mount point."""
@@ -200,6 +208,7 @@ def test_a_folder_without_any_of_its_images_is_refused_and_keeps_them_all(photos
     assert _counts(db_url) == {"images": 5, "embeddings": 5, "patch_grids": 5, "thumbnails": 10}
 
 
+@sqlite_only
 def test_a_folder_that_cannot_be_listed_itself_is_refused_and_keeps_its_images(photos, db_url, unlistable):
     index_folder(photos, db_url)
     unlistable(photos, errno.ESTALE)
@@ -223,6 +232,7 @@ def test_the_operator_log_tells_when_runs_start_and_end_at_the_level_asked(photo
     assert "Invalid value for '--log-level': 'LOUD' is not one of 'debug', 'info', 'warning', 'error'" in output
 
 
+@sqlite_only
 def test_another_folder_under_the_same_dataset_name_is_refused(photos, tmp_path, db_url):
     index_folder(photos, db_url)
     solid(tmp_path / "other" / "a.png", (1, 2, 3))
@@ -231,6 +241,7 @@ def test_another_folder_under_the_same_dataset_name_is_refused(photos, tmp_path,
     assert f"holds the images of {photos}" in result.output
 
 
+@sqlite_only
 def test_patch_grid_cells_lie_over_their_image_region(tmp_path, db_url):
     """A checkerboard in one displayed corner changes that corner's cells most, whatever the aspect or EXIF."""
     from PIL import Image as PILImage

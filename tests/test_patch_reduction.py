@@ -19,7 +19,7 @@ from db.mutations import store_patch_pca
 from db.patch_pca import PatchPca
 from db.queries import dataset_by_name, load_embeddings, patch_grid, patch_pca, stored_patch_grid
 from db.schema import Image, PatchBasis, PatchGrid
-from tests.conftest import IMAGE_SIZE, index_folder, run_cli
+from tests.conftest import IMAGE_SIZE, index_folder, run_cli, sqlite_only
 from tests.images import noise
 
 GRID = IMAGE_SIZE // 14
@@ -53,6 +53,7 @@ def _pca(db, dataset: str) -> PatchPca:
         return patch_pca(session, dataset_by_name(session, dataset))
 
 
+@sqlite_only
 def test_a_reduced_dataset_stores_float16_coordinates_and_a_float32_basis(photos, db_url):
     assert "5 added" in index_folder(photos, db_url, "--patch-dims", 8).output
     index_folder(photos, db_url, "--dataset", "full")

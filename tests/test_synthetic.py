@@ -8,8 +8,10 @@ from dashboard.data import DatasetStore
 from db.engine import open_database
 from db.queries import patch_grid
 from indexer.synthetic import write_synthetic_dataset
+from tests.conftest import sqlite_only
 
 
+@sqlite_only
 def test_a_synthetic_dataset_has_clustered_embeddings_labelled_by_cluster(db_url):
     database = open_database(db_url)
     write_synthetic_dataset(database, "synth", 250, dim=32, clusters=5, spread=0.1, grid=2)
