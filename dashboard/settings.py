@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dashboard.framing import DEFAULT_FRAME_ANCESTORS
@@ -24,6 +25,21 @@ TRUSTED_PROXIES_ENV = "DINOSCOPE_TRUSTED_PROXIES"
 FRAME_ANCESTORS_ENV = "DINOSCOPE_FRAME_ANCESTORS"
 # What the job server warms up before its first job: UMAP and t-SNE; torch, timm and the newest upload models.
 PRELOADS = ("projections", "models")
+PRELOAD_ENV = "DINOSCOPE_PRELOAD"
+
+
+def preloads_from_env() -> tuple[str, ...]:
+    """What the job server warms up: all of PRELOADS, or those named in $DINOSCOPE_PRELOAD (comma-separated; empty
+    for nothing, as test servers that run no job, or one job, are better without)."""
+    value = os.environ.get(PRELOAD_ENV)
+    if value is None:
+        return PRELOADS
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = sorted(set(names) - set(PRELOADS))
+    if unknown:
+        logging.getLogger(__name__).warning("%s names %s, which the job server does not know (it knows %s): ignored",
+                                            PRELOAD_ENV, ", ".join(unknown), ", ".join(PRELOADS))
+    return tuple(name for name in names if name in PRELOADS)
 
 
 def default_job_slots() -> int:
@@ -59,7 +75,7 @@ class Settings:
     login: LoginSettings = LoginSettings()
     trusted_proxies: int = 0  # reverse proxies in front whose X-Forwarded-For names the client (0: none)
     job_slots: int = 1  # background jobs running at once per lane of the job server (diskcache manager)
-    preload: tuple[str, ...] = PRELOADS
+    preload: tuple[str, ...] = field(default_factory=preloads_from_env)
     frame_ancestors: str = DEFAULT_FRAME_ANCESTORS  # the pages that may frame the dashboard (dashboard.framing)
 
     @classmethod

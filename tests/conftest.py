@@ -162,6 +162,9 @@ sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 os.environ.setdefault("DASH_TEST_CHROMEPATH", "/usr/bin/chromium")
+# Job servers started by tests warm nothing up ahead: a test runs a job or two, and a warm-up would only compete with
+# the other tests for the processors. The tests of the warm-up ask for it.
+os.environ.setdefault("DINOSCOPE_PRELOAD", "")
 
 
 def pytest_setup_options():

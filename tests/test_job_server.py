@@ -209,3 +209,15 @@ def test_the_server_prepares_the_shared_matrix_of_each_changed_dataset(tmp_path,
         assert len(DatasetStore(f"sqlite:///{db}", jobs.config.cache_dir).view("photos")) == 3
     finally:
         jobs.stop()
+
+
+def test_the_warm_up_is_chosen_in_the_environment(monkeypatch, caplog):
+    from dashboard.settings import PRELOADS, preloads_from_env
+
+    monkeypatch.delenv("DINOSCOPE_PRELOAD", raising=False)
+    assert preloads_from_env() == PRELOADS
+    monkeypatch.setenv("DINOSCOPE_PRELOAD", "")
+    assert preloads_from_env() == ()
+    monkeypatch.setenv("DINOSCOPE_PRELOAD", "models, umap")
+    assert preloads_from_env() == ("models",)
+    assert "DINOSCOPE_PRELOAD names umap, which the job server does not know" in caplog.text
