@@ -110,31 +110,44 @@ def db_path(tmp_path) -> Path:
     return tmp_path / "index.db"
 
 
-POSTGRES_ENV = "DINOSCOPE_TEST_POSTGRES"
-DEFAULT_TEST_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
 @pytest.fixture(scope="session")
 def postgres_server():
-    """An AUTOCOMMIT engine on the test server's maintenance database, $DINOSCOPE_TEST_POSTGRES (default
-    postgres@127.0.0.1:5432/test). An unreachable server fails the tests; `DINOSCOPE_TEST_POSTGRES=off` skips them."""
+    """An AUTOCOMMIT engine on the maintenance database of the server $DINOSCOPE_TEST_POSTGRES names (default
+    postgres@127.0.0.1:5432/test), or of a throw-away one started for the run when that does not answer (see
+    tests/throwaway_servers.py). `DINOSCOPE_TEST_POSTGRES=off` skips the PostgreSQL tests."""
     from sqlalchemy import create_engine
-    from sqlalchemy.exc import OperationalError
 
-    from db.engine import display_url, resolve_url
+    from db.engine import resolve_url
+    from tests.throwaway_servers import DEFAULT_TEST_POSTGRES, POSTGRES_ENV, NoServer, postgres_for_tests
 
     url = os.environ.get(POSTGRES_ENV, DEFAULT_TEST_POSTGRES)
     if url == "off":
         pytest.skip(f"PostgreSQL tests are off ({POSTGRES_ENV}=off)")
-    engine = create_engine(resolve_url(url), isolation_level="AUTOCOMMIT")
+    with _or_fail(NoServer, f"or point {POSTGRES_ENV} at a server, or set {POSTGRES_ENV}=off to skip these tests"), \
+            postgres_for_tests(resolve_url(url)) as served:
+        engine = create_engine(served, isolation_level="AUTOCOMMIT")
+        yield engine
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The tests' Redis database: $DINOSCOPE_TEST_REDIS (default redis://127.0.0.1:6379/5), or the same database on a
+    throw-away server started for the run when that does not answer (see tests/throwaway_servers.py)."""
+    from tests.throwaway_servers import DEFAULT_TEST_REDIS, REDIS_ENV, NoServer, redis_for_tests
+
+    with _or_fail(NoServer, f"or point {REDIS_ENV} at a server"), \
+            redis_for_tests(os.environ.get(REDIS_ENV, DEFAULT_TEST_REDIS)) as url:
+        yield url
+
+
+@contextmanager
+def _or_fail(error: type[Exception], advice: str) -> Iterator[None]:
+    """The tests that need a server fail with one line saying why there is none."""
     try:
-        engine.connect().close()
-    except OperationalError as error:
-        pytest.fail(f"no PostgreSQL test server at {display_url(url)} ({str(error.orig).strip().splitlines()[0]}): "
-                    f"start one, point {POSTGRES_ENV} at one, or set {POSTGRES_ENV}=off to skip these tests",
-                    pytrace=False)
-    yield engine
-    engine.dispose()
+        yield
+    except error as reason:
+        pytest.fail(f"{reason}; {advice}", pytrace=False)
 
 
 @pytest.fixture
@@ -238,7 +251,8 @@ def background_apps(request, tmp_path):
     """Builds dashboards whose background callbacks run under each manager in turn (see tests.servers)."""
     from tests.servers import BackgroundApps
 
-    apps = BackgroundApps(request.param, tmp_path)
+    apps = BackgroundApps(request.param, tmp_path,
+                          request.getfixturevalue("redis_url") if request.param == "celery" else None)
     yield apps
     apps.close()
 

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import psutil
 
-# A Redis database of the tests' own (others may use the server): the tests flush this one and no other.
-REDIS_TEST_URL = "redis://127.0.0.1:6379/5"
 # A served dashboard as its command line says, whatever the environment running the tests holds.
 PLAIN_SERVE_ENV = {"DINOSCOPE_SECRET_KEY": "", "DINOSCOPE_USERS_FILE": "", "DINOSCOPE_CELERY": ""}
 CLI = [sys.executable, "-c", "from indexer.cli import main; main()"]
@@ -54,14 +52,13 @@ def wait_until_healthy(process: subprocess.Popen, url: str, log: Path, timeout_s
     raise AssertionError(f"no answer from {url}/health in {timeout_s} s: {log.read_text()}")
 
 
-def start_worker(db: Path, cache_dir: Path, log: Path, timeout_s: float = 180) -> subprocess.Popen:
-    """A real `dinoscope worker` on the test Redis, returned once it answers a ping."""
+def start_worker(redis_url: str, db: Path, cache_dir: Path, log: Path, timeout_s: float = 180) -> subprocess.Popen:
+    """A real `dinoscope worker` on the tests' Redis database, returned once it answers a ping."""
     from dashboard.jobs import celery_app
 
-    process = start(["worker", "--celery", REDIS_TEST_URL, "--db", db, "--cache-dir", cache_dir,
-                     "--concurrency", "2"], log)
+    process = start(["worker", "--celery", redis_url, "--db", db, "--cache-dir", cache_dir, "--concurrency", "2"], log)
     deadline = time.monotonic() + timeout_s
-    with celery_app(REDIS_TEST_URL) as control_app:  # closed after: see BackgroundApps.close
+    with celery_app(redis_url) as control_app:  # closed after: see BackgroundApps.close
         while time.monotonic() < deadline:
             assert process.poll() is None, f"the worker stopped: {log.read_text()}"
             if control_app.control.ping(destination=[f"dinoscope-{process.pid}@{socket.gethostname()}"],
@@ -71,11 +68,11 @@ def start_worker(db: Path, cache_dir: Path, log: Path, timeout_s: float = 180) -
     raise AssertionError(f"the worker did not answer in {timeout_s} s: {log.read_text()}")
 
 
-def stop(process: subprocess.Popen, timeout_s: float = 60) -> tuple[int, int]:
-    """Ask the process to finish (SIGTERM); returns its exit status and how many of its child processes outlived
-    it by ten seconds (killed then)."""
+def stop(process: subprocess.Popen, timeout_s: float = 60, sig: int = signal.SIGTERM) -> tuple[int, int]:
+    """Ask the process to finish (`sig`); returns its exit status and how many of its child processes outlived it
+    by ten seconds (killed then)."""
     children = psutil.Process(process.pid).children(recursive=True) if process.poll() is None else []
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sig)
     try:
         status = process.wait(timeout_s)
     except subprocess.TimeoutExpired:
@@ -96,19 +93,21 @@ def job_server_jobs(cache_dir: Path) -> int:
     return sum(1 for token in tokens if (board.job(token) or {}).get("state") == "running" and board.is_running(token))
 
 
-def flush_test_redis() -> None:
+def flush_test_redis(redis_url: str) -> None:
     import redis
 
-    redis.Redis.from_url(REDIS_TEST_URL).flushdb()
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushdb()
 
 
 class BackgroundApps:
     """Dashboards whose background callbacks run as jobs forked beside the server ("diskcache"), or in a real
-    `dinoscope worker` on the test Redis database ("celery")."""
+    `dinoscope worker` on the tests' Redis database `redis_url` ("celery")."""
 
-    def __init__(self, manager: str, folder: Path) -> None:
+    def __init__(self, manager: str, folder: Path, redis_url: str | None = None) -> None:
         self.manager = manager
         self.folder = folder
+        self.redis_url = redis_url
         self.workers: list[subprocess.Popen] = []
         self.managers: list = []
 
@@ -117,11 +116,11 @@ class BackgroundApps:
         from dashboard.jobs import background_managers
         from dashboard.settings import Settings
 
-        celery_url = REDIS_TEST_URL if self.manager == "celery" else None
+        celery_url = self.redis_url if self.manager == "celery" else None
         self.settings = Settings(f"sqlite:///{db}", self.folder / "cache", "test-secret", celery_url=celery_url)
         if celery_url:
-            flush_test_redis()
-            self.workers.append(start_worker(db, self.settings.cache_dir, self.folder / "worker.log"))
+            flush_test_redis(celery_url)
+            self.workers.append(start_worker(celery_url, db, self.settings.cache_dir, self.folder / "worker.log"))
         self.managers.append(background_managers(self.settings))
         return create_app(self.settings, self.managers[-1])
 
@@ -129,7 +128,7 @@ class BackgroundApps:
         if self.manager == "celery":
             from dashboard.jobs import celery_app
 
-            with celery_app(REDIS_TEST_URL) as control_app:
+            with celery_app(self.redis_url) as control_app:
                 active = control_app.control.inspect(timeout=1.0).active() or {}
             return sum(len(tasks) for tasks in active.values())
         return job_server_jobs(self.settings.cache_dir)
@@ -143,4 +142,4 @@ class BackgroundApps:
         for worker in self.workers:
             stop(worker)
         if self.workers:
-            flush_test_redis()
+            flush_test_redis(self.redis_url)

@@ -13,24 +13,23 @@ from dash import CeleryManager
 from dashboard import jobs
 from dashboard.settings import Settings
 from tests.conftest import run_cli
-from tests.servers import REDIS_TEST_URL
 
 LIST_TASKS = ("from dashboard.celery_app import app; "
               "print(*[name for name in app.tasks if name.startswith('background_callback_')])")
 
 
-def test_the_settings_choose_the_managers(tmp_path):
+def test_the_settings_choose_the_managers(tmp_path, redis_url):
     managers = jobs.background_managers(Settings("sqlite:///x.db", tmp_path))
     assert all(isinstance(manager, jobs.JobServerManager) for manager in vars(managers).values())
     assert [manager.lane for manager in vars(managers).values()] == ["projections", "clusterings", "uploads"]
-    celery = jobs.background_managers(Settings("sqlite:///x.db", tmp_path, celery_url=REDIS_TEST_URL))
+    celery = jobs.background_managers(Settings("sqlite:///x.db", tmp_path, celery_url=redis_url))
     assert isinstance(celery.projections, CeleryManager) and celery.uploads is celery.clusterings is celery.projections
-    assert celery.projections.handle.conf.broker_url == REDIS_TEST_URL
+    assert celery.projections.handle.conf.broker_url == redis_url
     assert celery.projections.handle.conf.worker_prefetch_multiplier == 1
 
 
-def test_the_test_redis_answers():
-    jobs.check_redis(REDIS_TEST_URL)
+def test_the_test_redis_answers(redis_url):
+    jobs.check_redis(redis_url)
 
 
 @pytest.mark.parametrize("command", [["serve"], ["worker"]])
@@ -45,18 +44,18 @@ def test_only_redis_can_carry_the_callbacks():
         jobs.check_redis("amqp://guest:secret@host//")
 
 
-def test_the_worker_module_registers_the_tasks_the_web_app_queues(sample_db, tmp_path):
+def test_the_worker_module_registers_the_tasks_the_web_app_queues(sample_db, tmp_path, redis_url):
     """`celery -A dashboard.celery_app worker`, configured from the environment, knows every background callback
     of the dashboard under the name a web process sends it by."""
     from dashboard.app import create_app
 
-    settings = Settings(f"sqlite:///{sample_db}", tmp_path / "cache", celery_url=REDIS_TEST_URL)
+    settings = Settings(f"sqlite:///{sample_db}", tmp_path / "cache", celery_url=redis_url)
     managers = jobs.background_managers(settings)
     create_app(settings, managers)
     queued = {f"background_callback_{key}" for key in managers.projections.func_registry}
 
     environment = {**os.environ, "DINOSCOPE_DB": str(sample_db), "DINOSCOPE_CACHE_DIR": str(tmp_path / "cache"),
-                   "DINOSCOPE_CELERY": REDIS_TEST_URL}
+                   "DINOSCOPE_CELERY": redis_url}
     listed = subprocess.run(
         [sys.executable, "-c", LIST_TASKS], env=environment, capture_output=True, text=True, timeout=300,
         check=False)

@@ -22,7 +22,7 @@ from dashboard.login_limits import LoginLimits
 from dashboard.password_checks import PasswordChecks
 from dashboard.settings import LoginSettings, Settings
 from tests.conftest import run_cli
-from tests.servers import REDIS_TEST_URL, basic_auth, free_port, start, stop, wait_until_healthy
+from tests.servers import basic_auth, free_port, start, stop, wait_until_healthy
 
 CHEAP_HASH = "pbkdf2:sha256:1000"  # a thousandth of a second, for tests that fail many logins
 PASSWORDS = {"alice": "correct horse", "bob": "battery staple"}
@@ -162,9 +162,9 @@ def test_behind_a_trusted_proxy_clients_are_told_apart_by_the_address_it_forward
     assert through_proxy(_client(direct, "192.0.2.1"), "alice", "guess", "203.0.113.2").status_code == 429
 
 
-def test_the_workers_share_their_count_of_failures_in_redis():
+def test_the_workers_share_their_count_of_failures_in_redis(redis_url):
     settings = LoginSettings(failures_per_address="2/minute", failures_per_user=MANY)
-    first, second = LoginLimits(settings, REDIS_TEST_URL), LoginLimits(settings, REDIS_TEST_URL)  # two workers
+    first, second = LoginLimits(settings, redis_url), LoginLimits(settings, redis_url)  # two workers
     # Names of this run's own (other tests share the database; the counts expire with their window).
     address, other_address, alice = (f"{name}-{secrets.token_hex(4)}" for name in ("address", "other", "alice"))
     assert first.count_failure(address, alice) == []

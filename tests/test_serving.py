@@ -17,7 +17,6 @@ from tests.browser import show_tsne
 from tests.conftest import run_cli
 from tests.servers import (
     PLAIN_SERVE_ENV,
-    REDIS_TEST_URL,
     basic_auth,
     flush_test_redis,
     free_port,
@@ -112,15 +111,16 @@ def _job_server_of(serve: subprocess.Popen) -> int:
 
 
 @pytest.mark.parametrize("celery", [False, True], ids=["diskcache", "celery"])
-def test_background_callbacks_finish_across_gunicorn_workers(dash_duo, sample_db, tmp_path, celery):
+def test_background_callbacks_finish_across_gunicorn_workers(dash_duo, sample_db, tmp_path, celery, request):
     """The browser's polls for a t-SNE land on either worker: both must read the job's handle (shared secret) and
     its result (shared cache folder), with jobs beside the server or in a `dinoscope worker`."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
-    worker = start_worker(sample_db, tmp_path / "cache", tmp_path / "worker.log") if celery else None
+    redis_url = request.getfixturevalue("redis_url") if celery else None
+    worker = start_worker(redis_url, sample_db, tmp_path / "cache", tmp_path / "worker.log") if celery else None
     process = start(["serve", "--workers", "2", "--port", port, "--db", sample_db, "--cache-dir", tmp_path / "cache",
-                     *(["--celery", REDIS_TEST_URL] if celery else [])], log,
+                     *(["--celery", redis_url] if celery else [])], log,
                     env=PLAIN_SERVE_ENV)
     try:
         wait_until_healthy(process, url, log)
@@ -133,7 +133,7 @@ def test_background_callbacks_finish_across_gunicorn_workers(dash_duo, sample_db
         stop(process)
         if worker:
             stop(worker)
-            flush_test_redis()
+            flush_test_redis(redis_url)
     assert "Traceback" not in log.read_text()
     if worker:
         assert "succeeded" in (tmp_path / "worker.log").read_text()  # the worker computed it, not the server
