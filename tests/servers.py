@@ -84,6 +84,21 @@ def stop(process: subprocess.Popen, timeout_s: float = 60, sig: int = signal.SIG
     return status, len(alive)
 
 
+def job_servers(pid: int) -> list[psutil.Process]:
+    """The job servers under a `dinoscope serve` (not their jobs, forked from them with the same command line)."""
+    def is_job_server(process: psutil.Process) -> bool:
+        return process.status() != psutil.STATUS_ZOMBIE and "dashboard.job_server" in " ".join(process.cmdline())
+
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if is_job_server(child) and not is_job_server(child.parent()):
+                found.append(child)
+        except psutil.Error:
+            continue  # a job that has just ended
+    return found
+
+
 def job_server_jobs(cache_dir: Path) -> int:
     """How many jobs the job server of a cache folder runs now (as its board records them, with live processes)."""
     from dashboard.job_board import JobBoard

@@ -8,7 +8,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import psutil
 import pytest
 from dash.testing.wait import until
 
@@ -18,7 +17,7 @@ from db.engine import open_database
 from db.errors import DatabaseNotFound, DatabaseUnreachable
 from indexer.synthetic import write_synthetic_dataset
 from tests.browser import show_tsne
-from tests.servers import PLAIN_SERVE_ENV, free_port, start, stop, wait_until_healthy
+from tests.servers import PLAIN_SERVE_ENV, free_port, job_servers, start, stop, wait_until_healthy
 
 
 def _synthetic_db(path: Path, name: str, count: int) -> Path:
@@ -79,21 +78,6 @@ def test_a_writer_stops_when_its_database_file_is_replaced(tmp_path):
         pass
 
 
-def _job_servers(pid: int) -> list[psutil.Process]:
-    """The job servers under a `dinoscope serve` (not their jobs, forked from them with the same command line)."""
-    def is_job_server(process: psutil.Process) -> bool:
-        return process.status() != psutil.STATUS_ZOMBIE and "dashboard.job_server" in " ".join(process.cmdline())
-
-    found = []
-    for child in psutil.Process(pid).children(recursive=True):
-        try:
-            if is_job_server(child) and not is_job_server(child.parent()):
-                found.append(child)
-        except psutil.Error:
-            continue  # a job that has just ended
-    return found
-
-
 def _get(url: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
@@ -123,7 +107,7 @@ def test_a_server_survives_its_cache_folder_deleted_and_its_database_replaced(da
         statuses = {_get(f"{url}/thumbnails/{image_id}/gallery.jpg")[0] for image_id in range(1, 23)}
         assert statuses == {200}
         show_tsne(dash_duo, url, "samples", perplexity=5)
-        until(lambda: len(_job_servers(process.pid)) == 1, timeout=10)  # one, whoever made the new board
+        until(lambda: len(job_servers(process.pid)) == 1, timeout=10)  # one, whoever made the new board
 
         expected = DatasetStore(f"sqlite:///{other}").thumbnail(1, "gallery")[0]
         other.replace(served)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import urllib.error
 import urllib.request
 
@@ -20,6 +19,7 @@ from tests.servers import (
     basic_auth,
     flush_test_redis,
     free_port,
+    job_servers,
     start,
     start_worker,
     stop,
@@ -77,7 +77,7 @@ def test_gunicorn_workers_serve_pages_and_thumbnails_behind_a_login(sample_db, t
                     env={"DINOSCOPE_SECRET_KEY": "", "DASH_DEBUG": "true"})
     try:
         wait_until_healthy(process, url, log)
-        job_server = _job_server_of(process)  # started by the master, beside the workers
+        [job_server] = [server.pid for server in job_servers(process.pid)]  # started by the master, beside the workers
         workers = [child for child in psutil.Process(process.pid).children() if child.pid != job_server]
         assert len(workers) == 2
 
@@ -102,14 +102,6 @@ def test_gunicorn_workers_serve_pages_and_thumbnails_behind_a_login(sample_db, t
     assert not any(worker.is_running() for worker in workers)
 
 
-def _job_server_of(serve: subprocess.Popen) -> int:
-    """The pid of the job server a `dinoscope serve` started, once it has said so on its board."""
-    children = {child.pid for child in psutil.Process(serve.pid).children()}
-    found = [child for child in children if "dashboard.job_server" in " ".join(psutil.Process(child).cmdline())]
-    assert len(found) == 1
-    return found[0]
-
-
 @pytest.mark.parametrize("celery", [False, True], ids=["diskcache", "celery"])
 def test_background_callbacks_finish_across_gunicorn_workers(dash_duo, sample_db, tmp_path, celery, request):
     """The browser's polls for a t-SNE land on either worker: both must read the job's handle (shared secret) and
@@ -126,9 +118,7 @@ def test_background_callbacks_finish_across_gunicorn_workers(dash_duo, sample_db
         wait_until_healthy(process, url, log)
         show_tsne(dash_duo, url, "samples", perplexity=4)
         assert dash_duo.get_logs() == []
-        servers = [child for child in psutil.Process(process.pid).children(recursive=True)
-                   if "dashboard.job_server" in " ".join(child.cmdline())]
-        assert len(servers) == (0 if celery else 1)  # one for the whole server, not one per worker
+        assert len(job_servers(process.pid)) == (0 if celery else 1)  # one for the whole server, not one per worker
     finally:
         stop(process)
         if worker:
