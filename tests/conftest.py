@@ -131,14 +131,22 @@ def postgres_server():
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+def redis_url(worker_number) -> Iterator[str]:
     """The tests' Redis database: $DINOSCOPE_TEST_REDIS (default redis://127.0.0.1:6379/5), or the same database on a
-    throw-away server started for the run when that does not answer (see tests/throwaway_servers.py)."""
-    from tests.throwaway_servers import DEFAULT_TEST_REDIS, REDIS_ENV, NoServer, redis_for_tests
+    throw-away server started for the run when that does not answer (see tests/throwaway_servers.py). Each process
+    of a parallel run has the next database of its own (its Celery workers take only its tasks; it flushes only its
+    own)."""
+    from tests.throwaway_servers import DEFAULT_TEST_REDIS, REDIS_ENV, NoServer, database_after, redis_for_tests
 
     with _or_fail(NoServer, f"or point {REDIS_ENV} at a server"), \
-            redis_for_tests(os.environ.get(REDIS_ENV, DEFAULT_TEST_REDIS)) as url:
+            redis_for_tests(database_after(os.environ.get(REDIS_ENV, DEFAULT_TEST_REDIS), worker_number)) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def worker_number(worker_id) -> int:
+    """This process's number in a parallel run (pytest-xdist's gw0, gw1...), 0 in a run of one process."""
+    return int(worker_id.removeprefix("gw")) if worker_id.startswith("gw") else 0
 
 
 @contextmanager
@@ -276,9 +284,22 @@ def _no_redis_connections_survive_a_test():
         kombu.pools.reset()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_ports_for_browser_tests(worker_number):
+    """dash[testing] serves each browser test's app on the next port from 8050: each process of a parallel run
+    counts in a range of its own (below the kernel's range for outgoing connections)."""
+    from dash.testing.application_runners import BaseDashRunner
+
+    BaseDashRunner._next_port = 8050 + 1000 * worker_number
+
+
 def pytest_sessionfinish(session, exitstatus):
-    """End background jobs and the fork server that starts them, so nothing keeps the test run from exiting."""
+    """End background jobs and the fork server that starts them, so nothing keeps the test run from exiting (in each
+    process of a parallel run; the process that leads them ends them itself)."""
     import psutil
+
+    if session.config.pluginmanager.has_plugin("dsession"):
+        return
 
     for child in psutil.Process().children(recursive=True):
         child.kill()

@@ -77,6 +77,13 @@ def postgres_for_tests(url: str) -> Iterator[str]:
                                 database="postgres").render_as_string(hide_password=False)
 
 
+def database_after(url: str, offset: int) -> str:
+    """The Redis URL of the database `offset` numbers after that of `url` (0 when it names none)."""
+    parts = urlsplit(url)
+    number = int(parts.path.strip("/") or 0) + offset
+    return parts._replace(path=f"/{number}").geturl()
+
+
 @contextmanager
 def redis_for_tests(url: str) -> Iterator[str]:
     """`url` when its server answers, else the same database number on a throw-away server for the block."""
