@@ -4,8 +4,9 @@
 
 It builds its own world in a temporary folder (unless --db is given): a synthetic dataset to browse and a folder of
 photographs that `dinoscope index` adds to a second dataset during the test, which users browse too. It starts
-`dinoscope serve --workers N` on a free loopback port, runs for --seconds, stops everything and prints requests per
-second, p50 and p95 latency per request kind, and the errors. Loopback only, and it always stops by itself.
+`dinoscope serve --workers N` on a free loopback port, runs for --seconds (or until each user has opened --visits
+pages, every page in turn), stops everything and prints requests per second, p50 and p95 latency per request kind,
+and the errors. Loopback only, and it always stops by itself.
 
 Each simulated user opens a page the way the browser does (the page router callback, then the page's main
 callbacks with the values its layout holds), fetches the thumbnails a gallery page shows, asks whether the dataset
@@ -122,13 +123,19 @@ def _collect_props(node, found: dict[str, dict]) -> None:
 
 
 def simulate_user(client: DashClient, datasets: dict[str, list[int]], stop: threading.Event, seed: int,
-                  think_seconds: float) -> None:
+                  think_seconds: float, visits: int | None = None) -> None:
+    """Pages at random until `stop`; or, given `visits`, that many pages, every page in turn from the seed's."""
     rng = random.Random(seed)
-    while not stop.is_set():
+    visited = 0
+    while not stop.is_set() and visited != visits:
         dataset = rng.choice(sorted(datasets))
         image = rng.choice(datasets[dataset]) if datasets[dataset] else None
-        page = rng.choice(PAGES if image is not None else ("gallery",))
+        if image is None:
+            page = "gallery"
+        else:
+            page = rng.choice(PAGES) if visits is None else PAGES[(seed + visited) % len(PAGES)]
         visit(client, page, dataset, image, rng)
+        visited += 1
         stop.wait(rng.uniform(0.5, 1.5) * think_seconds)
 
 
@@ -263,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--visits", type=int, help="pages each user opens (every page in turn), instead of --seconds")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
     parser.add_argument("--think", type=float, default=1.0, help="mean pause between a user's pages, in seconds")
     parser.add_argument("--synthetic", type=int, default=5000, help="images in the synthetic dataset")
@@ -296,17 +304,20 @@ def main(argv: list[str] | None = None) -> int:
         datasets = dataset_images(url, dependencies)
         results = Results()
         users = [threading.Thread(target=simulate_user, daemon=True,
-                                  args=(DashClient(url, dependencies, results), datasets, stop, seed, args.think))
+                                  args=(DashClient(url, dependencies, results), datasets, stop, seed, args.think,
+                                        args.visits))
                  for seed in range(args.users)]
         indexer = [] if args.no_indexer else [threading.Thread(
             target=run_indexer, daemon=True, args=(photos, db, args.index_model, stop, indexer_log))]
         started = time.perf_counter()
         for thread in [*users, *indexer]:
             thread.start()
-        stop.wait(args.seconds)
-        stop.set()
+        if args.visits is None:
+            stop.wait(args.seconds)
+            stop.set()
         for thread in users:
-            thread.join(timeout=120)
+            thread.join(timeout=120 if args.visits is None else None)
+        stop.set()
         elapsed = time.perf_counter() - started  # the users' last pages included
         for thread in indexer:
             thread.join(timeout=FIRST_RUN_GRACE_S + 20)
@@ -319,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             os.killpg(server.pid, signal.SIGKILL)
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"{args.users} users for {args.seconds:.0f} s against {args.workers} gunicorn workers; indexer: "
+    how_long = f"{args.seconds:.0f} s" if args.visits is None else f"{args.visits} pages each"
+    print(f"{args.users} users for {how_long} against {args.workers} gunicorn workers; indexer: "
           f"{'off' if args.no_indexer else f'{len(indexer_log)} runs'}")
     print(summarise(results, elapsed))
     for error in results.errors[:20]:

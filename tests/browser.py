@@ -7,6 +7,10 @@ import time
 
 from selenium.common.exceptions import StaleElementReferenceException
 
+# How long a test waits for a background job's result: long enough for the slowest machine under load (the job
+# server's first start imports the analysis libraries), so only a job that never ends reaches it.
+JOB_DEADLINE_S = 300
+
 
 def when_stable(action, tries: int = 20):
     """Do a browser action, again if Dash re-rendered the element under it in the meantime."""
@@ -32,7 +36,7 @@ def on_graph(dash_duo, selector: str, expression: str):
         "catch (notDrawnYet) { return null; }")
 
 
-def show_tsne(dash_duo, url: str, dataset: str, perplexity: int, timeout_s: float = 120) -> None:
+def show_tsne(dash_duo, url: str, dataset: str, perplexity: int, timeout_s: float = JOB_DEADLINE_S) -> None:
     """Open the clustering page of a served dashboard on a t-SNE and wait until the scatter shows it."""
     from dash.testing.wait import until
 

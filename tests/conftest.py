@@ -243,17 +243,6 @@ def call_callback(app, output_prefix: str, values: dict, changed: str) -> dict:
     return response.get_json()
 
 
-@pytest.fixture(scope="session")
-def large_db(tmp_path_factory) -> Path:
-    """3,000 images written straight into the database (no model): enough to keep t-SNE busy for seconds."""
-    from db.engine import open_database
-    from indexer.synthetic import write_synthetic_dataset
-
-    path = tmp_path_factory.mktemp("large") / "large.db"
-    write_synthetic_dataset(open_database(str(path)), "large", 3000, dim=384, clusters=12, spread=0.3)
-    return path
-
-
 @pytest.fixture(params=["diskcache", "celery"])
 def background_apps(request, tmp_path):
     """Builds dashboards whose background callbacks run under each manager in turn (see tests.servers)."""

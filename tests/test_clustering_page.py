@@ -293,10 +293,11 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
 from dashboard.app import create_app
+from dashboard.holds import HOLDS_ENV
 from dashboard.job_server import dump_job, start_job_server
 from dashboard.jobs import background_managers
 from dashboard.settings import Settings
-from tests.browser import on_graph
+from tests.browser import JOB_DEADLINE_S, on_graph
 from tests.browser import text_of as _text
 from tests.browser import when_stable as _when_stable
 from tests.test_job_server import _held
@@ -359,10 +360,10 @@ def test_every_control_changes_the_clusters_and_the_url_reproduces_the_view(dash
     assert "space=true" in dash_duo.driver.current_url
 
     dash_duo.find_element("label[for='_dbcprivate_radioitems_clustering-projection_input_tsne']").click()
-    until(lambda: _x_title(dash_duo) == "t-SNE 1", timeout=60)
+    until(lambda: _x_title(dash_duo) == "t-SNE 1", timeout=JOB_DEADLINE_S)
     before = _figure(dash_duo, "Array.from(gd._fullData[0].x).slice(0, 3)")
     _set_number(dash_duo, "#clustering-perplexity", 5)
-    until(lambda: _figure(dash_duo, "Array.from(gd._fullData[0].x).slice(0, 3)") != before, timeout=60)
+    until(lambda: _figure(dash_duo, "Array.from(gd._fullData[0].x).slice(0, 3)") != before, timeout=JOB_DEADLINE_S)
 
     url = dash_duo.driver.current_url
     assert all(part in url for part in ("projection=tsne", "perplexity=5", "method=kmeans", "k=3",
@@ -380,26 +381,30 @@ def test_umap_runs_in_the_background_and_shows_its_progress(dash_duo, background
     dash_duo.start_server(background_apps.build(sample_db))
     dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples&projection=umap&n_neighbors=5")
     until(lambda: "Computing" in _text(dash_duo, "#clustering-status")
-          or _x_title(dash_duo) == "UMAP 1", timeout=120)
-    until(lambda: _x_title(dash_duo) == "UMAP 1", timeout=120)
+          or _x_title(dash_duo) == "UMAP 1", timeout=JOB_DEADLINE_S)
+    until(lambda: _x_title(dash_duo) == "UMAP 1", timeout=JOB_DEADLINE_S)
     assert _trace_count(dash_duo) == 5
     for control, value in (("#clustering-min-dist", 0.5), ("#clustering-neighbors", 3), ("#clustering-seed", 7)):
         before = _figure(dash_duo, "Array.from(gd._fullData[0].x)")
         _set_number(dash_duo, control, value)
-        until(lambda before=before: _figure(dash_duo, "Array.from(gd._fullData[0].x)") != before, timeout=120)
+        until(lambda before=before: _figure(dash_duo, "Array.from(gd._fullData[0].x)") != before, timeout=JOB_DEADLINE_S)
     assert all(part in dash_duo.driver.current_url for part in ("min_dist=0.5", "n_neighbors=3", "seed=7"))
     assert dash_duo.get_logs() == []
 
 
-def test_a_running_projection_can_be_cancelled(dash_duo, background_apps, large_db):
-    dash_duo.start_server(background_apps.build(large_db))
-    dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=large")
+def test_a_running_projection_can_be_cancelled(dash_duo, background_apps, sample_db, tmp_path, monkeypatch):
+    holds = tmp_path / "holds"
+    holds.mkdir()
+    (holds / "projection").touch()  # the t-SNE stops at its first progress report until the test ends it
+    monkeypatch.setenv(HOLDS_ENV, str(holds))  # read by the job server and the worker that the build starts
+    dash_duo.start_server(background_apps.build(sample_db))
+    dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples")
     until(lambda: _x_title(dash_duo) == "PC 1", timeout=30)
-    # t-SNE of 3,000 images takes many seconds on two cores: time enough to cancel it.
     dash_duo.find_element("label[for='_dbcprivate_radioitems_clustering-projection_input_tsne']").click()
     cancel = dash_duo.wait_for_element("#clustering-cancel")
     until(cancel.is_displayed, timeout=20)
-    until(lambda: "Computing: t-SNE" in _text(dash_duo, "#clustering-status"), timeout=60)  # the job's progress
+    until(lambda: "Computing: t-SNE" in _text(dash_duo, "#clustering-status"), timeout=JOB_DEADLINE_S)
+    until(lambda: (holds / "projection.reached").exists(), timeout=JOB_DEADLINE_S)
     assert background_apps.running_jobs() == 1
     cancel.click()
     until(lambda: "Cancelled" in _text(dash_duo, "#clustering-status"), timeout=20)
@@ -485,7 +490,7 @@ def test_dbscan_explains_its_eps_and_its_numbers_and_what_to_try(dash_duo, dashb
     monkeypatch.setattr(clustering_view, "CLUSTER_IN_REQUEST", 10)
     dash_duo.start_server(dashboard_app)
     dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples&method=dbscan&eps=0.01&min_samples=3")
-    until(lambda: "noise points: 22" in _text(dash_duo, "#clustering-metric-badges"), timeout=120)
+    until(lambda: "noise points: 22" in _text(dash_duo, "#clustering-metric-badges"), timeout=JOB_DEADLINE_S)
     notes = _text(dash_duo, "#clustering-notes")
     assert "DBSCAN called 100% of the images noise" in notes and "Try eps" in notes
     assert _text(dash_duo, "#clustering-eps-cosine") == ("neighbours within eps 0.01 have cosine similarity "
@@ -532,13 +537,13 @@ def test_a_projection_waiting_for_a_free_slot_shows_its_place(dash_duo, sample_d
     board = managers.projections.board
     blocker = board.submit("projections", dump_job(_held, (str(tmp_path), "blocker")), "blocker-progress")
     start_job_server(managers.projections.config, board)
-    until(lambda: (tmp_path / "blocker.started").exists(), timeout=120)
+    until(lambda: (tmp_path / "blocker.started").exists(), timeout=JOB_DEADLINE_S)
     dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples")
     until(lambda: _trace_count(dash_duo) == 5, timeout=20)
     dash_duo.find_element("label[for='_dbcprivate_radioitems_clustering-projection_input_tsne']").click()
     until(lambda: "Queued: 0 jobs ahead of yours, 1 running" in _text(dash_duo, "#clustering-status"), timeout=10)
     assert dash_duo.find_element("#clustering-cancel").is_displayed()
     (tmp_path / "blocker.release").touch()
-    until(lambda: _x_title(dash_duo) == "t-SNE 1", timeout=60)
+    until(lambda: _x_title(dash_duo) == "t-SNE 1", timeout=JOB_DEADLINE_S)
     assert board.job(blocker)["state"] == "ended"
     assert dash_duo.get_logs() == []

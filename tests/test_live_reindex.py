@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import time
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from selenium.common.exceptions import StaleElementReferenceException
@@ -14,59 +15,88 @@ from dashboard.app import create_app
 from dashboard.data import DatasetStore
 from dashboard.settings import Settings
 from dashboard.shell import change_notice
-from db.errors import DatasetNotFound, DinoscopeDbError
+from db.engine import open_database
+from indexer import run
+from indexer.model import WeightsChoice
+from indexer.run import IndexRequest, index_folder
 from tests.browser import text_of, when_stable
-from tests.conftest import FAST, MODEL, run_cli
+from tests.conftest import FAST, IMAGE_SIZE, MODEL, run_cli
 from tests.images import noise
-from tests.servers import CLI
 
 BATCH = 3
-IMAGES = 45
+IMAGES = 12
 
 
-def _index_process(folder, db_path) -> subprocess.Popen:
-    """`dinoscope index` in its own process, at 112 px so that batches take long enough to be read between."""
-    args = ["index", folder, "--db", db_path, "--random-weights", "--model", MODEL, "--image-size", 112,
-            "--workers", 0, "--batch-size", BATCH, "--quiet"]
-    return subprocess.Popen([*CLI, *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+class _Pauses:
+    """The points where the indexer, run in a thread of the test, waits until the test has read the database."""
+
+    def __init__(self) -> None:
+        self._reached: queue.Queue[str] = queue.Queue()
+        self._go = threading.Semaphore(0)
+        self._ended = False
+
+    def pause(self, point: str) -> None:
+        if not self._ended:
+            self._reached.put(point)
+            assert self._go.acquire(timeout=120), "the test never let the indexer go on"
+
+    def next(self) -> str:
+        return self._reached.get(timeout=120)
+
+    def release(self) -> None:
+        self._go.release()
+
+    def end(self) -> None:
+        """The indexer goes on without stopping (a failed test lets it finish)."""
+        self._ended = True
+        self._go.release()
 
 
-def test_every_read_during_an_index_run_is_whole_batches(tmp_path):
+def test_every_read_during_an_index_run_is_whole_batches(tmp_path, monkeypatch):
+    """The indexer stops inside each batch's transaction (the batch written, not committed) and after each commit;
+    a read at either point is one consistent state of whole batches: the last commit's, never half a batch."""
     folder = tmp_path / "growing"
     for i in range(IMAGES):
         noise(folder / f"img{i:03d}.png", seed=i)
     db_path = tmp_path / "live.db"
-    app = create_app(Settings(f"sqlite:///{db_path}", tmp_path / "cache", "secret"))
-    client = app.server.test_client()
+    client = create_app(Settings(f"sqlite:///{db_path}", tmp_path / "cache", "secret")).server.test_client()
     store = DatasetStore(f"sqlite:///{db_path}")
 
-    indexer = _index_process(folder, db_path)
+    pauses = _Pauses()
+    bump_generation, count_into = run.bump_generation, run.Changes.count_into
+    monkeypatch.setattr(run, "bump_generation",
+                        lambda session, dataset: (bump_generation(session, dataset), pauses.pause("writing")))
+    monkeypatch.setattr(run.Changes, "count_into",
+                        lambda changes, summary: (count_into(changes, summary), pauses.pause("committed")))
+    request = IndexRequest(folder, weights=WeightsChoice("random"), model=MODEL, image_size=IMAGE_SIZE, workers=0,
+                           batch_size=BATCH)
     seen: dict[int, int] = {}  # generation -> images
-    while indexer.poll() is None or not seen or max(seen.values()) < IMAGES:
-        ended = indexer.poll() is not None  # before the read: an indexer that ended will write nothing more
-        try:
-            view = store.view("growing")
-        except (DatasetNotFound, DinoscopeDbError):  # before the indexer has written its first transaction
-            if ended:
-                pytest.fail(f"the indexer ended before its first commit: {indexer.stdout.read()}")
-            time.sleep(0.01)
-            continue
-        # One snapshot: as many embeddings as images, only whole batches, each image complete.
+
+    def read() -> int:
+        view = store.view("growing")
         assert view.embeddings.shape == (len(view.image_ids), 384)
         assert len(view.relpaths) == len(view.image_ids) == len(set(view.relpaths))
-        assert len(view) % BATCH == 0, f"{len(view)} images: half a batch is visible"
         assert seen.setdefault(view.generation, len(view)) == len(view), "one generation, two states"
         for image_id in view.image_ids[-BATCH:]:
             assert client.get(f"/thumbnails/{image_id}/gallery.jpg").status_code == 200
-            assert store.patch_grid(int(image_id)).shape[:2] == (8, 8)
+            assert store.patch_grid(int(image_id)).shape[:2] == (4, 4)
         assert client.get("/health").status_code == 200
-        if indexer.poll() is not None and len(view) < IMAGES:
-            assert indexer.returncode == 0, indexer.stdout.read()
-    assert indexer.wait() == 0, indexer.stdout.read()
-    counts = [seen[g] for g in sorted(seen)]
-    assert counts == sorted(counts) and counts[-1] == IMAGES
-    assert len([c for c in counts if 0 < c < IMAGES]) >= 2, f"the reads saw no intermediate state: {counts}"
+        return len(view)
+
+    with ThreadPoolExecutor(1) as pool:
+        indexing = pool.submit(index_folder, open_database(str(db_path)), request, show_progress=False)
+        try:
+            assert (pauses.next(), read()) == ("committed", 0)  # the changes that need no model: none
+            pauses.release()
+            for committed in range(0, IMAGES, BATCH):
+                assert (pauses.next(), read()) == ("writing", committed)
+                pauses.release()
+                assert (pauses.next(), read()) == ("committed", committed + BATCH)
+                pauses.release()
+        finally:
+            pauses.end()
+        assert indexing.result(timeout=120).added == IMAGES
+    assert sorted(seen.values()) == list(range(0, IMAGES + 1, BATCH))
 
 
 def test_a_changed_dataset_offers_a_reload_and_a_removed_one_says_so(sample_db):

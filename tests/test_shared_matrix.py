@@ -139,25 +139,40 @@ def test_a_cache_folder_that_cannot_be_written_leaves_each_process_its_own_array
     _assert_same_view(view, DatasetStore(database).view("synth"))
 
 
-def _open_counting_database_reads(url: str, cache_dir: str, reads: str, start) -> None:
-    real = data._read_dataset
+WORKERS = 3
+
+
+def _open_counting_database_reads(url: str, cache_dir: str, reads: str, asking: str, start) -> None:
+    """One worker opening the dataset: it notes when it asks for the shared file's lock and when it reads the
+    database; a reader holds the lock until every worker has asked (each waits for it, then maps the file)."""
+    real_read, real_builder = data._read_dataset, data.one_builder
 
     def counted(*args):
         with open(reads, "a") as log:
             log.write("read\n")
-        time.sleep(1)  # a slow read: the others ask while it runs
-        return real(*args)
+        deadline = time.monotonic() + 120
+        while Path(asking).read_text().count("asked\n") < WORKERS:
+            assert time.monotonic() < deadline, "the other workers never asked for the lock"
+            time.sleep(0.01)
+        return real_read(*args)
 
-    data._read_dataset = counted
+    def noted(*args):
+        with open(asking, "a") as log:
+            log.write("asked\n")
+        return real_builder(*args)
+
+    data._read_dataset, data.one_builder = counted, noted
     start.wait()
     DatasetStore(url, Path(cache_dir)).view("synth")
 
 
 def test_workers_opening_a_dataset_at_once_read_the_database_once(database, tmp_path):
     context = multiprocessing.get_context("spawn")
-    reads, start = tmp_path / "reads.log", context.Barrier(3)
+    reads, asking, start = tmp_path / "reads.log", tmp_path / "asking.log", context.Barrier(WORKERS)
+    asking.touch()
     workers = [context.Process(target=_open_counting_database_reads,
-                               args=(database, str(tmp_path / "cache"), str(reads), start)) for _ in range(3)]
+                               args=(database, str(tmp_path / "cache"), str(reads), str(asking), start))
+               for _ in range(WORKERS)]
     for worker in workers:
         worker.start()
     for worker in workers:

@@ -36,6 +36,7 @@ from dashboard.clustering_view import (
 from dashboard.data import DatasetStore
 from dashboard.downloads import CLUSTERS_CSV_PATH
 from dashboard.explanations import METRIC_EXPLANATIONS, METRIC_TITLES, explanation
+from dashboard.holds import hold
 from dashboard.shell import busy, image_links, page_shell
 from dashboard.urlstate import similarity_url, sync_url, thumbnail_url, url_parameters
 
@@ -159,7 +160,11 @@ def register(app: Dash, store: DatasetStore, results, clustering_jobs) -> None:
         except inputs.BadInput as error:
             dash.set_props("clustering-status", {"children": str(error)})
             return dash.no_update
-        cached_projection(results, view, params, progress=lambda stage: set_progress(f"Computing: {stage}…"))
+        def report(stage: str) -> None:
+            set_progress(f"Computing: {stage}…")
+            hold("projection")
+
+        cached_projection(results, view, params, progress=report)
         return params.cache_key(view)
 
     @app.callback(

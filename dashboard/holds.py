@@ -1,0 +1,23 @@
+"""Hold points: a test stops a background job at a named point, in whatever process runs it (the job server's fork,
+a Celery worker), until it lets the job go. Off unless DINOSCOPE_HOLDS names a folder, as only tests do: with a file
+named after the point in that folder, a job reaching the point leaves `<point>.reached` beside it and waits while
+the file exists. Tests use them to catch a job running, rather than assuming a job is slow enough to be caught."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+HOLDS_ENV = "DINOSCOPE_HOLDS"
+
+
+def hold(point: str) -> None:
+    folder = os.environ.get(HOLDS_ENV)
+    if not folder:
+        return
+    held = Path(folder) / point
+    if held.exists():
+        (Path(folder) / f"{point}.reached").touch()
+        while held.exists():
+            time.sleep(0.05)
