@@ -5,12 +5,16 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
+from dash.testing.browser import Browser
+from dash.testing.composite import DashComposite
+from selenium.common.exceptions import WebDriverException
 from sqlalchemy.orm import Session
 
 from db.engine import open_database
@@ -199,6 +203,62 @@ def pytest_setup_options():
     return options
 
 
+class _OneChromium(DashComposite):
+    """dash[testing]'s browser on the one Chromium of this test process (see `dash_duo`)."""
+
+    def __init__(self, driver, server, download_path: str, **options) -> None:
+        self._shared_driver = driver
+        super().__init__(server, browser="chrome", headless=True, download_path=download_path, **options)
+        driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": download_path})
+
+    def get_webdriver(self):
+        return self._shared_driver
+
+    def __exit__(self, *_exception) -> None:
+        """Leave the browser as the next test should find it: on a blank page (no polling of this test's servers),
+        without the cookies and stored values of the origins this test opened, its console read."""
+        driver = self.driver
+        origins = {urlsplit(url)._replace(path="", query="", fragment="").geturl()
+                   for url in (driver.current_url, self._url) if url.startswith("http")}
+        driver.get("about:blank")
+        for origin in origins:
+            driver.execute_cdp_cmd("Storage.clearDataForOrigin", {"origin": origin, "storageTypes": "all"})
+        driver.delete_all_cookies()
+        driver.get_log("browser")
+
+
+@pytest.fixture(scope="session")
+def _chromium(request, tmp_path_factory):
+    """One headless Chromium for the browser tests of this process: a new one for every test cost about a second of
+    both processors each time."""
+    browser = Browser("chrome", headless=True, options=request.config.hook.pytest_setup_options(),
+                      download_path=str(tmp_path_factory.mktemp("downloads")))
+    yield browser
+    browser.driver.quit()
+
+
+@pytest.fixture
+def dash_duo(request, dash_thread_server, tmp_path, _chromium) -> Iterator[DashComposite]:
+    """dash[testing]'s `dash_duo` (an app in a thread, and a browser) on this process's one Chromium, which each
+    test finds clean: a blank page, no cookies or stored values, its own download folder. A test that broke the
+    browser leaves the next one a new Chromium."""
+    if not _answers(_chromium.driver):
+        with suppress(WebDriverException):
+            _chromium.driver.quit()
+        _chromium._driver = _chromium.get_webdriver()
+    downloads = tmp_path / "download"
+    downloads.mkdir()
+    with _OneChromium(_chromium.driver, dash_thread_server, str(downloads)) as composite:
+        yield composite
+
+
+def _answers(driver) -> bool:
+    try:
+        return driver.current_url is not None
+    except WebDriverException:
+        return False
+
+
 @pytest.fixture(scope="session")
 def sample_db(tmp_path_factory) -> Path:
     """The sample photographs indexed with the real (small) architecture and random weights."""
@@ -280,6 +340,16 @@ def _own_ports_for_browser_tests(worker_number):
     from dash.testing.application_runners import BaseDashRunner
 
     BaseDashRunner._next_port = 8050 + 1000 * worker_number
+
+
+@pytest.fixture(autouse=True)
+def _no_job_server_outlives_its_test():
+    """End the job servers a test's dashboards started in this process: each serves the test's own cache folder,
+    and would otherwise look for work twenty times a second until the run ends."""
+    yield
+    from tests.servers import end_job_servers
+
+    end_job_servers(os.getpid())
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -99,6 +99,16 @@ def job_servers(pid: int) -> list[psutil.Process]:
     return found
 
 
+def end_job_servers(pid: int) -> None:
+    """Stop the job servers under process `pid` and the jobs they run (SIGTERM: each ends its jobs, then itself)."""
+    servers = job_servers(pid)
+    for server in servers:
+        server.terminate()
+    _, alive = psutil.wait_procs(servers, timeout=10)
+    for server in alive:
+        server.kill()
+
+
 def job_server_jobs(cache_dir: Path) -> int:
     """How many jobs the job server of a cache folder runs now (as its board records them, with live processes)."""
     from dashboard.job_board import JobBoard
