@@ -36,6 +36,7 @@ from db.mutations import (
 from db.queries import find_dataset, stored_images
 from db.schema import Dataset, Failure, Image, IndexRun, utcnow
 from indexer.embed import embed_files
+from indexer.holds import hold
 from indexer.model import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_MODEL,
@@ -413,6 +414,7 @@ def _embed_and_store(database: Database, dataset_id: int, run_id: int, plan: Ind
             changes.count_into(summary)
             summary.embedded += sum(1 for result in batch if result.content is not None)
             progress.update(len(batch))
+            hold("index-batch-committed")
     summary.embedding_seconds = time.perf_counter() - embedding_started
 
 

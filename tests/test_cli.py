@@ -109,7 +109,7 @@ def test_demo_indexes_the_samples_and_serves_the_dashboard(tmp_path):
     port = free_port()
     log = tmp_path / "demo.log"
     process = start(["demo", "--folder", tmp_path / "samples", "--db", tmp_path / "demo.db", "--random-weights",
-                     "--port", port, "--cache-dir", tmp_path / "cache", "--workers", "2"], log)
+                     "--port", port, "--cache-dir", tmp_path / "cache"], log)
     try:
         wait_until_healthy(process, f"http://127.0.0.1:{port}", log, timeout_s=240)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/gallery?dataset=samples", timeout=10) as page:
@@ -120,7 +120,7 @@ def test_demo_indexes_the_samples_and_serves_the_dashboard(tmp_path):
     finally:
         stop(process)
     output = log.read_text()
-    assert "samples: 22 added" in output and f"dinoscope dashboard on http://127.0.0.1:{port}/ (gunicorn, 2" in output
+    assert "samples: 22 added" in output and f"dinoscope dashboard on http://127.0.0.1:{port}/ (development server" in output
     assert len(list((tmp_path / "samples").rglob("*.*"))) == 22
 
 

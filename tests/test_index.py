@@ -9,16 +9,16 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from dash.testing.wait import until
 from sqlalchemy import func, select
 
-from db.errors import DinoscopeDbError
 from db.queries import dataset_by_name, load_embeddings, patch_grid, thumbnail
 from db.schema import Embedding, Failure, Image, IndexRun, PatchGrid, Thumbnail
+from indexer.holds import HOLDS_ENV
 from tests.conftest import FAST, IMAGE_SIZE, MODEL, index_folder, reading, run_cli, sqlite_only
 from tests.images import noise, solid, write_bad_files
 from tests.servers import CLI
@@ -277,24 +277,18 @@ def test_a_killed_run_resumes_with_exactly_one_row_per_image(tmp_path, db_url):
     root = tmp_path / "many"
     for i in range(24):
         noise(root / f"{i:02d}.png", seed=i)
+    holds = tmp_path / "holds"
+    holds.mkdir()
+    (holds / "index-batch-committed").touch()  # the run stops after its first batch until it is killed
     args = ["index", root, "--db", db_url, "--random-weights", *FAST, "--batch-size", "2"]
-    process = subprocess.Popen([*CLI, *map(str, args)],
+    process = subprocess.Popen([*CLI, *map(str, args)], env={**os.environ, HOLDS_ENV: str(holds)},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    stored = 0
-    while time.monotonic() < deadline and process.poll() is None:
-        try:  # a reader reads while the indexer writes
-            stored = _counts(db_url)["images"]
-        except DinoscopeDbError:
-            stored = 0  # the database or its schema is not there yet
-        if stored >= 4:
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.05)
+    until(lambda: (holds / "index-batch-committed.reached").exists() or process.poll() is not None, timeout=300)
+    assert process.poll() is None, process.communicate()
+    process.send_signal(signal.SIGKILL)
     process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     kept = _counts(db_url)["images"]
-    assert 4 <= kept < 24
+    assert kept == 2
 
     result = index_folder(root, db_url, "--batch-size", "2")
     assert f"{24 - kept} added, 0 updated, {kept} unchanged" in result.output

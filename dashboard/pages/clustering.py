@@ -36,9 +36,9 @@ from dashboard.clustering_view import (
 from dashboard.data import DatasetStore
 from dashboard.downloads import CLUSTERS_CSV_PATH
 from dashboard.explanations import METRIC_EXPLANATIONS, METRIC_TITLES, explanation
-from dashboard.holds import hold
 from dashboard.shell import busy, image_links, page_shell
 from dashboard.urlstate import similarity_url, sync_url, thumbnail_url, url_parameters
+from indexer.holds import hold
 
 PATH = "/clustering"
 CHANGED = "The indexer has changed this dataset since the page opened: show the changes (above) to work on them."
