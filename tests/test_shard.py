@@ -75,15 +75,16 @@ def _as_scanned(folder: Path) -> dict[str, tuple[str, str | None]]:
 
 
 def test_shards_running_at_once_index_every_image_once(photos, db_url):
+    at_once = 2  # processes writing the one dataset at once (each pays for importing torch and timm)
     processes = [
-        subprocess.Popen([*CLI, *_index_command(photos, db_url, "--shard", f"{number}/{SHARDS}")],
+        subprocess.Popen([*CLI, *_index_command(photos, db_url, "--shard", f"{number}/{at_once}")],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for number in range(1, SHARDS + 1)
+        for number in range(1, at_once + 1)
     ]
     outputs = [process.communicate(timeout=600)[0] for process in processes]
-    assert [process.returncode for process in processes] == [0] * SHARDS, outputs
+    assert [process.returncode for process in processes] == [0] * at_once, outputs
     for number, output in enumerate(outputs, start=1):
-        assert f"photos in shard {number}/{SHARDS}" in output
+        assert f"photos in shard {number}/{at_once}" in output
     totals = _shard_totals(outputs)
     assert (totals["added"], totals["failed"]) == (19, 0)
 
@@ -93,7 +94,7 @@ def test_shards_running_at_once_index_every_image_once(photos, db_url):
     assert "nothing to do: all 19 images of 'photos' are unchanged (nothing embedded)" in result.output
     with reading(db_url) as session:
         runs = session.execute(select(IndexRun.status, IndexRun.options)).all()
-    assert sorted(options["shard"] for _, options in runs) == ["1/1", "1/3", "2/3", "3/3"]
+    assert sorted(options["shard"] for _, options in runs) == ["1/1", "1/2", "2/2"]
     assert {status for status, _ in runs} == {"completed"}
 
 
