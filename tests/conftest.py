@@ -16,6 +16,7 @@ from dash.testing.browser import Browser
 from dash.testing.composite import DashComposite
 from selenium.common.exceptions import WebDriverException
 from sqlalchemy.orm import Session
+from werkzeug.serving import WSGIRequestHandler
 
 from db.engine import open_database
 from indexer.cli import main
@@ -203,16 +204,27 @@ def pytest_setup_options():
     return options
 
 
+class _OneRequestPerConnection(WSGIRequestHandler):
+    """Every test's app serves the same origin (see `dash_duo`): the one Chromium must keep no connection open to
+    a test's app, which the next test's app would find answered by the old one."""
+
+    protocol_version = "HTTP/1.0"
+
+
 class _OneChromium(DashComposite):
     """dash[testing]'s browser on the one Chromium of this test process (see `dash_duo`)."""
 
-    def __init__(self, driver, server, download_path: str, **options) -> None:
+    def __init__(self, driver, server, download_path: str, port: int, **options) -> None:
         self._shared_driver = driver
+        self._port = port
         super().__init__(server, browser="chrome", headless=True, download_path=download_path, **options)
         driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": download_path})
 
     def get_webdriver(self):
         return self._shared_driver
+
+    def start_server(self, app, navigate=True, **options) -> None:
+        super().start_server(app, navigate, port=self._port, request_handler=_OneRequestPerConnection, **options)
 
     def __exit__(self, *_exception) -> None:
         """Leave the browser as the next test should find it: on a blank page (no polling of this test's servers),
@@ -238,17 +250,19 @@ def _chromium(request, tmp_path_factory):
 
 
 @pytest.fixture
-def dash_duo(request, dash_thread_server, tmp_path, _chromium) -> Iterator[DashComposite]:
+def dash_duo(request, dash_thread_server, tmp_path, _chromium, worker_number) -> Iterator[DashComposite]:
     """dash[testing]'s `dash_duo` (an app in a thread, and a browser) on this process's one Chromium, which each
     test finds clean: a blank page, no cookies or stored values, its own download folder. A test that broke the
-    browser leaves the next one a new Chromium."""
+    browser leaves the next one a new Chromium. Every test's app listens on the same port (one per test process):
+    the browser's cache then keeps Dash's and Plotly's scripts compiled from one test to the next, which halves
+    what the browser spends on each page opened."""
     if not _answers(_chromium.driver):
         with suppress(WebDriverException):
             _chromium.driver.quit()
         _chromium._driver = _chromium.get_webdriver()
     downloads = tmp_path / "download"
     downloads.mkdir()
-    with _OneChromium(_chromium.driver, dash_thread_server, str(downloads)) as composite:
+    with _OneChromium(_chromium.driver, dash_thread_server, str(downloads), 8050 + worker_number) as composite:
         yield composite
 
 
@@ -331,25 +345,6 @@ def _no_redis_connections_survive_a_test():
         # Celery apps take their broker pool from kombu's shared groups, keyed by URL: drop the closed ones so the
         # next test's app opens fresh connections instead of failing with "Acquire on closed pool".
         kombu.pools.reset()
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _own_ports_for_browser_tests(worker_number):
-    """dash[testing] serves each browser test's app on the next port from 8050: each process of a parallel run
-    counts in a range of its own (below the kernel's range for outgoing connections)."""
-    from dash.testing.application_runners import BaseDashRunner
-
-    BaseDashRunner._next_port = 8050 + 1000 * worker_number
-
-
-@pytest.fixture(autouse=True)
-def _no_job_server_outlives_its_test():
-    """End the job servers a test's dashboards started in this process: each serves the test's own cache folder,
-    and would otherwise look for work twenty times a second until the run ends."""
-    yield
-    from tests.servers import end_job_servers
-
-    end_job_servers(os.getpid())
 
 
 def pytest_sessionfinish(session, exitstatus):
