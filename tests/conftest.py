@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
+from dash.testing.application_runners import ThreadedRunner
 from dash.testing.browser import Browser
 from dash.testing.composite import DashComposite
 from selenium.common.exceptions import WebDriverException
@@ -204,11 +206,35 @@ def pytest_setup_options():
     return options
 
 
-class _OneRequestPerConnection(WSGIRequestHandler):
-    """Every test's app serves the same origin (see `dash_duo`): the one Chromium must keep no connection open to
-    a test's app, which the next test's app would find answered by the old one."""
+def _one_request_per_connection(connections: set[socket.socket]) -> type[WSGIRequestHandler]:
+    """Every test's app serves the same origin (see `dash_duo`): the one Chromium must keep no connection to a
+    test's app, which the next test's app would find answered by the old one. One request per connection, and the
+    connections still open when the app stops (Chromium opens some ahead) are recorded here to be shut."""
 
-    protocol_version = "HTTP/1.0"
+    class OneRequestPerConnection(WSGIRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def setup(self) -> None:
+            super().setup()
+            connections.add(self.connection)
+
+        def finish(self) -> None:
+            connections.discard(self.connection)
+            super().finish()
+
+    return OneRequestPerConnection
+
+
+@pytest.fixture
+def dash_thread_server() -> Iterator[ThreadedRunner]:
+    """dash[testing]'s server of a test's app in a thread, whose connections left open are shut once it stops."""
+    connections: set[socket.socket] = set()
+    with ThreadedRunner() as runner:
+        runner.request_handler = _one_request_per_connection(connections)
+        yield runner
+    for connection in list(connections):
+        with suppress(OSError):
+            connection.shutdown(socket.SHUT_RDWR)
 
 
 class _OneChromium(DashComposite):
@@ -224,7 +250,7 @@ class _OneChromium(DashComposite):
         return self._shared_driver
 
     def start_server(self, app, navigate=True, **options) -> None:
-        super().start_server(app, navigate, port=self._port, request_handler=_OneRequestPerConnection, **options)
+        super().start_server(app, navigate, port=self._port, request_handler=self.server.request_handler, **options)
 
     def __exit__(self, *_exception) -> None:
         """Leave the browser as the next test should find it: on a blank page (no polling of this test's servers),
