@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from dash.testing.application_runners import ThreadedRunner
 from dash.testing.browser import Browser
 from dash.testing.composite import DashComposite
+from dash.testing.wait import until
 from selenium.common.exceptions import WebDriverException
 from sqlalchemy.orm import Session
 from werkzeug.serving import WSGIRequestHandler
@@ -232,6 +233,14 @@ def dash_thread_server() -> Iterator[ThreadedRunner]:
     with ThreadedRunner() as runner:
         runner.request_handler = _one_request_per_connection(connections)
         yield runner
+        # Before the runner stops the app: it stops every thread the app started by raising SystemExit in it, which
+        # a thread waiting on an open connection would raise only once the connection closes, in a later test.
+        _shut(connections)
+        until(lambda: not connections, timeout=10)
+    _shut(connections)  # any opened meanwhile
+
+
+def _shut(connections: set[socket.socket]) -> None:
     for connection in list(connections):
         with suppress(OSError):
             connection.shutdown(socket.SHUT_RDWR)
