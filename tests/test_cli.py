@@ -120,7 +120,8 @@ def test_demo_indexes_the_samples_and_serves_the_dashboard(tmp_path):
     finally:
         stop(process)
     output = log.read_text()
-    assert "samples: 22 added" in output and f"dinoscope dashboard on http://127.0.0.1:{port}/ (development server" in output
+    assert "samples: 22 added" in output
+    assert f"dinoscope dashboard on http://127.0.0.1:{port}/ (development server" in output
     assert len(list((tmp_path / "samples").rglob("*.*"))) == 22
 
 

@@ -387,7 +387,8 @@ def test_umap_runs_in_the_background_and_shows_its_progress(dash_duo, background
     for control, value in (("#clustering-min-dist", 0.5), ("#clustering-neighbors", 3), ("#clustering-seed", 7)):
         before = _figure(dash_duo, "Array.from(gd._fullData[0].x)")
         _set_number(dash_duo, control, value)
-        until(lambda before=before: _figure(dash_duo, "Array.from(gd._fullData[0].x)") != before, timeout=JOB_DEADLINE_S)
+        until(lambda before=before: _figure(dash_duo, "Array.from(gd._fullData[0].x)") != before,
+              timeout=JOB_DEADLINE_S)
     assert all(part in dash_duo.driver.current_url for part in ("min_dist=0.5", "n_neighbors=3", "seed=7"))
     assert dash_duo.get_logs() == []
 
