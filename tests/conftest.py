@@ -284,6 +284,9 @@ def _chromium(request, tmp_path_factory):
     browser.driver.quit()
 
 
+BROWSER_PORT_ENV = "DINOSCOPE_TEST_PORT"  # the first process's port for browser tests' apps (default 8050)
+
+
 @pytest.fixture
 def dash_duo(request, dash_thread_server, tmp_path, _chromium, worker_number) -> Iterator[DashComposite]:
     """dash[testing]'s `dash_duo` (an app in a thread, and a browser) on this process's one Chromium, which each
@@ -297,7 +300,8 @@ def dash_duo(request, dash_thread_server, tmp_path, _chromium, worker_number) ->
         _chromium._driver = _chromium.get_webdriver()
     downloads = tmp_path / "download"
     downloads.mkdir()
-    with _OneChromium(_chromium.driver, dash_thread_server, str(downloads), 8050 + worker_number) as composite:
+    port = int(os.environ.get(BROWSER_PORT_ENV, "8050")) + worker_number
+    with _OneChromium(_chromium.driver, dash_thread_server, str(downloads), port) as composite:
         yield composite
 
 
