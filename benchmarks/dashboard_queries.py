@@ -136,15 +136,15 @@ def main() -> None:
         built, _, builder_peak = _in_fresh_process(context, _open_in_fresh_process, url, str(cache_dir),
                                                    args.dataset)
         mapped, again, _ = _in_fresh_process(context, _open_in_fresh_process, url, str(cache_dir), args.dataset)
-        rows += [("open, fresh process, no shared file yet (builds it)", _s(built)),
+        rows += [("open, fresh process, no shared matrix yet (builds it)", _s(built)),
                  ("peak RSS of the process that builds it", f"{builder_peak / MIB:.0f} MiB"),
-                 ("open, fresh process, shared file present (maps it)", _s(mapped)),
+                 ("open, fresh process, shared matrix present (maps it)", _s(mapped)),
                  ("open again in the same process", _s(again))]
         view = DatasetStore(url, cache_dir).view(args.dataset)
         rows += answers(view, Dash(url, cache_dir), args)
         rows += memory(context, url, cache_dir, args.dataset, args.workers)
-        shared_file = next((cache_dir / "matrices").glob("*.matrix"))
-        rows.append(("shared matrix file (mapped by every worker)", f"{shared_file.stat().st_size / MIB:.0f} MiB"))
+        shared = sum(path.stat().st_size for path in (cache_dir / "matrices").glob("*-g*/*.npy"))
+        rows.append(("shared matrix files (mapped by every worker)", f"{shared / MIB:.0f} MiB"))
     print(f"{view.name}: {len(view):,} images x {view.embeddings.shape[1]} dimensions; "
           f"median of {args.repeats} where repeated\n")
     width = max(len(name) for name, _ in rows)

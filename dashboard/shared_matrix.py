@@ -1,22 +1,26 @@
-"""A dataset's arrays in one file that every dashboard process maps into memory read-only: built once per
+"""A dataset's arrays as plain `.npy` files that every dashboard process maps into memory read-only: built once per
 generation by whichever process needs it first, then shared through the page cache instead of copied into each
 worker.
 
-A file is a 4 KiB header (a magic line, then JSON naming the database, the dataset and its generation, the arrays'
-dtypes and shapes, and a CRC-32 of everything after the header), the arrays, each at a 64-byte aligned offset, and
-last a JSON document (the images' paths and labels, say). A file whose header, size or checksum does not match is
-rebuilt, never trusted. Writers write a temporary file in the same folder and rename it into place, so a reader
-sees a whole file or none, and two processes building the same file at once each put a whole one there.
+A generation is a folder: one `.npy` file per array (numpy's own format: `np.save` writes it, `np.load` maps it),
+`document.json` (anything JSON holds: the images' paths and labels, say) and `manifest.json`, which names the
+database, the dataset and its generation, lists the arrays' dtypes and shapes, and gives the document's size and
+CRC-32. Opening a generation reads the manifest, the document and each array's header, never the arrays themselves:
+a folder whose manifest does not name the key, whose document does not match its CRC, or whose array files'
+headers or sizes do not match the manifest (a truncated file, say) is rebuilt, never trusted. Writers write a
+temporary folder beside it and rename it into place, so a reader sees a whole generation or none, and two processes
+building the same generation at once each leave a whole one there.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
-import math
-import mmap
 import os
+import secrets
+import shutil
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -26,17 +30,17 @@ from pathlib import Path
 
 import numpy as np
 
-MAGIC = b"dinoscope shared matrix\n"
-FORMAT_VERSION = 1
-HEADER_BYTES = 4096
-ALIGNMENT = 64
-SUFFIX = ".matrix"
+FORMAT_VERSION = 2
+MANIFEST = "manifest.json"
+DOCUMENT = "document.json"
 DTYPES = ("<i4", "<i8", "<f4")  # what the arrays may hold
+PLACING_ATTEMPTS = 5  # renames tried against other writers replacing the same damaged generation
+TAKEN = (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR)  # a rename refused: the name is in use
 
 
 @dataclass(frozen=True)
 class MatrixKey:
-    """What a file holds: one generation of one dataset of one database, in the layout `content` of its writer
+    """What a folder holds: one generation of one dataset of one database, in the layout `content` of its writer
     (who changes that number whenever it changes what it stores)."""
 
     database_url: str
@@ -47,12 +51,12 @@ class MatrixKey:
 
     @property
     def database(self) -> str:
-        """The database's URL hashed: file names and headers never show it (a server URL may hold a password)."""
+        """The database's URL hashed: folder names and manifests never show it (a server URL may hold a password)."""
         return hashlib.sha256(self.database_url.encode()).hexdigest()[:16]
 
     @property
-    def file_name(self) -> str:
-        return f"{self.database}-{self.dataset_id}-g{self.generation}{SUFFIX}"
+    def folder_name(self) -> str:
+        return f"{self.database}-{self.dataset_id}-g{self.generation}"
 
     def header(self) -> dict:
         return {"database": self.database, "dataset_id": self.dataset_id, "dataset_created": self.dataset_created,
@@ -61,37 +65,34 @@ class MatrixKey:
 
 @dataclass(frozen=True)
 class SharedContent:
-    arrays: dict[str, np.ndarray]  # read-only views of the mapped file when read back
+    arrays: dict[str, np.ndarray]  # read-only views of the mapped files when read back
     document: dict  # anything JSON can hold
 
 
 def read_shared(folder: Path, key: MatrixKey) -> SharedContent | None:
-    """The content of `key`'s file, its arrays mapped from the file; None when there is no valid file."""
+    """The content of `key`'s generation, its arrays mapped from their files; None when there is no valid one."""
+    generation = Path(folder) / key.folder_name
     try:
-        with open(Path(folder) / key.file_name, "rb") as file:
-            mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError):  # missing, unreadable, or empty (mmap refuses length 0)
-        return None
-    header = _parse_header(mapped[:HEADER_BYTES])
-    try:
-        if header["key"] != key.header():
+        manifest = json.loads((generation / MANIFEST).read_bytes())
+        if manifest["format"] != FORMAT_VERSION or manifest["key"] != key.header():
             return None
-        layout = _layout({name: (dtype, tuple(shape)) for name, dtype, shape in header["arrays"]},
-                         header["document_bytes"])
-        valid = len(mapped) == layout.end and zlib.crc32(memoryview(mapped)[HEADER_BYTES:]) == header["crc32"]
-        document = json.loads(mapped[layout.document:layout.end]) if valid else None
-    except (AttributeError, KeyError, TypeError, ValueError):  # a header that is not what a writer writes
+        raw = (generation / DOCUMENT).read_bytes()
+        if len(raw) != manifest["document_bytes"] or zlib.crc32(raw) != manifest["document_crc32"]:
+            return None
+        document = json.loads(raw)
+        arrays = {name: _mapped(generation / f"{name}.npy", dtype, tuple(shape))
+                  for name, dtype, shape in manifest["arrays"]}
+    except (OSError, EOFError, AttributeError, KeyError, TypeError, ValueError):  # missing, or not as written
         return None
-    if not isinstance(document, dict):
+    if not isinstance(document, dict) or any(array is None for array in arrays.values()):
         return None
-    return SharedContent({name: np.frombuffer(mapped, dtype, math.prod(shape), offset).reshape(shape)
-                          for name, (dtype, shape, offset) in layout.arrays.items()}, document)
+    return SharedContent(arrays, document)
 
 
 @contextmanager
 def one_builder(folder: Path, key: MatrixKey) -> Iterator[None]:
     """Held by one process at a time per dataset (an advisory lock on a file in `folder`): processes that find no
-    file build it one after the other, so the second finds the first's instead of building it again."""
+    generation build it one after the other, so the second finds the first's instead of building it again."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f".{key.database}-{key.dataset_id}.lock", "a") as lock:
@@ -103,80 +104,71 @@ def one_builder(folder: Path, key: MatrixKey) -> Iterator[None]:
 
 
 def write_shared(folder: Path, key: MatrixKey, content: SharedContent) -> None:
-    """Write `key`'s file (a temporary file renamed into place) and remove older generations' files."""
+    """Write `key`'s generation (a temporary folder renamed into place) and remove older generations."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    document = json.dumps(content.document).encode()
     arrays = {name: np.ascontiguousarray(array) for name, array in content.arrays.items()}
-    layout = _layout({name: (array.dtype.str, array.shape) for name, array in arrays.items()}, len(document))
-    pieces = []
-    position = HEADER_BYTES
-    for name, (_, _, offset) in layout.arrays.items():
-        pieces += [bytes(offset - position), arrays[name].reshape(-1).view(np.uint8)]
-        position = offset + arrays[name].nbytes
-    pieces += [bytes(layout.document - position), document]
-    crc = 0
-    for piece in pieces:
-        crc = zlib.crc32(piece, crc)
-    header = {"format": FORMAT_VERSION, "key": key.header(), "crc32": crc, "document_bytes": len(document),
-              "arrays": [[name, array.dtype.str, list(array.shape)] for name, array in arrays.items()]}  # in order
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{key.file_name}.", suffix=".tmp")
+    for name, array in arrays.items():
+        if not name.isidentifier() or array.dtype.str not in DTYPES:
+            raise ValueError(f"cannot share array {name!r} of dtype {array.dtype} and shape {array.shape}")
+    document = json.dumps(content.document).encode()
+    manifest = {"format": FORMAT_VERSION, "key": key.header(), "document_bytes": len(document),
+                "document_crc32": zlib.crc32(document),
+                "arrays": [[name, array.dtype.str, list(array.shape)] for name, array in arrays.items()]}  # in order
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=folder, prefix=f".{key.folder_name}.", suffix=".tmp"))
     try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(_header_bytes(header))
-            for piece in pieces:
-                file.write(piece)
-        os.replace(temporary, folder / key.file_name)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        for name, array in arrays.items():
+            np.save(temporary / f"{name}.npy", array, allow_pickle=False)
+        (temporary / DOCUMENT).write_bytes(document)
+        (temporary / MANIFEST).write_text(json.dumps(manifest))
+        _put_in_place(temporary, folder, key)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)  # already gone once renamed into place
     _remove_other_generations(folder, key)
 
 
-@dataclass(frozen=True)
-class _Layout:
-    arrays: dict[str, tuple[np.dtype, tuple[int, ...], int]]  # name: (dtype, shape, offset)
-    document: int  # offset of the JSON document
-    end: int  # the file's size
+def _mapped(path: Path, dtype: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The array of a `.npy` file mapped read-only (numpy reads its header only), or None when the header or the
+    file's size is not what the manifest says."""
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    whole = (isinstance(array, np.memmap) and array.dtype.str == dtype and array.shape == shape
+             and array.flags.c_contiguous and os.path.getsize(path) == array.offset + array.nbytes)
+    return array.view(np.ndarray) if whole else None
 
 
-def _layout(arrays: dict[str, tuple[str, tuple[int, ...]]], document_bytes: int) -> _Layout:
-    """Where each array starts after the header (aligned), where the document starts, and where the file ends."""
-    placed, position = {}, HEADER_BYTES
-    for name, (dtype, shape) in arrays.items():
-        if dtype not in DTYPES or not all(isinstance(n, int) and n >= 0 for n in shape):
-            raise ValueError(f"cannot share array {name!r} of dtype {dtype} and shape {shape}")
-        position = _aligned(position)
-        placed[name] = (np.dtype(dtype), shape, position)
-        position += math.prod(shape) * np.dtype(dtype).itemsize
-    document = _aligned(position)
-    return _Layout(placed, document, document + int(document_bytes))
+def _put_in_place(temporary: Path, folder: Path, key: MatrixKey) -> None:
+    """Rename the written folder to `key`'s name. A valid generation already there is kept (it holds the same
+    arrays); anything else under that name is taken away first."""
+    target = folder / key.folder_name
+    for _ in range(PLACING_ATTEMPTS):
+        try:
+            os.rename(temporary, target)
+            return
+        except OSError as error:
+            if error.errno not in TAKEN:
+                raise
+        if read_shared(folder, key) is not None:
+            return
+        _remove(target)
+    raise OSError(errno.EEXIST, f"other writers kept replacing {target}")
 
 
-def _aligned(position: int) -> int:
-    return -(-position // ALIGNMENT) * ALIGNMENT
-
-
-def _header_bytes(header: dict) -> bytes:
-    encoded = MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n"
-    if len(encoded) > HEADER_BYTES:
-        raise ValueError("too many arrays for the header")
-    return encoded.ljust(HEADER_BYTES, b"\0")
-
-
-def _parse_header(raw: bytes) -> dict | None:
-    if not raw.startswith(MAGIC):
-        return None
+def _remove(path: Path) -> None:
+    """Take a generation's folder (or a file of an earlier format) away at once: renamed aside, then deleted. A
+    process that still maps one of its files keeps reading it: removing a file only drops its name."""
+    aside = path.with_name(f".{path.name}.{secrets.token_hex(4)}.old")
     try:
-        header = json.loads(raw[len(MAGIC):].split(b"\n", 1)[0])
-    except ValueError:
-        return None
-    return header if isinstance(header, dict) and header.get("format") == FORMAT_VERSION else None
+        os.rename(path, aside)
+    except FileNotFoundError:  # another writer took it away first
+        return
+    if aside.is_dir():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink(missing_ok=True)
 
 
 def _remove_other_generations(folder: Path, key: MatrixKey) -> None:
-    """Older generations' files of the same dataset. A process that still maps one keeps reading it: removing a
-    file only drops its name."""
-    for path in folder.glob(f"{key.database}-{key.dataset_id}-g*{SUFFIX}"):
-        if path.name != key.file_name:
-            path.unlink(missing_ok=True)
+    """Older generations of the same dataset, and its files of the earlier one-file format (`*.matrix`)."""
+    for path in folder.glob(f"{key.database}-{key.dataset_id}-g*"):
+        if path.name != key.folder_name:
+            _remove(path)

@@ -200,12 +200,12 @@ def test_the_server_prepares_the_shared_matrix_of_each_changed_dataset(tmp_path,
     jobs = Jobs(tmp_path, f"sqlite:///{db}")
     matrices = jobs.config.cache_dir / "matrices"
     try:
-        until(lambda: len(list(matrices.glob("*-g1.matrix"))) == 1, timeout=60)
+        until(lambda: len(list(matrices.glob("*-g1"))) == 1, timeout=60)
         monkeypatch.setattr(data, "_build_shared", lambda *args: pytest.fail("a page built the shared matrix"))
         assert len(DatasetStore(f"sqlite:///{db}", jobs.config.cache_dir).view("photos")) == 2
         noise(photos / "3.png", seed=3)
         index_folder(photos, db)
-        until(lambda: len(list(matrices.glob("*-g2.matrix"))) == 1, timeout=60)
+        until(lambda: len(list(matrices.glob("*-g2"))) == 1, timeout=60)
         assert len(DatasetStore(f"sqlite:///{db}", jobs.config.cache_dir).view("photos")) == 3
     finally:
         jobs.stop()
