@@ -60,6 +60,18 @@ def test_pooling_averages_windows_and_keeps_regions():
     assert adjusted_rand_score(regions[::2, ::2].ravel(), labels.ravel()) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize(("window", "step"), [(1, 1), (1, 3), (2, 1), (3, 2), (4, 4), (5, 3), (7, 1), (9, 9)])
+def test_pooling_matches_averaging_each_window_in_a_loop(window, step):
+    grid = np.random.default_rng(window * 10 + step).standard_normal((11, 13, 6)).astype(np.float32)
+    pooled = pool_grid(grid, window, step)
+    clamped = min(step, window)
+    expected = np.array([[grid[top:top + window, left:left + window].mean(axis=(0, 1))
+                          for left in range(0, grid.shape[1] - window + 1, clamped)]
+                         for top in range(0, grid.shape[0] - window + 1, clamped)])
+    assert pooled.tokens.dtype == np.float32 and (pooled.window, pooled.step) == (window, clamped)
+    np.testing.assert_allclose(pooled.tokens, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_clustering_can_leave_cells_out():
     regions = _halves()
     mask = np.zeros(regions.shape, bool)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
@@ -38,18 +39,8 @@ def pool_grid(grid: np.ndarray, window: int = 1, step: int = 1) -> PooledGrid:
     grid = np.asarray(grid, dtype=np.float32)
     window = int(min(max(window, 1), grid.shape[0], grid.shape[1]))
     step = int(min(max(step, 1), window))
-    rows = (grid.shape[0] - window) // step + 1
-    cols = (grid.shape[1] - window) // step + 1
-    if window == 1:
-        return PooledGrid(grid[::step, ::step].copy(), window, step)
-    # Summed-area table: every window's sum from four corners, in one pass over the grid.
-    table = np.zeros((grid.shape[0] + 1, grid.shape[1] + 1, grid.shape[2]), dtype=np.float64)
-    table[1:, 1:] = grid.cumsum(0).cumsum(1)
-    top = np.arange(rows) * step
-    left = np.arange(cols) * step
-    sums = (table[top[:, None] + window, left[None, :] + window] - table[top[:, None], left[None, :] + window]
-            - table[top[:, None] + window, left[None, :]] + table[top[:, None], left[None, :]])
-    return PooledGrid((sums / window**2).astype(np.float32), window, step)
+    windows = sliding_window_view(grid, (window, window), axis=(0, 1))[::step, ::step]  # (rows, cols, D, w, w)
+    return PooledGrid(windows.mean(axis=(-2, -1)), window, step)
 
 
 def cluster_patches(tokens: np.ndarray, k: int, mask: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
