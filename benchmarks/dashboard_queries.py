@@ -4,9 +4,9 @@
     python benchmarks/dashboard_queries.py --db /tmp/bench.db --dataset bench [--tsne] [--umap]
     python benchmarks/dashboard_queries.py --synthetic 10000               # writes a fresh one first
 
-Opening is timed in fresh processes (imports done first): once with no shared matrix file in the cache folder (the
-first process of a generation builds it from the database), once with the file there (later processes map it),
-and again in the same process. The answers are timed with the file mapped, each the median of --repeats runs of
+Opening is timed in fresh processes (imports done first): once with no shared matrix in the cache folder (the
+first process of a generation builds it from the database), once with it there (later processes map its files),
+and again in the same process. The answers are timed with the files mapped, each the median of --repeats runs of
 what the page callbacks do; the gallery page and the scatter go through Dash's callback route (Flask test client),
 JSON encoding included. t-SNE and UMAP (background jobs in the dashboard) run once each when asked for. Memory:
 --workers processes open the dataset and answer the same requests, then psutil reads each one's resident set (RSS),
