@@ -110,6 +110,8 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
+        """One transaction, committed on success. A database that cannot be reached raises DatabaseUnreachable; a
+        write that conflicts with another process's (a unique key taken meanwhile) raises ConflictingWrite."""
         self.engine  # noqa: B018  (makes the engine and session factory for this process)
         if self._file is not None:
             self._check_file()
