@@ -16,26 +16,24 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
 
 from dashboard.analysis.projection import REDUCED_DIMENSIONS, pca_components, row_norms
 from dashboard.analysis.similarity import top_k
 from dashboard.shared_matrix import MatrixKey, SharedContent, one_builder, read_shared, write_shared
-from db.arrays import decode_array
 from db.engine import Database, open_database
 from db.queries import (
-    EMBEDDING_DTYPE,
     dataset_by_name,
+    dataset_generation,
     dataset_generations,
     dataset_summaries,
     latest_run_state,
     patch_grid,
+    read_embeddings,
     thumbnail,
 )
-from db.schema import Dataset, Embedding, Image
+from db.schema import Dataset
 
 log = logging.getLogger(__name__)
-READ_BATCH = 4096  # embeddings decoded per step when a dataset is read from the database
 PATH_SEPARATOR = "\0"  # the one character no file path holds
 SHARED_CONTENT = 2  # the version of what _read_dataset shares: change it with what it stores
 
@@ -135,9 +133,8 @@ class DatasetStore:
     def thumbnail(self, image_id: int, kind: str) -> tuple[bytes, str] | None:
         """(JPEG bytes, an ETag that changes with the image's content), or None for an unknown id."""
         with self.database.session() as session:
-            jpeg = thumbnail(session, image_id, kind)
-            content_hash = session.scalar(select(Image.content_hash).where(Image.id == image_id))
-        return None if jpeg is None else (jpeg, f"{content_hash}-{kind}")
+            found = thumbnail(session, image_id, kind)
+        return None if found is None else (found.jpeg, f"{found.content_hash}-{kind}")
 
     def provenances(self) -> list[Provenance]:
         """Every dataset's provenance. Counting the images reads every image's row, and every page asks for this:
@@ -208,7 +205,7 @@ def _build_shared(session, dataset: Dataset, key: MatrixKey, folder: Path) -> Sh
     """Read the dataset from the database and write its shared file; the content comes back mapped from it."""
     built = _read_dataset(session, dataset)
     # On PostgreSQL each statement may see a newer commit: share only what one generation holds.
-    if session.scalar(select(Dataset.generation).where(Dataset.id == dataset.id)) != key.generation:
+    if dataset_generation(session, dataset.id) != key.generation:
         return built
     try:
         write_shared(folder, key, built)
@@ -219,32 +216,12 @@ def _build_shared(session, dataset: Dataset, key: MatrixKey, folder: Path) -> Sh
 
 
 def _read_dataset(session, dataset: Dataset) -> SharedContent:
-    """A dataset's images and embeddings from the database in relative-path order, with the derived arrays.
-
-    Embeddings are checked as db.arrays does (dtype, shape, byte count) and appended a batch at a time to one
-    buffer that becomes the matrix without a copy (a large buffer grows in place), so reading never needs two."""
-    dim = dataset.embed_dim
-    expected = (np.dtype(EMBEDDING_DTYPE).str, str(dim), dim * np.dtype(EMBEDDING_DTYPE).itemsize)
-    statement = (select(Image.id, Image.relpath, Image.label, Image.width, Image.height, Embedding.data,
-                        Embedding.dtype, Embedding.shape)
-                 .join(Embedding, Embedding.image_id == Image.id).where(Image.dataset_id == dataset.id)
-                 .order_by(Image.relpath).execution_options(yield_per=READ_BATCH))
-    ids, relpaths, labels, sizes, matrix = [], [], [], [], bytearray()
-    for rows in session.execute(statement).partitions():
-        for row in rows:
-            if (row.dtype, row.shape, len(row.data)) != expected:
-                decode_array(row.data, row.dtype, row.shape, expected_dtype=EMBEDDING_DTYPE, expected_shape=(dim,))
-        ids += [row.id for row in rows]
-        relpaths += [row.relpath for row in rows]
-        labels += [row.label for row in rows]
-        sizes += [(row.width, row.height) for row in rows]
-        matrix += b"".join(row.data for row in rows)
-    embeddings = np.frombuffer(matrix, EMBEDDING_DTYPE).reshape(-1, dim).astype(np.float32, copy=False)
+    """A dataset's images and embeddings from the database in relative-path order, with the derived arrays."""
+    read = read_embeddings(session, dataset)
     # Read back fast: paths as one string, labels as codes into the distinct labels, sizes as an array.
-    distinct = list(dict.fromkeys(labels))
+    distinct = list(dict.fromkeys(read.labels))
     codes = {label: code for code, label in enumerate(distinct)}
-    arrays = {"image_ids": np.array(ids, np.int64), "embeddings": embeddings, "norms": row_norms(embeddings),
-              "reduced": pca_components(embeddings, REDUCED_DIMENSIONS)[0],
-              "label_codes": np.array([codes[label] for label in labels], np.int32),
-              "sizes": np.array(sizes, np.int32).reshape(-1, 2)}
-    return SharedContent(arrays, {"relpaths": PATH_SEPARATOR.join(relpaths), "labels": distinct})
+    arrays = {"image_ids": read.image_ids, "embeddings": read.embeddings, "norms": row_norms(read.embeddings),
+              "reduced": pca_components(read.embeddings, REDUCED_DIMENSIONS)[0],
+              "label_codes": np.array([codes[label] for label in read.labels], np.int32), "sizes": read.sizes}
+    return SharedContent(arrays, {"relpaths": PATH_SEPARATOR.join(read.relpaths), "labels": distinct})

@@ -1,10 +1,9 @@
 """Query by upload: a user's JPG or PNG, embedded exactly as the dataset's images were, to rank the dataset by.
 
-The upload stays in memory from the callback request to the vector: it is decoded with the indexer's own
-`decode_image`, preprocessed with the dataset's model transform and embedded by the dataset's model rebuilt from
-its provenance, so its vector is comparable with the stored ones. Nothing of it is written anywhere.
-
-Torch and timm are imported only when an upload is embedded (in a background job), never by the web server.
+Here are the upload's limits and parsing; decoding and embedding go through the indexer's door (indexer.query):
+the upload stays in memory from the callback request to the vector, is decoded with the indexer's own
+`decode_image` and embedded by the dataset's model rebuilt from its provenance, so its vector is comparable with
+the stored ones. Nothing of it is written anywhere.
 """
 
 from __future__ import annotations
@@ -12,9 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -24,11 +21,23 @@ from PIL import Image
 
 from db.engine import open_database
 from db.queries import dataset_by_name, datasets_newest_first
-from indexer.decode import DecodedImage, UnreadableImage, decode_image
+from indexer.query import (
+    DecodedImage,
+    ModelUnavailable,
+    QueryModels,
+    QueryRefused,
+    RecordedModel,
+    UnreadableImage,
+    decode_image,
+)
 
 if TYPE_CHECKING:
     from dashboard.data import DatasetStore
-    from indexer.model import LoadedModel
+
+# The pages and the job server take the door's model cache and refusals from here, with the upload's own.
+__all__ = ["ACCEPTED_FORMATS", "MAX_REQUEST_BYTES", "MAX_UPLOAD_BYTES", "UPLOAD_TYPES", "ModelUnavailable",
+           "QueryModels", "QueryRefused", "RecordedModel", "UploadEmbedding", "UploadRefused", "decode_upload",
+           "embed_upload", "newest_recorded_models", "recorded_model", "upload_bytes"]
 
 MAX_UPLOAD_BYTES = 10 * 1024**2
 # A PNG is decoded whole (a JPEG at a reduced scale): above this many pixels, a small file could take a job's
@@ -40,33 +49,8 @@ ACCEPTED_FORMATS = ("JPEG", "PNG")
 UPLOAD_TYPES = ("image/jpeg", "image/png")  # what the browser lets through: the types of ACCEPTED_FORMATS
 
 
-class QueryRefused(Exception):
-    """The upload cannot be compared with the dataset; the message says why in one line."""
-
-
 class UploadRefused(QueryRefused):
     """The file itself: too large, not an image, damaged, a decompression bomb, or not a JPG or PNG."""
-
-
-class ModelUnavailable(QueryRefused):
-    """The dataset's exact model cannot be rebuilt on this server (its weights are missing or differ)."""
-
-
-@dataclass(frozen=True)
-class RecordedModel:
-    """What a dataset's images were embedded with, as its provenance records it."""
-
-    name: str
-    weights_kind: str
-    weights_identity: str
-    weights_source: str | None
-    image_size: int
-    precision: str
-
-    @property
-    def key(self) -> tuple:
-        """Equal for datasets whose vectors come from the same network run the same way (bf16 casts the model)."""
-        return self.name, self.weights_identity, self.image_size, self.precision
 
 
 @dataclass(frozen=True)
@@ -154,74 +138,10 @@ def _image_header(data: bytes) -> tuple[str | None, tuple[int, int] | None]:
         return None, None
 
 
-class QueryModels:
-    """The models that embed uploads in this process: each built on first use, at most `capacity` kept.
-
-    One belongs to the app. Background jobs receive it pickled, as an empty copy: under the diskcache manager every
-    job is a new process, so a model is built once per upload there; a Celery worker keeps its models for its life.
-    """
-
-    def __init__(self, capacity: int = 1) -> None:
-        self._capacity = capacity
-        self._models: OrderedDict[tuple, tuple[LoadedModel, object]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __getstate__(self) -> dict:
-        return {"capacity": self._capacity}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["capacity"])
-
-    def holds(self, recorded: RecordedModel) -> bool:
-        return recorded.key in self._models
-
-    def get(self, recorded: RecordedModel, on_build: Callable[[], None] = lambda: None) -> tuple[LoadedModel, object]:
-        """(the model, the torch device it is on); `on_build` is called first when it has to be built."""
-        with self._lock:  # one build at a time: two requests for the same model must not build it twice
-            found = self._models.get(recorded.key)
-            if found is None:
-                on_build()
-                found = _rebuild(recorded)
-                self._models[recorded.key] = found
-                while len(self._models) > self._capacity:
-                    self._models.popitem(last=False)
-            self._models.move_to_end(recorded.key)
-            return found
-
-
-def _rebuild(recorded: RecordedModel) -> tuple[LoadedModel, object]:
-    from indexer.model import ModelError, inference_model, load_model, recorded_weights, resolve_device
-
-    weights = recorded_weights(recorded.weights_kind, recorded.weights_identity, recorded.weights_source)
-    try:
-        loaded = load_model(recorded.name, weights, recorded.image_size)
-    except ModelError as error:
-        raise ModelUnavailable(f"This dataset's model cannot be rebuilt on this server, so uploads cannot be "
-                               f"compared with its images: {error}") from None
-    if loaded.weights.identity != recorded.weights_identity:
-        raise ModelUnavailable(
-            f"The weights on this server ({loaded.weights.identity}) are not the ones this dataset was indexed "
-            f"with ({recorded.weights_identity}), so uploads cannot be compared with its images: restore those "
-            f"weights{' at ' + recorded.weights_source if recorded.weights_kind == 'file' else ''}, or index the "
-            "dataset again")
-    device = resolve_device("auto")
-    inference_model(loaded, device, recorded.precision)
-    return loaded, device
-
-
 def embed_upload(models: QueryModels, recorded: RecordedModel, contents: str | None,
                  progress: Callable[[str], None] = lambda stage: None) -> UploadEmbedding:
     """The upload's embedding by the dataset's own model, decoding and preprocessing; QueryRefused says why not."""
     decoded, found = decode_upload(upload_bytes(contents), recorded.image_size)
-    loaded, device = models.get(recorded, on_build=lambda: progress(f"Loading {recorded.name}…"))
+    model = models.get(recorded, on_build=lambda: progress(f"Loading {recorded.name}…"))
     progress("Embedding the upload…")
-    embedding = _cls_embedding(loaded, device, recorded.precision, decoded.rgb)
-    return UploadEmbedding(decoded.width, decoded.height, found, embedding)
-
-
-def _cls_embedding(loaded: LoadedModel, device, precision: str, rgb: Image.Image) -> np.ndarray:
-    """The CLS token of one picture, float32, computed as the indexer's embed_files computes it for a batch."""
-    from indexer.model import forward_features
-
-    tokens = forward_features(loaded.model, loaded.transform(rgb).unsqueeze(0), device, precision)
-    return tokens[0, 0].float().cpu().numpy()
+    return UploadEmbedding(decoded.width, decoded.height, found, model.embed(decoded.rgb))

@@ -20,10 +20,17 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, func, inspect, make_url, select
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.errors import DatabaseNotFound, DatabaseUnreachable, DinoscopeDbError, NotADinoscopeDatabase, SchemaMismatch
+from db.errors import (
+    ConflictingWrite,
+    DatabaseNotFound,
+    DatabaseUnreachable,
+    DinoscopeDbError,
+    NotADinoscopeDatabase,
+    SchemaMismatch,
+)
 from db.schema import SCHEMA_VERSION, Base, SchemaInfo
 
 log = logging.getLogger(__name__)
@@ -103,6 +110,8 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
+        """One transaction, committed on success. A database that cannot be reached raises DatabaseUnreachable; a
+        write that conflicts with another process's (a unique key taken meanwhile) raises ConflictingWrite."""
         self.engine  # noqa: B018  (makes the engine and session factory for this process)
         if self._file is not None:
             self._check_file()
@@ -111,6 +120,9 @@ class Database:
                 yield session
         except OperationalError as error:
             raise DatabaseUnreachable(f"database {display_url(self.url)}: {_first_line(error.orig)}") from error
+        except IntegrityError as error:
+            raise ConflictingWrite(f"database {display_url(self.url)}: another process wrote the same rows at once "
+                                   f"({_first_line(error.orig)})") from error
 
     def _check_file(self) -> None:
         """A SQLite file replaced (renamed over) or deleted while open must not be read on old connections beside new

@@ -27,3 +27,11 @@ class DatasetNotFound(DinoscopeDbError):
 
 class CorruptArray(DinoscopeDbError):
     pass
+
+
+class DatasetExists(DinoscopeDbError):
+    pass
+
+
+class ConflictingWrite(DinoscopeDbError):
+    """Another process wrote the same rows at the same moment (a unique key taken, a row removed meanwhile)."""

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session
 
-from db.queries import dataset_images, dataset_patch_pca, load_embeddings, stored_patch_grid
+from db.errors import CorruptArray
+from db.queries import dataset_patch_pca, read_embeddings, stored_patch_grids
 from db.schema import Dataset
 
 
@@ -20,31 +21,39 @@ def export_npz(session: Session, dataset: Dataset, target: Path, *, patch_grids:
     `patch_axes` (patch dims, embed dim), so `patch_mean + patch_coords @ patch_axes` gives the grids the dashboard
     shows (up to float16 rounding), without writing the full size that reducing saved.
     """
-    image_ids, embeddings = load_embeddings(session, dataset)
-    images = {image.id: image for image in dataset_images(session, dataset.id)}
-    ordered = [images[int(i)] for i in image_ids]
+    read = read_embeddings(session, dataset)
     arrays = {
-        "image_ids": image_ids,
-        "relpaths": np.array([image.relpath for image in ordered], dtype=str),
-        "labels": np.array([image.label or "" for image in ordered], dtype=str),
-        "embeddings": embeddings,
+        "image_ids": read.image_ids,
+        "relpaths": np.array(read.relpaths, dtype=str),
+        "labels": np.array([label or "" for label in read.labels], dtype=str),
+        "embeddings": read.embeddings,
         "provenance": np.array(json.dumps(_provenance(dataset))),
     }
     if patch_grids:
-        grids = np.empty((len(ordered), dataset.grid_height, dataset.grid_width, dataset.stored_patch_dims),
-                         np.float16)
-        for row, image_id in enumerate(image_ids):
-            grids[row] = stored_patch_grid(session, dataset, int(image_id))
-        if dataset.patch_dims is None:
-            arrays["patch_grids"] = grids
-        else:
-            arrays["patch_coords"] = grids
-            if ordered:  # a reduced dataset has a basis from its first stored grid on
-                pca = dataset_patch_pca(session, dataset)
-                arrays.update(patch_mean=pca.mean, patch_axes=pca.axes)
+        arrays.update(_patch_grids(session, dataset, read.image_ids))
     with open(target, "wb") as handle:
         np.savez(handle, **arrays)
-    return len(ordered)
+    return len(read.image_ids)
+
+
+def _patch_grids(session: Session, dataset: Dataset, image_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The grids in the order of `image_ids`, read in one statement, with the basis of reduced ones."""
+    rows = {int(image_id): row for row, image_id in enumerate(image_ids)}
+    grids = np.empty((len(rows), dataset.grid_height, dataset.grid_width, dataset.stored_patch_dims), np.float16)
+    filled = np.zeros(len(rows), bool)
+    for image_id, grid in stored_patch_grids(session, dataset):
+        if image_id in rows:
+            grids[rows[image_id]] = grid
+            filled[rows[image_id]] = True
+    if not filled.all():
+        raise CorruptArray(f"dataset {dataset.name!r} holds {int((~filled).sum())} images without a patch grid: "
+                           f"remove it (`dinoscope remove {dataset.name}`) and index it again")
+    if dataset.patch_dims is None:
+        return {"patch_grids": grids}
+    if not rows:
+        return {"patch_coords": grids}
+    pca = dataset_patch_pca(session, dataset)  # a reduced dataset has a basis from its first stored grid on
+    return {"patch_coords": grids, "patch_mean": pca.mean, "patch_axes": pca.axes}
 
 
 def _provenance(dataset: Dataset) -> dict:

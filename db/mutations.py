@@ -2,45 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict
 
 import numpy as np
-from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy import delete, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from db.arrays import encode_array
 from db.patch_pca import PatchPca
 from db.queries import EMBEDDING_DTYPE, PATCH_BASIS_DTYPE, PATCH_GRID_DTYPE, patch_pca, stored_patch_grid
+from db.records import DatasetProvenance, FileFacts, ImageContent, JpegImage
 from db.schema import Dataset, Embedding, Image, PatchBasis, PatchGrid, Thumbnail, utcnow
 
 
-@dataclass(frozen=True)
-class JpegImage:
-    jpeg: bytes
-    width: int
-    height: int
-
-
-@dataclass(frozen=True)
-class ImageContent:
-    """Everything derived from an image's bytes: the same bytes always give the same content."""
-
-    width: int
-    height: int
-    embedding: np.ndarray  # (D,)
-    patch_grid: np.ndarray  # (grid height, grid width, D), D the dataset's stored_patch_dims once stored
-    thumbnails: dict[str, JpegImage]  # by kind: "gallery", "preview"
-
-
-@dataclass(frozen=True)
-class FileFacts:
-    """What the file system says about an image file."""
-
-    relpath: str
-    label: str | None
-    content_hash: str
-    size_bytes: int
-    mtime_ns: int
+def create_dataset(session: Session, provenance: DatasetProvenance) -> Dataset | None:
+    """Add a dataset; None, with nothing added, where one of its name exists (another process, a shard of the same
+    job say, may have created it since the caller looked)."""
+    dataset = Dataset(**asdict(provenance))
+    try:
+        with session.begin_nested():
+            session.add(dataset)
+    except IntegrityError:
+        return None
+    return dataset
 
 
 def add_image(session: Session, dataset: Dataset, facts: FileFacts, content: ImageContent) -> Image:
@@ -50,6 +36,26 @@ def add_image(session: Session, dataset: Dataset, facts: FileFacts, content: Ima
     session.flush()
     _store_content(session, image.id, content)
     return image
+
+
+def add_images_in_bulk(session: Session, dataset: Dataset, images: Sequence[tuple[FileFacts, ImageContent]]) -> None:
+    """Add many new images at once: one multi-row INSERT per table, without loading a row back as an object."""
+    image_ids = session.scalars(
+        insert(Image).returning(Image.id, sort_by_parameter_order=True),
+        [{"dataset_id": dataset.id, "relpath": facts.relpath, "label": facts.label,
+          "content_hash": facts.content_hash, "size_bytes": facts.size_bytes, "mtime_ns": facts.mtime_ns,
+          "width": content.width, "height": content.height} for facts, content in images],
+    ).all()
+    contents = [content for _, content in images]
+    session.execute(insert(Embedding), [
+        {"image_id": image_id, "normalized": False, **asdict(encode_array(content.embedding, EMBEDDING_DTYPE))}
+        for image_id, content in zip(image_ids, contents)])
+    session.execute(insert(PatchGrid), [
+        {"image_id": image_id, **asdict(encode_array(content.patch_grid, PATCH_GRID_DTYPE))}
+        for image_id, content in zip(image_ids, contents)])
+    session.execute(insert(Thumbnail), [
+        {"image_id": image_id, "kind": kind, "width": t.width, "height": t.height, "jpeg": t.jpeg}
+        for image_id, content in zip(image_ids, contents) for kind, t in content.thumbnails.items()])
 
 
 def replace_image_content(session: Session, image_id: int, facts: FileFacts, content: ImageContent) -> None:

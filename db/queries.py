@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from db.arrays import decode_array
 from db.errors import CorruptArray, DatasetNotFound
 from db.patch_pca import PatchPca
 from db.schema import Dataset, Embedding, Image, IndexRun, PatchBasis, PatchGrid, Thumbnail
@@ -15,6 +17,7 @@ from db.schema import Dataset, Embedding, Image, IndexRun, PatchBasis, PatchGrid
 EMBEDDING_DTYPE = "<f4"
 PATCH_GRID_DTYPE = "<f2"
 PATCH_BASIS_DTYPE = "<f4"
+READ_BATCH = 4096  # rows fetched and decoded per step when every embedding or patch grid of a dataset is read
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,23 @@ class DatasetSummary:
     patch_basis: PatchBasisFacts | None = None  # None for full grids, or while a reduced dataset has no basis yet
 
 
+@dataclass(frozen=True)
+class DatasetEmbeddings:
+    """A dataset's images in relative-path order, with their embeddings as stored."""
+
+    image_ids: np.ndarray  # int64 (N,)
+    relpaths: list[str]
+    labels: list[str | None]
+    sizes: np.ndarray  # int32 (N, 2): width and height
+    embeddings: np.ndarray  # float32 (N, D)
+
+
+@dataclass(frozen=True)
+class StoredThumbnail:
+    jpeg: bytes
+    content_hash: str  # of the image it shows: changes whenever the thumbnail may
+
+
 def find_dataset(session: Session, name: str) -> Dataset | None:
     return session.scalar(select(Dataset).where(Dataset.name == name))
 
@@ -56,23 +76,32 @@ def dataset_by_name(session: Session, name: str) -> Dataset:
     return dataset
 
 
+def dataset_by_id(session: Session, dataset_id: int) -> Dataset | None:
+    return session.get(Dataset, dataset_id)
+
+
+def dataset_generation(session: Session, dataset_id: int) -> int | None:
+    """The dataset's generation as committed now (a session on PostgreSQL may see newer commits statement by
+    statement); None where the dataset is gone."""
+    return session.scalar(select(Dataset.generation).where(Dataset.id == dataset_id))
+
+
 def datasets_newest_first(session: Session) -> list[Dataset]:
     """Every dataset, the most recently updated first."""
     return list(session.scalars(select(Dataset).order_by(Dataset.updated_at.desc(), Dataset.id.desc())))
 
 
 def dataset_summaries(session: Session) -> list[DatasetSummary]:
+    """Every dataset in name order, with its image count, its newest run and its basis: four statements however
+    many datasets there are."""
     counts = dict(session.execute(select(Image.dataset_id, func.count()).group_by(Image.dataset_id)).all())
     bases = {row.dataset_id: PatchBasisFacts(row.fitted_images, row.fitted_tokens, row.explained_variance)
              for row in session.execute(select(PatchBasis.dataset_id, PatchBasis.fitted_images,
                                                PatchBasis.fitted_tokens, PatchBasis.explained_variance))}
-    summaries = []
-    for dataset in session.scalars(select(Dataset).order_by(Dataset.name)):
-        last_run = session.scalar(
-            select(IndexRun).where(IndexRun.dataset_id == dataset.id).order_by(IndexRun.id.desc()).limit(1)
-        )
-        summaries.append(DatasetSummary(dataset, counts.get(dataset.id, 0), last_run, bases.get(dataset.id)))
-    return summaries
+    newest = select(func.max(IndexRun.id)).group_by(IndexRun.dataset_id)
+    last_runs = {run.dataset_id: run for run in session.scalars(select(IndexRun).where(IndexRun.id.in_(newest)))}
+    return [DatasetSummary(dataset, counts.get(dataset.id, 0), last_runs.get(dataset.id), bases.get(dataset.id))
+            for dataset in session.scalars(select(Dataset).order_by(Dataset.name))]
 
 
 def dataset_generations(session: Session) -> dict[str, int]:
@@ -101,20 +130,45 @@ def dataset_images(session: Session, dataset_id: int) -> list[Image]:
     return list(session.scalars(select(Image).where(Image.dataset_id == dataset_id).order_by(Image.relpath)))
 
 
+def image_with_content(session: Session, dataset_id: int, content_hash: str, preferred: int) -> int | None:
+    """The id of an image of the dataset that holds these bytes: `preferred` if it still does, else any other, as
+    `preferred` may have changed since the caller looked (a row's derived data always matches its content hash)."""
+    holding = select(Image.id).where(Image.dataset_id == dataset_id, Image.content_hash == content_hash)
+    return session.scalar(holding.where(Image.id == preferred)) or session.scalar(holding.limit(1))
+
+
+def read_embeddings(session: Session, dataset: Dataset) -> DatasetEmbeddings:
+    """Every image of a dataset with its embedding, in relative-path order, in one statement read READ_BATCH rows
+    at a time.
+
+    Each embedding is checked as db.arrays checks it (dtype, shape, byte count), and the batches are appended to
+    one buffer that becomes the matrix without a copy (a large buffer grows in place), so reading never holds two.
+    """
+    dim = dataset.embed_dim
+    expected = (np.dtype(EMBEDDING_DTYPE).str, str(dim), dim * np.dtype(EMBEDDING_DTYPE).itemsize)
+    statement = (select(Image.id, Image.relpath, Image.label, Image.width, Image.height, Embedding.data,
+                        Embedding.dtype, Embedding.shape)
+                 .join(Embedding, Embedding.image_id == Image.id).where(Image.dataset_id == dataset.id)
+                 .order_by(Image.relpath).execution_options(yield_per=READ_BATCH))
+    ids, relpaths, labels, sizes, matrix = [], [], [], [], bytearray()
+    for rows in session.execute(statement).partitions():
+        for row in rows:
+            if (row.dtype, row.shape, len(row.data)) != expected:
+                decode_array(row.data, row.dtype, row.shape, expected_dtype=EMBEDDING_DTYPE, expected_shape=(dim,))
+        ids += [row.id for row in rows]
+        relpaths += [row.relpath for row in rows]
+        labels += [row.label for row in rows]
+        sizes += [(row.width, row.height) for row in rows]
+        matrix += b"".join(row.data for row in rows)
+    embeddings = np.frombuffer(matrix, EMBEDDING_DTYPE).reshape(-1, dim).astype(np.float32, copy=False)
+    return DatasetEmbeddings(np.array(ids, np.int64), relpaths, labels, np.array(sizes, np.int32).reshape(-1, 2),
+                             embeddings)
+
+
 def load_embeddings(session: Session, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """(image ids, float32 matrix of shape (N, D)) of a dataset, in relative-path order."""
-    rows = session.execute(
-        select(Image.id, Embedding.data, Embedding.dtype, Embedding.shape)
-        .join(Embedding, Embedding.image_id == Image.id)
-        .where(Image.dataset_id == dataset.id)
-        .order_by(Image.relpath)
-    ).all()
-    matrix = np.empty((len(rows), dataset.embed_dim), dtype=np.float32)
-    for i, row in enumerate(rows):
-        matrix[i] = Embedding(data=row.data, dtype=row.dtype, shape=row.shape).array(
-            EMBEDDING_DTYPE, (dataset.embed_dim,)
-        )
-    return np.array([row.id for row in rows], dtype=np.int64), matrix
+    read = read_embeddings(session, dataset)
+    return read.image_ids, read.embeddings
 
 
 def patch_grid(session: Session, image_id: int) -> np.ndarray:
@@ -134,6 +188,18 @@ def stored_patch_grid(session: Session, dataset: Dataset, image_id: int) -> np.n
     """An image's patch grid as stored: (grid height, grid width, dataset.stored_patch_dims) float16."""
     return _stored_grid(session.execute(select(PatchGrid).where(PatchGrid.image_id == image_id)).scalar_one(),
                         dataset)
+
+
+def stored_patch_grids(session: Session, dataset: Dataset) -> Iterator[tuple[int, np.ndarray]]:
+    """(image id, patch grid as stored) of every image of a dataset, in one statement read READ_BATCH rows at a
+    time."""
+    statement = (select(PatchGrid.image_id, PatchGrid.data, PatchGrid.dtype, PatchGrid.shape)
+                 .join(Image, Image.id == PatchGrid.image_id).where(Image.dataset_id == dataset.id)
+                 .execution_options(yield_per=READ_BATCH))
+    expected = (dataset.grid_height, dataset.grid_width, dataset.stored_patch_dims)
+    for row in session.execute(statement):
+        yield row.image_id, decode_array(row.data, row.dtype, row.shape, expected_dtype=PATCH_GRID_DTYPE,
+                                         expected_shape=expected)
 
 
 def _stored_grid(grid: PatchGrid, dataset: Dataset) -> np.ndarray:
@@ -157,6 +223,8 @@ def dataset_patch_pca(session: Session, dataset: Dataset) -> PatchPca:
     return pca
 
 
-def thumbnail(session: Session, image_id: int, kind: str = "gallery") -> bytes | None:
-    """The JPEG bytes of an image's gallery thumbnail or preview, or None for an unknown id."""
-    return session.scalar(select(Thumbnail.jpeg).where(Thumbnail.image_id == image_id, Thumbnail.kind == kind))
+def thumbnail(session: Session, image_id: int, kind: str = "gallery") -> StoredThumbnail | None:
+    """An image's gallery thumbnail or preview with its content hash, in one statement; None for an unknown id."""
+    row = session.execute(select(Thumbnail.jpeg, Image.content_hash).join(Image, Image.id == Thumbnail.image_id)
+                          .where(Thumbnail.image_id == image_id, Thumbnail.kind == kind)).first()
+    return None if row is None else StoredThumbnail(row.jpeg, row.content_hash)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from db.mutations import JpegImage
+from db.records import JpegImage
 
 GALLERY_LONG_SIDE = 192
 PREVIEW_LONG_SIDE = 512

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from db.mutations import ImageContent, JpegImage
+from db.records import ImageContent, JpegImage
 from indexer.decode import UnreadableImage, decode_image, thumbnails
 from indexer.model import LoadedModel, forward_features, inference_model
 from indexer.processes import end_with

@@ -2,7 +2,8 @@
 patch grid as its coordinates in that basis.
 
 The basis is fitted once per dataset, on the patch tokens of the first FIT_IMAGES images its first run embeds (all
-of them when the run has fewer), and reused by every later run, so all stored coordinates share one basis.
+of them when the run has fewer), and reused by every later run, so all stored coordinates share one basis. It is
+fitted and stored in the transaction that stores the first batch needing it, so embedding opens no session.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from db.engine import Database
 from db.mutations import store_patch_pca
 from db.patch_pca import PatchPca
 from db.queries import patch_pca
@@ -49,43 +49,53 @@ def fit_patch_pca(grids: Sequence[np.ndarray], dims: int) -> PatchPca:
                     float(pca.explained_variance_ratio_.sum()))
 
 
-def reduce_patch_grids(database: Database, dataset_id: int,
-                       batches: Iterable[list[EmbeddedFile]]) -> Iterator[list[EmbeddedFile]]:
-    """The batches with every patch grid replaced by its coordinates in the dataset's basis (unchanged for a
-    dataset of full grids). Without a stored basis, batches wait in memory until FIT_IMAGES images (or the last
-    batch) have come, the basis is fitted on them and stored, and then they go on reduced."""
-    with database.session() as session:
-        dataset = session.get(Dataset, dataset_id)
-        dims, pca = dataset.patch_dims, patch_pca(session, dataset)
-    if dims is None:
-        yield from batches
-        return
-    waiting: list[list[EmbeddedFile]] = []
-    embedded = 0
-    for batch in batches:
-        if pca is not None:
-            yield _reduced(batch, pca)
-            continue
-        waiting.append(batch)
-        embedded += sum(result.content is not None for result in batch)
-        if embedded >= FIT_IMAGES:
-            pca = _fit_and_store(database, dataset_id, waiting, dims)
-            yield from (_reduced(pending, pca) for pending in waiting)
-            waiting = []
-    if waiting and embedded:  # the run ended before FIT_IMAGES images: the basis is fitted on what came
-        pca = _fit_and_store(database, dataset_id, waiting, dims)
-        waiting = [_reduced(pending, pca) for pending in waiting]
-    yield from waiting  # when nothing was embedded (failures only) there is no grid to reduce
+class PatchReduction:
+    """A run's patch grids on their way to the database: unchanged for a dataset of full grids, else stored as their
+    coordinates in the dataset's basis.
+
+    Without a stored basis, `held_back` keeps batches in memory until FIT_IMAGES images (or the last batch) have
+    come; `stored` then fits the basis on them in the first of their store transactions and stores it there, unless
+    another process stored one meanwhile: the stored one is the one every grid uses.
+    """
+
+    def __init__(self, session, dataset: Dataset) -> None:
+        self.dims = dataset.patch_dims
+        self.pca = None if self.dims is None else patch_pca(session, dataset)
+        self._fit_on: list[np.ndarray] = []  # the grids of the first images, once enough have come
+
+    def held_back(self, batches: Iterable[list[EmbeddedFile]]) -> Iterator[list[EmbeddedFile]]:
+        """The batches in order, held back only while a basis still waits for the images to be fitted on."""
+        if self.dims is None or self.pca is not None:
+            yield from batches
+            return
+        waiting: list[list[EmbeddedFile]] | None = []
+        grids: list[np.ndarray] = []
+        for batch in batches:
+            if waiting is None:  # released: the basis is fitted when the first released batch is stored
+                yield batch
+                continue
+            waiting.append(batch)
+            grids += [result.content.patch_grid for result in batch if result.content is not None]
+            if len(grids) >= FIT_IMAGES:
+                self._fit_on = grids
+                yield from waiting
+                waiting = None
+        if waiting:  # the run ended before FIT_IMAGES images: the basis is fitted on what came (on nothing when
+            self._fit_on = grids  # only failures came, and then there is no grid to reduce either)
+            yield from waiting
+
+    def stored(self, session, dataset: Dataset, batch: list[EmbeddedFile]) -> list[EmbeddedFile]:
+        """The batch as it is stored: in the transaction of the first batch that needs it, the basis is fitted and
+        stored first."""
+        if self.dims is None:
+            return batch
+        if self.pca is None and self._fit_on:
+            self.pca = store_patch_pca(session, dataset, fit_patch_pca(self._fit_on, self.dims))
+            self._fit_on = []
+        return batch if self.pca is None else _reduced(batch, self.pca)
 
 
-def _fit_and_store(database: Database, dataset_id: int, batches: list[list[EmbeddedFile]], dims: int) -> PatchPca:
-    fitted = fit_patch_pca([result.content.patch_grid for batch in batches for result in batch
-                            if result.content is not None], dims)
-    with database.session() as session:
-        return store_patch_pca(session, session.get(Dataset, dataset_id), fitted)
-
-
-def _reduced(batch: list[EmbeddedFile], pca: PatchPca | None) -> list[EmbeddedFile]:
+def _reduced(batch: list[EmbeddedFile], pca: PatchPca) -> list[EmbeddedFile]:
     return [result if result.content is None else dataclasses.replace(
         result, content=dataclasses.replace(result.content, patch_grid=pca.reduce(result.content.patch_grid)))
         for result in batch]

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from db.mutations import FileFacts
 from db.queries import StoredImage
+from db.records import FileFacts
 from indexer.scan import FolderScan, FoundFile, lies_under
 
 

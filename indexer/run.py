@@ -1,7 +1,7 @@
 """One index run: check the request against the dataset, plan, then apply the plan batch by batch.
 
 Each batch is one transaction (its images, embeddings, patch grids, thumbnails, failures, the dataset's
-generation and the run's counters of them), so a run killed at any moment leaves only whole images behind, its
+generation and the run's counters of them; in the first batch of a reduced dataset, its patch basis too), so a run killed at any moment leaves only whole images behind, its
 counters say what it committed, and the next run picks up the rest.
 """
 
@@ -17,15 +17,14 @@ from pathlib import Path
 import PIL
 import timm
 import torch
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from tqdm import tqdm
 
 from db.engine import Database
-from db.errors import DinoscopeDbError
+from db.errors import ConflictingWrite, DinoscopeDbError
 from db.mutations import (
     add_image,
     bump_generation,
+    create_dataset,
     move_image,
     remove_images,
     remove_vanished_images,
@@ -33,8 +32,10 @@ from db.mutations import (
     stored_content,
     touch_image,
 )
-from db.queries import find_dataset, stored_images
-from db.schema import Dataset, Failure, Image, IndexRun, utcnow
+from db.queries import dataset_by_id, find_dataset, image_with_content, stored_images
+from db.records import DatasetProvenance
+from db.runs import count_run_changes, end_run, mark_abandoned_runs, start_run
+from db.schema import Dataset
 from indexer.embed import embed_files
 from indexer.holds import hold
 from indexer.model import (
@@ -46,7 +47,7 @@ from indexer.model import (
     resolve_device,
     resolve_precision,
 )
-from indexer.patch_reduction import check_fittable, reduce_patch_grids
+from indexer.patch_reduction import PatchReduction, check_fittable
 from indexer.plan import WHOLE_FOLDER, IndexPlan, Shard, plan_index
 from indexer.scan import IMAGE_SUFFIXES, FolderScan, content_hash, scan_folder
 
@@ -116,11 +117,8 @@ class Changes:
     failures: list[tuple[str, str]] = field(default_factory=list)
 
     def record(self, session, run_id: int) -> None:
-        session.add_all(Failure(run_id=run_id, relpath=relpath, reason=reason) for relpath, reason in self.failures)
-        session.execute(update(IndexRun).where(IndexRun.id == run_id).values(
-            added=IndexRun.added + self.added, updated=IndexRun.updated + self.updated,
-            moved=IndexRun.moved + self.moved, removed=IndexRun.removed + self.removed,
-            failed=IndexRun.failed + len(self.failures)))
+        count_run_changes(session, run_id, added=self.added, updated=self.updated, moved=self.moved,
+                          removed=self.removed, failures=self.failures)
 
     def count_into(self, summary: IndexSummary) -> None:
         summary.added += self.added
@@ -156,12 +154,10 @@ def index_folder(database: Database, request: IndexRequest, *, show_progress: bo
         if dataset is None:
             dataset = _create_or_join_dataset(session, request, folder, loaded, precision)
         dataset_id = dataset.id
-        _mark_abandoned_runs(session, dataset_id)
-        run = IndexRun(dataset_id=dataset_id, host=socket.gethostname(), pid=os.getpid(),
-                       options=_run_options(request, model_name, image_size, device, precision))
-        session.add(run)
-        session.flush()
-        run_id = run.id
+        mark_abandoned_runs(session, dataset_id, socket.gethostname(), _process_alive)
+        run_id = start_run(session, dataset_id, socket.gethostname(), os.getpid(),
+                           _run_options(request, model_name, image_size, device, precision))
+        reduction = PatchReduction(session, dataset)
     log.info("run %d of dataset %r started on %s: %d image files found, %d to embed on %s in %s, %d to remove",
              run_id, request.dataset_name, folder, len(scan.found), sum(len(job.targets) for job in plan.embed),
              device, precision, len(plan.removed))
@@ -173,13 +169,13 @@ def index_folder(database: Database, request: IndexRequest, *, show_progress: bo
     try:
         _apply_changes_without_model(database, dataset_id, run_id, plan, summary)
         if plan.embed:
-            _embed_and_store(database, dataset_id, run_id, plan, loaded, device, precision, request, summary,
-                             show_progress)
+            _embed_and_store(database, dataset_id, run_id, plan, loaded, device, precision, request, reduction,
+                             summary, show_progress)
     except BaseException as error:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         summary.seconds = time.perf_counter() - started
         _end_unfinished_run(database, run_id, summary, status, error)
-        if isinstance(error, IntegrityError):
+        if isinstance(error, ConflictingWrite):
             raise IndexRefused(
                 f"another process changed dataset {request.dataset_name!r} where this run was writing (two runs "
                 "over the same files at once, or the dataset removed meanwhile): give each process of one job its "
@@ -295,46 +291,29 @@ def _create_or_join_dataset(session, request: IndexRequest, folder: Path, loaded
                             precision: str) -> Dataset:
     """Create the dataset, or take the one that another process (a shard of the same job) created since this run
     looked, if it was built the same way."""
-    try:
-        with session.begin_nested():
-            return _create_dataset(session, request.dataset_name, folder, loaded, precision, request.patch_dims)
-    except IntegrityError:
-        dataset = find_dataset(session, request.dataset_name)
-        if dataset is None:
-            raise
-    _model_request(dataset, request, folder)
-    _check_patch_dims(dataset, request, loaded, 0)
-    return dataset
-
-
-def _create_dataset(session, name: str, folder: Path, loaded: LoadedModel, precision: str,
-                    patch_dims: int | None) -> Dataset:
     grid_height, grid_width = loaded.grid_size
-    dataset = Dataset(
-        name=name, root=str(folder), model_name=loaded.name, weights_kind=loaded.weights.kind,
+    created = create_dataset(session, DatasetProvenance(
+        name=request.dataset_name, root=str(folder), model_name=loaded.name, weights_kind=loaded.weights.kind,
         weights_identity=loaded.weights.identity, weights_source=loaded.weights.source,
         image_size=loaded.image_size, patch_size=loaded.patch_size, grid_height=grid_height, grid_width=grid_width,
-        embed_dim=loaded.embed_dim, patch_dims=patch_dims, precision=precision, preprocessing=loaded.preprocessing,
+        embed_dim=loaded.embed_dim, patch_dims=request.patch_dims, precision=precision,
+        preprocessing=loaded.preprocessing,
         library_versions={"torch": torch.__version__, "timm": timm.__version__, "pillow": PIL.__version__},
-    )
-    session.add(dataset)
-    session.flush()
+    ))
+    if created is not None:
+        return created
+    dataset = find_dataset(session, request.dataset_name)
+    if dataset is None:
+        raise IndexRefused(f"another process created dataset {request.dataset_name!r} and removed it again while "
+                           "this run started: index again")
+    _model_request(dataset, request, folder)
+    _check_patch_dims(dataset, request, loaded, 0)
     return dataset
 
 
 def _run_options(request: IndexRequest, model: str, image_size: int, device: torch.device, precision: str) -> dict:
     return {"model": model, "image_size": image_size, "batch_size": request.batch_size, "workers": request.workers,
             "device": str(device), "precision": precision, "shard": str(request.shard)}
-
-
-def _mark_abandoned_runs(session, dataset_id: int) -> None:
-    """Runs of this host still marked running whose process is gone were killed: say so. A run of another host
-    is left alone: it may be a live shard of the same job, and its process cannot be seen from here."""
-    for run in session.scalars(select(IndexRun).where(IndexRun.dataset_id == dataset_id,
-                                                      IndexRun.status == "running",
-                                                      IndexRun.host == socket.gethostname())):
-        if not _process_alive(run.pid):
-            run.status = "interrupted"
 
 
 def _process_alive(pid: int) -> bool:
@@ -352,7 +331,7 @@ def _apply_changes_without_model(database: Database, dataset_id: int, run_id: in
     summary.unchanged = plan.unchanged
     changes = Changes(failures=list(plan.unreadable))
     with database.session() as session:
-        dataset = session.get(Dataset, dataset_id)
+        dataset = dataset_by_id(session, dataset_id)
         for image_id, facts in plan.touched:
             touch_image(session, image_id, facts)
         for image, facts in plan.moved:
@@ -361,7 +340,7 @@ def _apply_changes_without_model(database: Database, dataset_id: int, run_id: in
             else:
                 changes.failures.append((facts.relpath, _STORED_BYTES_CHANGED))
         for source_hint, facts, replaced in plan.copies:
-            source = _stored_image_with_bytes(session, dataset_id, facts.content_hash, source_hint)
+            source = image_with_content(session, dataset_id, facts.content_hash, source_hint)
             if source is None:
                 changes.failures.append((facts.relpath, _STORED_BYTES_CHANGED))
                 continue
@@ -379,25 +358,18 @@ def _apply_changes_without_model(database: Database, dataset_id: int, run_id: in
     changes.count_into(summary)
 
 
-def _stored_image_with_bytes(session, dataset_id: int, content_hash: str, planned: int) -> int | None:
-    """An image row that holds these bytes: the one planned, or any other, as the planned one may have changed
-    since (a row's derived data always matches its content hash)."""
-    holding = select(Image.id).where(Image.dataset_id == dataset_id, Image.content_hash == content_hash)
-    return session.scalar(holding.where(Image.id == planned)) or session.scalar(holding.limit(1))
-
-
 def _embed_and_store(database: Database, dataset_id: int, run_id: int, plan: IndexPlan, loaded: LoadedModel,
-                     device: torch.device, precision: str, request: IndexRequest, summary: IndexSummary,
-                     show_progress: bool) -> None:
+                     device: torch.device, precision: str, request: IndexRequest, reduction: PatchReduction,
+                     summary: IndexSummary, show_progress: bool) -> None:
     embedding_started = time.perf_counter()
-    batches = reduce_patch_grids(database, dataset_id, embed_files([job.path for job in plan.embed], loaded, device,
-                                                                   precision, request.batch_size, request.workers))
+    batches = reduction.held_back(embed_files([job.path for job in plan.embed], loaded, device, precision,
+                                              request.batch_size, request.workers))
     with tqdm(total=len(plan.embed), desc="embedding", unit="img", disable=not show_progress) as progress:
         for batch in batches:
             changes = Changes()
             with database.session() as session:
-                dataset = session.get(Dataset, dataset_id)
-                for result in batch:
+                dataset = dataset_by_id(session, dataset_id)
+                for result in reduction.stored(session, dataset, batch):
                     for facts, replaced in plan.embed[result.index].targets:
                         if result.content is None:
                             changes.failures.append((facts.relpath, result.failure))
@@ -421,8 +393,7 @@ def _embed_and_store(database: Database, dataset_id: int, run_id: int, plan: Ind
 def _finish_run(database: Database, run_id: int, summary: IndexSummary, status: str) -> None:
     """Mark the run ended; its counters of changes were written with the changes themselves."""
     with database.session() as session:
-        session.execute(update(IndexRun).where(IndexRun.id == run_id).values(
-            status=status, finished_at=utcnow(), seconds=summary.seconds, unchanged=summary.unchanged))
+        end_run(session, run_id, status, summary.seconds, summary.unchanged)
 
 
 def _end_unfinished_run(database: Database, run_id: int, summary: IndexSummary, status: str,

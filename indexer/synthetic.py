@@ -5,25 +5,24 @@ centre plus noise. Its picture is an ellipse in its group's colour on a plain ba
 its patch grid follows the picture: cells over the ellipse hold the image's embedding plus noise, the others a
 background token shared by the dataset, so the within-image page finds the object where the picture shows it.
 Pictures are drawn once per (colour, place) and their JPEGs (gallery and preview, at the indexer's sizes) are
-stored for every image that has them; rows go in with one multi-row INSERT per table and batch.
+stored for every image that has them; rows go in with one multi-row INSERT per table and batch
+(db.mutations.add_images_in_bulk).
 """
 
 from __future__ import annotations
 
 import colorsys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image as PilImage
 from PIL import ImageDraw
-from sqlalchemy import insert
 
-from db.arrays import encode_array
 from db.engine import Database
-from db.mutations import JpegImage, bump_generation
-from db.queries import EMBEDDING_DTYPE, PATCH_GRID_DTYPE
-from db.schema import Dataset, Embedding, Image, PatchGrid, Thumbnail
+from db.errors import DatasetExists
+from db.mutations import add_images_in_bulk, bump_generation, create_dataset
+from db.records import DatasetProvenance, FileFacts, ImageContent, JpegImage
 from indexer.decode import thumbnails
 
 BATCH_BYTES = 32 * 1024**2  # float32 patch tokens generated per batch (and transaction) at most
@@ -74,11 +73,14 @@ def write_synthetic_dataset(database: Database, name: str, count: int, *, dim: i
     pictures: dict[tuple[int, int], dict[str, JpegImage]] = {}
     batch = max(1, min(MAX_BATCH, BATCH_BYTES // (grid * grid * dim * 4)))
     with database.session() as session:
-        dataset = Dataset(name=name, root=f"synthetic:{name}", model_name="synthetic", weights_kind="random",
-                          weights_identity=f"synthetic (seed {seed})", weights_source=None, image_size=grid * 14,
-                          patch_size=14, grid_height=grid, grid_width=grid, embed_dim=dim, precision="fp32",
-                          preprocessing={"synthetic": True}, library_versions={})
-        session.add(dataset)
+        dataset = create_dataset(session, DatasetProvenance(
+            name=name, root=f"synthetic:{name}", model_name="synthetic", weights_kind="random",
+            weights_identity=f"synthetic (seed {seed})", weights_source=None, image_size=grid * 14, patch_size=14,
+            grid_height=grid, grid_width=grid, embed_dim=dim, patch_dims=None, precision="fp32",
+            preprocessing={"synthetic": True}, library_versions={}))
+        if dataset is None:
+            raise DatasetExists(f"a dataset named {name!r} exists already: pick another name, or "
+                                f"`dinoscope remove {name}` first")
     for start in range(0, count, batch):
         rows = range(start, min(start + batch, count))
         chosen = slice(rows.start, rows.stop)
@@ -86,22 +88,15 @@ def write_synthetic_dataset(database: Database, name: str, count: int, *, dim: i
         inside = masks[places[chosen]][..., None]  # (images, grid, grid, 1)
         tokens = np.where(inside, embeddings[:, None, None, :], background)
         tokens += spread * rng.standard_normal(tokens.shape, dtype=np.float32)
-        jpegs = [_picture(pictures, int(groups[i]) % COLOURS, int(places[i])) for i in rows]
+        images = []
+        for i, vector, cells in zip(rows, embeddings, tokens):
+            jpegs = _picture(pictures, int(groups[i]) % COLOURS, int(places[i]))
+            group, (width, height) = int(groups[i]), PLACES[places[i]].size
+            facts = FileFacts(f"group{group}/{i:07d}.jpg", f"group{group}", f"{seed:08x}{i:056x}",
+                              len(jpegs["preview"].jpeg), 0)
+            images.append((facts, ImageContent(width, height, vector, cells, jpegs)))
         with database.session() as session:
-            image_ids = session.scalars(
-                insert(Image).returning(Image.id, sort_by_parameter_order=True),
-                [_image_row(dataset.id, i, int(groups[i]), PLACES[places[i]].size, jpeg["preview"], seed)
-                 for i, jpeg in zip(rows, jpegs)],
-            ).all()
-            session.execute(insert(Embedding), [
-                {"image_id": image_id, "normalized": False, **asdict(encode_array(vector, EMBEDDING_DTYPE))}
-                for image_id, vector in zip(image_ids, embeddings)])
-            session.execute(insert(PatchGrid), [
-                {"image_id": image_id, **asdict(encode_array(cells, PATCH_GRID_DTYPE))}
-                for image_id, cells in zip(image_ids, tokens)])
-            session.execute(insert(Thumbnail), [
-                {"image_id": image_id, "kind": kind, "width": t.width, "height": t.height, "jpeg": t.jpeg}
-                for image_id, jpeg in zip(image_ids, jpegs) for kind, t in jpeg.items()])
+            add_images_in_bulk(session, dataset, images)
             bump_generation(session, dataset)
         if progress:
             progress(rows.stop)
@@ -118,9 +113,3 @@ def _picture(drawn: dict, colour: int, place: int) -> dict[str, JpegImage]:
         ImageDraw.Draw(picture).ellipse((x0 * width, y0 * height, x1 * width, y1 * height), fill=fill)
         drawn[(colour, place)] = thumbnails(picture)
     return drawn[(colour, place)]
-
-
-def _image_row(dataset_id: int, i: int, group: int, size: tuple[int, int], preview: JpegImage, seed: int) -> dict:
-    return {"dataset_id": dataset_id, "relpath": f"group{group}/{i:07d}.jpg", "label": f"group{group}",
-            "content_hash": f"{seed:08x}{i:056x}", "size_bytes": len(preview.jpeg), "mtime_ns": 0,
-            "width": size[0], "height": size[1]}

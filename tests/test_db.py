@@ -27,7 +27,7 @@ def _dataset(name: str) -> Dataset:
 
 def _content():
     """One image's rows as the indexer hands them to the database: a vector, a 4 x 4 grid and a thumbnail."""
-    from db.mutations import ImageContent, JpegImage
+    from db.records import ImageContent, JpegImage
 
     return ImageContent(10, 10, np.zeros(8), np.zeros((4, 4, 8)), {"gallery": JpegImage(b"x", 1, 1)})
 
@@ -140,7 +140,8 @@ def test_a_reader_session_is_one_snapshot(db_url):
 
 
 def test_removing_a_dataset_removes_its_rows_in_every_table(db_url):
-    from db.mutations import FileFacts, add_image, remove_dataset
+    from db.mutations import add_image, remove_dataset
+    from db.records import FileFacts
     from db.schema import Embedding, Image, PatchGrid, Thumbnail
 
     database = open_database(db_url)
@@ -159,7 +160,8 @@ def test_removing_a_dataset_removes_its_rows_in_every_table(db_url):
 
 
 def test_a_vanished_row_is_removed_only_while_it_holds_its_old_path(db_url):
-    from db.mutations import FileFacts, add_image, move_image, remove_vanished_images
+    from db.mutations import add_image, move_image, remove_vanished_images
+    from db.records import FileFacts
     from db.schema import Image
 
     database = open_database(db_url)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -88,3 +90,11 @@ def test_thumbnails_keep_the_aspect_ratio_at_their_long_side():
     assert (made["gallery"].width, made["gallery"].height) == (GALLERY_LONG_SIDE, GALLERY_LONG_SIDE // 3)
     assert (made["preview"].width, made["preview"].height) == (PREVIEW_LONG_SIDE, round(PREVIEW_LONG_SIDE / 3))
     assert Image.open(io.BytesIO(made["preview"].jpeg)).size == (PREVIEW_LONG_SIDE, round(PREVIEW_LONG_SIDE / 3))
+
+
+def test_the_decode_workers_do_not_import_sqlalchemy():
+    """The DataLoader's workers run the decoding and embedding modules: they take their records from db.records."""
+    script = ("import sys, indexer.decode, indexer.embed; "
+              "sys.exit('sqlalchemy' in sys.modules and 'imported sqlalchemy' or 0)")
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -68,7 +68,7 @@ def test_indexing_stores_embeddings_grids_thumbnails_and_provenance(photos, db_u
         images = {image.relpath: image for image in session.scalars(select(Image))}
         assert images["red/r2.jpg"].label == "red" and images["loose.bmp"].label is None
         assert (images["red/r2.jpg"].width, images["red/r2.jpg"].height) == (30, 90)
-        assert thumbnail(session, images["blue/b2.webp"].id, "preview")[:2] == b"\xff\xd8"  # a JPEG
+        assert thumbnail(session, images["blue/b2.webp"].id, "preview").jpeg[:2] == b"\xff\xd8"  # a JPEG
         run = session.scalar(select(IndexRun))
         assert (run.status, run.added, run.failed) == ("completed", 5, 0)
 

@@ -14,7 +14,7 @@ from sqlalchemy import delete, func, select
 from dashboard.analysis.patches import patch_similarity
 from dashboard.data import DatasetStore
 from dashboard.patches_view import LAYERS, PatchSettings, analyse, layer_values
-from db.engine import open_database
+from db.engine import Database, open_database
 from db.mutations import store_patch_pca
 from db.patch_pca import PatchPca
 from db.queries import dataset_by_name, load_embeddings, patch_grid, patch_pca, stored_patch_grid
@@ -144,6 +144,18 @@ def test_the_basis_is_fitted_on_the_first_images_once_enough_have_come(photos, d
     assert sorted(reduced) == sorted(full)
     for path, grid in full.items():
         np.testing.assert_allclose(reduced[path], _projection(pca, grid), atol=1e-2)
+
+
+def test_the_basis_is_fitted_and_stored_in_a_batch_transaction_not_one_of_its_own(photos, db_path, monkeypatch):
+    open_database(str(db_path)).dispose()  # made before: each run below only opens it
+    opened = []
+    session = Database.session
+    monkeypatch.setattr(Database, "session", lambda database: opened.append(1) or session(database))
+    index_folder(photos, db_path, "--dataset", "full")
+    full = len(opened)
+    opened.clear()
+    index_folder(photos, db_path, "--patch-dims", 8)
+    assert len(opened) == full and _pca(db_path, "photos").fitted_images == 5
 
 
 def test_the_within_image_analysis_runs_on_a_reduced_grid(photos, db_path):

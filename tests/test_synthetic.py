@@ -42,7 +42,7 @@ def test_synthetic_pictures_show_each_group_in_its_colour_where_the_patch_grid_h
     with database.session() as session:
         for row in range(0, 120, 7):
             image_id = int(view.image_ids[row])
-            gallery, preview = (PilImage.open(io.BytesIO(thumbnail(session, image_id, kind)))
+            gallery, preview = (PilImage.open(io.BytesIO(thumbnail(session, image_id, kind).jpeg))
                                 for kind in ("gallery", "preview"))
             width, height = view.sizes[row]
             assert max(gallery.size) == 192 and max(preview.size) == 512
@@ -60,7 +60,7 @@ def test_synthetic_pictures_show_each_group_in_its_colour_where_the_patch_grid_h
     colours = {}
     with database.session() as session:
         for row in range(120):
-            jpeg = thumbnail(session, int(view.image_ids[row]), "gallery")
+            jpeg = thumbnail(session, int(view.image_ids[row]), "gallery").jpeg
             hsv = np.asarray(PilImage.open(io.BytesIO(jpeg)).convert("HSV"))
             hue = np.median(hsv[..., 0][hsv[..., 1] > 100])  # of the saturated pixels: the object
             colours.setdefault(view.labels[row], set()).add(int(hue) // 8)

@@ -143,7 +143,7 @@ def test_each_model_is_built_once_per_process_and_a_pickled_copy_starts_empty():
     first = models.get(recorded, on_build=lambda: builds.append(recorded.image_size))
     assert models.get(recorded, on_build=lambda: builds.append(recorded.image_size)) is first
     assert builds == [IMAGE_SIZE]
-    assert models.get(smaller, on_build=lambda: builds.append(28))[0].image_size == 28  # evicts the first
+    assert models.get(smaller, on_build=lambda: builds.append(28)).loaded.image_size == 28  # evicts the first
     assert models.get(recorded, on_build=lambda: builds.append(IMAGE_SIZE)) is not first
     assert builds == [IMAGE_SIZE, 28, IMAGE_SIZE]
     copy = pickle.loads(pickle.dumps(models))  # what a background job receives
