@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from db.engine import open_database
+from db.errors import DinoscopeError
 from db.queries import dataset_by_name, datasets_newest_first
 from indexer.decode import DecodedImage, UnreadableImage, decode_image
 
@@ -40,7 +41,7 @@ ACCEPTED_FORMATS = ("JPEG", "PNG")
 UPLOAD_TYPES = ("image/jpeg", "image/png")  # what the browser lets through: the types of ACCEPTED_FORMATS
 
 
-class QueryRefused(Exception):
+class QueryRefused(DinoscopeError):
     """The upload cannot be compared with the dataset; the message says why in one line."""
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from tqdm import tqdm
 
 from db.engine import Database
-from db.errors import DinoscopeDbError
+from db.errors import DinoscopeDbError, DinoscopeError
 from db.mutations import (
     add_image,
     bump_generation,
@@ -53,7 +53,7 @@ from indexer.scan import IMAGE_SUFFIXES, FolderScan, content_hash, scan_folder
 log = logging.getLogger(__name__)
 
 
-class IndexRefused(Exception):
+class IndexRefused(DinoscopeError):
     """The run cannot go ahead as asked; nothing was changed."""
 
 
