@@ -46,7 +46,7 @@ def cache_dir_option(function):
 def server_options(function):
     """The options of every command that serves the dashboard (`serve`, and `demo` after it has indexed)."""
     for option in reversed((
-        click.option("--host", default="127.0.0.1", show_default=True,
+        click.option("--host", metavar="ADDRESS", default="127.0.0.1", show_default=True,
                      help="Address to listen on; 0.0.0.0 for every network (then use --users)."),
         click.option("--port", type=click.IntRange(1, 65535), default=8050, show_default=True,
                      help="Port to listen on."),

@@ -265,7 +265,7 @@ def remove(dataset, yes, db):
 @main.command()
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 def samples(folder):
-    """Copy the sample photographs (from scikit-image and scikit-learn) into FOLDER/<label>/."""
+    """Copy the sample photographs (from scikit-image and scikit-learn) into labelled sub-folders of FOLDER."""
     from indexer.samples import copy_samples
 
     try:
