@@ -37,10 +37,10 @@ def default_concurrency() -> int:
 
 def cache_dir_option(function):
     return click.option(
-        "--cache-dir", envvar=CACHE_DIR_ENV, show_envvar=True, type=click.Path(file_okay=False, path_type=Path),
+        "--cache-dir", envvar=CACHE_DIR_ENV, type=click.Path(file_okay=False, path_type=Path),
         show_default="a dinoscope-cache folder in the system's temporary folder",
         help="Folder shared by the server's workers and `dinoscope worker` for background jobs, cached projections "
-             "and each dataset's matrix; keep it on a local disk.")(function)
+             f"and each dataset's matrix; keep it on a local disk. Environment: {CACHE_DIR_ENV}.")(function)
 
 
 def server_options(function):
@@ -64,35 +64,38 @@ def server_options(function):
 @server_options
 @click.option("--threads", type=click.IntRange(1, 256), default=8, show_default=True,
               help="Threads per gunicorn worker (with --workers).")
-@click.option("--users", "users_file", envvar=USERS_FILE_ENV, show_envvar=True, metavar="FILE",
+@click.option("--users", "users_file", envvar=USERS_FILE_ENV, metavar="FILE",
               type=click.Path(dir_okay=False, path_type=Path), show_default="no login",
-              help="Ask for a login from the users in this file (see `dinoscope users add`).")
-@click.option("--celery", envvar=CELERY_ENV, show_envvar=True, metavar="REDIS_URL",
+              help=f"Ask for a login from the users in this file (see `dinoscope users add`). Environment: "
+                   f"{USERS_FILE_ENV}.")
+@click.option("--celery", envvar=CELERY_ENV, metavar="REDIS_URL",
               show_default="the server's own job server",
-              help="Run background callbacks (t-SNE, UMAP) in `dinoscope worker` processes through this Redis.")
-@click.option("--job-slots", envvar=JOB_SLOTS_ENV, show_envvar=True, type=click.IntRange(1, 64),
+              help=f"Run background callbacks (t-SNE, UMAP) in `dinoscope worker` processes through this Redis. "
+                   f"Environment: {CELERY_ENV}.")
+@click.option("--job-slots", envvar=JOB_SLOTS_ENV, type=click.IntRange(1, 64),
               show_default="a quarter of the cores, at least 1",
               help="Background jobs the job server runs at once of each kind (projections, sampled clusterings, "
-                   "uploads); later ones wait in order.")
-@click.option("--login-limits-address", envvar=LOGIN_LIMITS_ADDRESS_ENV, show_envvar=True, metavar="LIMITS",
+                   f"uploads); later ones wait in order. Environment: {JOB_SLOTS_ENV}.")
+@click.option("--login-limits-address", envvar=LOGIN_LIMITS_ADDRESS_ENV, metavar="LIMITS",
               show_default=LoginSettings.failures_per_address,
               help="Failed logins allowed from one client address; past them its logins are refused (429) until "
-                   "the oldest failure leaves its window.")
-@click.option("--login-limits-user", envvar=LOGIN_LIMITS_USER_ENV, show_envvar=True, metavar="LIMITS",
+                   f"the oldest failure leaves its window. Environment: {LOGIN_LIMITS_ADDRESS_ENV}.")
+@click.option("--login-limits-user", envvar=LOGIN_LIMITS_USER_ENV, metavar="LIMITS",
               show_default=LoginSettings.failures_per_user,
-              help="Failed logins allowed as one user name, from any address.")
-@click.option("--login-checks", envvar=LOGIN_CHECKS_ENV, show_envvar=True, type=click.IntRange(1, 64),
+              help=f"Failed logins allowed as one user name, from any address. Environment: {LOGIN_LIMITS_USER_ENV}.")
+@click.option("--login-checks", envvar=LOGIN_CHECKS_ENV, type=click.IntRange(1, 64),
               show_default=str(LoginSettings.checks),
               help="Password checks run at once by each worker process (as many more may wait a second for their "
-                   "turn; other new logins are refused with 429).")
-@click.option("--trusted-proxies", envvar=TRUSTED_PROXIES_ENV, show_envvar=True, type=click.IntRange(0, 8),
+                   f"turn; other new logins are refused with 429). Environment: {LOGIN_CHECKS_ENV}.")
+@click.option("--trusted-proxies", envvar=TRUSTED_PROXIES_ENV, type=click.IntRange(0, 8),
               default=0, show_default=True,
               help="Reverse proxies in front of the server, whose X-Forwarded-For header names the client's "
-                   "address for the login limits and the logs.")
-@click.option("--frame-ancestors", envvar=FRAME_ANCESTORS_ENV, show_envvar=True, metavar="SOURCES",
+                   f"address for the login limits and the logs. Environment: {TRUSTED_PROXIES_ENV}.")
+@click.option("--frame-ancestors", envvar=FRAME_ANCESTORS_ENV, metavar="SOURCES",
               show_default="'self'",
               help="The pages that may show the dashboard in a frame: 'self', 'none', or origins such as "
-                   "https://intranet.example.edu, space-separated (a Content-Security-Policy frame-ancestors list).")
+                   "https://intranet.example.edu, space-separated (a Content-Security-Policy frame-ancestors list). "
+                   f"Environment: {FRAME_ANCESTORS_ENV}.")
 def serve(db, host, port, cache_dir, workers, threads, users_file, celery, job_slots, login_limits_address,
           login_limits_user, login_checks, trusted_proxies, frame_ancestors):
     """Serve the dashboard on the database (read-only)."""
@@ -138,8 +141,8 @@ def serve_dashboard(settings: Settings, host: str, port: int, workers: int | Non
 @click.command()
 @db_option
 @cache_dir_option
-@click.option("--celery", envvar=CELERY_ENV, show_envvar=True, required=True, metavar="REDIS_URL",
-              help="The Redis of `dinoscope serve --celery`.")
+@click.option("--celery", envvar=CELERY_ENV, required=True, metavar="REDIS_URL",
+              help=f"The Redis of `dinoscope serve --celery`. Environment: {CELERY_ENV}.")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=default_concurrency,
               show_default="half the cores, at least 1, at most 4",
               help="Background callbacks run at once (processes).")

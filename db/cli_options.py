@@ -10,6 +10,6 @@ from db.engine import DB_ENV
 
 def db_option(function):
     return click.option(
-        "--db", envvar=DB_ENV, show_envvar=True, metavar="URL",
+        "--db", envvar=DB_ENV, metavar="URL",
         show_default="$XDG_DATA_HOME/dinoscope/dinoscope.db, normally ~/.local/share/dinoscope/dinoscope.db",
-        help="The database: a SQLite file path or a SQLAlchemy URL.")(function)
+        help=f"The database: a SQLite file path or a SQLAlchemy URL. Environment: {DB_ENV}.")(function)

@@ -81,10 +81,10 @@ class Commands(click.Group):
 
 
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", envvar=LOG_LEVEL_ENV, show_envvar=True,
+@click.option("--log-level", envvar=LOG_LEVEL_ENV,
               type=click.Choice(LOG_LEVELS, case_sensitive=False),
-              show_default="INFO for serve, worker, demo and index, WARNING otherwise",
-              help="What operators are told on standard error.")
+              show_default=f"INFO for {', '.join(INFO_COMMANDS[:-1])} and {INFO_COMMANDS[-1]}, WARNING otherwise",
+              help=f"What operators are told on standard error. Environment: {LOG_LEVEL_ENV}.")
 @click.pass_context
 def main(context: click.Context, log_level: str | None) -> None:
     """Explore image collections through DINOv2 embeddings."""

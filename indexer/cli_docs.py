@@ -85,8 +85,6 @@ def _meaning(param: click.Option) -> str:
     if isinstance(param.type, click.Choice):
         values = [f"`{value}`" for value in param.type.choices]
         meaning += f" One of {', '.join(values[:-1])} or {values[-1]}."
-    if param.envvar:
-        meaning += f" Environment: `{param.envvar}`."
     return _cell(meaning.strip())
 
 

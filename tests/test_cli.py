@@ -243,3 +243,25 @@ def test_the_readme_command_sections_are_what_the_commands_say():
     assert regenerated == text, "README.md differs from the commands: run `python -m cogapp -r README.md`"
     stale = text.replace("| `--quiet` |  | No progress bars. |", "| `--quiet` |  | no bars |")
     assert stale != text and Cog().process_string(stale, str(readme)) == text
+
+
+def test_the_command_lines_model_names_are_the_models():
+    import torch
+
+    from indexer import cli, model
+
+    assert cli.DEFAULT_MODEL == model.DEFAULT_MODEL  # the command line names it without importing torch
+    assert model.resolve_device("cpu") == torch.device("cpu")
+    for precision in cli.PRECISIONS:
+        assert model.resolve_precision(precision, torch.device("cpu")) in cli.PRECISIONS[1:]
+
+
+def test_every_option_read_from_the_environment_names_its_variable_in_its_help():
+    from indexer.cli_docs import command
+
+    paths = ["", *sorted(COMMANDS - {"users"}), "users add"]
+    options = [param for path in paths for param in command(path).params if isinstance(param, click.Option)]
+    with_variables = [option for option in options if option.envvar]
+    assert len(with_variables) >= 12
+    for option in with_variables:
+        assert f"Environment: {option.envvar}." in option.help, option.name
