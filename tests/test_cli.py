@@ -175,19 +175,28 @@ def test_help_lists_every_command_those_loaded_lazily_included():
     assert "--job-slots" in run_cli("serve", "--help").output
 
 
-def test_the_indexers_commands_import_neither_the_dashboard_nor_torch(tmp_path):
+def _packages_imported_by(*arguments: str) -> tuple[str, set[str]]:
+    """What `dinoscope ARGUMENTS` prints in a process of its own, and which of the heavy packages it imported."""
+    import ast
     import subprocess
     import sys
 
-    database = tmp_path / "empty.db"
-    open_database(str(database))
-    script = ("import sys\nfrom indexer.cli import main\ntry:\n    main(['datasets', '--db', sys.argv[1]])\n"
-              "except SystemExit as end:\n    assert end.code == 0, end.code\n"
+    script = ("import sys\nfrom indexer.cli import main\ntry:\n    main(sys.argv[1:])\n"
+              "except SystemExit as end:\n    assert end.code in (0, None), end.code\n"
               "print(sorted({name.split('.')[0] for name in sys.modules} & {'dashboard', 'dash', 'torch', 'timm'}))")
-    result = subprocess.run([sys.executable, "-c", script, str(database)], capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = subprocess.run([sys.executable, "-c", script, *arguments], capture_output=True, text=True, timeout=120,
+                            check=False)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["no datasets yet: index a folder with `dinoscope index FOLDER`", "[]"]
+    *printed, imported = result.stdout.splitlines()
+    return "\n".join(printed), set(ast.literal_eval(imported))
+
+
+def test_the_indexers_commands_import_neither_the_dashboard_nor_torch(tmp_path):
+    open_database(str(tmp_path / "empty.db"))
+    printed, imported = _packages_imported_by("datasets", "--db", str(tmp_path / "empty.db"))
+    assert printed == "no datasets yet: index a folder with `dinoscope index FOLDER`" and imported == set()
+    printed, imported = _packages_imported_by("--help")
+    assert "serve " in printed and imported == {"dashboard"}  # listing loads the dashboard's commands, not Dash
 
 
 def test_every_domain_error_is_a_dinoscope_error():
