@@ -36,6 +36,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from dashboard.login_limits import LoginLimits
 from dashboard.password_checks import PasswordChecks
 from dashboard.settings import LoginSettings
+from db.errors import DinoscopeError
 
 log = logging.getLogger(__name__)
 HASH_METHODS = ("scrypt", "pbkdf2")
@@ -45,7 +46,7 @@ BUSY_PAGE = ('<!doctype html><meta http-equiv="refresh" content="1"><title>dinos
 _LOGGED_IN = "login"  # the session cookie's entry: the proof of the credentials its browser logged in with
 
 
-class UsersFileError(ValueError):
+class UsersFileError(DinoscopeError):
     """A users file that cannot be used; the message names the file (and the line)."""
 
 

@@ -13,6 +13,8 @@ import re
 
 import flask
 
+from db.errors import DinoscopeError
+
 DEFAULT_FRAME_ANCESTORS = "'self'"
 _KEYWORDS = {"self": "'self'", "none": "'none'"}  # a shell strips the quotes of --frame-ancestors 'self'
 _FRAME_OPTIONS = {"'self'": "SAMEORIGIN", "'none'": "DENY"}
@@ -22,19 +24,24 @@ _SOURCE = re.compile(
     r"|([A-Za-z][A-Za-z0-9+.-]*://)?(\*|(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*)(:(\d{1,5}|\*))?(/[^\s;,']*)?")
 
 
+class FrameAncestorsError(DinoscopeError):
+    """A --frame-ancestors list that is not one; the message names the first source that is not one."""
+
+
 def frame_ancestors(value: str) -> str:
     """`value` as a frame-ancestors source list (space-separated sources; self and none with or without their
-    quotes); ValueError naming the first source that is not one."""
+    quotes); FrameAncestorsError naming the first source that is not one."""
     sources = [_KEYWORDS.get(source.strip("'"), source) for source in value.split()]
     if not sources:
-        raise ValueError("frame-ancestors is empty: give 'self', 'none' or the origins allowed to frame the "
-                         "dashboard, e.g. https://intranet.example.edu")
+        raise FrameAncestorsError("frame-ancestors is empty: give 'self', 'none' or the origins allowed to frame "
+                                  "the dashboard, e.g. https://intranet.example.edu")
     for source in sources:
         if source not in _FRAME_OPTIONS and not _SOURCE.fullmatch(source):
-            raise ValueError(f"frame-ancestors: {source!r} is not a source: give 'self', 'none', a scheme such as "
-                             "https: or an origin such as https://intranet.example.edu, separated by spaces")
+            raise FrameAncestorsError(f"frame-ancestors: {source!r} is not a source: give 'self', 'none', a scheme "
+                                      "such as https: or an origin such as https://intranet.example.edu, separated "
+                                      "by spaces")
     if "'none'" in sources and len(sources) > 1:
-        raise ValueError("frame-ancestors: 'none' cannot be combined with other sources")
+        raise FrameAncestorsError("frame-ancestors: 'none' cannot be combined with other sources")
     return " ".join(sources)
 
 

@@ -34,7 +34,8 @@ import psutil
 from dashboard.folder_cache import file_identity
 from dashboard.job_board import LANES, JobBoard, ServerState
 from dashboard.query_image import QueryModels
-from dashboard.settings import LOG_FORMAT, LOG_LEVEL_ENV, PRELOADS
+from dashboard.settings import PRELOADS
+from db.logs import LOG_FORMAT, LOG_LEVEL_ENV
 from db.queries import dataset_generations
 
 log = logging.getLogger(__name__)

@@ -22,11 +22,12 @@ from kombu.utils.url import maybe_sanitize_url
 from dashboard.folder_cache import FolderCache
 from dashboard.job_board import LANES, JobBoard
 from dashboard.job_server import JobServerConfig, dump_job, kill_tree, start_job_server
+from db.errors import DinoscopeError
 
 REDIS_SCHEMES = ("redis://", "rediss://")
 
 
-class BrokerError(RuntimeError):
+class BrokerError(DinoscopeError):
     """Redis cannot be used for background callbacks; the message names the URL (without its password)."""
 
 

@@ -15,9 +15,10 @@ from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from dashboard.settings import LoginSettings
+from db.errors import DinoscopeError
 
 
-class LoginLimitsError(ValueError):
+class LoginLimitsError(DinoscopeError):
     """A limit that cannot be read; the message says which one and what is expected."""
 
 

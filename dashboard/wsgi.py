@@ -15,7 +15,8 @@ import logging
 import os
 
 from dashboard.app import create_app
-from dashboard.settings import LOG_FORMAT, LOG_LEVEL_ENV, SECRET_ENV, Settings
+from dashboard.settings import SECRET_ENV, Settings
+from db.logs import LOG_FORMAT, LOG_LEVEL_ENV
 
 # A WSGI server normally runs several processes, and this module cannot tell how many.
 MISSING_SECRET_WARNING = (

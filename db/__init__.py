@@ -4,9 +4,9 @@ The engine's names are loaded on first use, so that importing db.records (what t
 need) imports no SQLAlchemy.
 """
 
-from db.errors import DinoscopeDbError
+from db.errors import DinoscopeDbError, DinoscopeError
 
-__all__ = ["Database", "DinoscopeDbError", "open_database", "resolve_url"]
+__all__ = ["Database", "DinoscopeDbError", "DinoscopeError", "open_database", "resolve_url"]
 
 
 def __getattr__(name: str):

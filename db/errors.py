@@ -1,7 +1,13 @@
-"""Errors of the storage layer. Each message is one readable line that says what to do."""
+"""dinoscope's errors: the root every layer's refusals derive from, and those of the storage layer. Each message is
+one readable line that says what to do."""
 
 
-class DinoscopeDbError(Exception):
+class DinoscopeError(Exception):
+    """Base class of every error dinoscope refuses or fails with on purpose: the command line shows its message as one
+    line (and exits with status 1) instead of a traceback."""
+
+
+class DinoscopeDbError(DinoscopeError):
     """Base class: anything the storage layer refuses or cannot do."""
 
 

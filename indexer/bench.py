@@ -28,6 +28,7 @@ from PIL import Image
 from timm.data import create_transform
 
 from db.engine import open_database
+from db.errors import DinoscopeError
 from db.mutations import remove_dataset
 from db.queries import find_dataset
 from indexer.decode import decode_image
@@ -53,7 +54,7 @@ _GRAIN = 6  # +- grey levels of noise, so the JPEGs are as large as a camera's, 
 _MEMORY_SAMPLE_SECONDS = 0.05
 
 
-class BenchError(Exception):
+class BenchError(DinoscopeError):
     """The bench cannot run as asked; the message says what to change."""
 
 

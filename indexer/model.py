@@ -20,14 +20,14 @@ import timm
 import torch
 from timm.data import create_transform
 
+from db.errors import DinoscopeError
+
 DEFAULT_MODEL = "vit_base_patch14_reg4_dinov2.lvd142m"
 DEFAULT_IMAGE_SIZE = 224
 RANDOM_SEED = 0
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-class ModelError(Exception):
+class ModelError(DinoscopeError):
     """The model cannot be built as asked; the message says what to change."""
 
 

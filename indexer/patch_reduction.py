@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from db.errors import DinoscopeError
 from db.mutations import store_patch_pca
 from db.patch_pca import PatchPca
 from db.queries import patch_pca
@@ -22,7 +23,7 @@ from indexer.embed import EmbeddedFile
 FIT_IMAGES = 64  # 16,384 tokens at 224 px: far more than the dimensions a basis keeps
 
 
-class TooFewPatchTokens(Exception):
+class TooFewPatchTokens(DinoscopeError):
     """A basis of D dimensions needs at least D patch tokens to be fitted on."""
 
 

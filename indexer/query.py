@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from db.errors import DinoscopeError
 from indexer.decode import DecodedImage, UnreadableImage, decode_image
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ __all__ = ["DecodedImage", "ModelUnavailable", "QueryModel", "QueryModels", "Que
            "UnreadableImage", "decode_image"]
 
 
-class QueryRefused(Exception):
+class QueryRefused(DinoscopeError):
     """The upload cannot be compared with the dataset; the message says why in one line."""
 
 

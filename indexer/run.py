@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from db.engine import Database
-from db.errors import ConflictingWrite, DinoscopeDbError
+from db.errors import ConflictingWrite, DinoscopeDbError, DinoscopeError
 from db.mutations import (
     add_image,
     bump_generation,
@@ -54,7 +54,7 @@ from indexer.scan import IMAGE_SUFFIXES, FolderScan, content_hash, scan_folder
 log = logging.getLogger(__name__)
 
 
-class IndexRefused(Exception):
+class IndexRefused(DinoscopeError):
     """The run cannot go ahead as asked; nothing was changed."""
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -158,3 +159,118 @@ def test_the_log_level_is_an_option_an_environment_variable_or_the_commands_defa
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.endswith(" ERROR dinoscope.check: the cache folder could not be written")
     assert line[:4].isdigit()  # a timestamp first
+
+
+# The command line's structure: commands by owner, errors at the edge, the README from the code --------------------
+
+COMMANDS = {"bench", "datasets", "demo", "export", "index", "remove", "samples", "serve", "synthetic", "users",
+            "worker"}
+
+
+def test_help_lists_every_command_those_loaded_lazily_included():
+    output = run_cli("--help").output
+    listed = {line.split()[0] for line in output.split("Commands:")[1].splitlines() if line.strip()}
+    assert listed == COMMANDS
+    assert "Add USER to FILE" in run_cli("users", "add", "--help").output
+    assert "--job-slots" in run_cli("serve", "--help").output
+
+
+def _packages_imported_by(*arguments: str) -> tuple[str, set[str]]:
+    """What `dinoscope ARGUMENTS` prints in a process of its own, and which of the heavy packages it imported."""
+    import ast
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom indexer.cli import main\ntry:\n    main(sys.argv[1:])\n"
+              "except SystemExit as end:\n    assert end.code in (0, None), end.code\n"
+              "print(sorted({name.split('.')[0] for name in sys.modules} & {'dashboard', 'dash', 'torch', 'timm'}))")
+    result = subprocess.run([sys.executable, "-c", script, *arguments], capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    *printed, imported = result.stdout.splitlines()
+    return "\n".join(printed), set(ast.literal_eval(imported))
+
+
+def test_the_indexers_commands_import_neither_the_dashboard_nor_torch(tmp_path):
+    open_database(str(tmp_path / "empty.db"))
+    printed, imported = _packages_imported_by("datasets", "--db", str(tmp_path / "empty.db"))
+    assert printed == "no datasets yet: index a folder with `dinoscope index FOLDER`" and imported == set()
+    printed, imported = _packages_imported_by("--help")
+    assert "serve " in printed and imported == {"dashboard"}  # listing loads the dashboard's commands, not Dash
+
+
+def test_every_domain_error_is_a_dinoscope_error():
+    from dashboard.auth import UsersFileError
+    from dashboard.framing import FrameAncestorsError
+    from dashboard.jobs import BrokerError
+    from dashboard.login_limits import LoginLimitsError
+    from dashboard.query_image import QueryRefused
+    from db import DinoscopeDbError, DinoscopeError
+    from indexer.bench import BenchError
+    from indexer.model import ModelError
+    from indexer.patch_reduction import TooFewPatchTokens
+    from indexer.run import IndexRefused
+
+    for error in (DinoscopeDbError, IndexRefused, ModelError, TooFewPatchTokens, BenchError, UsersFileError,
+                  LoginLimitsError, BrokerError, QueryRefused, FrameAncestorsError):
+        assert issubclass(error, DinoscopeError), error
+
+
+def test_the_root_group_alone_turns_a_dinoscope_error_into_one_line(monkeypatch):
+    from db import DinoscopeError
+    from indexer import cli
+
+    class Refusal(DinoscopeError):
+        pass
+
+    @click.command()
+    @click.argument("what")
+    def refuse(what):
+        if what == "refusal":
+            raise Refusal("cannot do that: do this instead")
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(main.commands, "refuse", refuse)
+    result = CliRunner().invoke(main, ["refuse", "refusal"])
+    assert (result.exit_code, result.output) == (1, "Error: cannot do that: do this instead\n")
+    result = CliRunner().invoke(main, ["refuse", "bug"])  # anything else is a bug: its traceback is not hidden
+    assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
+    assert cli.LAZY_COMMANDS.keys() <= COMMANDS
+
+
+def test_the_readme_command_sections_are_what_the_commands_say():
+    from pathlib import Path
+
+    from cogapp import Cog
+
+    readme = Path(__file__).parents[1] / "README.md"
+    text = readme.read_text()
+    for path in sorted(COMMANDS - {"users", "bench"} | {"users add"}):  # bench's table is under Performance
+        assert f'cog.outl(docs.section("{path}"))' in text, path
+    assert 'cog.outl(docs.options_table("bench"))' in text
+    regenerated = Cog().process_string(text, str(readme))
+    assert regenerated == text, "README.md differs from the commands: run `python -m cogapp -r README.md`"
+    stale = text.replace("| `--quiet` |  | No progress bars. |", "| `--quiet` |  | no bars |")
+    assert stale != text and Cog().process_string(stale, str(readme)) == text
+
+
+def test_the_command_lines_model_names_are_the_models():
+    import torch
+
+    from indexer import cli, model
+
+    assert cli.DEFAULT_MODEL == model.DEFAULT_MODEL  # the command line names it without importing torch
+    assert model.resolve_device("cpu") == torch.device("cpu")
+    for precision in cli.PRECISIONS:
+        assert model.resolve_precision(precision, torch.device("cpu")) in cli.PRECISIONS[1:]
+
+
+def test_every_option_read_from_the_environment_names_its_variable_in_its_help():
+    from indexer.cli_docs import command
+
+    paths = ["", *sorted(COMMANDS - {"users"}), "users add"]
+    options = [param for path in paths for param in command(path).params if isinstance(param, click.Option)]
+    with_variables = [option for option in options if option.envvar]
+    assert len(with_variables) >= 12
+    for option in with_variables:
+        assert f"Environment: {option.envvar}." in option.help, option.name

@@ -1,0 +1,179 @@
+"""The dashboard's commands: `serve`, `worker` and `users`.
+
+The root group (`indexer.cli`) loads this module only when one of these commands is run or listed, so that the
+indexer's commands never import Dash. Errors are raised as they are: the root group turns every DinoscopeError into
+a one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from dashboard.settings import (
+    CACHE_DIR_ENV,
+    CELERY_ENV,
+    FRAME_ANCESTORS_ENV,
+    JOB_SLOTS_ENV,
+    LOGIN_CHECKS_ENV,
+    LOGIN_LIMITS_ADDRESS_ENV,
+    LOGIN_LIMITS_USER_ENV,
+    SECRET_ENV,
+    TRUSTED_PROXIES_ENV,
+    USERS_FILE_ENV,
+    LoginSettings,
+    Settings,
+)
+from db.cli_options import db_option
+
+
+def default_concurrency() -> int:
+    """Half the cores (at least one, at most four)."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def cache_dir_option(function):
+    return click.option(
+        "--cache-dir", envvar=CACHE_DIR_ENV, type=click.Path(file_okay=False, path_type=Path),
+        show_default="a dinoscope-cache folder in the system's temporary folder",
+        help="Folder shared by the server's workers and `dinoscope worker` for background jobs, cached projections "
+             f"and each dataset's matrix; keep it on a local disk. Environment: {CACHE_DIR_ENV}.")(function)
+
+
+def server_options(function):
+    """The options of every command that serves the dashboard (`serve`, and `demo` after it has indexed)."""
+    for option in reversed((
+        click.option("--host", metavar="ADDRESS", default="127.0.0.1", show_default=True,
+                     help="Address to listen on; 0.0.0.0 for every network (then use --users)."),
+        click.option("--port", type=click.IntRange(1, 65535), default=8050, show_default=True,
+                     help="Port to listen on."),
+        cache_dir_option,
+        click.option("--workers", type=click.IntRange(1, 64),
+                     show_default="Flask's development server, one process, for use on this machine",
+                     help="Serve with gunicorn and this many worker processes, for many users."),
+    )):
+        function = option(function)
+    return function
+
+
+@click.command()
+@db_option
+@server_options
+@click.option("--threads", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Threads per gunicorn worker (with --workers).")
+@click.option("--users", "users_file", envvar=USERS_FILE_ENV, metavar="FILE",
+              type=click.Path(dir_okay=False, path_type=Path), show_default="no login",
+              help=f"Ask for a login from the users in this file (see `dinoscope users add`). Environment: "
+                   f"{USERS_FILE_ENV}.")
+@click.option("--celery", envvar=CELERY_ENV, metavar="REDIS_URL",
+              show_default="the server's own job server",
+              help=f"Run background callbacks (t-SNE, UMAP) in `dinoscope worker` processes through this Redis. "
+                   f"Environment: {CELERY_ENV}.")
+@click.option("--job-slots", envvar=JOB_SLOTS_ENV, type=click.IntRange(1, 64),
+              show_default="a quarter of the cores, at least 1",
+              help="Background jobs the job server runs at once of each kind (projections, sampled clusterings, "
+                   f"uploads); later ones wait in order. Environment: {JOB_SLOTS_ENV}.")
+@click.option("--login-limits-address", envvar=LOGIN_LIMITS_ADDRESS_ENV, metavar="LIMITS",
+              show_default=LoginSettings.failures_per_address,
+              help="Failed logins allowed from one client address; past them its logins are refused (429) until "
+                   f"the oldest failure leaves its window. Environment: {LOGIN_LIMITS_ADDRESS_ENV}.")
+@click.option("--login-limits-user", envvar=LOGIN_LIMITS_USER_ENV, metavar="LIMITS",
+              show_default=LoginSettings.failures_per_user,
+              help=f"Failed logins allowed as one user name, from any address. Environment: {LOGIN_LIMITS_USER_ENV}.")
+@click.option("--login-checks", envvar=LOGIN_CHECKS_ENV, type=click.IntRange(1, 64),
+              show_default=str(LoginSettings.checks),
+              help="Password checks run at once by each worker process (as many more may wait a second for their "
+                   f"turn; other new logins are refused with 429). Environment: {LOGIN_CHECKS_ENV}.")
+@click.option("--trusted-proxies", envvar=TRUSTED_PROXIES_ENV, type=click.IntRange(0, 8),
+              default=0, show_default=True,
+              help="Reverse proxies in front of the server, whose X-Forwarded-For header names the client's "
+                   f"address for the login limits and the logs. Environment: {TRUSTED_PROXIES_ENV}.")
+@click.option("--frame-ancestors", envvar=FRAME_ANCESTORS_ENV, metavar="SOURCES",
+              show_default="'self'",
+              help="The pages that may show the dashboard in a frame: 'self', 'none', or origins such as "
+                   "https://intranet.example.edu, space-separated (a Content-Security-Policy frame-ancestors list). "
+                   f"Environment: {FRAME_ANCESTORS_ENV}.")
+def serve(db, host, port, cache_dir, workers, threads, users_file, celery, job_slots, login_limits_address,
+          login_limits_user, login_checks, trusted_proxies, frame_ancestors):
+    """Serve the dashboard on the database (read-only)."""
+    login = LoginSettings.from_env(login_limits_address, login_limits_user, login_checks)
+    serve_dashboard(Settings.from_env(db, cache_dir, celery, users_file, job_slots, login, trusted_proxies,
+                                      frame_ancestors), host, port, workers, threads)
+
+
+def serve_dashboard(settings: Settings, host: str, port: int, workers: int | None = None, threads: int = 8) -> None:
+    """Check what a mistake could break, start the job server, then serve: Flask's development server without
+    `workers`, gunicorn with them."""
+    from dashboard import serving
+    from dashboard.app import create_app
+    from dashboard.auth import read_users
+    from dashboard.framing import frame_ancestors
+    from dashboard.jobs import check_redis
+    from dashboard.login_limits import check_limits
+
+    # Here, so that a mistake is one line rather than a traceback from every worker.
+    if settings.users_file:
+        read_users(settings.users_file)
+        check_limits(settings.login)
+    if settings.celery_url:
+        check_redis(settings.celery_url)
+    frame_ancestors(settings.frame_ancestors)
+    if serving.needs_login_warning(host, settings):
+        click.echo(serving.NO_LOGIN_WARNING.format(host=host), err=True)
+    with serving.job_server(settings):  # warming up while the web server starts
+        if workers is None:
+            app = create_app(settings)
+            click.echo(f"dinoscope dashboard on http://{host}:{port}/ (development server; Ctrl+C stops it)")
+            app.run(host=host, port=port, debug=False)
+            return
+        settings, generated = serving.shared_secret(settings)
+        if generated:
+            click.echo(f"note: {SECRET_ENV} is not set: the workers share a key made for this run, so sessions end "
+                       "when the server restarts", err=True)
+        click.echo(f"dinoscope dashboard on http://{host}:{port}/ (gunicorn, {workers} workers of {threads} "
+                   "threads; Ctrl+C stops it)")
+        serving.DashboardServer(settings, host, port, workers, threads).run()
+
+
+@click.command()
+@db_option
+@cache_dir_option
+@click.option("--celery", envvar=CELERY_ENV, required=True, metavar="REDIS_URL",
+              help=f"The Redis of `dinoscope serve --celery`. Environment: {CELERY_ENV}.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=default_concurrency,
+              show_default="half the cores, at least 1, at most 4",
+              help="Background callbacks run at once (processes).")
+def worker(db, cache_dir, celery, concurrency):
+    """Run the dashboard's background callbacks (t-SNE, UMAP) for `dinoscope serve --celery`, on the same machine:
+    give it the server's database and cache folder."""
+    from dashboard.app import create_worker
+    from dashboard.jobs import check_redis
+
+    check_redis(celery)
+    app = create_worker(Settings.from_env(db, cache_dir, celery))
+    app.worker_main(["worker", f"--concurrency={concurrency}", "--pool=prefork", "--loglevel=INFO",
+                     f"--hostname=dinoscope-{os.getpid()}@%h"])
+
+
+@click.group()
+def users():
+    """Manage the users file that `dinoscope serve --users FILE` takes logins from."""
+
+
+@users.command("add")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("user")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
+def users_add(file, user, password_stdin):
+    """Add USER to FILE (created if missing), or change their password. Only a hash of the password is stored."""
+    from dashboard.auth import add_user
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    new = add_user(file, user, password)
+    click.echo(f"{'added' if new else 'changed the password of'} {user!r} in {file}")
