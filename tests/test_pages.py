@@ -1,0 +1,86 @@
+"""Pages declared once: the page list drives the navigation and the per-image links, and every app serves its own
+database, however many apps one process builds and in whatever order."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dashboard.app import create_app
+from dashboard.pages import PAGES
+from dashboard.settings import Settings
+from dashboard.shell import image_links
+from db.engine import open_database
+from indexer.synthetic import write_synthetic_dataset
+
+
+def _database(folder, name: str, count: int) -> str:
+    db = folder / f"{name}.db"
+    write_synthetic_dataset(open_database(str(db)), name, count, dim=8, clusters=2)
+    return f"sqlite:///{db}"
+
+
+def _app(folder, name: str, count: int):
+    return create_app(Settings(_database(folder, name, count), folder / f"{name}-cache", "test-secret"))
+
+
+def _layout(app, path: str, search: str = "") -> dict:
+    """The layout that Dash's router answers for `path` in `app`, as the browser receives it."""
+    router = next(output for output in app.callback_map if output.lstrip(".").startswith("_pages_content.children"))
+    spec = app.callback_map[router]
+    values = {"_pages_location.pathname": path, "_pages_location.search": search}
+    body = {"output": router, "outputs": [{"id": "_pages_content", "property": "children"},
+                                          {"id": "_pages_store", "property": "data"}],
+            "changedPropIds": ["_pages_location.pathname"],
+            "inputs": [{**item, "value": values.get(f"{item['id']}.{item['property']}")} for item in spec["inputs"]],
+            "state": []}
+    response = app.server.test_client().post("/_dash-update-component", data=json.dumps(body),
+                                             content_type="application/json")
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    return response.get_json()["response"]
+
+
+def _props(layout, component_id: str) -> dict:
+    pending = [layout]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list):
+            pending += node
+        elif isinstance(node, dict):
+            props = node.get("props")
+            if isinstance(props, dict) and props.get("id") == component_id:
+                return props
+            pending += list(node.values())
+    raise AssertionError(f"no component {component_id!r}")
+
+
+@pytest.mark.parametrize("order", ["alpha first", "beta first"])
+def test_two_apps_in_one_process_each_serve_their_own_database(tmp_path, order):
+    built = {}
+    for name, count in ([("alpha", 5), ("beta", 7)] if order == "alpha first" else [("beta", 7), ("alpha", 5)]):
+        built[name] = _app(tmp_path, name, count)
+    for name, count in (("alpha", 5), ("beta", 7)):
+        app = built[name]
+        for path in ("/gallery", "/", "/clustering", "/similarity"):
+            layout = _layout(app, path)["_pages_content"]["children"]
+            assert _props(layout, "shell-dataset")["data"] == name, (name, path)
+            assert _props(layout, "dataset-picker")["options"] == [name]
+            assert _props(layout, "provenance")["children"].startswith(f"{count} images")
+        gallery = _layout(app, "/gallery", "?per_page=50")["_pages_content"]["children"]
+        assert _props(gallery, "gallery-count")["children"] == f"{count} images"
+        assert _props(_layout(app, "/nowhere")["_pages_content"]["children"], "dataset-picker")["options"] == [name]
+
+
+def test_the_page_list_drives_the_navigation_and_the_per_image_links(tmp_path):
+    app = _app(tmp_path, "alpha", 3)
+    layout = _layout(app, "/gallery")["_pages_content"]["children"]
+    for page in PAGES:
+        link = _props(layout, page.nav_id)
+        assert link["children"] == page.title and link["href"] == f"{page.path}?dataset=alpha"
+    per_image = [page for page in PAGES if page.image_link]
+    assert [page.path for page in per_image] == ["/similarity", "/embeddings", "/patches"]
+    buttons = image_links("alpha", 4, "x", here="/embeddings").children
+    assert [(b.id, b.children) for b in buttons] == [("x-similar-link", "Similar images"),
+                                                     ("x-patches-link", "Within image")]
+    assert _layout(app, "/patches")["_pages_store"]["data"]["title"] == "dinoscope: within image"
