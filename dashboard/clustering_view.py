@@ -289,7 +289,6 @@ def _cell(text: str) -> str:
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
-
 _AXIS_NAMES = {"pca": "PC", "tsne": "t-SNE", "umap": "UMAP"}
 
 

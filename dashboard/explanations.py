@@ -32,18 +32,21 @@ their first 50 principal components (which keep the clusters' shape and are fast
 embeddings themselves (so that eps means the cosine shown beside it). In a large dataset DBSCAN and Ward cluster a sample of 5,000 images and every other image
 joins the cluster of its nearest sampled image.
 """
+
 SIMILARITY = """
 **Cosine similarity** is the cosine of the angle between two embeddings: 1 for the same direction, 0 for
 unrelated, negative for opposite. It ignores the vectors' lengths, which is why DINOv2's embeddings are usually
 compared this way. Similar images have similar CLS embeddings; what "similar" means is what the model learnt
 without labels: objects, parts, textures and layout.
 """
+
 PATCHES = _TOKENS + """
 **Clusters** group patches whose tokens point the same way (K-Means on normalised tokens): parts of objects,
 background, texture. **Pooling** averages tokens over a window of patches every few patches, for coarser regions
 without running the model again. **PCA colours** show the three main directions of the tokens as red, green and
 blue. **Foreground** is the first principal component, turned so that the image's border counts as background.
 """
+
 EMBEDDINGS = _TOKENS + """
 Single features of an embedding rarely mean something a person would name; what matters is how whole vectors
 compare (cosine similarity).

@@ -44,7 +44,7 @@ class Page:
         self.params = params
         self.home = home
         self._layout: Callable | None = None
-        self._callbacks: list[tuple[Callable, tuple, dict]] = []
+        self._callbacks: list[tuple[Callable, tuple, dict, str | None]] = []
         self._clientside: list[tuple[Any, tuple, dict]] = []
 
     @property
@@ -62,7 +62,7 @@ class Page:
         Site. `manager`: the lane (a field of dashboard.jobs.JobManagers) of a background callback that does not
         use the app's default one."""
         def record(function: Callable) -> Callable:
-            self._callbacks.append((function, dependencies, {**options, "manager": manager}))
+            self._callbacks.append((function, dependencies, options, manager))
             return function
 
         return record
@@ -95,10 +95,9 @@ class Page:
             sync_url(app, self.name, self.params)
         for code, dependencies, options in self._clientside:
             app.clientside_callback(code, *dependencies, **options)
-        for function, dependencies, options in self._callbacks:
-            lane = options["manager"]
-            options = {**options, "manager": getattr(managers, lane)} if lane else \
-                {name: value for name, value in options.items() if name != "manager"}
+        for function, dependencies, options, lane in self._callbacks:
+            if lane:
+                options = {**options, "manager": getattr(managers, lane)}
             app.callback(*dependencies, **options)(with_site(function, site))
 
 

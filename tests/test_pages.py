@@ -4,10 +4,12 @@ database, however many apps one process builds and in whatever order."""
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 
 from dashboard.app import create_app
+from dashboard.jobs import background_managers
 from dashboard.pages import PAGES
 from dashboard.settings import Settings
 from dashboard.shell import image_links
@@ -84,3 +86,22 @@ def test_the_page_list_drives_the_navigation_and_the_per_image_links(tmp_path):
     assert [(b.id, b.children) for b in buttons] == [("x-similar-link", "Similar images"),
                                                      ("x-patches-link", "Within image")]
     assert _layout(app, "/patches")["_pages_store"]["data"]["title"] == "dinoscope: within image"
+
+
+def _site_of(job_fn):
+    """The Site a background job's callback is bound to (Dash's job function holds the bound callback)."""
+    bound = next(cell.cell_contents for cell in job_fn.__closure__ if isinstance(cell.cell_contents, partial))
+    return bound.args[0]
+
+
+def test_two_apps_in_one_process_each_run_their_own_background_jobs(tmp_path):
+    managers = {}
+    for name in ("alpha", "beta"):
+        settings = Settings(_database(tmp_path, name, 4), tmp_path / f"{name}-cache", "test-secret")
+        managers[name] = background_managers(settings)
+        create_app(settings, managers[name])
+    for name, built in managers.items():
+        for manager in (built.projections, built.clusterings, built.uploads):
+            assert manager.func_registry
+            assert {_site_of(job).store.db_url for job in manager.func_registry.values()} == \
+                {f"sqlite:///{tmp_path / name}.db"}
