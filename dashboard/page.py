@@ -75,6 +75,13 @@ class Page:
         """The page's parameters from a URL's query, coerced (see urlstate.Param)."""
         return read_query(self.params, query)
 
+    def param(self, name: str) -> Param:
+        return next(param for param in self.params if param.name == name)
+
+    def control_id(self, name: str) -> str:
+        """The id of the control of the parameter `name`."""
+        return self.param(name).control_id(self.name)
+
     def controls(self, params: tuple[Param, ...], kind: type = Input) -> list:
         """Callback dependencies (Input or State) on the controls of `params`."""
         return [kind(param.control_id(self.name), param.prop) for param in params]

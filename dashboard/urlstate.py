@@ -63,8 +63,7 @@ class Param:
             if chosen is None:
                 return default
             high = self.high if high is None else high
-            chosen = max(self.low if self.low is not None else chosen, min(high if high is not None else chosen,
-                                                                             chosen))
+            chosen = min(max(chosen, -math.inf if self.low is None else self.low), math.inf if high is None else high)
         return chosen if self.choices is None or chosen in self.choices else default
 
 

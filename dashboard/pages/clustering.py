@@ -246,13 +246,13 @@ def show_clusters(site: Site, shown, dataset):
 
 
 PAGE.clientside_callback(_IMAGE_AT_POINT, Output("clustering-hovered", "data"),
-                        Input("clustering-scatter", "hoverData"))
+                         Input("clustering-scatter", "hoverData"))
 PAGE.clientside_callback(_IMAGE_AT_POINT, Output("clustering-clicked", "data"),
-                        Input("clustering-scatter", "clickData"), prevent_initial_call=True)
+                         Input("clustering-scatter", "clickData"), prevent_initial_call=True)
 
 
 PAGE.clientside_callback(_EPS_AS_COSINE, Output("clustering-eps-cosine", "children"),
-                        Input("clustering-eps", "value"), Input("clustering-space", "value"))
+                         Input(PAGE.control_id("eps"), "value"), Input(PAGE.control_id("space"), "value"))
 
 
 @PAGE.callback(
@@ -300,7 +300,7 @@ def select_point(site: Site, point, dataset):
 @PAGE.callback(
     Output("clustering-perplexity-group", "style"), Output("clustering-umap-group", "style"),
     Output("clustering-k-group", "style"), Output("clustering-dbscan-group", "style"),
-    Input("clustering-projection", "value"), Input("clustering-method", "value"),
+    Input(PAGE.control_id("projection"), "value"), Input(PAGE.control_id("method"), "value"),
 )
 def show_relevant_controls(site: Site, projection, method):
     def shown(visible):
@@ -324,10 +324,12 @@ def _cluster_params(method, k, eps, min_samples, space_switch):
                            "space": "projection" if space_switch else "embedding"})
 
 
-def _number_input(component_id: str, label: str, value, step, minimum, maximum) -> dbc.Row:
+def _number_input(name: str, label: str, value, step) -> dbc.Row:
+    """The number box of the parameter `name`, between its bounds."""
+    param, component_id = PAGE.param(name), PAGE.control_id(name)
     return dbc.Row([
         dbc.Label(label, html_for=component_id, width=7, className="small"),
-        dbc.Col(dbc.Input(id=component_id, type="number", value=value, step=step, min=minimum, max=maximum,
+        dbc.Col(dbc.Input(id=component_id, type="number", value=value, step=step, min=param.low, max=param.high,
                           debounce=True, size="sm"), width=5),
     ], className="mb-1")
 
@@ -335,28 +337,27 @@ def _number_input(component_id: str, label: str, value, step, minimum, maximum) 
 def _controls(projection, clustering) -> dbc.Card:
     return dbc.Card(dbc.CardBody([
         html.H6("Projection"),
-        dbc.RadioItems(id="clustering-projection", value=projection.method, inline=True,
+        dbc.RadioItems(id=PAGE.control_id("projection"), value=projection.method, inline=True,
                        options=[{"label": "PCA", "value": "pca"}, {"label": "t-SNE", "value": "tsne"},
                                 {"label": "UMAP", "value": "umap"}]),
-        html.Div(_number_input("clustering-perplexity", "perplexity", projection.perplexity, 1, 2, 100),
-                 id="clustering-perplexity-group"),
-        html.Div([_number_input("clustering-neighbors", "n_neighbors", projection.n_neighbors, 1, 2, 200),
-                  _number_input("clustering-min-dist", "min_dist", projection.min_dist, "any", 0, 1),
-                  _number_input("clustering-seed", "random seed", projection.seed, 1, 0, 2**31 - 1)],
+        html.Div(_number_input("perplexity", "perplexity", projection.perplexity, 1), id="clustering-perplexity-group"),
+        html.Div([_number_input("n_neighbors", "n_neighbors", projection.n_neighbors, 1),
+                  _number_input("min_dist", "min_dist", projection.min_dist, "any"),
+                  _number_input("seed", "random seed", projection.seed, 1)],
                  id="clustering-umap-group"),
         html.Hr(),
         html.H6("Clustering"),
-        dbc.RadioItems(id="clustering-method", value=clustering.method,
+        dbc.RadioItems(id=PAGE.control_id("method"), value=clustering.method,
                        options=[{"label": "K-Means", "value": "kmeans"}, {"label": "DBSCAN", "value": "dbscan"},
                                 {"label": "Hierarchical (Ward)", "value": "hierarchical"}]),
         html.Div([dbc.Label("clusters k", className="small"),
-                  dcc.Slider(id="clustering-k", min=K_MIN, max=K_MAX, step=1, value=clustering.k,
+                  dcc.Slider(id=PAGE.control_id("k"), min=K_MIN, max=K_MAX, step=1, value=clustering.k,
                              marks={n: str(n) for n in (K_MIN, 5, 10, 15, K_MAX)})], id="clustering-k-group"),
-        html.Div([_number_input("clustering-eps", "eps (chord distance)", clustering.eps, "any", 0.01, 2),
+        html.Div([_number_input("eps", "eps (chord distance)", clustering.eps, "any"),
                   html.Div(id="clustering-eps-cosine", className="small text-muted mb-1"),
-                  _number_input("clustering-min-samples", "min_samples", clustering.min_samples, 1, 1, 100)],
+                  _number_input("min_samples", "min_samples", clustering.min_samples, 1)],
                  id="clustering-dbscan-group"),
-        dbc.Switch(id="clustering-space", label="cluster the 2-D projection instead",
+        dbc.Switch(id=PAGE.control_id("space"), label="cluster the 2-D projection instead",
                    value=clustering.space == "projection", className="mt-2"),
         html.Hr(),
         dbc.Button("Download clusters (CSV)", id="clustering-download-link", size="sm", color="secondary",

@@ -70,11 +70,11 @@ def layout(dataset: str | None = None, image: str | None = None, **query):
             unknown_image_notice("embeddings", image, shown),
             PAGE.explanation_panel(),
             dbc.Row([
-                dbc.Col([dbc.Label("Image", html_for="embeddings-image"),
-                         image_picker("embeddings-image", view, shown,
+                dbc.Col([dbc.Label("Image", html_for=PAGE.control_id("image")),
+                         image_picker(PAGE.control_id("image"), view, shown,
                                       placeholder="type part of a file path")], md=6),
-                dbc.Col([dbc.Label("Largest and smallest features shown", html_for="embeddings-n"),
-                         dcc.Slider(id="embeddings-n", min=1, max=N_MAX, step=1, value=count, marks=N_MARKS)],
+                dbc.Col([dbc.Label("Largest and smallest features shown", html_for=PAGE.control_id("n")),
+                         dcc.Slider(id=PAGE.control_id("n"), min=N.low, max=N.high, step=1, value=count, marks=N_MARKS)],
                         md=6),
             ], className="mb-3 g-3"),
             dbc.Row([
@@ -98,8 +98,8 @@ def layout(dataset: str | None = None, image: str | None = None, **query):
             html.P(id="embeddings-pca-caption", children=_pca_caption(view, pca),
                    className="text-muted small"),
             dbc.Row([
-                dbc.Col([dbc.Label("Principal components", html_for="embeddings-components"),
-                         dcc.Slider(id="embeddings-components", min=COMPONENTS_MIN,
+                dbc.Col([dbc.Label("Principal components", html_for=PAGE.control_id("components")),
+                         dcc.Slider(id=PAGE.control_id("components"), min=COMPONENTS.low,
                                     max=max(COMPONENTS_MIN, limit), step=1, value=chosen,
                                     marks=_component_marks(limit), disabled=limit < COMPONENTS_MIN)], md=6),
             ], className="mb-2"),
@@ -120,13 +120,13 @@ def layout(dataset: str | None = None, image: str | None = None, **query):
     return page_shell(store, PAGE.path, dataset, content)
 
 
-register_image_search(PAGE, "embeddings-image", "embeddings-dataset")
+register_image_search(PAGE, PAGE.control_id("image"), "embeddings-dataset")
 
 
 @PAGE.callback(
     Output("embeddings-line", "figure"), Output("embeddings-histogram", "figure"),
     Output("embeddings-card", "children"), Output("embeddings-raw", "children"),
-    Input("embeddings-image", "value"), State("embeddings-dataset", "data"), prevent_initial_call=True,
+    Input(PAGE.control_id("image"), "value"), State("embeddings-dataset", "data"), prevent_initial_call=True,
 )
 def show_image(site: Site, image_id, dataset):
     view = inputs.dataset_view(site.store, dataset)
@@ -135,7 +135,7 @@ def show_image(site: Site, image_id, dataset):
 
 @PAGE.callback(
     Output("embeddings-extremes", "figure"),
-    Input("embeddings-image", "value"), Input("embeddings-n", "value"), State("embeddings-dataset", "data"),
+    *PAGE.controls((IMAGE, N)), State("embeddings-dataset", "data"),
     prevent_initial_call=True,
 )
 def show_extremes(site: Site, image_id, n, dataset):
@@ -147,7 +147,7 @@ def show_extremes(site: Site, image_id, n, dataset):
 @PAGE.callback(
     Output("embeddings-variance", "figure"), Output("embeddings-pca-caption", "children"),
     Output("embeddings-pca-table", "page_current"),
-    Input("embeddings-components", "value"), State("embeddings-dataset", "data"), prevent_initial_call=True,
+    Input(PAGE.control_id("components"), "value"), State("embeddings-dataset", "data"), prevent_initial_call=True,
 )
 def show_pca(site: Site, components, dataset):
     if components is None:
@@ -161,7 +161,7 @@ def show_pca(site: Site, components, dataset):
     Output("embeddings-pca-table", "columns"), Output("embeddings-pca-table", "data"),
     Output("embeddings-pca-table", "page_count"),
     Input("embeddings-pca-table", "page_current"), Input("embeddings-pca-table", "sort_by"),
-    Input("embeddings-components", "value"), State("embeddings-dataset", "data"), prevent_initial_call=True,
+    Input(PAGE.control_id("components"), "value"), State("embeddings-dataset", "data"), prevent_initial_call=True,
 )
 def show_table_page(site: Site, page, sort_by, components, dataset):
     view = inputs.dataset_view(site.store, dataset)
@@ -170,7 +170,7 @@ def show_table_page(site: Site, page, sort_by, components, dataset):
 
 
 @PAGE.callback(
-    Output("embeddings-download-npy", "href"), Input("embeddings-image", "value"),
+    Output("embeddings-download-npy", "href"), Input(PAGE.control_id("image"), "value"),
     State("embeddings-dataset", "data"), prevent_initial_call=True,
 )
 def link_download(site: Site, image_id, dataset):

@@ -35,12 +35,12 @@ def layout(dataset: str | None = None, **query):
             PAGE.url_parameters(),
             dcc.Store(id="gallery-filter", data={"label": label, "per_page": size}),
             dbc.Row([
-                dbc.Col(dcc.Dropdown(id="gallery-label", options=label_options(view), value=label,
+                dbc.Col(dcc.Dropdown(id=PAGE.control_id("label"), options=label_options(view), value=label,
                                      placeholder="all labels"), md=3),
-                dbc.Col(dbc.Select(id="gallery-per-page", value=str(size),
+                dbc.Col(dbc.Select(id=PAGE.control_id("per_page"), value=str(size),
                                    options=[{"label": f"{n} per page", "value": str(n)} for n in PAGE_SIZES]),
                         md=2),
-                dbc.Col(dbc.Pagination(id="gallery-pages", max_value=shown.page_count,
+                dbc.Col(dbc.Pagination(id=PAGE.control_id("page"), max_value=shown.page_count,
                                        active_page=shown.page, fully_expanded=False), md="auto"),
                 dbc.Col(html.Span(id="gallery-count", children=_count_text(shown.total)),
                         className="text-muted align-self-center"),
@@ -53,9 +53,9 @@ def layout(dataset: str | None = None, **query):
 
 
 @PAGE.callback(
-    Output("gallery-grid", "children"), Output("gallery-pages", "max_value"),
-    Output("gallery-pages", "active_page"), Output("gallery-count", "children"), Output("gallery-filter", "data"),
-    Input("gallery-label", "value"), Input("gallery-pages", "active_page"), Input("gallery-per-page", "value"),
+    Output("gallery-grid", "children"), Output(PAGE.control_id("page"), "max_value"),
+    Output(PAGE.control_id("page"), "active_page"), Output("gallery-count", "children"),
+    Output("gallery-filter", "data"), *PAGE.controls(PAGE.params),
     State("gallery-dataset", "data"), State("gallery-filter", "data"), prevent_initial_call=True,
 )
 def show_page(site: Site, label, page, per_page, dataset, shown_filter):

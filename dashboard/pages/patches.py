@@ -59,22 +59,22 @@ def layout(dataset: str | None = None, image: str | None = None, **query):
             PAGE.explanation_panel(),
             unknown_image_notice("patches", image, reference),
             dbc.Row([
-                dbc.Col([dbc.Label("Image", html_for="patches-image"),
-                         image_picker("patches-image", view, reference),
+                dbc.Col([dbc.Label("Image", html_for=PAGE.control_id("image")),
+                         image_picker(PAGE.control_id("image"), view, reference),
                          html.Div(id="patches-links", className="mt-1",
                                   children=image_links(view.name, reference, "patches", here=PAGE.path))], md=5),
                 dbc.Col([dbc.Label("Show"),
-                         dbc.RadioItems(id="patches-layer", options=_LAYER_OPTIONS, value=settings.layer,
+                         dbc.RadioItems(id=PAGE.control_id("layer"), options=_LAYER_OPTIONS, value=settings.layer,
                                         inline=True)], md=7),
             ], className="mb-2"),
             dbc.Row([
-                dbc.Col(_slider("patches-k", "clusters k", 2, 10, 1, settings.k), md=3),
-                dbc.Col(_slider("patches-window", "pooling window (patches)", 1, 4, 1, settings.window), md=3),
-                dbc.Col(_slider("patches-step", "pooling step (patches)", 1, 4, 1, settings.step), md=3),
-                dbc.Col(_slider("patches-opacity", "overlay opacity", 0, 1, 0.05, settings.opacity,
+                dbc.Col(_slider("k", "clusters k", 1, settings.k), md=3),
+                dbc.Col(_slider("window", "pooling window (patches)", 1, settings.window), md=3),
+                dbc.Col(_slider("step", "pooling step (patches)", 1, settings.step), md=3),
+                dbc.Col(_slider("opacity", "overlay opacity", 0.05, settings.opacity,
                                 marks={0: "0", 0.5: "0.5", 1: "1"}), md=3),
             ]),
-            dbc.Switch(id="patches-foreground-only", value=settings.foreground_only,
+            dbc.Switch(id=PAGE.control_id("foreground_only"), value=settings.foreground_only,
                        label="foreground only (cluster and colour the patches PC 1 calls foreground)"),
             dbc.Row([
                 dbc.Col([busy(dcc.Graph(id="patches-overlay",
@@ -89,10 +89,10 @@ def layout(dataset: str | None = None, image: str | None = None, **query):
     return page_shell(store, PAGE.path, dataset, content)
 
 
-register_image_search(PAGE, "patches-image", "patches-dataset")
+register_image_search(PAGE, PAGE.control_id("image"), "patches-dataset")
 
 
-@PAGE.callback(Output("patches-links", "children"), Input("patches-image", "value"),
+@PAGE.callback(Output("patches-links", "children"), Input(PAGE.control_id("image"), "value"),
                State("patches-dataset", "data"), prevent_initial_call=True)
 def link_image(site: Site, image_id, dataset):
     return image_links(dataset, inputs.image_in(inputs.dataset_view(site.store, dataset), image_id), "patches",
@@ -101,8 +101,8 @@ def link_image(site: Site, image_id, dataset):
 
 @PAGE.callback(
     Output("patches-overlay", "figure"), Output("patches-statistics", "children"),
-    Output("patches-examples", "children"), Output("patches-step", "max"),
-    Input("patches-image", "value"), *PAGE.controls(SETTINGS, Input), Input("patches-selected", "data"),
+    Output("patches-examples", "children"), Output(PAGE.control_id("step"), "max"),
+    *PAGE.controls(PAGE.params, Input), Input("patches-selected", "data"),
     State("patches-dataset", "data"),
 )
 def show_image(site: Site, image_id, layer, k, window, step, opacity, foreground_only, selected, dataset):
@@ -123,7 +123,7 @@ def show_image(site: Site, image_id, layer, k, window, step, opacity, foreground
 
 @PAGE.callback(
     Output("patches-selected", "data"), Input("patches-overlay", "clickData"),
-    State("patches-image", "value"), *PAGE.controls(SETTINGS, State), State("patches-dataset", "data"),
+    *PAGE.controls(PAGE.params, State), State("patches-dataset", "data"),
     prevent_initial_call=True,
 )
 def select_patch(site: Site, click, image_id, layer, k, window, step, opacity, foreground_only, dataset):
@@ -141,8 +141,8 @@ def select_patch(site: Site, click, image_id, layer, k, window, step, opacity, f
 
 @PAGE.callback(
     Output("patches-similarity", "children"), Input("patches-selected", "data"),
-    Input("patches-image", "value"), Input("patches-window", "value"), Input("patches-step", "value"),
-    Input("patches-opacity", "value"), State("patches-dataset", "data"), prevent_initial_call=True,
+    *[Input(PAGE.control_id(name), "value") for name in ("image", "window", "step", "opacity")],
+    State("patches-dataset", "data"), prevent_initial_call=True,
 )
 def compare_patch(site: Site, selected, image_id, window, step, opacity, dataset):
     cell = _cell(selected, image_id)
@@ -211,10 +211,12 @@ def _similarity_panel(frame, image_id, pooled, similarity, settings, marked, tit
                      dcc.Graph(id=component_id, figure=figure, config={"staticPlot": True})])
 
 
-def _slider(component_id: str, label: str, low, high, step, value, marks=None) -> html.Div:
+def _slider(name: str, label: str, step, value, marks=None) -> html.Div:
+    """The slider of the setting `name`, between its bounds."""
+    param = PAGE.param(name)
     return html.Div([dbc.Label(label, className="small"),
-                     dcc.Slider(id=component_id, min=low, max=high, step=step, value=value,
-                                marks=marks or {n: str(n) for n in range(low, high + 1)})])
+                     dcc.Slider(id=PAGE.control_id(name), min=param.low, max=param.high, step=step, value=value,
+                                marks=marks or {n: str(n) for n in range(param.low, param.high + 1)})])
 
 
 def _statistics(shares) -> dbc.Table:

@@ -68,11 +68,11 @@ def layout(dataset: str | None = None, image: str | None = None, **query):
             unknown_image_notice("similarity", image, reference),
             _upload_section(),
             dbc.Row([
-                dbc.Col([dbc.Label("Reference image", html_for="similarity-reference"),
-                         image_picker("similarity-reference", view, reference,
+                dbc.Col([dbc.Label("Reference image", html_for=PAGE.control_id("image")),
+                         image_picker(PAGE.control_id("image"), view, reference,
                                       placeholder="type part of a file path")], md=6),
-                dbc.Col([dbc.Label("Similar images shown", html_for="similarity-k"),
-                         dcc.Slider(id="similarity-k", min=1, max=K_MAX, step=1, value=count, marks=K_MARKS)],
+                dbc.Col([dbc.Label("Similar images shown", html_for=PAGE.control_id("k")),
+                         dcc.Slider(id=PAGE.control_id("k"), min=K.low, max=K.high, step=1, value=count, marks=K_MARKS)],
                         md=6),
             ], className="mb-3 g-3"),
             busy(html.Div(id="similarity-results", children=_results(view, reference, results))),
@@ -87,7 +87,7 @@ def layout(dataset: str | None = None, image: str | None = None, **query):
     return page_shell(store, PAGE.path, dataset, content)
 
 
-register_image_search(PAGE, "similarity-reference", "similarity-dataset")
+register_image_search(PAGE, PAGE.control_id("image"), "similarity-dataset")
 register_collapsible(PAGE, "similarity-upload-card")
 
 # Checked in the browser before anything is sent: a file too large or of another type is refused with its
@@ -113,7 +113,7 @@ PAGE.clientside_callback(
     Output("similarity-upload-facts", "children"), Output("similarity-upload-results", "children"),
     Output("similarity-upload-panel", "hidden"), Output("similarity-upload-message", "children"),
     Input("similarity-upload-accepted", "data"), State("similarity-upload", "filename"),
-    State("similarity-k", "value"), State("similarity-dataset", "data"), State("similarity-session", "data"),
+    State(PAGE.control_id("k"), "value"), State("similarity-dataset", "data"), State("similarity-session", "data"),
     background=True, manager="uploads", prevent_initial_call=True, interval=500,
     progress=Output("similarity-upload-progress", "children"),
     running=[(Output("similarity-upload-status", "hidden"), False, True),
@@ -140,7 +140,7 @@ def query_by_upload(site: Site, set_progress, contents, filename, k, dataset, _s
 @PAGE.callback(
     Output("similarity-results", "children"), Output("similarity-heatmap", "figure"),
     Output("similarity-heatmap-caption", "children"), Output("similarity-heatmap-images", "data"),
-    Input("similarity-reference", "value"), Input("similarity-k", "value"),
+    *PAGE.controls(PAGE.params),
     State("similarity-dataset", "data"), prevent_initial_call=True,
 )
 def show_reference(site: Site, reference, k, dataset):
@@ -152,7 +152,7 @@ def show_reference(site: Site, reference, k, dataset):
 
 
 @PAGE.callback(
-    Output("similarity-reference", "value"),
+    Output(PAGE.control_id("image"), "value"),
     Input({"type": "similarity-result", "index": ALL}, "n_clicks"),
     Input({"type": "similarity-upload-result", "index": ALL}, "n_clicks"), prevent_initial_call=True,
 )
