@@ -13,6 +13,7 @@ from dashboard.jobs import background_managers
 from dashboard.pages import PAGES
 from dashboard.settings import Settings
 from dashboard.shell import image_links
+from dashboard.urlstate import IMAGE, Param
 from db.engine import open_database
 from indexer.synthetic import write_synthetic_dataset
 
@@ -105,3 +106,45 @@ def test_two_apps_in_one_process_each_run_their_own_background_jobs(tmp_path):
             assert manager.func_registry
             assert {_site_of(job).store.db_url for job in manager.func_registry.values()} == \
                 {f"sqlite:///{tmp_path / name}.db"}
+
+
+def test_every_url_parameter_is_read_one_way():
+    k = Param("k", 5, 1, 50)
+    values = [None, "7", 7.9, "2.5", "1e1", "abc", "Infinity", "nan", "0", "999", [], {}]
+    assert [k.coerce(value) for value in values] == [5, 7, 7, 2, 10, 5, 5, 5, 1, 50, 5, 5]
+    assert IMAGE.coerce(str(2**63 - 1)) == 2**63 - 1 and IMAGE.coerce("x") is None and IMAGE.coerce(None) is None
+    per_page = Param("per_page", 20, choices=(10, 20, 50))
+    assert [per_page.coerce(value) for value in ("50", 10, "30", "x")] == [50, 10, 20, 20]
+    method = Param("method", "kmeans", choices=("kmeans", "dbscan"))
+    assert [method.coerce(value) for value in ("dbscan", "magic", ["dbscan"], None)] == ["dbscan", "kmeans"] + \
+        ["kmeans"] * 2
+    space = Param("space", False, true_words=("projection", "true"))
+    assert [space.coerce(value) for value in ("projection", True, "TRUE", "false", "1", None)] == \
+        [True, True, True, False, False, False]
+    eps = Param("eps", 0.5, 0.01, 2.0)
+    assert [eps.coerce(value) for value in ("1e9", "-1", "nan", 1, "0.25")] == [2.0, 0.01, 0.5, 1.0, 0.25]
+    step = Param("step", 1, 1, 4)
+    assert (step.coerce(None, high=2, default=2), step.coerce("7", high=3), step.coerce("0", high=3)) == (2, 3, 1)
+
+
+def test_bookmarked_addresses_keep_their_parameters_and_controls():
+    """The names in the URL and the ids of the controls that write them, as the pages had them before the table."""
+    assert {page.name: ["dataset", *(param.name for param in page.params)] for page in PAGES} == {
+        "gallery": ["dataset", "label", "page", "per_page"],
+        "clustering": ["dataset", "projection", "perplexity", "n_neighbors", "min_dist", "seed", "method", "k",
+                       "eps", "min_samples", "space"],
+        "similarity": ["dataset", "image", "k"],
+        "embeddings": ["dataset", "image", "n", "components"],
+        "patches": ["dataset", "image", "layer", "k", "window", "step", "opacity", "foreground_only"],
+    }
+    controls = {page.name: [(param.control_id(page.name), param.prop) for param in page.params] for page in PAGES}
+    assert controls["gallery"] == [("gallery-label", "value"), ("gallery-pages", "active_page"),
+                                   ("gallery-per-page", "value")]
+    assert controls["similarity"] == [("similarity-reference", "value"), ("similarity-k", "value")]
+    assert [control for control, _ in controls["clustering"]] == [
+        "clustering-projection", "clustering-perplexity", "clustering-neighbors", "clustering-min-dist",
+        "clustering-seed", "clustering-method", "clustering-k", "clustering-eps", "clustering-min-samples",
+        "clustering-space"]
+    assert [control for control, _ in controls["patches"]] == [
+        "patches-image", "patches-layer", "patches-k", "patches-window", "patches-step", "patches-opacity",
+        "patches-foreground-only"]
