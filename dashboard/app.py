@@ -22,9 +22,11 @@ from dashboard.folder_cache import FolderCache
 from dashboard.framing import add_framing_headers
 from dashboard.inputs import INT64
 from dashboard.jobs import BrokerError, JobManagers, background_managers
-from dashboard.pages import clustering, embeddings, gallery, patches, similarity
-from dashboard.query_image import MAX_REQUEST_BYTES
+from dashboard.page import register_pages
+from dashboard.pages import PAGES
+from dashboard.query_image import MAX_REQUEST_BYTES, QueryModels
 from dashboard.settings import CELERY_ENV, Settings
+from dashboard.site import Site, install
 from db.engine import display_url
 from db.errors import DinoscopeDbError
 
@@ -59,13 +61,10 @@ def create_app(settings: Settings, managers: JobManagers | None = None) -> Dash:
     _log_slow_requests(app.server)
     _answer_database_errors(app.server)
     add_framing_headers(app.server, settings.frame_ancestors)
-    gallery.register(app, store)
-    similarity.register(app, store, managers.uploads)
-    embeddings.register(app, store, results)
-    clustering.register(app, store, results, managers.clusterings)
-    patches.register(app, store)
-    shell.register(app, store)
-    shell.register_not_found(store)
+    site = Site(store, results, QueryModels())
+    install(app.server, site)
+    register_pages(app, PAGES, site, managers)
+    shell.register(app, site)
     app.layout = html.Div([dcc.Location(id="navigate", refresh="callback-nav"),
                            dcc.Interval(id="dataset-check", interval=settings.change_check_seconds * 1000),
                            dash.page_container])

@@ -24,6 +24,7 @@ from dashboard.analysis.clustering import (
 )
 from dashboard.analysis.projection import Projection, normalize_rows, project
 from dashboard.data import DatasetView
+from dashboard.urlstate import Param, read_query
 
 HOVER_COMPONENTS = 3  # principal components shown when hovering a point
 SUMMARY_THUMBNAILS = 8  # representatives shown per cluster
@@ -80,25 +81,23 @@ class ClusteringResult:
     notes: list[str] = field(default_factory=list)
 
 
+# The clustering page's URL parameters, in the order of the parameters of ProjectionParams and ClusterParams.
+PROJECTION = (Param("projection", "pca", choices=("pca", "tsne", "umap")), Param("perplexity", 30.0, 2.0, 100.0),
+              Param("n_neighbors", 15, 2, 200, control="neighbors"), Param("min_dist", 0.1, 0.0, 1.0),
+              Param("seed", 0, 0, 2**31 - 1))
+# The page's switch reports true/false for space; query_of writes the names.
+CLUSTERING = (Param("method", "kmeans", choices=("kmeans", "dbscan", "hierarchical")), Param("k", 5, K_MIN, K_MAX),
+              Param("eps", 0.5, 0.01, 2.0), Param("min_samples", 5, 1, 100),
+              Param("space", False, true_words=("projection", "true")))
+
+
 def projection_params(query: dict) -> ProjectionParams:
-    return ProjectionParams(
-        method=_choice(query.get("projection"), ("pca", "tsne", "umap"), "pca"),
-        perplexity=_number(query.get("perplexity"), 30.0, 2.0, 100.0),
-        n_neighbors=int(_number(query.get("n_neighbors"), 15, 2, 200)),
-        min_dist=_number(query.get("min_dist"), 0.1, 0.0, 1.0),
-        seed=int(_number(query.get("seed"), 0, 0, 2**31 - 1)),
-    )
+    return ProjectionParams(*read_query(PROJECTION, query).values())
 
 
 def cluster_params(query: dict) -> ClusterParams:
-    return ClusterParams(
-        method=_choice(query.get("method"), ("kmeans", "dbscan", "hierarchical"), "kmeans"),
-        k=int(_number(query.get("k"), 5, K_MIN, K_MAX)),
-        eps=_number(query.get("eps"), 0.5, 0.01, 2.0),
-        min_samples=int(_number(query.get("min_samples"), 5, 1, 100)),
-        # The page's switch reports true/false; query_of writes the names.
-        space="projection" if str(query.get("space")).lower() in ("projection", "true") else "embedding",
-    )
+    *chosen, on_projection = read_query(CLUSTERING, query).values()
+    return ClusterParams(*chosen, space="projection" if on_projection else "embedding")
 
 
 def query_of(projection: ProjectionParams, clustering: ClusterParams) -> dict:
@@ -288,19 +287,6 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 def _cell(text: str) -> str:
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
-
-
-def _choice(value, allowed: tuple[str, ...], default: str) -> str:
-    return value if value in allowed else default
-
-
-def _number(value, default: float, low: float, high: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return default
-    return default if not np.isfinite(number) else min(max(number, low), high)
-
 
 
 _AXIS_NAMES = {"pca": "PC", "tsne": "t-SNE", "umap": "UMAP"}

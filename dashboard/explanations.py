@@ -1,4 +1,4 @@
-"""Short, collapsible explanations for students, one per page."""
+"""Short, collapsible explanations for students: the texts the pages declare, and how they are shown."""
 
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ background patches into scratch space with very high norms (artifacts); register
 tokens stay clean. The patch-norm map shows it: there should be no isolated bright patches.
 """
 
-_TEXTS = {
-    "clustering": """
+CLUSTERING = """
 **PCA** projects onto the directions of largest variance: linear, fast, and distances between far-apart groups
 keep their meaning. **t-SNE** keeps each image's nearest neighbours close; it exaggerates gaps, and neither the
 distances between clusters nor their sizes mean much. **UMAP** also keeps neighbourhoods, and more of the global
@@ -32,20 +31,23 @@ Clustering works on the embeddings, not on the 2-D picture, unless the switch sa
 their first 50 principal components (which keep the clusters' shape and are fast), DBSCAN on the normalised
 embeddings themselves (so that eps means the cosine shown beside it). In a large dataset DBSCAN and Ward cluster a sample of 5,000 images and every other image
 joins the cluster of its nearest sampled image.
-""",
-    "similarity": """
+"""
+
+SIMILARITY = """
 **Cosine similarity** is the cosine of the angle between two embeddings: 1 for the same direction, 0 for
 unrelated, negative for opposite. It ignores the vectors' lengths, which is why DINOv2's embeddings are usually
 compared this way. Similar images have similar CLS embeddings; what "similar" means is what the model learnt
 without labels: objects, parts, textures and layout.
-""",
-    "patches": _TOKENS + """
+"""
+
+PATCHES = _TOKENS + """
 **Clusters** group patches whose tokens point the same way (K-Means on normalised tokens): parts of objects,
 background, texture. **Pooling** averages tokens over a window of patches every few patches, for coarser regions
 without running the model again. **PCA colours** show the three main directions of the tokens as red, green and
 blue. **Foreground** is the first principal component, turned so that the image's border counts as background.
-""",
-    "embeddings": _TOKENS + """
+"""
+
+EMBEDDINGS = _TOKENS + """
 Single features of an embedding rarely mean something a person would name; what matters is how whole vectors
 compare (cosine similarity).
 
@@ -53,8 +55,7 @@ compare (cosine similarity).
 other, largest variance first. Projecting onto the first few keeps as much of the variance as any linear
 projection to that many dimensions can; the explained variance ratio is each direction's share. PCA is linear:
 curved or clustered structure can overlap in it.
-""",
-}
+"""
 
 
 # Shown beside the clustering's scores: what each one measures, in the words of the badges.
@@ -81,7 +82,8 @@ Both label scores leave out images without a folder label, and count DBSCAN's no
 """
 
 
-def explanation(page: str) -> dbc.Accordion:
-    return dbc.Accordion([dbc.AccordionItem(dcc.Markdown(_TEXTS[page]), title="What am I looking at?",
+def explanation(page: str, text: str) -> dbc.Accordion:
+    """A page's explanation (see dashboard.page.Page), folded under "What am I looking at?"."""
+    return dbc.Accordion([dbc.AccordionItem(dcc.Markdown(text), title="What am I looking at?",
                                             item_id="explanation")],
                          start_collapsed=True, id=f"{page}-explanation", className="mb-3")

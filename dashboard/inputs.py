@@ -3,7 +3,7 @@
 A page sends back only values the server gave it, but anyone who can open the page can also write a request by
 hand. A value no page would send (a dataset that does not exist, an image of another dataset, a malformed click) is
 refused with a message that says what was wrong: Flask answers BadInput with 400 Bad Request, never with a server
-error. Values with a sensible default (a page number, a slider) are clamped instead: see dashboard.urlstate.as_int.
+error. Values with a sensible default (a page number, a slider) are clamped instead: see dashboard.urlstate.Param.
 """
 
 from __future__ import annotations

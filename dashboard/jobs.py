@@ -43,6 +43,14 @@ class JobServerManager(DiskcacheManager):
         self.config = config
         self.lane = lane
         self.board = JobBoard(config.board_folder)
+        self.func_registry = {}  # Dash gave it the callbacks of the process's earlier apps: not this app's
+
+    def register(self, key, fn, progress):
+        """Dash registers every background callback of every app in the process with every manager, under a key of
+        the callback's outputs and source, the same in each app. A manager keeps the first callback of a key, its
+        own app's (bound to that app's database), so that two apps in one process each run their own jobs."""
+        if key not in self.func_registry:
+            super().register(key, fn, progress)
 
     def call_job_fn(self, key, job_fn, args, context):
         start_job_server(self.config, self.board)

@@ -25,6 +25,7 @@ from dashboard.analysis.patches import (
     pool_grid,
 )
 from dashboard.analysis.projection import normalize_rows
+from dashboard.urlstate import Param, read_query
 
 LAYERS = ("clusters", "pca", "foreground", "norms")
 EXAMPLES_PER_CLUSTER = 6
@@ -71,21 +72,17 @@ class PatchView:
     shares: list[tuple[int, int, float]]
 
 
-def settings_from(query: dict) -> PatchSettings:
-    def number(name, default, low, high, kind=int):
-        try:
-            value = kind(query.get(name))
-        except (TypeError, ValueError, OverflowError):  # OverflowError: int(Infinity)
-            return default
-        return min(max(value, low), high) if np.isfinite(value) else default
+# The within-image page's URL parameters, in the order of PatchSettings' fields. The pooling step is at most the
+# window, and by default the window.
+SETTINGS = (Param("layer", "clusters", choices=LAYERS), Param("k", 4, 2, 10), Param("window", 1, 1, 4),
+            Param("step", 1, 1, 4), Param("opacity", 0.5, 0.0, 1.0), Param("foreground_only", False))
+_STEP = SETTINGS[3]
 
-    window = number("window", 1, 1, 4)
-    return PatchSettings(
-        layer=query.get("layer") if query.get("layer") in LAYERS else "clusters",
-        k=number("k", 4, 2, 10), window=window, step=number("step", window, 1, window),
-        opacity=number("opacity", 0.5, 0.0, 1.0, float),
-        foreground_only=str(query.get("foreground_only")).lower() in ("true", "1"),
-    )
+
+def settings_from(query: dict) -> PatchSettings:
+    chosen = read_query(SETTINGS, query)
+    chosen["step"] = _STEP.coerce(query.get("step"), high=chosen["window"], default=chosen["window"])
+    return PatchSettings(**chosen)
 
 
 def analyse(grid: np.ndarray, settings: PatchSettings) -> PatchView:

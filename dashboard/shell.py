@@ -10,13 +10,9 @@ from dash import Dash, Input, Output, State, dcc, html
 
 from dashboard import inputs
 from dashboard.data import DatasetStore, Provenance
-from dashboard.urlstate import as_int, dataset_url, image_page_url
+from dashboard.site import Site, current_site, with_site
+from dashboard.urlstate import IMAGE, dataset_url, image_page_url
 from db.errors import DinoscopeDbError
-
-# (title, path) of the pages in navigation order; a page appears once its module registers it.
-PAGES = (("Gallery", "/gallery"), ("Clustering", "/clustering"), ("Similarity", "/similarity"),
-         ("Embeddings", "/embeddings"), ("Within image", "/patches"))
-
 
 BUSY_AFTER_MS = 500  # a callback that takes longer shows a spinner over what it will replace
 
@@ -27,22 +23,25 @@ def busy(component) -> dcc.Loading:
                        overlay_style={"visibility": "visible", "opacity": 0.5})
 
 
-# The pages about one image, and the suffix of their links' ids: "Open this image on ..." wherever an image is shown.
-_IMAGE_PAGES = (("Similar images", "/similarity", "similar"), ("Embedding", "/embeddings", "embedding"),
-                ("Within image", "/patches", "patches"))
+def _pages():
+    """The page list (dashboard.pages.PAGES), imported when it is needed: the page modules import this one."""
+    from dashboard.pages import PAGES
+
+    return PAGES
 
 
 def image_links(dataset: str, image_id: int, prefix: str, here: str | None = None) -> html.Div:
-    """Buttons that open the same image on the other per-image pages (`here` is left out)."""
-    return html.Div([dbc.Button(title, href=image_page_url(path, dataset, image_id), id=f"{prefix}-{suffix}-link",
-                                size="sm", color="primary", outline=True, className="me-1 mb-1")
-                     for title, path, suffix in _IMAGE_PAGES if path != here], className="image-links")
+    """Buttons that open the same image on the per-image pages ("Open this image on ..."), `here` left out."""
+    return html.Div([dbc.Button(page.image_link.text, href=image_page_url(page.path, dataset, image_id),
+                                id=f"{prefix}-{page.image_link.suffix}-link", size="sm", color="primary",
+                                outline=True, className="me-1 mb-1")
+                     for page in _pages() if page.image_link and page.path != here], className="image-links")
 
 
 def unknown_image_notice(page: str, image: str | None, shown: int) -> dbc.Alert | None:
     """A warning when the URL named an image (`image`, as written) that the page is not showing: the dataset has no
     such image, so the page shows its first one."""
-    if image is None or as_int(image, None) == shown:
+    if image is None or IMAGE.coerce(image) == shown:
         return None
     return dbc.Alert(f"There is no image {image!r} in this dataset; showing its first image.", color="warning",
                      id=f"{page}-missing", dismissable=True)
@@ -67,25 +66,21 @@ def page_shell(store: DatasetStore, path: str, dataset: str | None,
     return _frame(path, chosen, names, html.Div([_provenance_line(chosen), _random_banner(chosen), content(chosen)]))
 
 
-def register_not_found(store: DatasetStore) -> None:
+def not_found(**_query) -> html.Div:
     """The page for an address no page has: the navigation and the dataset picker, and what to do."""
-    def layout(**_query):
-        try:
-            names = [p.name for p in store.provenances()]
-        except DinoscopeDbError:
-            names = []
-        return _frame("/404", None, names, _panel(
-            "There is no page at this address", "Pick a page in the navigation above.", "warning"))
-
-    dash.register_page("not_found_404", path="/404", name="Not found", title="dinoscope: no such page",
-                       layout=layout)
+    try:
+        names = [p.name for p in current_site().store.provenances()]
+    except DinoscopeDbError:
+        names = []
+    return _frame("/404", None, names, _panel(
+        "There is no page at this address", "Pick a page in the navigation above.", "warning"))
 
 
 def _frame(path: str, chosen: Provenance | None, names: list[str], body) -> html.Div:
     shown = chosen.name if chosen else None
-    links = [dbc.NavItem(dbc.NavLink(title, href=dataset_url(href, shown), active=href == path,
-                                     id=f"nav-{href.strip('/')}"))
-             for title, href in PAGES]
+    links = [dbc.NavItem(dbc.NavLink(page.title, href=dataset_url(page.path, shown), active=page.path == path,
+                                     id=page.nav_id))
+             for page in _pages()]
     picker = dcc.Dropdown(id="dataset-picker", options=names, value=chosen.name if chosen else None,
                           clearable=False, placeholder="dataset", style={"minWidth": "14rem"})
     navbar = dbc.Navbar(dbc.Container([dbc.NavbarBrand("dinoscope", href=dataset_url("/gallery", shown)),
@@ -96,34 +91,39 @@ def _frame(path: str, chosen: Provenance | None, names: list[str], body) -> html
     return html.Div([*stores, navbar, dbc.Container([html.Div(id="shell-changes"), body], fluid=True)])
 
 
-def register(app: Dash, store: DatasetStore) -> None:
+def register(app: Dash, site: Site) -> None:
     """The shell's callbacks: the dataset picker navigates, an open page learns when the indexer changed the
-    datasets (new ones join the picker; a changed dataset offers a reload), and the random-weights banner folds."""
+    datasets (new ones join the picker; a changed dataset offers a reload), and the random-weights banner folds;
+    and the page for unknown addresses."""
     register_collapsible(app, "random-weights-banner")
+    app.callback(Output("navigate", "href"), Input("dataset-picker", "value"), State("shell-dataset", "data"),
+                 State("navigate", "pathname"), prevent_initial_call=True)(open_dataset)
+    app.callback(Output("dataset-picker", "options"), Output("shell-changes", "children"),
+                 Input("dataset-check", "n_intervals"), State("dataset-picker", "options"),
+                 State("shell-dataset", "data"), State("shell-generation", "data"), State("navigate", "href"),
+                 prevent_initial_call=True)(with_site(check_for_changes, site))
+    dash.register_page("not_found_404", path="/404", name="Not found", title="dinoscope: no such page",
+                       layout=not_found)
 
-    @app.callback(Output("navigate", "href"), Input("dataset-picker", "value"), State("shell-dataset", "data"),
-                  State("navigate", "pathname"), prevent_initial_call=True)
-    def open_dataset(name, shown, pathname):
-        # The picker reports its value when it mounts too: only a different dataset is a request to navigate.
-        return dataset_url(pathname or "/", name) if name and name != shown else dash.no_update
 
-    @app.callback(Output("dataset-picker", "options"), Output("shell-changes", "children"),
-                  Input("dataset-check", "n_intervals"), State("dataset-picker", "options"),
-                  State("shell-dataset", "data"), State("shell-generation", "data"), State("navigate", "href"),
-                  prevent_initial_call=True)
-    def check_for_changes(_tick, options, shown, generation, href):
-        shown = inputs.text(shown, "The page's dataset") or None  # None: a page without a dataset
-        try:
-            generations = store.generations()  # every open page asks every few seconds: one small query
-            names = list(generations)
-            if shown is None or generations.get(shown) == generation:
-                notice = None
-            else:  # changed or removed: the notice gives the new image count
-                current = next((p for p in store.provenances() if p.name == shown), None)
-                notice = change_notice(current, shown, generation, href)
-        except DinoscopeDbError:
-            return dash.no_update, dash.no_update
-        return (names if names != options else dash.no_update), notice
+def open_dataset(name, shown, pathname):
+    # The picker reports its value when it mounts too: only a different dataset is a request to navigate.
+    return dataset_url(pathname or "/", name) if name and name != shown else dash.no_update
+
+
+def check_for_changes(site: Site, _tick, options, shown, generation, href):
+    shown = inputs.text(shown, "The page's dataset") or None  # None: a page without a dataset
+    try:
+        generations = site.store.generations()  # every open page asks every few seconds: one small query
+        names = list(generations)
+        if shown is None or generations.get(shown) == generation:
+            notice = None
+        else:  # changed or removed: the notice gives the new image count
+            current = next((p for p in site.store.provenances() if p.name == shown), None)
+            notice = change_notice(current, shown, generation, href)
+    except DinoscopeDbError:
+        return dash.no_update, dash.no_update
+    return (names if names != options else dash.no_update), notice
 
 
 def change_notice(current: Provenance | None, shown: str | None, generation: int | None,
@@ -171,9 +171,9 @@ def collapsible(component_id: str, title, body) -> html.Div:
     ])
 
 
-def register_collapsible(app: Dash, component_id: str) -> None:
-    """The two browser-side callbacks of a `collapsible`: a click flips the remembered choice, which opens or closes
-    the body (open until a user closes it)."""
+def register_collapsible(app, component_id: str) -> None:
+    """The two browser-side callbacks of a `collapsible`, on `app` (a Dash app or a dashboard.page.Page): a click
+    flips the remembered choice, which opens or closes the body (open until a user closes it)."""
     app.clientside_callback(
         "function (clicks, open) { return clicks ? open === false : window.dash_clientside.no_update; }",
         Output(f"{component_id}-open", "data"), Input(f"{component_id}-toggle", "n_clicks"),

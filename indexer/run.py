@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from db.engine import Database
 from db.errors import ConflictingWrite, DinoscopeDbError, DinoscopeError
+from db.holds import hold
 from db.mutations import (
     add_image,
     bump_generation,
@@ -37,7 +38,6 @@ from db.records import DatasetProvenance
 from db.runs import count_run_changes, end_run, mark_abandoned_runs, start_run
 from db.schema import Dataset
 from indexer.embed import embed_files
-from indexer.holds import hold
 from indexer.model import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_MODEL,

@@ -296,7 +296,7 @@ from dashboard.app import create_app
 from dashboard.job_server import dump_job, start_job_server
 from dashboard.jobs import background_managers
 from dashboard.settings import Settings
-from indexer.holds import HOLDS_ENV
+from db.holds import HOLDS_ENV
 from tests.browser import JOB_DEADLINE_S, on_graph
 from tests.browser import text_of as _text
 from tests.browser import when_stable as _when_stable

@@ -16,9 +16,9 @@ import pytest
 from dash.testing.wait import until
 from sqlalchemy import func, select
 
+from db.holds import HOLDS_ENV
 from db.queries import dataset_by_name, load_embeddings, patch_grid, thumbnail
 from db.schema import Embedding, Failure, Image, IndexRun, PatchGrid, Thumbnail
-from indexer.holds import HOLDS_ENV
 from tests.conftest import FAST, IMAGE_SIZE, MODEL, index_folder, reading, run_cli, sqlite_only
 from tests.images import noise, solid, write_bad_files
 from tests.servers import CLI

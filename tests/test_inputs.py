@@ -22,8 +22,9 @@ from dashboard.clustering_view import ClusterParams, ProjectionParams, assignmen
 from dashboard.data import DatasetStore, DatasetView
 from dashboard.inputs import CategoryPoint, first_point
 from dashboard.jobs import JobManagers
+from dashboard.pages import PAGES
 from dashboard.settings import Settings
-from dashboard.shell import PAGES, image_links, page_shell
+from dashboard.shell import image_links, page_shell
 from dashboard.similarity_view import heatmap_figure, hovered_cell, similarity_heatmap
 from tests.browser import text_of, when_stable
 from tests.conftest import FAST, run_cli
@@ -137,7 +138,7 @@ def _baseline(app, view: DatasetView) -> dict:
     """Valid values for every callback: what the pages' layouts hold for the sample set."""
     image = int(view.image_ids[0])
     values = {"navigate.pathname": "/gallery"}
-    for _title, path in PAGES:
+    for path in (page.path for page in PAGES):
         values |= _page_values(app, path, f"?dataset=samples&image={image}")
     return values
 
@@ -310,7 +311,7 @@ def test_a_dataset_named_with_an_ampersand_and_a_hash_is_reached_from_the_picker
     dash_duo.wait_for_contains_text("#provenance", "22 images")
     dash_duo.select_dcc_dropdown("#dataset-picker", value=TRICKY)
     dash_duo.wait_for_contains_text("#provenance", "6 images")
-    for _title, path in PAGES:
+    for path in (page.path for page in PAGES):
         when_stable(lambda path=path: dash_duo.find_element(f"#nav-{path.strip('/')}").click())
         until(lambda path=path: urlsplit(dash_duo.driver.current_url).path == path, timeout=10)
         until(lambda: "6 images" in text_of(dash_duo, "#provenance"), timeout=10)

@@ -1,1 +1,7 @@
-"""One module per page: its layout and the thin callbacks that connect it to dashboard logic."""
+"""The dashboard's pages, in the order of the navigation. A page is a module here (see dashboard.page) and a line
+in PAGES: the list registers the pages on every app and gives the navigation, the "Open this image on ..." links
+and the explanations their pages."""
+
+from dashboard.pages import clustering, embeddings, gallery, patches, similarity
+
+PAGES = (gallery.PAGE, clustering.PAGE, similarity.PAGE, embeddings.PAGE, patches.PAGE)

@@ -14,13 +14,15 @@ from uuid import uuid4
 
 import dash
 import dash_bootstrap_components as dbc
-from dash import Dash, Input, Output, State, dcc, html
+from dash import Input, Output, State, dcc, html
 from pydantic import BaseModel, FiniteFloat, StrictInt
 
 from dashboard import inputs
 from dashboard.clustering_view import (
+    CLUSTERING,
     K_MAX,
     K_MIN,
+    PROJECTION,
     ShownClustering,
     cached_clustering,
     cached_projection,
@@ -33,21 +35,19 @@ from dashboard.clustering_view import (
     projection_params,
     query_of,
 )
-from dashboard.data import DatasetStore
 from dashboard.downloads import CLUSTERS_CSV_PATH
-from dashboard.explanations import METRIC_EXPLANATIONS, METRIC_TITLES, explanation
+from dashboard.explanations import CLUSTERING as CLUSTERING_TEXT
+from dashboard.explanations import METRIC_EXPLANATIONS, METRIC_TITLES
+from dashboard.page import Page
 from dashboard.shell import busy, image_links, page_shell
-from dashboard.urlstate import similarity_url, sync_url, thumbnail_url, url_parameters
-from indexer.holds import hold
+from dashboard.site import Site, current_site
+from dashboard.urlstate import similarity_url, thumbnail_url
+from db.holds import hold
 
-PATH = "/clustering"
 CHANGED = "The indexer has changed this dataset since the page opened: show the changes (above) to work on them."
 POLL_MS = 500  # how often a page asks about its background job: 30 pages waiting make 60 requests a second
-_PROJECTION_CONTROLS = [("clustering-projection", "value"), ("clustering-perplexity", "value"),
-                        ("clustering-neighbors", "value"), ("clustering-min-dist", "value"),
-                        ("clustering-seed", "value")]
-_CLUSTER_CONTROLS = [("clustering-method", "value"), ("clustering-k", "value"), ("clustering-eps", "value"),
-                     ("clustering-min-samples", "value"), ("clustering-space", "value")]
+PAGE = Page("clustering", "/clustering", "Clustering", explanation=CLUSTERING_TEXT,
+            params=(*PROJECTION, *CLUSTERING))
 # The cosine similarity that DBSCAN's eps means between normalised embeddings (eps is their chord distance).
 _EPS_AS_COSINE = """
 function (eps, onProjection) {
@@ -76,238 +76,238 @@ class ImagePoint(BaseModel):
     bbox: dict[str, FiniteFloat] | None = None
 
 
-_URL_NAMES = ["dataset", "projection", "perplexity", "n_neighbors", "min_dist", "seed",
-              "method", "k", "eps", "min_samples", "space"]
+@PAGE.layout
+def layout(dataset: str | None = None, **query):
+    projection, clustering = projection_params(query), cluster_params(query)
 
-
-def register(app: Dash, store: DatasetStore, results, clustering_jobs) -> None:
-    """`results` is the diskcache shared by every worker process, where projections and clusterings are kept;
-    `clustering_jobs` the background-callback manager of sampled clusterings (projections use the app's)."""
-
-    def layout(dataset: str | None = None, **query):
-        projection, clustering = projection_params(query), cluster_params(query)
-
-        def content(provenance):
-            return html.Div([
-                dcc.Store(id="clustering-session", data=uuid4().hex),
-                dcc.Store(id="clustering-dataset", data=provenance.name),
-                dcc.Store(id="clustering-projection-key"),
-                dcc.Store(id="clustering-projection-request"),
-                dcc.Store(id="clustering-shown"),  # {"key": clustering, "projection": its key, "query": the view}
-                dcc.Store(id="clustering-cluster-request"),
-                url_parameters("clustering", _URL_NAMES),
-                explanation("clustering"),
-                dbc.Row([
-                    dbc.Col(_controls(projection, clustering), md=3),
-                    dbc.Col([
-                        html.Div(id="clustering-status", className="small text-muted"),
-                        dbc.Button("Cancel", id="clustering-cancel", size="sm", color="secondary",
-                                   className="mb-2", style={"display": "none"}),
-                        busy(dcc.Graph(id="clustering-scatter", config={"displaylogo": False},
-                                       clear_on_unhover=True)),
-                        dcc.Tooltip(id="clustering-tooltip"),
-                        dcc.Store(id="clustering-hovered"),
-                        dcc.Store(id="clustering-clicked"),
-                        html.Div(id="clustering-metrics"),
-                        _metric_explanations(),
-                    ], md=6),
-                    dbc.Col(html.Div(id="clustering-selected", children=html.P(
-                        "Click a point to select its image.", className="text-muted")), md=3),
-                ]),
-                html.H4("Clusters", className="mt-3"),
-                busy(html.Div(id="clustering-summary")),
-            ])
-
-        return page_shell(store, PATH, dataset, content)
-
-    dash.register_page("clustering", path=PATH, name="Clustering", title="dinoscope: clustering", layout=layout,
-                       order=2)
-    sync_url(app, "clustering", [("clustering-dataset", "data"), *_PROJECTION_CONTROLS, *_CLUSTER_CONTROLS])
-
-    @app.callback(
-        Output("clustering-projection-key", "data"), Output("clustering-projection-request", "data"),
-        Output("clustering-status", "children"),
-        *[Input(component, prop) for component, prop in _PROJECTION_CONTROLS], State("clustering-dataset", "data"),
-    )
-    def choose_projection(method, perplexity, n_neighbors, min_dist, seed, dataset):
-        params = projection_params({"projection": method, "perplexity": perplexity, "n_neighbors": n_neighbors,
-                                    "min_dist": min_dist, "seed": seed})
-        view = inputs.dataset_view(store, dataset)
-        key = params.cache_key(view)
-        if params.runs_in_background and key not in results:
-            return dash.no_update, {"key": key, **query_of(params, cluster_params({}))}, "Starting…"
-        cached_projection(results, view, params)
-        # An empty request makes Dash stop a projection job still running. On page load none runs, and a job
-        # started only to be replaced would hide the Cancel button of the next one when it ends.
-        return key, None if dash.ctx.triggered_id else dash.no_update, ""
-
-    @app.callback(
-        Output("clustering-projection-key", "data", allow_duplicate=True),
-        Input("clustering-projection-request", "data"),
-        State("clustering-dataset", "data"), State("clustering-session", "data"),
-        background=True, prevent_initial_call=True, interval=POLL_MS,
-        progress=Output("clustering-status", "children"),
-        running=[(Output("clustering-cancel", "style"), {"display": "inline-block"}, {"display": "none"})],
-        cancel=Input("clustering-cancel", "n_clicks"),
-    )
-    def compute_projection(set_progress, request, dataset, _session):
-        # _session: a per-page-load id, so two users asking for the same view are two jobs (Dash 4.4.1).
-        if not request:
-            return dash.no_update
-        try:
-            params = projection_params(inputs.mapping(request, "The projection asked for"))
-            view = inputs.dataset_view(store, dataset)
-        except inputs.BadInput as error:
-            dash.set_props("clustering-status", {"children": str(error)})
-            return dash.no_update
-        def report(stage: str) -> None:
-            set_progress(f"Computing: {stage}…")
-            hold("projection")
-
-        cached_projection(results, view, params, progress=report)
-        return params.cache_key(view)
-
-    @app.callback(
-        Output("clustering-status", "children", allow_duplicate=True), Input("clustering-cancel", "n_clicks"),
-        prevent_initial_call=True,
-    )
-    def report_cancel(_clicks):
-        return "Cancelled: the plot still shows the previous result."
-
-    @app.callback(
-        Output("clustering-shown", "data"), Output("clustering-cluster-request", "data"),
-        Output("clustering-status", "children", allow_duplicate=True),
-        Input("clustering-projection-key", "data"), *[Input(c, p) for c, p in _CLUSTER_CONTROLS],
-        *[State(c, p) for c, p in _PROJECTION_CONTROLS], State("clustering-dataset", "data"),
-        State("clustering-shown", "data"), prevent_initial_call=True,
-    )
-    def choose_clusters(projection_key, method, k, eps, min_samples, space, projection_method, perplexity,
-                        n_neighbors, min_dist, seed, dataset, shown_before):
-        projection = results.get(inputs.text(projection_key, "The projection's key")) if projection_key else None
-        if projection is None:
-            return dash.no_update, dash.no_update, dash.no_update
-        view = inputs.dataset_view(store, dataset)
-        params = _cluster_params(method, k, eps, min_samples, space)
-        chosen_projection = projection_params({"projection": projection_method, "perplexity": perplexity,
-                                               "n_neighbors": n_neighbors, "min_dist": min_dist, "seed": seed})
-        if chosen_projection.cache_key(view) != projection_key:  # of an earlier generation: the indexer ran since
-            return dash.no_update, dash.no_update, CHANGED
-        shown = ShownClustering(key=clustering_key(view, params, projection_key), projection=projection_key,
-                                generation=view.generation, query=query_of(chosen_projection, params)).model_dump()
-        if clusters_in_background(view, params) and shown["key"] not in results:
-            return dash.no_update, shown, "Starting…"
-        cached_clustering(results, view, projection_key, projection.coordinates, params)
-        # An empty request stops a clustering job still running (its result would replace this one); on page load
-        # none runs, and none is started.
-        return shown, None if shown_before else dash.no_update, dash.no_update
-
-    @app.callback(
-        Output("clustering-shown", "data", allow_duplicate=True),
-        Input("clustering-cluster-request", "data"),
-        State("clustering-dataset", "data"), State("clustering-session", "data"),
-        background=True, manager=clustering_jobs, prevent_initial_call=True, interval=POLL_MS,
-        progress=Output("clustering-status", "children"),
-        running=[(Output("clustering-cancel", "style"), {"display": "inline-block"}, {"display": "none"})],
-        cancel=Input("clustering-cancel", "n_clicks"),
-    )
-    def compute_clusters(set_progress, request, dataset, _session):
-        # _session: a per-page-load id, so two users asking for the same view are two jobs (Dash 4.4.1).
-        if not request:
-            return dash.no_update
-        try:
-            view = inputs.dataset_view(store, dataset)
-            wanted = _clustering_of(view, request, "The clustering asked for")
-        except inputs.BadInput as error:
-            dash.set_props("clustering-status", {"children": str(error)})
-            return dash.no_update
-        projection = results.get(wanted.projection)
-        if projection is None or view.generation != wanted.generation:
-            return dash.no_update
-        cached_clustering(results, view, wanted.projection, projection.coordinates, cluster_params(wanted.query),
-                          progress=lambda stage: set_progress(f"Computing: {stage}…"))
-        return request
-
-    @app.callback(
-        Output("clustering-scatter", "figure"), Output("clustering-metrics", "children"),
-        Output("clustering-summary", "children"), Output("clustering-status", "children", allow_duplicate=True),
-        Output("clustering-download-link", "href"),
-        Input("clustering-shown", "data"), State("clustering-dataset", "data"), prevent_initial_call=True,
-    )
-    def show_clusters(shown, dataset):
-        if not shown:
-            return dash.no_update, dash.no_update, dash.no_update, dash.no_update, dash.no_update
-        view = inputs.dataset_view(store, dataset)
-        shown = _clustering_of(view, shown, "The clustering shown")
-        projection, result = results.get(shown.projection), results.get(shown.key)
-        if projection is None or result is None:
-            return dash.no_update, dash.no_update, dash.no_update, dash.no_update, dash.no_update
-        if view.generation != shown.generation:
-            return dash.no_update, dash.no_update, dash.no_update, CHANGED, dash.no_update
-        notes = html.Ul([html.Li(note) for note in projection.notes + result.notes],
-                        className="small text-warning", id="clustering-notes") \
-            if projection.notes or result.notes else ""
-        return (cluster_scatter(view, projection, result), _metrics(result.metrics), _summary(view, result, dataset),
-                notes, f"{CLUSTERS_CSV_PATH}?{urlencode({'dataset': dataset, **shown.query})}")
-
-    app.clientside_callback(_IMAGE_AT_POINT, Output("clustering-hovered", "data"),
-                            Input("clustering-scatter", "hoverData"))
-    app.clientside_callback(_IMAGE_AT_POINT, Output("clustering-clicked", "data"),
-                            Input("clustering-scatter", "clickData"), prevent_initial_call=True)
-
-    app.clientside_callback(_EPS_AS_COSINE, Output("clustering-eps-cosine", "children"),
-                            Input("clustering-eps", "value"), Input("clustering-space", "value"))
-
-    @app.callback(
-        Output("clustering-tooltip", "show"), Output("clustering-tooltip", "bbox"),
-        Output("clustering-tooltip", "children"),
-        Input("clustering-hovered", "data"), Input("clustering-scatter", "figure"), State("clustering-dataset", "data"),
-    )
-    def hover_point(point, _figure, dataset):
-        # The card closes when the pointer leaves the point and whenever the figure changes under it.
-        if not point or dash.ctx.triggered_id == "clustering-scatter":
-            return False, dash.no_update, dash.no_update
-        point = inputs.record(ImagePoint, point, "The point")
-        view = inputs.dataset_view(store, dataset)
-        row = view.position(inputs.image_in(view, point.image_id))
-        pcs = ", ".join(f"PC{i + 1} {value:+.3f}" for i, value in enumerate(hover_components(view, row)))
-        return True, point.bbox, html.Div([
-            html.Img(src=thumbnail_url(point.image_id), style={"width": "160px"}),
-            html.Div(view.relpaths[row], className="fw-bold small"),
-            html.Div(f"label: {view.labels[row] or 'none'}", className="small"),
-            html.Div(pcs, className="small text-muted"),
-        ], id="clustering-hover-card", style={"width": "170px", "overflowWrap": "anywhere", "whiteSpace": "normal"})
-
-    @app.callback(
-        Output("clustering-selected", "children"), Input("clustering-clicked", "data"),
-        State("clustering-dataset", "data"), prevent_initial_call=True,
-    )
-    def select_point(point, dataset):
-        if not point:
-            return dash.no_update
-        view = inputs.dataset_view(store, dataset)
-        image_id = inputs.image_in(view, inputs.record(ImagePoint, point, "The point").image_id)
-        row = view.position(image_id)
-        width, height = view.sizes[row]
-        return dbc.Card([
-            dbc.CardImg(src=thumbnail_url(image_id, "preview"), top=True),
-            dbc.CardBody([
-                html.H6(view.relpaths[row], id="clustering-selected-path"),
-                html.P(f"label {view.labels[row] or 'none'} · {width} x {height} px", className="small"),
-                image_links(dataset, image_id, "clustering"),
+    def content(provenance):
+        return html.Div([
+            dcc.Store(id="clustering-session", data=uuid4().hex),
+            dcc.Store(id="clustering-dataset", data=provenance.name),
+            dcc.Store(id="clustering-projection-key"),
+            dcc.Store(id="clustering-projection-request"),
+            dcc.Store(id="clustering-shown"),  # {"key": clustering, "projection": its key, "query": the view}
+            dcc.Store(id="clustering-cluster-request"),
+            PAGE.url_parameters(),
+            PAGE.explanation_panel(),
+            dbc.Row([
+                dbc.Col(_controls(projection, clustering), md=3),
+                dbc.Col([
+                    html.Div(id="clustering-status", className="small text-muted"),
+                    dbc.Button("Cancel", id="clustering-cancel", size="sm", color="secondary",
+                               className="mb-2", style={"display": "none"}),
+                    busy(dcc.Graph(id="clustering-scatter", config={"displaylogo": False},
+                                   clear_on_unhover=True)),
+                    dcc.Tooltip(id="clustering-tooltip"),
+                    dcc.Store(id="clustering-hovered"),
+                    dcc.Store(id="clustering-clicked"),
+                    html.Div(id="clustering-metrics"),
+                    _metric_explanations(),
+                ], md=6),
+                dbc.Col(html.Div(id="clustering-selected", children=html.P(
+                    "Click a point to select its image.", className="text-muted")), md=3),
             ]),
+            html.H4("Clusters", className="mt-3"),
+            busy(html.Div(id="clustering-summary")),
         ])
 
-    @app.callback(
-        Output("clustering-perplexity-group", "style"), Output("clustering-umap-group", "style"),
-        Output("clustering-k-group", "style"), Output("clustering-dbscan-group", "style"),
-        Input("clustering-projection", "value"), Input("clustering-method", "value"),
-    )
-    def show_relevant_controls(projection, method):
-        def shown(visible):
-            return {} if visible else {"display": "none"}
+    return page_shell(current_site().store, PAGE.path, dataset, content)
 
-        return shown(projection == "tsne"), shown(projection == "umap"), shown(method != "dbscan"), \
-            shown(method == "dbscan")
+
+@PAGE.callback(
+    Output("clustering-projection-key", "data"), Output("clustering-projection-request", "data"),
+    Output("clustering-status", "children"),
+    *PAGE.controls(PROJECTION, Input), State("clustering-dataset", "data"),
+)
+def choose_projection(site: Site, method, perplexity, n_neighbors, min_dist, seed, dataset):
+    params = projection_params({"projection": method, "perplexity": perplexity, "n_neighbors": n_neighbors,
+                                "min_dist": min_dist, "seed": seed})
+    view = inputs.dataset_view(site.store, dataset)
+    key = params.cache_key(view)
+    if params.runs_in_background and key not in site.results:
+        return dash.no_update, {"key": key, **query_of(params, cluster_params({}))}, "Starting…"
+    cached_projection(site.results, view, params)
+    # An empty request makes Dash stop a projection job still running. On page load none runs, and a job
+    # started only to be replaced would hide the Cancel button of the next one when it ends.
+    return key, None if dash.ctx.triggered_id else dash.no_update, ""
+
+
+@PAGE.callback(
+    Output("clustering-projection-key", "data", allow_duplicate=True),
+    Input("clustering-projection-request", "data"),
+    State("clustering-dataset", "data"), State("clustering-session", "data"),
+    background=True, prevent_initial_call=True, interval=POLL_MS,
+    progress=Output("clustering-status", "children"),
+    running=[(Output("clustering-cancel", "style"), {"display": "inline-block"}, {"display": "none"})],
+    cancel=Input("clustering-cancel", "n_clicks"),
+)
+def compute_projection(site: Site, set_progress, request, dataset, _session):
+    # _session: a per-page-load id, so two users asking for the same view are two jobs (Dash 4.4.1).
+    if not request:
+        return dash.no_update
+    try:
+        params = projection_params(inputs.mapping(request, "The projection asked for"))
+        view = inputs.dataset_view(site.store, dataset)
+    except inputs.BadInput as error:
+        dash.set_props("clustering-status", {"children": str(error)})
+        return dash.no_update
+    def report(stage: str) -> None:
+        set_progress(f"Computing: {stage}…")
+        hold("projection")
+
+    cached_projection(site.results, view, params, progress=report)
+    return params.cache_key(view)
+
+
+@PAGE.callback(
+    Output("clustering-status", "children", allow_duplicate=True), Input("clustering-cancel", "n_clicks"),
+    prevent_initial_call=True,
+)
+def report_cancel(site: Site, _clicks):
+    return "Cancelled: the plot still shows the previous result."
+
+
+@PAGE.callback(
+    Output("clustering-shown", "data"), Output("clustering-cluster-request", "data"),
+    Output("clustering-status", "children", allow_duplicate=True),
+    Input("clustering-projection-key", "data"), *PAGE.controls(CLUSTERING, Input),
+    *PAGE.controls(PROJECTION, State), State("clustering-dataset", "data"),
+    State("clustering-shown", "data"), prevent_initial_call=True,
+)
+def choose_clusters(site: Site, projection_key, method, k, eps, min_samples, space, projection_method, perplexity,
+                    n_neighbors, min_dist, seed, dataset, shown_before):
+    projection = site.results.get(inputs.text(projection_key, "The projection's key")) if projection_key else None
+    if projection is None:
+        return dash.no_update, dash.no_update, dash.no_update
+    view = inputs.dataset_view(site.store, dataset)
+    params = _cluster_params(method, k, eps, min_samples, space)
+    chosen_projection = projection_params({"projection": projection_method, "perplexity": perplexity,
+                                           "n_neighbors": n_neighbors, "min_dist": min_dist, "seed": seed})
+    if chosen_projection.cache_key(view) != projection_key:  # of an earlier generation: the indexer ran since
+        return dash.no_update, dash.no_update, CHANGED
+    shown = ShownClustering(key=clustering_key(view, params, projection_key), projection=projection_key,
+                            generation=view.generation, query=query_of(chosen_projection, params)).model_dump()
+    if clusters_in_background(view, params) and shown["key"] not in site.results:
+        return dash.no_update, shown, "Starting…"
+    cached_clustering(site.results, view, projection_key, projection.coordinates, params)
+    # An empty request stops a clustering job still running (its result would replace this one); on page load
+    # none runs, and none is started.
+    return shown, None if shown_before else dash.no_update, dash.no_update
+
+
+@PAGE.callback(
+    Output("clustering-shown", "data", allow_duplicate=True),
+    Input("clustering-cluster-request", "data"),
+    State("clustering-dataset", "data"), State("clustering-session", "data"),
+    background=True, manager="clusterings", prevent_initial_call=True, interval=POLL_MS,
+    progress=Output("clustering-status", "children"),
+    running=[(Output("clustering-cancel", "style"), {"display": "inline-block"}, {"display": "none"})],
+    cancel=Input("clustering-cancel", "n_clicks"),
+)
+def compute_clusters(site: Site, set_progress, request, dataset, _session):
+    # _session: a per-page-load id, so two users asking for the same view are two jobs (Dash 4.4.1).
+    if not request:
+        return dash.no_update
+    try:
+        view = inputs.dataset_view(site.store, dataset)
+        wanted = _clustering_of(view, request, "The clustering asked for")
+    except inputs.BadInput as error:
+        dash.set_props("clustering-status", {"children": str(error)})
+        return dash.no_update
+    projection = site.results.get(wanted.projection)
+    if projection is None or view.generation != wanted.generation:
+        return dash.no_update
+    cached_clustering(site.results, view, wanted.projection, projection.coordinates, cluster_params(wanted.query),
+                      progress=lambda stage: set_progress(f"Computing: {stage}…"))
+    return request
+
+
+@PAGE.callback(
+    Output("clustering-scatter", "figure"), Output("clustering-metrics", "children"),
+    Output("clustering-summary", "children"), Output("clustering-status", "children", allow_duplicate=True),
+    Output("clustering-download-link", "href"),
+    Input("clustering-shown", "data"), State("clustering-dataset", "data"), prevent_initial_call=True,
+)
+def show_clusters(site: Site, shown, dataset):
+    if not shown:
+        return dash.no_update, dash.no_update, dash.no_update, dash.no_update, dash.no_update
+    view = inputs.dataset_view(site.store, dataset)
+    shown = _clustering_of(view, shown, "The clustering shown")
+    projection, result = site.results.get(shown.projection), site.results.get(shown.key)
+    if projection is None or result is None:
+        return dash.no_update, dash.no_update, dash.no_update, dash.no_update, dash.no_update
+    if view.generation != shown.generation:
+        return dash.no_update, dash.no_update, dash.no_update, CHANGED, dash.no_update
+    notes = html.Ul([html.Li(note) for note in projection.notes + result.notes],
+                    className="small text-warning", id="clustering-notes") \
+        if projection.notes or result.notes else ""
+    return (cluster_scatter(view, projection, result), _metrics(result.metrics), _summary(view, result, dataset),
+            notes, f"{CLUSTERS_CSV_PATH}?{urlencode({'dataset': dataset, **shown.query})}")
+
+
+PAGE.clientside_callback(_IMAGE_AT_POINT, Output("clustering-hovered", "data"),
+                         Input("clustering-scatter", "hoverData"))
+PAGE.clientside_callback(_IMAGE_AT_POINT, Output("clustering-clicked", "data"),
+                         Input("clustering-scatter", "clickData"), prevent_initial_call=True)
+
+
+PAGE.clientside_callback(_EPS_AS_COSINE, Output("clustering-eps-cosine", "children"),
+                         Input(PAGE.control_id("eps"), "value"), Input(PAGE.control_id("space"), "value"))
+
+
+@PAGE.callback(
+    Output("clustering-tooltip", "show"), Output("clustering-tooltip", "bbox"),
+    Output("clustering-tooltip", "children"),
+    Input("clustering-hovered", "data"), Input("clustering-scatter", "figure"), State("clustering-dataset", "data"),
+)
+def hover_point(site: Site, point, _figure, dataset):
+    # The card closes when the pointer leaves the point and whenever the figure changes under it.
+    if not point or dash.ctx.triggered_id == "clustering-scatter":
+        return False, dash.no_update, dash.no_update
+    point = inputs.record(ImagePoint, point, "The point")
+    view = inputs.dataset_view(site.store, dataset)
+    row = view.position(inputs.image_in(view, point.image_id))
+    pcs = ", ".join(f"PC{i + 1} {value:+.3f}" for i, value in enumerate(hover_components(view, row)))
+    return True, point.bbox, html.Div([
+        html.Img(src=thumbnail_url(point.image_id), style={"width": "160px"}),
+        html.Div(view.relpaths[row], className="fw-bold small"),
+        html.Div(f"label: {view.labels[row] or 'none'}", className="small"),
+        html.Div(pcs, className="small text-muted"),
+    ], id="clustering-hover-card", style={"width": "170px", "overflowWrap": "anywhere", "whiteSpace": "normal"})
+
+
+@PAGE.callback(
+    Output("clustering-selected", "children"), Input("clustering-clicked", "data"),
+    State("clustering-dataset", "data"), prevent_initial_call=True,
+)
+def select_point(site: Site, point, dataset):
+    if not point:
+        return dash.no_update
+    view = inputs.dataset_view(site.store, dataset)
+    image_id = inputs.image_in(view, inputs.record(ImagePoint, point, "The point").image_id)
+    row = view.position(image_id)
+    width, height = view.sizes[row]
+    return dbc.Card([
+        dbc.CardImg(src=thumbnail_url(image_id, "preview"), top=True),
+        dbc.CardBody([
+            html.H6(view.relpaths[row], id="clustering-selected-path"),
+            html.P(f"label {view.labels[row] or 'none'} · {width} x {height} px", className="small"),
+            image_links(dataset, image_id, "clustering"),
+        ]),
+    ])
+
+
+@PAGE.callback(
+    Output("clustering-perplexity-group", "style"), Output("clustering-umap-group", "style"),
+    Output("clustering-k-group", "style"), Output("clustering-dbscan-group", "style"),
+    Input(PAGE.control_id("projection"), "value"), Input(PAGE.control_id("method"), "value"),
+)
+def show_relevant_controls(site: Site, projection, method):
+    def shown(visible):
+        return {} if visible else {"display": "none"}
+
+    return shown(projection == "tsne"), shown(projection == "umap"), shown(method != "dbscan"), \
+        shown(method == "dbscan")
 
 
 def _clustering_of(view, value, what: str) -> ShownClustering:
@@ -324,10 +324,12 @@ def _cluster_params(method, k, eps, min_samples, space_switch):
                            "space": "projection" if space_switch else "embedding"})
 
 
-def _number_input(component_id: str, label: str, value, step, minimum, maximum) -> dbc.Row:
+def _number_input(name: str, label: str, value, step) -> dbc.Row:
+    """The number box of the parameter `name`, between its bounds."""
+    param, component_id = PAGE.param(name), PAGE.control_id(name)
     return dbc.Row([
         dbc.Label(label, html_for=component_id, width=7, className="small"),
-        dbc.Col(dbc.Input(id=component_id, type="number", value=value, step=step, min=minimum, max=maximum,
+        dbc.Col(dbc.Input(id=component_id, type="number", value=value, step=step, min=param.low, max=param.high,
                           debounce=True, size="sm"), width=5),
     ], className="mb-1")
 
@@ -335,28 +337,27 @@ def _number_input(component_id: str, label: str, value, step, minimum, maximum) 
 def _controls(projection, clustering) -> dbc.Card:
     return dbc.Card(dbc.CardBody([
         html.H6("Projection"),
-        dbc.RadioItems(id="clustering-projection", value=projection.method, inline=True,
+        dbc.RadioItems(id=PAGE.control_id("projection"), value=projection.method, inline=True,
                        options=[{"label": "PCA", "value": "pca"}, {"label": "t-SNE", "value": "tsne"},
                                 {"label": "UMAP", "value": "umap"}]),
-        html.Div(_number_input("clustering-perplexity", "perplexity", projection.perplexity, 1, 2, 100),
-                 id="clustering-perplexity-group"),
-        html.Div([_number_input("clustering-neighbors", "n_neighbors", projection.n_neighbors, 1, 2, 200),
-                  _number_input("clustering-min-dist", "min_dist", projection.min_dist, "any", 0, 1),
-                  _number_input("clustering-seed", "random seed", projection.seed, 1, 0, 2**31 - 1)],
+        html.Div(_number_input("perplexity", "perplexity", projection.perplexity, 1), id="clustering-perplexity-group"),
+        html.Div([_number_input("n_neighbors", "n_neighbors", projection.n_neighbors, 1),
+                  _number_input("min_dist", "min_dist", projection.min_dist, "any"),
+                  _number_input("seed", "random seed", projection.seed, 1)],
                  id="clustering-umap-group"),
         html.Hr(),
         html.H6("Clustering"),
-        dbc.RadioItems(id="clustering-method", value=clustering.method,
+        dbc.RadioItems(id=PAGE.control_id("method"), value=clustering.method,
                        options=[{"label": "K-Means", "value": "kmeans"}, {"label": "DBSCAN", "value": "dbscan"},
                                 {"label": "Hierarchical (Ward)", "value": "hierarchical"}]),
         html.Div([dbc.Label("clusters k", className="small"),
-                  dcc.Slider(id="clustering-k", min=K_MIN, max=K_MAX, step=1, value=clustering.k,
+                  dcc.Slider(id=PAGE.control_id("k"), min=K_MIN, max=K_MAX, step=1, value=clustering.k,
                              marks={n: str(n) for n in (K_MIN, 5, 10, 15, K_MAX)})], id="clustering-k-group"),
-        html.Div([_number_input("clustering-eps", "eps (chord distance)", clustering.eps, "any", 0.01, 2),
+        html.Div([_number_input("eps", "eps (chord distance)", clustering.eps, "any"),
                   html.Div(id="clustering-eps-cosine", className="small text-muted mb-1"),
-                  _number_input("clustering-min-samples", "min_samples", clustering.min_samples, 1, 1, 100)],
+                  _number_input("min_samples", "min_samples", clustering.min_samples, 1)],
                  id="clustering-dbscan-group"),
-        dbc.Switch(id="clustering-space", label="cluster the 2-D projection instead",
+        dbc.Switch(id=PAGE.control_id("space"), label="cluster the 2-D projection instead",
                    value=clustering.space == "projection", className="mt-2"),
         html.Hr(),
         dbc.Button("Download clusters (CSV)", id="clustering-download-link", size="sm", color="secondary",

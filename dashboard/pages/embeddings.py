@@ -6,10 +6,10 @@ from urllib.parse import urlencode
 
 import dash
 import dash_bootstrap_components as dbc
-from dash import Dash, Input, Output, State, dash_table, dcc, html
+from dash import Input, Output, State, dash_table, dcc, html
 
 from dashboard import inputs
-from dashboard.data import DatasetStore, DatasetView
+from dashboard.data import DatasetView
 from dashboard.downloads import EMBEDDING_NPY_PATH, EMBEDDINGS_NPZ_PATH
 from dashboard.embeddings_view import (
     COMPONENTS_DEFAULT,
@@ -30,148 +30,156 @@ from dashboard.embeddings_view import (
     pca_table_page,
     raw_values_text,
 )
-from dashboard.explanations import explanation
+from dashboard.explanations import EMBEDDINGS
 from dashboard.image_picker import image_picker, register_image_search
+from dashboard.page import ImageLink, Page
 from dashboard.shell import busy, image_links, page_shell, unknown_image_notice
 from dashboard.similarity_view import reference_image
-from dashboard.urlstate import as_int, sync_url, thumbnail_url, url_parameters
+from dashboard.site import Site, current_site
+from dashboard.urlstate import IMAGE, Param, thumbnail_url
 
-PATH = "/embeddings"
 TABLE_PAGE_SIZE = 25
 N_MARKS = {1: "1", 10: "10", 20: "20", 30: "30", 40: "40", 50: "50"}
 _GRAPH_CONFIG = {"displaylogo": False}
+N = Param("n", N_DEFAULT, 1, N_MAX)
+COMPONENTS = Param("components", COMPONENTS_DEFAULT, COMPONENTS_MIN)  # at most the dataset's component limit
+_TABLE_PAGE = Param("page_current", 0, 0)
+PAGE = Page("embeddings", "/embeddings", "Embeddings", image_link=ImageLink("Embedding", "embedding"),
+            explanation=EMBEDDINGS, params=(IMAGE, N, COMPONENTS))
 
 
-def register(app: Dash, store: DatasetStore, results) -> None:
-    """`results` is the diskcache shared by every worker process, where the dataset PCA is kept."""
+@PAGE.layout
+def layout(dataset: str | None = None, image: str | None = None, **query):
+    site = current_site()
+    store = site.store
 
-    def layout(dataset: str | None = None, image: str | None = None, n: str = str(N_DEFAULT),
-               components: str = str(COMPONENTS_DEFAULT), **_query):
-        def content(provenance):
-            view = store.view(provenance.name)
-            shown = reference_image(view, as_int(image, None))
-            if shown is None:
-                return dbc.Alert("This dataset has no images yet.", color="info", id="embeddings-empty")
-            count = as_int(n, N_DEFAULT, 1, N_MAX)
-            limit = component_limit(view)
-            chosen = as_int(components, COMPONENTS_DEFAULT, COMPONENTS_MIN, max(COMPONENTS_MIN, limit))
-            line, histogram, card, raw = _image_parts(view, shown)
-            pca = cached_pca(results, view).first(chosen)
-            table = pca_table_page(view, pca, 0, TABLE_PAGE_SIZE)
-            return html.Div([
-                dcc.Store(id="embeddings-dataset", data=view.name),
-                url_parameters("embeddings", ["dataset", "image", "n", "components"]),
-                unknown_image_notice("embeddings", image, shown),
-                explanation("embeddings"),
-                dbc.Row([
-                    dbc.Col([dbc.Label("Image", html_for="embeddings-image"),
-                             image_picker("embeddings-image", view, shown,
-                                          placeholder="type part of a file path")], md=6),
-                    dbc.Col([dbc.Label("Largest and smallest features shown", html_for="embeddings-n"),
-                             dcc.Slider(id="embeddings-n", min=1, max=N_MAX, step=1, value=count, marks=N_MARKS)],
-                            md=6),
-                ], className="mb-3 g-3"),
-                dbc.Row([
-                    dbc.Col([html.Div(card, id="embeddings-card"), _downloads(view.name, shown)], md=3),
-                    dbc.Col([
-                        dbc.Row([
-                            dbc.Col(busy(dcc.Graph(id="embeddings-line", figure=line, config=_GRAPH_CONFIG)), lg=6),
-                            dbc.Col(busy(dcc.Graph(id="embeddings-histogram", figure=histogram,
-                                                   config=_GRAPH_CONFIG)), lg=6),
-                        ], className="g-2"),
-                        dcc.Graph(id="embeddings-extremes", config=_GRAPH_CONFIG,
-                                  figure=extremes_figure(extreme_features(embedding_of(view, shown), count))),
-                        html.Details([
-                            html.Summary(f"All {view.embeddings.shape[1]} values", id="embeddings-raw-summary"),
-                            html.Pre(raw, id="embeddings-raw", className="small border rounded p-2 bg-light",
-                                     style={"maxHeight": "320px", "overflowY": "auto"}),
-                        ], className="mt-2"),
-                    ], md=9),
-                ], className="g-3"),
-                html.H4("Dataset PCA", className="mt-4"),
-                html.P(id="embeddings-pca-caption", children=_pca_caption(view, pca),
-                       className="text-muted small"),
-                dbc.Row([
-                    dbc.Col([dbc.Label("Principal components", html_for="embeddings-components"),
-                             dcc.Slider(id="embeddings-components", min=COMPONENTS_MIN,
-                                        max=max(COMPONENTS_MIN, limit), step=1, value=chosen,
-                                        marks=_component_marks(limit), disabled=limit < COMPONENTS_MIN)], md=6),
-                ], className="mb-2"),
-                dbc.Row([
-                    dbc.Col(busy(dcc.Graph(id="embeddings-variance", config=_GRAPH_CONFIG,
-                                           figure=explained_variance_figure(pca.ratio, pca.cumulative))), lg=5),
-                    dbc.Col(busy(dash_table.DataTable(
-                        id="embeddings-pca-table", columns=table.columns, data=table.rows, sort_action="custom",
-                        sort_mode="single", sort_by=[], page_action="custom", page_current=0,
-                        page_size=TABLE_PAGE_SIZE, page_count=table.page_count, style_table={"overflowX": "auto"},
-                        style_cell={"fontFamily": "monospace", "fontSize": "0.8rem", "padding": "2px 6px"},
-                        style_header={"fontWeight": "bold"},
-                        style_cell_conditional=[{"if": {"column_id": c}, "textAlign": "left"}
-                                                for c in ("path", "label")])), lg=7),
-                ], className="g-3 mb-4"),
-            ])
+    def content(provenance):
+        view = store.view(provenance.name)
+        shown = reference_image(view, IMAGE.coerce(image))
+        if shown is None:
+            return dbc.Alert("This dataset has no images yet.", color="info", id="embeddings-empty")
+        count = N.coerce(query.get("n"))
+        limit = component_limit(view)
+        chosen = COMPONENTS.coerce(query.get("components"), high=max(COMPONENTS_MIN, limit))
+        line, histogram, card, raw = _image_parts(view, shown)
+        pca = cached_pca(site.results, view).first(chosen)
+        table = pca_table_page(view, pca, 0, TABLE_PAGE_SIZE)
+        return html.Div([
+            dcc.Store(id="embeddings-dataset", data=view.name),
+            PAGE.url_parameters(),
+            unknown_image_notice("embeddings", image, shown),
+            PAGE.explanation_panel(),
+            dbc.Row([
+                dbc.Col([dbc.Label("Image", html_for=PAGE.control_id("image")),
+                         image_picker(PAGE.control_id("image"), view, shown,
+                                      placeholder="type part of a file path")], md=6),
+                dbc.Col([dbc.Label("Largest and smallest features shown", html_for=PAGE.control_id("n")),
+                         dcc.Slider(id=PAGE.control_id("n"), min=N.low, max=N.high, step=1, value=count, marks=N_MARKS)],
+                        md=6),
+            ], className="mb-3 g-3"),
+            dbc.Row([
+                dbc.Col([html.Div(card, id="embeddings-card"), _downloads(view.name, shown)], md=3),
+                dbc.Col([
+                    dbc.Row([
+                        dbc.Col(busy(dcc.Graph(id="embeddings-line", figure=line, config=_GRAPH_CONFIG)), lg=6),
+                        dbc.Col(busy(dcc.Graph(id="embeddings-histogram", figure=histogram,
+                                               config=_GRAPH_CONFIG)), lg=6),
+                    ], className="g-2"),
+                    dcc.Graph(id="embeddings-extremes", config=_GRAPH_CONFIG,
+                              figure=extremes_figure(extreme_features(embedding_of(view, shown), count))),
+                    html.Details([
+                        html.Summary(f"All {view.embeddings.shape[1]} values", id="embeddings-raw-summary"),
+                        html.Pre(raw, id="embeddings-raw", className="small border rounded p-2 bg-light",
+                                 style={"maxHeight": "320px", "overflowY": "auto"}),
+                    ], className="mt-2"),
+                ], md=9),
+            ], className="g-3"),
+            html.H4("Dataset PCA", className="mt-4"),
+            html.P(id="embeddings-pca-caption", children=_pca_caption(view, pca),
+                   className="text-muted small"),
+            dbc.Row([
+                dbc.Col([dbc.Label("Principal components", html_for=PAGE.control_id("components")),
+                         dcc.Slider(id=PAGE.control_id("components"), min=COMPONENTS.low,
+                                    max=max(COMPONENTS_MIN, limit), step=1, value=chosen,
+                                    marks=_component_marks(limit), disabled=limit < COMPONENTS_MIN)], md=6),
+            ], className="mb-2"),
+            dbc.Row([
+                dbc.Col(busy(dcc.Graph(id="embeddings-variance", config=_GRAPH_CONFIG,
+                                       figure=explained_variance_figure(pca.ratio, pca.cumulative))), lg=5),
+                dbc.Col(busy(dash_table.DataTable(
+                    id="embeddings-pca-table", columns=table.columns, data=table.rows, sort_action="custom",
+                    sort_mode="single", sort_by=[], page_action="custom", page_current=0,
+                    page_size=TABLE_PAGE_SIZE, page_count=table.page_count, style_table={"overflowX": "auto"},
+                    style_cell={"fontFamily": "monospace", "fontSize": "0.8rem", "padding": "2px 6px"},
+                    style_header={"fontWeight": "bold"},
+                    style_cell_conditional=[{"if": {"column_id": c}, "textAlign": "left"}
+                                            for c in ("path", "label")])), lg=7),
+            ], className="g-3 mb-4"),
+        ])
 
-        return page_shell(store, PATH, dataset, content)
+    return page_shell(store, PAGE.path, dataset, content)
 
-    dash.register_page("embeddings", path=PATH, name="Embeddings", title="dinoscope: embeddings", layout=layout,
-                       order=4)
-    sync_url(app, "embeddings", [("embeddings-dataset", "data"), ("embeddings-image", "value"),
-                                 ("embeddings-n", "value"), ("embeddings-components", "value")])
 
-    register_image_search(app, store, "embeddings-image", "embeddings-dataset")
+register_image_search(PAGE, PAGE.control_id("image"), "embeddings-dataset")
 
-    @app.callback(
-        Output("embeddings-line", "figure"), Output("embeddings-histogram", "figure"),
-        Output("embeddings-card", "children"), Output("embeddings-raw", "children"),
-        Input("embeddings-image", "value"), State("embeddings-dataset", "data"), prevent_initial_call=True,
-    )
-    def show_image(image_id, dataset):
-        view = inputs.dataset_view(store, dataset)
-        return _image_parts(view, inputs.image_in(view, image_id))
 
-    @app.callback(
-        Output("embeddings-extremes", "figure"),
-        Input("embeddings-image", "value"), Input("embeddings-n", "value"), State("embeddings-dataset", "data"),
-        prevent_initial_call=True,
-    )
-    def show_extremes(image_id, n, dataset):
-        view = inputs.dataset_view(store, dataset)
-        vector = embedding_of(view, inputs.image_in(view, image_id))
-        return extremes_figure(extreme_features(vector, as_int(n, N_DEFAULT, 1, N_MAX)))
+@PAGE.callback(
+    Output("embeddings-line", "figure"), Output("embeddings-histogram", "figure"),
+    Output("embeddings-card", "children"), Output("embeddings-raw", "children"),
+    Input(PAGE.control_id("image"), "value"), State("embeddings-dataset", "data"), prevent_initial_call=True,
+)
+def show_image(site: Site, image_id, dataset):
+    view = inputs.dataset_view(site.store, dataset)
+    return _image_parts(view, inputs.image_in(view, image_id))
 
-    @app.callback(
-        Output("embeddings-variance", "figure"), Output("embeddings-pca-caption", "children"),
-        Output("embeddings-pca-table", "page_current"),
-        Input("embeddings-components", "value"), State("embeddings-dataset", "data"), prevent_initial_call=True,
-    )
-    def show_pca(components, dataset):
-        if components is None:
-            return dash.no_update, dash.no_update, dash.no_update
-        view = inputs.dataset_view(store, dataset)
-        pca = _pca(view, components)
-        return explained_variance_figure(pca.ratio, pca.cumulative), _pca_caption(view, pca), 0
 
-    @app.callback(
-        Output("embeddings-pca-table", "columns"), Output("embeddings-pca-table", "data"),
-        Output("embeddings-pca-table", "page_count"),
-        Input("embeddings-pca-table", "page_current"), Input("embeddings-pca-table", "sort_by"),
-        Input("embeddings-components", "value"), State("embeddings-dataset", "data"), prevent_initial_call=True,
-    )
-    def show_table_page(page, sort_by, components, dataset):
-        view = inputs.dataset_view(store, dataset)
-        table = pca_table_page(view, _pca(view, components), as_int(page, 0, 0), TABLE_PAGE_SIZE, sort_by)
-        return table.columns, table.rows, table.page_count
+@PAGE.callback(
+    Output("embeddings-extremes", "figure"),
+    *PAGE.controls((IMAGE, N)), State("embeddings-dataset", "data"),
+    prevent_initial_call=True,
+)
+def show_extremes(site: Site, image_id, n, dataset):
+    view = inputs.dataset_view(site.store, dataset)
+    vector = embedding_of(view, inputs.image_in(view, image_id))
+    return extremes_figure(extreme_features(vector, N.coerce(n)))
 
-    @app.callback(
-        Output("embeddings-download-npy", "href"), Input("embeddings-image", "value"),
-        State("embeddings-dataset", "data"), prevent_initial_call=True,
-    )
-    def link_download(image_id, dataset):
-        return _npy_url(dataset, inputs.image_in(inputs.dataset_view(store, dataset), image_id))
 
-    def _pca(view: DatasetView, components) -> DatasetPCA:
-        limit = max(COMPONENTS_MIN, component_limit(view))
-        return cached_pca(results, view).first(as_int(components, COMPONENTS_DEFAULT, COMPONENTS_MIN, limit))
+@PAGE.callback(
+    Output("embeddings-variance", "figure"), Output("embeddings-pca-caption", "children"),
+    Output("embeddings-pca-table", "page_current"),
+    Input(PAGE.control_id("components"), "value"), State("embeddings-dataset", "data"), prevent_initial_call=True,
+)
+def show_pca(site: Site, components, dataset):
+    if components is None:
+        return dash.no_update, dash.no_update, dash.no_update
+    view = inputs.dataset_view(site.store, dataset)
+    pca = _pca(site, view, components)
+    return explained_variance_figure(pca.ratio, pca.cumulative), _pca_caption(view, pca), 0
+
+
+@PAGE.callback(
+    Output("embeddings-pca-table", "columns"), Output("embeddings-pca-table", "data"),
+    Output("embeddings-pca-table", "page_count"),
+    Input("embeddings-pca-table", "page_current"), Input("embeddings-pca-table", "sort_by"),
+    Input(PAGE.control_id("components"), "value"), State("embeddings-dataset", "data"), prevent_initial_call=True,
+)
+def show_table_page(site: Site, page, sort_by, components, dataset):
+    view = inputs.dataset_view(site.store, dataset)
+    table = pca_table_page(view, _pca(site, view, components), _TABLE_PAGE.coerce(page), TABLE_PAGE_SIZE, sort_by)
+    return table.columns, table.rows, table.page_count
+
+
+@PAGE.callback(
+    Output("embeddings-download-npy", "href"), Input(PAGE.control_id("image"), "value"),
+    State("embeddings-dataset", "data"), prevent_initial_call=True,
+)
+def link_download(site: Site, image_id, dataset):
+    return _npy_url(dataset, inputs.image_in(inputs.dataset_view(site.store, dataset), image_id))
+
+
+def _pca(site: Site, view: DatasetView, components) -> DatasetPCA:
+    limit = max(COMPONENTS_MIN, component_limit(view))
+    return cached_pca(site.results, view).first(COMPONENTS.coerce(components, high=limit))
 
 
 def _image_parts(view: DatasetView, image_id: int):
@@ -200,7 +208,7 @@ def _card(view: DatasetView, image_id: int, vector) -> dbc.Card:
             html.H6(view.relpaths[row], className="card-title text-break", id="embeddings-path"),
             html.Div(f"label {view.labels[row] or 'none'} · {width} x {height} px", className="text-muted small mb-2"),
             table,
-            image_links(view.name, image_id, "embeddings", here="/embeddings"),
+            image_links(view.name, image_id, "embeddings", here=PAGE.path),
         ]),
     ], color="primary", outline=True)
 

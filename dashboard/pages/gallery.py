@@ -4,78 +4,80 @@ from __future__ import annotations
 
 import dash
 import dash_bootstrap_components as dbc
-from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
+from dash import ALL, Input, Output, State, ctx, dcc, html
 
 from dashboard import inputs
 from dashboard.browse import GALLERY_COLUMNS, GALLERY_PAGE_SIZE, PAGE_SIZES, gallery_page, image_detail, label_options
-from dashboard.data import DatasetStore, DatasetView
+from dashboard.data import DatasetView
+from dashboard.page import Page
 from dashboard.shell import busy, image_links, page_shell
-from dashboard.urlstate import as_int, sync_url, thumbnail_url, url_parameters
+from dashboard.site import Site, current_site
+from dashboard.urlstate import Param, thumbnail_url
 
-PATH = "/gallery"
+PAGE = Page("gallery", "/gallery", "Gallery", home=True, params=(
+    Param("label", None, kind=str),
+    Param("page", 1, control="pages", prop="active_page"),
+    Param("per_page", GALLERY_PAGE_SIZE, choices=PAGE_SIZES),
+))
 
 
-def register(app: Dash, store: DatasetStore) -> None:
-    def layout(dataset: str | None = None, label: str | None = None, page: str = "1",
-               per_page: str = str(GALLERY_PAGE_SIZE), **_query):
-        size = as_int(per_page, GALLERY_PAGE_SIZE)
-        size = size if size in PAGE_SIZES else GALLERY_PAGE_SIZE
+@PAGE.layout
+def layout(dataset: str | None = None, **query):
+    chosen = PAGE.query(query)
+    label, size = chosen["label"], chosen["per_page"]
+    store = current_site().store
 
-        def content(provenance):
-            view = store.view(provenance.name)
-            shown = gallery_page(view, label, as_int(page, 1), size)
-            return html.Div([
-                dcc.Store(id="gallery-dataset", data=view.name),
-                url_parameters("gallery", ["dataset", "label", "page", "per_page"]),
-                dcc.Store(id="gallery-filter", data={"label": label, "per_page": size}),
-                dbc.Row([
-                    dbc.Col(dcc.Dropdown(id="gallery-label", options=label_options(view), value=label,
-                                         placeholder="all labels"), md=3),
-                    dbc.Col(dbc.Select(id="gallery-per-page", value=str(size),
-                                       options=[{"label": f"{n} per page", "value": str(n)} for n in PAGE_SIZES]),
-                            md=2),
-                    dbc.Col(dbc.Pagination(id="gallery-pages", max_value=shown.page_count,
-                                           active_page=shown.page, fully_expanded=False), md="auto"),
-                    dbc.Col(html.Span(id="gallery-count", children=_count_text(shown.total)),
-                            className="text-muted align-self-center"),
-                ], className="mb-2 g-2"),
-                busy(html.Div(id="gallery-grid", children=_grid(view, shown.positions))),
-                dbc.Modal(id="gallery-detail", size="lg", is_open=False),
-            ])
+    def content(provenance):
+        view = store.view(provenance.name)
+        shown = gallery_page(view, label, chosen["page"], size)
+        return html.Div([
+            dcc.Store(id="gallery-dataset", data=view.name),
+            PAGE.url_parameters(),
+            dcc.Store(id="gallery-filter", data={"label": label, "per_page": size}),
+            dbc.Row([
+                dbc.Col(dcc.Dropdown(id=PAGE.control_id("label"), options=label_options(view), value=label,
+                                     placeholder="all labels"), md=3),
+                dbc.Col(dbc.Select(id=PAGE.control_id("per_page"), value=str(size),
+                                   options=[{"label": f"{n} per page", "value": str(n)} for n in PAGE_SIZES]),
+                        md=2),
+                dbc.Col(dbc.Pagination(id=PAGE.control_id("page"), max_value=shown.page_count,
+                                       active_page=shown.page, fully_expanded=False), md="auto"),
+                dbc.Col(html.Span(id="gallery-count", children=_count_text(shown.total)),
+                        className="text-muted align-self-center"),
+            ], className="mb-2 g-2"),
+            busy(html.Div(id="gallery-grid", children=_grid(view, shown.positions))),
+            dbc.Modal(id="gallery-detail", size="lg", is_open=False),
+        ])
 
-        return page_shell(store, PATH, dataset, content)
+    return page_shell(store, PAGE.path, dataset, content)
 
-    dash.register_page("gallery", path=PATH, name="Gallery", title="dinoscope: gallery", layout=layout, order=1)
-    dash.register_page("home", path="/", name="Home", title="dinoscope", layout=layout, order=0)
 
-    @app.callback(
-        Output("gallery-grid", "children"), Output("gallery-pages", "max_value"),
-        Output("gallery-pages", "active_page"), Output("gallery-count", "children"), Output("gallery-filter", "data"),
-        Input("gallery-label", "value"), Input("gallery-pages", "active_page"), Input("gallery-per-page", "value"),
-        State("gallery-dataset", "data"), State("gallery-filter", "data"), prevent_initial_call=True,
-    )
-    def show_page(label, page, per_page, dataset, shown_filter):
-        view = inputs.dataset_view(store, dataset)
-        size = as_int(per_page, GALLERY_PAGE_SIZE)
-        chosen = {"label": label, "per_page": size if size in PAGE_SIZES else GALLERY_PAGE_SIZE}
-        shown = gallery_page(view, label, as_int(page, 1) if chosen == shown_filter else 1, chosen["per_page"])
-        return _grid(view, shown.positions), shown.page_count, shown.page, _count_text(shown.total), chosen
+@PAGE.callback(
+    Output("gallery-grid", "children"), Output(PAGE.control_id("page"), "max_value"),
+    Output(PAGE.control_id("page"), "active_page"), Output("gallery-count", "children"),
+    Output("gallery-filter", "data"), *PAGE.controls(PAGE.params),
+    State("gallery-dataset", "data"), State("gallery-filter", "data"), prevent_initial_call=True,
+)
+def show_page(site: Site, label, page, per_page, dataset, shown_filter):
+    view = inputs.dataset_view(site.store, dataset)
+    chosen = PAGE.query({"label": label, "page": page, "per_page": per_page})
+    wanted = {"label": label, "per_page": chosen["per_page"]}
+    shown = gallery_page(view, label, chosen["page"] if wanted == shown_filter else 1, wanted["per_page"])
+    return _grid(view, shown.positions), shown.page_count, shown.page, _count_text(shown.total), wanted
 
-    @app.callback(
-        Output("gallery-detail", "children"), Output("gallery-detail", "is_open"),
-        Input({"type": "gallery-thumb", "index": ALL}, "n_clicks"),
-        Input({"type": "detail-neighbour", "index": ALL}, "n_clicks"),
-        State("gallery-dataset", "data"), prevent_initial_call=True,
-    )
-    def open_detail(_grid_clicks, _neighbour_clicks, dataset):
-        if not ctx.triggered or not ctx.triggered[0]["value"]:
-            return dash.no_update, dash.no_update  # thumbnails re-rendered, nobody clicked
-        view = inputs.dataset_view(store, dataset)
-        detail = image_detail(view, inputs.image_in(view, ctx.triggered_id["index"]))
-        return _detail_body(dataset, detail), True
 
-    sync_url(app, "gallery", [("gallery-dataset", "data"), ("gallery-label", "value"),
-                              ("gallery-pages", "active_page"), ("gallery-per-page", "value")])
+@PAGE.callback(
+    Output("gallery-detail", "children"), Output("gallery-detail", "is_open"),
+    Input({"type": "gallery-thumb", "index": ALL}, "n_clicks"),
+    Input({"type": "detail-neighbour", "index": ALL}, "n_clicks"),
+    State("gallery-dataset", "data"), prevent_initial_call=True,
+)
+def open_detail(site: Site, _grid_clicks, _neighbour_clicks, dataset):
+    if not ctx.triggered or not ctx.triggered[0]["value"]:
+        return dash.no_update, dash.no_update  # thumbnails re-rendered, nobody clicked
+    view = inputs.dataset_view(site.store, dataset)
+    detail = image_detail(view, inputs.image_in(view, ctx.triggered_id["index"]))
+    return _detail_body(dataset, detail), True
 
 
 def _count_text(total: int) -> str:

@@ -3,21 +3,22 @@ or the images most similar to a picture the user uploads (embedded in a backgrou
 
 from __future__ import annotations
 
+from dataclasses import replace
 from uuid import uuid4
 
 import dash
 import dash_bootstrap_components as dbc
-from dash import ALL, ClientsideFunction, Dash, Input, Output, State, ctx, dcc, html
+from dash import ALL, ClientsideFunction, Input, Output, State, ctx, dcc, html
 from pydantic import BaseModel, StrictInt, StrictStr
 
 from dashboard import inputs
-from dashboard.data import DatasetStore, DatasetView
-from dashboard.explanations import explanation
+from dashboard.data import DatasetView
+from dashboard.explanations import SIMILARITY
 from dashboard.image_picker import image_picker, register_image_search
+from dashboard.page import ImageLink, Page
 from dashboard.query_image import (
     MAX_UPLOAD_BYTES,
     UPLOAD_TYPES,
-    QueryModels,
     QueryRefused,
     RecordedModel,
     UploadEmbedding,
@@ -38,140 +39,142 @@ from dashboard.similarity_view import (
     neighbourhood,
     reference_image,
 )
-from dashboard.urlstate import as_int, sync_url, thumbnail_url, url_parameters
+from dashboard.site import Site, current_site
+from dashboard.urlstate import IMAGE, Param, thumbnail_url
 from db.errors import DinoscopeDbError
 
-PATH = "/similarity"
 K_MARKS = {1: "1", 10: "10", 20: "20", 30: "30", 40: "40", 50: "50"}
+K = Param("k", K_DEFAULT, 1, K_MAX)
+PAGE = Page("similarity", "/similarity", "Similarity", image_link=ImageLink("Similar images", "similar"),
+            explanation=SIMILARITY, params=(replace(IMAGE, control="reference"), K))
 
 
-def register(app: Dash, store: DatasetStore, upload_jobs) -> None:
-    """`upload_jobs`: the background-callback manager that embeds uploads."""
-    def layout(dataset: str | None = None, image: str | None = None, k: str = str(K_DEFAULT), **_query):
-        def content(provenance):
-            view = store.view(provenance.name)
-            reference = reference_image(view, as_int(image, None))
-            if reference is None:
-                return dbc.Alert("This dataset has no images yet.", color="info", id="similarity-empty")
-            count = as_int(k, K_DEFAULT, 1, K_MAX)
-            results, heatmap = neighbourhood(view, reference, count)
-            return html.Div([
-                dcc.Store(id="similarity-dataset", data=view.name),
-                dcc.Store(id="similarity-session", data=uuid4().hex),
-                url_parameters("similarity", ["dataset", "image", "k"]),
-                explanation("similarity"),
-                unknown_image_notice("similarity", image, reference),
-                _upload_section(),
-                dbc.Row([
-                    dbc.Col([dbc.Label("Reference image", html_for="similarity-reference"),
-                             image_picker("similarity-reference", view, reference,
-                                          placeholder="type part of a file path")], md=6),
-                    dbc.Col([dbc.Label("Similar images shown", html_for="similarity-k"),
-                             dcc.Slider(id="similarity-k", min=1, max=K_MAX, step=1, value=count, marks=K_MARKS)],
-                            md=6),
-                ], className="mb-3 g-3"),
-                busy(html.Div(id="similarity-results", children=_results(view, reference, results))),
-                html.H5("Pairwise cosine similarity", className="mt-4"),
-                html.P(_heatmap_caption(view, heatmap), id="similarity-heatmap-caption", className="text-muted small"),
-                busy(dcc.Graph(id="similarity-heatmap", figure=heatmap_figure(heatmap.matrix, heatmap.relpaths, False),
-                               clear_on_unhover=True, config={"displaylogo": False}, style={"maxWidth": "1000px"})),
-                dcc.Store(id="similarity-heatmap-images", data=_heatmap_images(heatmap)),
-                dcc.Tooltip(id="similarity-tooltip", direction="bottom"),
-            ])
+@PAGE.layout
+def layout(dataset: str | None = None, image: str | None = None, **query):
+    store = current_site().store
 
-        return page_shell(store, PATH, dataset, content)
+    def content(provenance):
+        view = store.view(provenance.name)
+        reference = reference_image(view, IMAGE.coerce(image))
+        if reference is None:
+            return dbc.Alert("This dataset has no images yet.", color="info", id="similarity-empty")
+        count = K.coerce(query.get("k"))
+        results, heatmap = neighbourhood(view, reference, count)
+        return html.Div([
+            dcc.Store(id="similarity-dataset", data=view.name),
+            dcc.Store(id="similarity-session", data=uuid4().hex),
+            PAGE.url_parameters(),
+            PAGE.explanation_panel(),
+            unknown_image_notice("similarity", image, reference),
+            _upload_section(),
+            dbc.Row([
+                dbc.Col([dbc.Label("Reference image", html_for=PAGE.control_id("image")),
+                         image_picker(PAGE.control_id("image"), view, reference,
+                                      placeholder="type part of a file path")], md=6),
+                dbc.Col([dbc.Label("Similar images shown", html_for=PAGE.control_id("k")),
+                         dcc.Slider(id=PAGE.control_id("k"), min=K.low, max=K.high, step=1, value=count, marks=K_MARKS)],
+                        md=6),
+            ], className="mb-3 g-3"),
+            busy(html.Div(id="similarity-results", children=_results(view, reference, results))),
+            html.H5("Pairwise cosine similarity", className="mt-4"),
+            html.P(_heatmap_caption(view, heatmap), id="similarity-heatmap-caption", className="text-muted small"),
+            busy(dcc.Graph(id="similarity-heatmap", figure=heatmap_figure(heatmap.matrix, heatmap.relpaths, False),
+                           clear_on_unhover=True, config={"displaylogo": False}, style={"maxWidth": "1000px"})),
+            dcc.Store(id="similarity-heatmap-images", data=_heatmap_images(heatmap)),
+            dcc.Tooltip(id="similarity-tooltip", direction="bottom"),
+        ])
 
-    dash.register_page("similarity", path=PATH, name="Similarity", title="dinoscope: similarity", layout=layout,
-                       order=3)
+    return page_shell(store, PAGE.path, dataset, content)
 
-    register_image_search(app, store, "similarity-reference", "similarity-dataset")
-    register_collapsible(app, "similarity-upload-card")
-    models = QueryModels()
 
-    # Checked in the browser before anything is sent: a file too large or of another type is refused with its
-    # reason, and only an accepted one travels to the server.
-    app.clientside_callback(
-        ClientsideFunction(namespace="dinoscope", function_name="acceptUpload"),
-        Output("similarity-upload-accepted", "data"), Output("similarity-upload-rejected", "children"),
-        Output("similarity-upload-rejected", "hidden"),
-        Input("similarity-upload", "contents"), State("similarity-upload", "filename"),
-        State("similarity-upload-limits", "data"), prevent_initial_call=True,
-    )
+register_image_search(PAGE, PAGE.control_id("image"), "similarity-dataset")
+register_collapsible(PAGE, "similarity-upload-card")
 
-    # The thumbnail is the browser's own copy of the file: the upload never comes back from the server.
-    app.clientside_callback(
-        "function (contents) { return [contents || '', true, null]; }",
-        Output("similarity-upload-preview", "src"), Output("similarity-upload-panel", "hidden", allow_duplicate=True),
-        Output("similarity-upload-message", "children", allow_duplicate=True),
-        Input("similarity-upload-accepted", "data"), prevent_initial_call=True,
-    )
+# Checked in the browser before anything is sent: a file too large or of another type is refused with its
+# reason, and only an accepted one travels to the server.
+PAGE.clientside_callback(
+    ClientsideFunction(namespace="dinoscope", function_name="acceptUpload"),
+    Output("similarity-upload-accepted", "data"), Output("similarity-upload-rejected", "children"),
+    Output("similarity-upload-rejected", "hidden"),
+    Input("similarity-upload", "contents"), State("similarity-upload", "filename"),
+    State("similarity-upload-limits", "data"), prevent_initial_call=True,
+)
 
-    @app.callback(
-        Output("similarity-upload-facts", "children"), Output("similarity-upload-results", "children"),
-        Output("similarity-upload-panel", "hidden"), Output("similarity-upload-message", "children"),
-        Input("similarity-upload-accepted", "data"), State("similarity-upload", "filename"),
-        State("similarity-k", "value"), State("similarity-dataset", "data"), State("similarity-session", "data"),
-        background=True, manager=upload_jobs, prevent_initial_call=True, interval=500,
-        progress=Output("similarity-upload-progress", "children"),
-        running=[(Output("similarity-upload-status", "hidden"), False, True),
-                 (Output("similarity-upload", "disabled"), True, False)],
-    )
-    def query_by_upload(set_progress, contents, filename, k, dataset, _session):
-        # _session: a per-page-load id, so two users uploading the same file are two jobs (Dash 4.4.1).
-        # Only ids, scores and paths are returned: the result is stored by the callback manager, the upload is not.
-        if not contents:
-            return dash.no_update, dash.no_update, dash.no_update, dash.no_update
-        try:
-            filename = inputs.text(filename, "The file name")
-            set_progress(f"Reading {filename or 'the upload'}…")
-            view = inputs.dataset_view(store, dataset)
-            recorded = recorded_model(store, dataset)
-            upload = embed_upload(models, recorded, contents, set_progress)
-        except (QueryRefused, DinoscopeDbError, inputs.BadInput) as error:
-            return None, None, True, dbc.Alert(str(error), color="danger", id="similarity-upload-error")
-        results = images_similar_to(view, upload.embedding, as_int(k, K_DEFAULT, 1, K_MAX))
-        return (_upload_facts(filename, upload, recorded), _result_grid(results, "similarity-upload-result"), False,
-                None)
+# The thumbnail is the browser's own copy of the file: the upload never comes back from the server.
+PAGE.clientside_callback(
+    "function (contents) { return [contents || '', true, null]; }",
+    Output("similarity-upload-preview", "src"), Output("similarity-upload-panel", "hidden", allow_duplicate=True),
+    Output("similarity-upload-message", "children", allow_duplicate=True),
+    Input("similarity-upload-accepted", "data"), prevent_initial_call=True,
+)
 
-    @app.callback(
-        Output("similarity-results", "children"), Output("similarity-heatmap", "figure"),
-        Output("similarity-heatmap-caption", "children"), Output("similarity-heatmap-images", "data"),
-        Input("similarity-reference", "value"), Input("similarity-k", "value"),
-        State("similarity-dataset", "data"), prevent_initial_call=True,
-    )
-    def show_reference(reference, k, dataset):
-        view = inputs.dataset_view(store, dataset)
-        reference = inputs.image_in(view, reference)
-        results, heatmap = neighbourhood(view, reference, as_int(k, K_DEFAULT, 1, K_MAX))
-        return (_results(view, reference, results), heatmap_figure(heatmap.matrix, heatmap.relpaths, False),
-                _heatmap_caption(view, heatmap), _heatmap_images(heatmap))
 
-    @app.callback(
-        Output("similarity-reference", "value"),
-        Input({"type": "similarity-result", "index": ALL}, "n_clicks"),
-        Input({"type": "similarity-upload-result", "index": ALL}, "n_clicks"), prevent_initial_call=True,
-    )
-    def pick_result(_clicks, _upload_clicks):
-        if not ctx.triggered or not ctx.triggered[0]["value"]:
-            return dash.no_update  # the cards re-rendered, nobody clicked
-        return ctx.triggered_id["index"]
+@PAGE.callback(
+    Output("similarity-upload-facts", "children"), Output("similarity-upload-results", "children"),
+    Output("similarity-upload-panel", "hidden"), Output("similarity-upload-message", "children"),
+    Input("similarity-upload-accepted", "data"), State("similarity-upload", "filename"),
+    State(PAGE.control_id("k"), "value"), State("similarity-dataset", "data"), State("similarity-session", "data"),
+    background=True, manager="uploads", prevent_initial_call=True, interval=500,
+    progress=Output("similarity-upload-progress", "children"),
+    running=[(Output("similarity-upload-status", "hidden"), False, True),
+             (Output("similarity-upload", "disabled"), True, False)],
+)
+def query_by_upload(site: Site, set_progress, contents, filename, k, dataset, _session):
+    # _session: a per-page-load id, so two users uploading the same file are two jobs (Dash 4.4.1).
+    # Only ids, scores and paths are returned: the result is stored by the callback manager, the upload is not.
+    if not contents:
+        return dash.no_update, dash.no_update, dash.no_update, dash.no_update
+    try:
+        filename = inputs.text(filename, "The file name")
+        set_progress(f"Reading {filename or 'the upload'}…")
+        view = inputs.dataset_view(site.store, dataset)
+        recorded = recorded_model(site.store, dataset)
+        upload = embed_upload(site.models, recorded, contents, set_progress)
+    except (QueryRefused, DinoscopeDbError, inputs.BadInput) as error:
+        return None, None, True, dbc.Alert(str(error), color="danger", id="similarity-upload-error")
+    results = images_similar_to(view, upload.embedding, K.coerce(k))
+    return (_upload_facts(filename, upload, recorded), _result_grid(results, "similarity-upload-result"), False,
+            None)
 
-    @app.callback(
-        Output("similarity-tooltip", "show"), Output("similarity-tooltip", "bbox"),
-        Output("similarity-tooltip", "children"),
-        Input("similarity-heatmap", "hoverData"), State("similarity-heatmap-images", "data"),
-        prevent_initial_call=True,
-    )
-    def show_cell(hover_data, images):
-        point = inputs.first_point(hover_data, inputs.CategoryPoint)
-        shown = inputs.record(HeatmapImages, images, "The heatmap's images")
-        cell = hovered_cell(point, shown.ids, shown.relpaths)
-        if cell is None:
-            return False, dash.no_update, dash.no_update
-        return True, point.bbox, _cell_tooltip(cell)
 
-    sync_url(app, "similarity", [("similarity-dataset", "data"), ("similarity-reference", "value"),
-                                 ("similarity-k", "value")])
+@PAGE.callback(
+    Output("similarity-results", "children"), Output("similarity-heatmap", "figure"),
+    Output("similarity-heatmap-caption", "children"), Output("similarity-heatmap-images", "data"),
+    *PAGE.controls(PAGE.params),
+    State("similarity-dataset", "data"), prevent_initial_call=True,
+)
+def show_reference(site: Site, reference, k, dataset):
+    view = inputs.dataset_view(site.store, dataset)
+    reference = inputs.image_in(view, reference)
+    results, heatmap = neighbourhood(view, reference, K.coerce(k))
+    return (_results(view, reference, results), heatmap_figure(heatmap.matrix, heatmap.relpaths, False),
+            _heatmap_caption(view, heatmap), _heatmap_images(heatmap))
+
+
+@PAGE.callback(
+    Output(PAGE.control_id("image"), "value"),
+    Input({"type": "similarity-result", "index": ALL}, "n_clicks"),
+    Input({"type": "similarity-upload-result", "index": ALL}, "n_clicks"), prevent_initial_call=True,
+)
+def pick_result(_site: Site, _clicks, _upload_clicks):
+    if not ctx.triggered or not ctx.triggered[0]["value"]:
+        return dash.no_update  # the cards re-rendered, nobody clicked
+    return ctx.triggered_id["index"]
+
+
+@PAGE.callback(
+    Output("similarity-tooltip", "show"), Output("similarity-tooltip", "bbox"),
+    Output("similarity-tooltip", "children"),
+    Input("similarity-heatmap", "hoverData"), State("similarity-heatmap-images", "data"),
+    prevent_initial_call=True,
+)
+def show_cell(_site: Site, hover_data, images):
+    point = inputs.first_point(hover_data, inputs.CategoryPoint)
+    shown = inputs.record(HeatmapImages, images, "The heatmap's images")
+    cell = hovered_cell(point, shown.ids, shown.relpaths)
+    if cell is None:
+        return False, dash.no_update, dash.no_update
+    return True, point.bbox, _cell_tooltip(cell)
 
 
 def _results(view: DatasetView, reference: int, results: list[SimilarImage]) -> dbc.Row:
@@ -182,7 +185,7 @@ def _results(view: DatasetView, reference: int, results: list[SimilarImage]) -> 
         dbc.CardBody([html.H6(shown.relpath, className="card-title text-break", id="similarity-reference-path"),
                       html.Div(shown.label or "no label", className="text-muted small"),
                       _embedding_text(shown.embedding_head),
-                      image_links(view.name, reference, "similarity", here="/similarity")]),
+                      image_links(view.name, reference, "similarity", here=PAGE.path)]),
     ], id="similarity-reference-card", color="primary", outline=True)
     return dbc.Row([dbc.Col(preview, md=3), dbc.Col(_result_grid(results, "similarity-result"), md=9)],
                    className="g-3")

@@ -1,0 +1,43 @@
+"""What an app's pages work with, kept on the Flask app they are registered on: a page's layout (called in a
+request) finds it with `current_site()`, and its callbacks receive it as their first argument."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import flask
+
+from dashboard.data import DatasetStore
+from dashboard.folder_cache import FolderCache
+from dashboard.query_image import QueryModels
+
+EXTENSION = "dinoscope"
+
+
+@dataclass(frozen=True)
+class Site:
+    """One app's database, its results cache (projections, clusterings, PCAs shared by every worker process) and
+    its upload models. Background jobs receive it pickled: the store as its address, the cache as its folder, the
+    models empty (or the job server's own)."""
+
+    store: DatasetStore
+    results: FolderCache
+    models: QueryModels
+
+
+def install(server: flask.Flask, site: Site) -> None:
+    server.extensions[EXTENSION] = site
+
+
+def current_site() -> Site:
+    """The site of the app answering the current request."""
+    return flask.current_app.extensions[EXTENSION]
+
+
+def with_site(function: Callable, site: Site) -> Callable:
+    """`function` (a page's callback) with `site` as its first argument, under the function's own name and source:
+    Dash names a background callback (a Celery task, a job) by a hash of its source, which inspect finds through
+    `__wrapped__`, so the web processes and the workers agree on it."""
+    return functools.update_wrapper(functools.partial(function, site), function)
