@@ -1,8 +1,9 @@
 """One index run: check the request against the dataset, plan, then apply the plan batch by batch.
 
 Each batch is one transaction (its images, embeddings, patch grids, thumbnails, failures, the dataset's
-generation and the run's counters of them; in the first batch of a reduced dataset, its patch basis too), so a run killed at any moment leaves only whole images behind, its
-counters say what it committed, and the next run picks up the rest.
+generation and the run's counters of them; in the first batch of a reduced dataset, its patch basis too), so a run
+killed at any moment leaves only whole images behind, its counters say what it committed, and the next run picks up
+the rest.
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ def layout(dataset: str | None = None, image: str | None = None, **query):
                          image_picker(PAGE.control_id("image"), view, shown,
                                       placeholder="type part of a file path")], md=6),
                 dbc.Col([dbc.Label("Largest and smallest features shown", html_for=PAGE.control_id("n")),
-                         dcc.Slider(id=PAGE.control_id("n"), min=N.low, max=N.high, step=1, value=count, marks=N_MARKS)],
+                         dcc.Slider(id=PAGE.control_id("n"), min=N.low, max=N.high, step=1, value=count,
+                                    marks=N_MARKS)],
                         md=6),
             ], className="mb-3 g-3"),
             dbc.Row([
@@ -218,7 +219,8 @@ def _downloads(dataset: str, image_id: int) -> html.Div:
         dbc.Button("This embedding (.npy)", id="embeddings-download-npy", size="sm", color="secondary",
                    className="me-2 mt-2", external_link=True, href=_npy_url(dataset, image_id)),
         dbc.Button("All embeddings (.npz)", id="embeddings-download-npz", size="sm", color="secondary",
-                   className="mt-2", external_link=True, href=f"{EMBEDDINGS_NPZ_PATH}?{urlencode({'dataset': dataset})}"),
+                   className="mt-2", external_link=True,
+                   href=f"{EMBEDDINGS_NPZ_PATH}?{urlencode({'dataset': dataset})}"),
     ])
 
 
