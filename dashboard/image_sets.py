@@ -132,7 +132,8 @@ class Received:
 class _Entry:
     """An image of an upload, checked but not yet written."""
 
-    path: str
+    path: str  # in the set
+    name: str  # as uploaded, for messages
     declared_bytes: int
     open: Callable[[], BinaryIO]
 
@@ -297,7 +298,7 @@ def _loose_parcel(files: Sequence[IncomingFile], limits: UploadLimits) -> _Parce
             skipped.append((name, reason))
             continue
         _check_file_bytes(name, len(file.data), limits)
-        entries.append(_Entry(name, len(file.data), lambda data=file.data: io.BytesIO(data)))
+        entries.append(_Entry(name, name, len(file.data), lambda data=file.data: io.BytesIO(data)))
     return _Parcel(_no_twice(entries), tuple(skipped))
 
 
@@ -335,7 +336,7 @@ def _zip_parcel(upload: IncomingFile, limits: UploadLimits) -> _Parcel:
             _check_name_part(part, member.orig_filename)
         path = "/".join(parts)
         _check_file_bytes(member.orig_filename, member.file_size, limits)
-        entries.append(_Entry(path, member.file_size, lambda member=member: archive.open(member)))
+        entries.append(_Entry(path, member.orig_filename, member.file_size, lambda member=member: archive.open(member)))
     return _Parcel(_no_twice(entries), tuple(skipped))
 
 
@@ -343,7 +344,8 @@ def _check_member(member: zipfile.ZipInfo) -> None:
     name = member.orig_filename
     shown = _shown(name)
     if "\\" in name:
-        raise SetRefused(f"This zip names a member {shown} with a backslash: refused, it could point outside its folder")
+        raise SetRefused(f"This zip names a member {shown} with a backslash, which could point outside its folder: "
+                         "refused")
     if name.startswith("/") or _DRIVE.match(name):
         raise SetRefused(f"This zip names a member by an absolute path ({shown}): refused")
     if "\0" in name or ".." in PurePosixPath(name).parts:
@@ -367,8 +369,9 @@ def _check_counts(parcel: _Parcel, limits: UploadLimits, existing: Sequence[SetF
     held = {file.path for file in existing}
     again = [entry.path for entry in parcel.entries if entry.path in held]
     if again:
-        raise SetRefused(f"This set holds {_shown(again[0])} already{f' (and {len(again) - 1} more)' if again[1:] else ''}"
-                         ": names are not replaced, rename the new file")
+        more = f" (and {len(again) - 1} more)" if again[1:] else ""
+        raise SetRefused(f"This set holds {_shown(again[0])} already{more}: a name is never replaced, rename the "
+                         "new file")
     files = len(existing) + len(parcel.entries)
     if files > limits.files_per_set:
         raise SetRefused(f"This set would hold {files:,} images, over the limit of {limits.files_per_set:,} per set")
@@ -385,18 +388,18 @@ def _write(parcel: _Parcel, staging: Path, limits: UploadLimits) -> tuple[SetFil
     for entry in parcel.entries:
         target = (staging / entry.path).resolve()
         if not target.is_relative_to(staging):
-            raise SetRefused(f"{_shown(entry.path)} would be written outside the set's folder: refused")
+            raise SetRefused(f"{_shown(entry.name)} would be written outside the set's folder: refused")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             # The set's limits were checked on the declared sizes: holding each file to its own keeps them.
             with entry.open() as source, open(target, "xb") as sink:
-                size = _copy_bounded(source, sink, min(entry.declared_bytes, limits.file_bytes), entry.path)
+                size = _copy_bounded(source, sink, min(entry.declared_bytes, limits.file_bytes), entry.name)
         except (zipfile.BadZipFile, EOFError, OSError, zlib.error, lzma.LZMAError) as error:
             if isinstance(error, (FileExistsError, IsADirectoryError, NotADirectoryError)):
-                raise SetRefused(f"{_shown(entry.path)} is both a file and a folder in this upload") from None
-            raise SetRefused(f"This zip is damaged or not what it declares: {_shown(entry.path)} cannot be read "
+                raise SetRefused(f"{_shown(entry.name)} is both a file and a folder in this upload") from None
+            raise SetRefused(f"This zip is damaged or not what it declares: {_shown(entry.name)} cannot be read "
                              f"({type(error).__name__})") from None
-        _check_pixels(target, entry.path, limits)
+        _check_pixels(target, entry.name, limits)
         written.append(SetFile(entry.path, size))
     return tuple(written)
 
@@ -502,7 +505,9 @@ def _now() -> str:
 
 
 def _size(count: int) -> str:
-    return f"{count / MiB:,.1f} MB" if count >= MiB // 10 else f"{count:,} bytes"
+    if count < 1024:
+        return f"{count} bytes"
+    return f"{count / 1024:,.0f} KB" if count < MiB else f"{count / MiB:,.1f} MB"
 
 
 def _shown(name: str) -> str:
