@@ -36,6 +36,7 @@ from typing import BinaryIO
 from PIL import Image, UnidentifiedImageError
 
 from db.errors import DinoscopeError
+from db.holds import hold
 from indexer.query import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,7 @@ class ImageSets:
                 (staging / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
                 with self._locked():
                     self._check_user_bytes(owner, manifest.bytes)
+                    hold("image-set-commit")
                     os.rename(staging, self.folder(manifest.set_id))
         except SetRefused as refusal:
             _log_refusal("new set", owner, files, refusal)

@@ -7,14 +7,18 @@ import io
 import logging
 import stat
 import struct
+import threading
+import time
 import zipfile
 import zlib
 from pathlib import Path
 
 import pytest
+from dash.testing.wait import until
 from PIL import Image
 
 from dashboard.image_sets import MANIFEST, ImageSets, IncomingFile, SetFile, SetNotFound, SetRefused, UploadLimits
+from db.holds import HOLDS_ENV
 from indexer.scan import scan_folder
 from tests.images import encoded
 
@@ -48,9 +52,9 @@ def zipped(*members: tuple[str | zipfile.ZipInfo, bytes]) -> bytes:
 
 
 def patched(data: bytes, **fields: int) -> bytes:
-    """A one-member zip with fields of its local and central headers overwritten (flags, crc, file_size)."""
+    """A zip with fields of its last member's local and central headers overwritten (flags, crc, file_size)."""
     data = bytearray(data)
-    local, central = data.index(b"PK\x03\x04"), data.index(b"PK\x01\x02")
+    local, central = data.rindex(b"PK\x03\x04"), data.rindex(b"PK\x01\x02")
     offsets = {"flags": (6, 8, "<H"), "crc": (14, 16, "<I"), "file_size": (22, 24, "<I")}
     for field, value in fields.items():
         in_local, in_central, layout = offsets[field]
@@ -98,8 +102,8 @@ def test_a_zip_of_labelled_folders_becomes_a_set_with_its_manifest(uploads):
                                         ("pets/readme.txt", "not an image file name")]
     folder = uploads / manifest.set_id
     assert (folder / "cats" / "tom.jpg").read_bytes() == jpeg(1)
-    assert tree(uploads) == sorted([manifest.set_id, f"{manifest.set_id}/{MANIFEST}", f"{manifest.set_id}/cats",
-                                    f"{manifest.set_id}/dogs", *(f"{manifest.set_id}/{f.path}" for f in manifest.files)])
+    assert tree(uploads) == sorted(f"{manifest.set_id}{path}" for path in (
+        "", f"/{MANIFEST}", "/cats", "/dogs", *(f"/{file.path}" for file in manifest.files)))
     assert ImageSets(uploads).manifest(manifest.set_id) == manifest
     # The indexer finds the same images under the same labels.
     scan = scan_folder(ImageSets(uploads).folder(manifest.set_id))
@@ -137,8 +141,7 @@ def refusal(uploads: Path, files: list[IncomingFile], match: str, **limits) -> N
     ([IncomingFile(f"{i}.png", png(i) + bytes(60 * KB)) for i in range(2)], {"set_bytes": 100 * KB},
      r"^This set would hold 12\d KB of images, over the limit of 100 KB per set$"),
     ([IncomingFile("big.png", png(1) + bytes(200 * KB))], {"user_bytes": 150 * KB},
-     r"^This upload \(20\d KB\) would take your image sets to 20\d KB, over the limit of 150 KB per user: remove a "
-     r"set first$"),
+     r"^This upload \(20\d KB\) would take your image sets to 20\d KB, over the limit of 150 KB per user: "),
     ([IncomingFile("wide.png", encoded(Image.new("1", (10_000, 8_000)), "PNG"))], {},
      r"^'wide.png' has 10000 x 8000 pixels, over the limit of 50 megapixels per image \(a decompression bomb\?\)$"),
     ([IncomingFile("bomb.png", png_header(100_000, 100_000))], {},
@@ -149,8 +152,8 @@ def refusal(uploads: Path, files: list[IncomingFile], match: str, **limits) -> N
      r"^This upload holds 'a.jpg' twice: rename one of them$"),
     ([IncomingFile("a.jpg", jpeg(1)), IncomingFile("more.zip", zipped(("b.jpg", jpeg(2))))], {},
      r"^Drop either image files or one .zip on its own"),
-    ([IncomingFile("readme.txt", b"hi")], {}, r"^This upload holds no images \(only 'readme.txt'...\): the images must "
-                                              r"end in .bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp$"),
+    ([IncomingFile("readme.txt", b"hi")], {},
+     r"^This upload holds no images \(only 'readme.txt'...\): the images must end in .bmp, .gif, .jpeg, .jpg, .png, "),
     ([], {}, r"^This upload holds no files"),
     ([IncomingFile("bad\nname.jpg", jpeg(1))], {}, r"^The name 'bad\?name.jpg' is not a usable file name"),
     ([IncomingFile("folder/", jpeg(1))], {}, r"^The name 'folder/' is not a usable file name"),
@@ -189,14 +192,19 @@ ZEROS = bytes(2 * MB)  # deflates to about 2 KB
      r"^This zip unpacks to 2.0 MB, over the limit of 1.0 MB \(a zip bomb\?\)$"),
     (zipped(("cats/tom.jpg", jpeg(1)), ("cats/bomb.bmp", ZEROS)), {"file_bytes": MB},
      r"^'cats/bomb.bmp' is 2.0 MB, over the limit of 1.0 MB per image$"),
-    (patched(zipped(("cats/bomb.bmp", ZEROS)), file_size=1000), {"zip_bytes": MB},
+    (patched(zipped(("cats/tom.jpg", jpeg(1)), ("cats/bomb.bmp", ZEROS)), file_size=1000), {"zip_bytes": MB},
      r"^This zip is damaged or not what it declares: 'cats/bomb.bmp' cannot be read \(BadZipFile\)$"),
-    (zipped(("cats/bomb.png", png_header(100_000, 100_000))), {},
+    (zipped(("cats/tom.jpg", jpeg(1)), ("cats/bomb.png", png_header(100_000, 100_000))), {},
      r"^'cats/bomb.png' has far too many pixels, over the limit of 50 megapixels per image"),
 ], ids=["parent", "parent inside", "absolute", "drive letter", "backslash", "symbolic link", "nested zip",
         "not a zip", "truncated zip", "encrypted", "members", "zip bomb declared", "file bytes",
         "zip bomb lying", "decompression bomb"])
-def test_each_hostile_zip_is_refused_with_its_message_before_anything_is_left(uploads, data, limits, match):
+def test_each_hostile_zip_is_refused_with_its_message_and_nothing_is_left(uploads, data, limits, match, request,
+                                                                         monkeypatch):
+    """Refused before any member is opened, but for the lies and bombs that only extracting shows: those are
+    refused after an honest member was written, which is removed."""
+    if request.node.callspec.id not in ("zip bomb lying", "decompression bomb"):
+        monkeypatch.setattr(zipfile.ZipFile, "open", lambda *args, **kwargs: pytest.fail("a member was extracted"))
     refusal(uploads, a_zip(data), match, **limits)
 
 
@@ -276,8 +284,37 @@ def test_one_log_line_per_set_and_nothing_of_its_files(uploads, caplog):
         with pytest.raises(SetRefused):
             sets.add(accepted.manifest.set_id, [IncomingFile("b.jpg", jpeg(2) + secret)])
     lines = [record.getMessage() for record in caplog.records]
-    assert lines == [f"image set {accepted.manifest.set_id} accepted: owner alice, 1 files, "
-                     f"{len(jpeg(1) + secret)} bytes",
-                     f"image set refused (addition to set '{accepted.manifest.set_id}'): owner alice, 1 files, "
-                     f"{len(jpeg(2) + secret)} bytes: This set would hold 2 images, over the limit of 1 per set"]
+    set_id = accepted.manifest.set_id
+    assert lines == [f"image set {set_id} accepted: owner alice, 1 files, {len(jpeg(1) + secret)} bytes",
+                     (f"image set refused (addition to set '{set_id}'): owner alice, 1 files, "
+                      f"{len(jpeg(2) + secret)} bytes: This set would hold 2 images, over the limit of 1 per set")]
     assert not any("SECRET" in line for line in lines)
+
+
+def test_two_uploads_of_one_user_at_once_cannot_both_take_the_last_of_the_allowance(uploads, tmp_path, monkeypatch):
+    """The first holds between counting the user's bytes and storing its set; the second, meanwhile, must wait."""
+    holds = tmp_path / "holds"
+    holds.mkdir()
+    monkeypatch.setenv(HOLDS_ENV, str(holds))
+    (holds / "image-set-commit").touch()
+    sets = image_sets(uploads, user_bytes=50 * KB)
+    big = png(1) + bytes(30 * KB)
+    outcomes: list[str] = []
+
+    def upload(name: str) -> None:
+        try:
+            sets.create("alice", name, [IncomingFile(f"{name}.png", big)])
+            outcomes.append("accepted")
+        except SetRefused as refused:
+            outcomes.append(str(refused))
+
+    threads = [threading.Thread(target=upload, args=(name,)) for name in ("one", "two")]
+    threads[0].start()
+    until(lambda: (holds / "image-set-commit.reached").exists(), timeout=10)
+    threads[1].start()
+    time.sleep(0.5)  # time enough for the second to reach the same point, were it not kept out
+    (holds / "image-set-commit").unlink()
+    for thread in threads:
+        thread.join()
+    assert outcomes[0] == "accepted" and "over the limit of 50 KB per user" in outcomes[1]
+    assert len(sets.sets()) == 1 and [path.name for path in uploads.iterdir() if path.name.startswith(".p")] == []
