@@ -48,6 +48,8 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 _SKIPPED_FOLDERS = frozenset({"__MACOSX"})  # macOS's resource forks, beside the real files
 _COMPRESSIONS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
 _CHUNK = 1024**2
+# What reading a damaged or lying member raises (bz2 raises OSError, deflate zlib.error, LZMA its own).
+_UNREADABLE = (zipfile.BadZipFile, EOFError, OSError, zlib.error, lzma.LZMAError)
 
 
 class SetRefused(DinoscopeError):
@@ -186,9 +188,10 @@ class ImageSets:
 
     def create(self, owner: str | None, dataset: str, files: Sequence[IncomingFile]) -> Received:
         """Check an upload (several images, or one `.zip`) and store it as a new set of `owner` for `dataset`."""
-        try:
+        with _refusal_logged("new set", owner, files):
             parcel = _parcel(files, self.limits)
             _check_counts(parcel, self.limits, existing=())
+            self._check_user_bytes(owner, _declared_bytes(parcel))  # again when storing, others may have stored
             with self._staging() as staging:
                 added = _write(parcel, staging, self.limits)
                 now = _now()
@@ -198,9 +201,6 @@ class ImageSets:
                     self._check_user_bytes(owner, manifest.bytes)
                     hold("image-set-commit")
                     os.rename(staging, self.folder(manifest.set_id))
-        except SetRefused as refusal:
-            _log_refusal("new set", owner, files, refusal)
-            raise
         log.info("image set %s accepted: owner %s, %d files, %d bytes", manifest.set_id, owner, len(added),
                  manifest.bytes)
         return Received(manifest, added, parcel.skipped)
@@ -210,12 +210,12 @@ class ImageSets:
 
         A name the set already holds is refused, not replaced: a file's content never changes under the indexer.
         """
-        owner = None
-        try:
-            existing = self.manifest(set_id)
-            owner = existing.owner
+        existing = self.manifest(set_id)
+        owner = existing.owner
+        with _refusal_logged(f"addition to set {set_id}", owner, files):
             parcel = _parcel(files, self.limits)
             _check_counts(parcel, self.limits, existing=existing.files)
+            self._check_user_bytes(owner, _declared_bytes(parcel))
             with self._staging() as staging:
                 added = _write(parcel, staging, self.limits)
                 with self._locked():
@@ -225,9 +225,6 @@ class ImageSets:
                     manifest = SetManifest(set_id, owner, existing.dataset, existing.created, _now(),
                                            existing.files + added)
                     _move_in(staging, self.folder(set_id), added, manifest)
-        except SetRefused as refusal:
-            _log_refusal(f"addition to set {_shown(set_id)}", owner, files, refusal)
-            raise
         log.info("image set %s grew: owner %s, %d files, %d bytes added", set_id, owner, len(added),
                  sum(file.bytes for file in added))
         return Received(manifest, added, parcel.skipped)
@@ -377,7 +374,7 @@ def _check_counts(parcel: _Parcel, limits: UploadLimits, existing: Sequence[SetF
     files = len(existing) + len(parcel.entries)
     if files > limits.files_per_set:
         raise SetRefused(f"This set would hold {files:,} images, over the limit of {limits.files_per_set:,} per set")
-    total = sum(file.bytes for file in existing) + sum(entry.declared_bytes for entry in parcel.entries)
+    total = sum(file.bytes for file in existing) + _declared_bytes(parcel)
     if total > limits.set_bytes:
         raise SetRefused(f"This set would hold {_size(total)} of images, over the limit of "
                          f"{_size(limits.set_bytes)} per set")
@@ -393,29 +390,41 @@ def _write(parcel: _Parcel, staging: Path, limits: UploadLimits) -> tuple[SetFil
             raise SetRefused(f"{_shown(entry.name)} would be written outside the set's folder: refused")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            # The set's limits were checked on the declared sizes: holding each file to its own keeps them.
-            with entry.open() as source, open(target, "xb") as sink:
-                size = _copy_bounded(source, sink, min(entry.declared_bytes, limits.file_bytes), entry.name)
-        except (zipfile.BadZipFile, EOFError, OSError, zlib.error, lzma.LZMAError) as error:
-            if isinstance(error, (FileExistsError, IsADirectoryError, NotADirectoryError)):
-                raise SetRefused(f"{_shown(entry.name)} is both a file and a folder in this upload") from None
-            raise SetRefused(f"This zip is damaged or not what it declares: {_shown(entry.name)} cannot be read "
-                             f"({type(error).__name__})") from None
+            with open(target, "xb") as sink:
+                # The set's limits were checked on the declared sizes: holding each file to its own keeps them.
+                size = _copy_bounded(entry, sink, min(entry.declared_bytes, limits.file_bytes))
+        except (FileExistsError, IsADirectoryError, NotADirectoryError):
+            raise SetRefused(f"{_shown(entry.name)} is both a file and a folder in this upload") from None
         _check_pixels(target, entry.name, limits)
         written.append(SetFile(entry.path, size))
     return tuple(written)
 
 
-def _copy_bounded(source: BinaryIO, sink: BinaryIO, allowed: int, path: str) -> int:
-    """Copy at most `allowed` bytes; more is a refusal (a zip's declared sizes may lie)."""
+def _copy_bounded(entry: _Entry, sink: BinaryIO, allowed: int) -> int:
+    """Copy at most `allowed` bytes of the entry; more is a refusal (a zip's declared sizes may lie)."""
     size = 0
-    while chunk := source.read(min(_CHUNK, allowed + 1 - size)):
-        size += len(chunk)
-        if size > allowed:
-            raise SetRefused(f"{_shown(path)} unpacks to more than its zip declares or the limits allow: refused "
-                             "(a zip bomb?)")
-        sink.write(chunk)
-    return size
+    try:
+        source = entry.open()
+    except _UNREADABLE as error:
+        raise _damaged(entry, error) from None
+    with source:
+        while True:
+            try:
+                chunk = source.read(min(_CHUNK, allowed + 1 - size))
+            except _UNREADABLE as error:
+                raise _damaged(entry, error) from None
+            if not chunk:
+                return size
+            size += len(chunk)
+            if size > allowed:
+                raise SetRefused(f"{_shown(entry.name)} unpacks to more than its zip declares or the limits allow: "
+                                 "refused (a zip bomb?)")
+            sink.write(chunk)
+
+
+def _damaged(entry: _Entry, error: Exception) -> SetRefused:
+    return SetRefused(f"This zip is damaged or not what it declares: {_shown(entry.name)} cannot be read "
+                      f"({type(error).__name__})")
 
 
 def _check_pixels(path: Path, name: str, limits: UploadLimits) -> None:
@@ -518,6 +527,20 @@ def _shown(name: str) -> str:
     return f"'{printable[:80]}{'...' if len(printable) > 80 else ''}'"
 
 
-def _log_refusal(what: str, owner: str | None, files: Sequence[IncomingFile], refusal: SetRefused) -> None:
-    log.info("image set refused (%s): owner %s, %d files, %d bytes: %s", what, owner, len(files),
-             sum(len(file.data) for file in files), refusal)
+def _declared_bytes(parcel: _Parcel) -> int:
+    return sum(entry.declared_bytes for entry in parcel.entries)
+
+
+@contextmanager
+def _refusal_logged(what: str, owner: str | None, files: Sequence[IncomingFile]) -> Iterator[None]:
+    """One log line for a refused upload; the server failing to store it (its disk full, say) is a refusal too."""
+    try:
+        try:
+            yield
+        except OSError as error:
+            raise SetRefused(f"The server could not store this upload ({error.strerror or type(error).__name__}): "
+                             "tell its administrator") from error
+    except SetRefused as refusal:
+        log.info("image set refused (%s): owner %s, %d files, %d bytes: %s", what, owner, len(files),
+                 sum(len(file.data) for file in files), refusal)
+        raise

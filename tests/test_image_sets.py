@@ -3,8 +3,10 @@ outside the uploads folder nor any partial set inside it, and good uploads store
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
+import os
 import stat
 import struct
 import threading
@@ -196,14 +198,16 @@ ZEROS = bytes(2 * MB)  # deflates to about 2 KB
      r"^This zip is damaged or not what it declares: 'cats/bomb.bmp' cannot be read \(BadZipFile\)$"),
     (zipped(("cats/tom.jpg", jpeg(1)), ("cats/bomb.png", png_header(100_000, 100_000))), {},
      r"^'cats/bomb.png' has far too many pixels, over the limit of 50 megapixels per image"),
+    (zipped(("tom.jpg", jpeg(1)), ("tom.jpg/kit.jpg", jpeg(2))), {},
+     r"^'tom.jpg/kit.jpg' is both a file and a folder in this upload$"),
 ], ids=["parent", "parent inside", "absolute", "drive letter", "backslash", "symbolic link", "nested zip",
         "not a zip", "truncated zip", "encrypted", "members", "zip bomb declared", "file bytes",
-        "zip bomb lying", "decompression bomb"])
+        "zip bomb lying", "decompression bomb", "file and folder"])
 def test_each_hostile_zip_is_refused_with_its_message_and_nothing_is_left(uploads, data, limits, match, request,
                                                                          monkeypatch):
-    """Refused before any member is opened, but for the lies and bombs that only extracting shows: those are
-    refused after an honest member was written, which is removed."""
-    if request.node.callspec.id not in ("zip bomb lying", "decompression bomb"):
+    """Refused before any member is opened, but for what only extracting shows (lies, bombs, a name taken): those
+    are refused after an honest member was written, which is removed."""
+    if request.node.callspec.id not in ("zip bomb lying", "decompression bomb", "file and folder"):
         monkeypatch.setattr(zipfile.ZipFile, "open", lambda *args, **kwargs: pytest.fail("a member was extracted"))
     refusal(uploads, a_zip(data), match, **limits)
 
@@ -286,7 +290,7 @@ def test_one_log_line_per_set_and_nothing_of_its_files(uploads, caplog):
     lines = [record.getMessage() for record in caplog.records]
     set_id = accepted.manifest.set_id
     assert lines == [f"image set {set_id} accepted: owner alice, 1 files, {len(jpeg(1) + secret)} bytes",
-                     (f"image set refused (addition to set '{set_id}'): owner alice, 1 files, "
+                     (f"image set refused (addition to set {set_id}): owner alice, 1 files, "
                       f"{len(jpeg(2) + secret)} bytes: This set would hold 2 images, over the limit of 1 per set")]
     assert not any("SECRET" in line for line in lines)
 
@@ -318,3 +322,12 @@ def test_two_uploads_of_one_user_at_once_cannot_both_take_the_last_of_the_allowa
         thread.join()
     assert outcomes[0] == "accepted" and "over the limit of 50 KB per user" in outcomes[1]
     assert len(sets.sets()) == 1 and [path.name for path in uploads.iterdir() if path.name.startswith(".p")] == []
+
+
+def test_a_server_that_cannot_store_an_upload_says_so_and_leaves_nothing(uploads, monkeypatch):
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "rename", disk_full)
+    refusal(uploads, [IncomingFile("a.jpg", jpeg(1))],
+            r"^The server could not store this upload \(No space left on device\): tell its administrator$")
