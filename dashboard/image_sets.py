@@ -5,7 +5,10 @@ A set lives in `uploads_dir/<set id>/`: its images (`<label>/<file>`, or directl
 (owner, dataset, times, files and bytes). A set is written in a hidden folder of `uploads_dir` and renamed into
 place when complete; files added later are written there too and each moved in whole, the manifest replaced last.
 Every target path is resolved and checked to lie inside `uploads_dir`. A `.zip` is checked entirely before anything
-is extracted, and its sizes are enforced again while it is extracted, in case the declared ones lie.
+is extracted, and its sizes are enforced again while it is extracted, in case the declared ones lie. The limits are
+counted again, with what is stored by then, under a lock file of the uploads folder just before a set or its new
+files are put in place, so that two uploads at once (other processes, other machines sharing the folder) are
+counted one after the other.
 
 Plain Python, no Dash: the page hands `ImageSets` the files it received; each refusal is a `SetRefused` with a one-line
 message for the uploader. Nothing of an upload is logged, only one line per set accepted or refused.
@@ -23,11 +26,12 @@ import re
 import secrets
 import shutil
 import stat
+import time
 import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -48,6 +52,7 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 _SKIPPED_FOLDERS = frozenset({"__MACOSX"})  # macOS's resource forks, beside the real files
 _COMPRESSIONS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
 _CHUNK = 1024**2
+_LEFTOVER_SECONDS = 24 * 3600
 # What reading a damaged or lying member raises (bz2 raises OSError, deflate zlib.error, LZMA its own).
 _UNREADABLE = (zipfile.BadZipFile, EOFError, OSError, zlib.error, lzma.LZMAError)
 
@@ -250,9 +255,14 @@ class ImageSets:
 
     @contextmanager
     def _staging(self) -> Iterator[Path]:
-        """A hidden folder of the uploads folder to write in, removed on the way out unless it was renamed away."""
+        """A hidden folder of the uploads folder to write in, removed on the way out unless it was renamed away.
+        Those a killed process left behind a day ago or more are removed first."""
         root = self.uploads_dir.resolve()
         root.mkdir(parents=True, exist_ok=True)
+        for left in [*root.glob(".partial-*"), *root.glob(".removed-*")]:
+            with suppress(OSError):
+                if time.time() - left.stat().st_mtime > _LEFTOVER_SECONDS:
+                    shutil.rmtree(left)
         staging = root / f".partial-{secrets.token_hex(8)}"
         staging.mkdir()
         try:

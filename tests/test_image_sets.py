@@ -331,3 +331,13 @@ def test_a_server_that_cannot_store_an_upload_says_so_and_leaves_nothing(uploads
     monkeypatch.setattr(os, "rename", disk_full)
     refusal(uploads, [IncomingFile("a.jpg", jpeg(1))],
             r"^The server could not store this upload \(No space left on device\): tell its administrator$")
+
+
+def test_what_a_killed_upload_left_is_removed_after_a_day(uploads):
+    old, recent = uploads / ".partial-old", uploads / ".partial-recent"
+    for folder in (old, recent):
+        (folder / "cats").mkdir(parents=True)
+        (folder / "cats" / "tom.jpg").write_bytes(jpeg(1))
+    os.utime(old, (time.time() - 25 * 3600,) * 2)
+    set_id = image_sets(uploads).create("alice", "pets", [IncomingFile("a.jpg", jpeg(1))]).manifest.set_id
+    assert sorted(path.name for path in uploads.iterdir() if path.name != ".lock") == [".partial-recent", set_id]
