@@ -18,13 +18,14 @@ import numpy as np
 
 from db.errors import DinoscopeError
 from indexer.decode import DecodedImage, UnreadableImage, decode_image
+from indexer.scan import IMAGE_SUFFIXES
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from indexer.model import LoadedModel
 
-__all__ = ["DecodedImage", "ModelUnavailable", "QueryModel", "QueryModels", "QueryRefused", "RecordedModel",
+__all__ = ["IMAGE_SUFFIXES", "DecodedImage", "ModelUnavailable", "QueryModel", "QueryModels", "QueryRefused", "RecordedModel",
            "UnreadableImage", "decode_image"]
 
 
