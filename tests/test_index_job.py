@@ -160,6 +160,24 @@ def test_settings_come_from_the_options_and_the_environment(tmp_path, monkeypatc
     assert "--weights and --random-weights exclude each other" in refused.output
 
 
+def test_the_worker_indexes_with_the_model_it_is_given(tmp_path, monkeypatch):
+    """`dinoscope worker` runs the index jobs of `serve --celery`: it takes the same model options."""
+    from dashboard import app, jobs
+
+    built = []
+
+    class Worker:
+        def worker_main(self, _argv) -> None:
+            pass
+
+    monkeypatch.setattr(jobs, "check_redis", lambda _url: None)
+    monkeypatch.setattr(app, "create_worker", lambda settings: built.append(settings) or Worker())
+    monkeypatch.setenv("DINOSCOPE_IMAGE_SIZE", "56")
+    run_cli("worker", "--celery", "redis://127.0.0.1:1/0", "--db", tmp_path / "w.db", "--model", MODEL,
+            "--random-weights")
+    assert built[0].index_model == ServerModel(MODEL, None, True, 56)
+
+
 def _index_in_job(folder: str, db_url: str, photos: str) -> None:
     """A job that indexes as a page's callback will, writing what it reports and returns into `folder`."""
     progress = Path(folder, "progress")
