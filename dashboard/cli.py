@@ -14,20 +14,30 @@ from pathlib import Path
 import click
 
 from dashboard.settings import (
+    ALLOW_UPLOADS_ENV,
     CACHE_DIR_ENV,
     CELERY_ENV,
     FRAME_ANCESTORS_ENV,
+    IMAGE_SIZE_ENV,
+    INDEX_SLOTS_ENV,
     JOB_SLOTS_ENV,
     LOGIN_CHECKS_ENV,
     LOGIN_LIMITS_ADDRESS_ENV,
     LOGIN_LIMITS_USER_ENV,
+    MODEL_ENV,
+    RANDOM_WEIGHTS_ENV,
     SECRET_ENV,
     TRUSTED_PROXIES_ENV,
+    UPLOADS_DIR_ENV,
     USERS_FILE_ENV,
+    WEIGHTS_ENV,
     LoginSettings,
     Settings,
+    UploadSettings,
+    server_model_from_env,
 )
 from db.cli_options import db_option
+from db.engine import resolve_url
 
 
 def default_concurrency() -> int:
@@ -41,6 +51,35 @@ def cache_dir_option(function):
         show_default="a dinoscope-cache folder in the system's temporary folder",
         help="Folder shared by the server's workers and `dinoscope worker` for background jobs, cached projections "
              f"and each dataset's matrix; keep it on a local disk. Environment: {CACHE_DIR_ENV}.")(function)
+
+
+def index_model_options(function):
+    """The model that image sets added from the browser are indexed with (`serve`, and `worker`, which runs
+    those index runs for `serve --celery`), with `dinoscope index`'s defaults."""
+    for option in reversed((
+        click.option("--model", envvar=MODEL_ENV, metavar="NAME",
+                     show_default="the dataset's; index's default for a new one",
+                     help=f"The timm DINOv2 ViT that image sets added from the browser are indexed with. "
+                          f"Environment: {MODEL_ENV}."),
+        click.option("--weights", envvar=WEIGHTS_ENV, type=click.Path(dir_okay=False, path_type=Path),
+                     show_default="the hub's",
+                     help=f"A local weights file for that model instead of the hub. Environment: {WEIGHTS_ENV}."),
+        click.option("--random-weights", envvar=RANDOM_WEIGHTS_ENV, is_flag=True,
+                     help=f"Index image sets with a seeded random initialisation, for demos and tests without a "
+                          f"network. Environment: {RANDOM_WEIGHTS_ENV}."),
+        click.option("--image-size", envvar=IMAGE_SIZE_ENV, type=click.IntRange(14, 2044),
+                     show_default="the dataset's; index's default for a new one",
+                     help=f"Square model input in pixels for those runs, a multiple of 14. Environment: "
+                          f"{IMAGE_SIZE_ENV}."),
+    )):
+        function = option(function)
+    return function
+
+
+def _server_model(model, weights, random_weights, image_size):
+    if weights and random_weights:
+        raise click.UsageError("--weights and --random-weights exclude each other: choose one")
+    return server_model_from_env(model, weights, random_weights, image_size)
 
 
 def server_options(function):
@@ -96,12 +135,27 @@ def server_options(function):
               help="The pages that may show the dashboard in a frame: 'self', 'none', or origins such as "
                    "https://intranet.example.edu, space-separated (a Content-Security-Policy frame-ancestors list). "
                    f"Environment: {FRAME_ANCESTORS_ENV}.")
+@click.option("--allow-uploads", envvar=ALLOW_UPLOADS_ENV, is_flag=True,
+              help=f"Let users add image sets from the browser, indexed on the server. Environment: "
+                   f"{ALLOW_UPLOADS_ENV}.")
+@click.option("--uploads-dir", envvar=UPLOADS_DIR_ENV, type=click.Path(file_okay=False, path_type=Path),
+              show_default="an uploads folder beside a SQLite database, else $XDG_DATA_HOME/dinoscope/uploads",
+              help=f"Where the image sets users add go (with `--celery`, a folder the workers see at the same "
+                   f"path). Environment: {UPLOADS_DIR_ENV}.")
+@index_model_options
+@click.option("--index-slots", envvar=INDEX_SLOTS_ENV, type=click.IntRange(1, 8), default=1, show_default=True,
+              help=f"Index runs of image sets the job server runs at once; later ones wait in order. Environment: "
+                   f"{INDEX_SLOTS_ENV}.")
 def serve(db, host, port, cache_dir, workers, threads, users_file, celery, job_slots, login_limits_address,
-          login_limits_user, login_checks, trusted_proxies, frame_ancestors):
-    """Serve the dashboard on the database (read-only)."""
+          login_limits_user, login_checks, trusted_proxies, frame_ancestors, allow_uploads, uploads_dir, model,
+          weights, random_weights, image_size, index_slots):
+    """Serve the dashboard on the database (read-only; with --allow-uploads, users add image sets to it)."""
     login = LoginSettings.from_env(login_limits_address, login_limits_user, login_checks)
+    index_model = _server_model(model, weights, random_weights, image_size)
+    uploads = UploadSettings.from_env(resolve_url(db), allow_uploads, uploads_dir)
     serve_dashboard(Settings.from_env(db, cache_dir, celery, users_file, job_slots, login, trusted_proxies,
-                                      frame_ancestors), host, port, workers, threads)
+                                      frame_ancestors, uploads,
+                                      index_model, index_slots), host, port, workers, threads)
 
 
 def serve_dashboard(settings: Settings, host: str, port: int, workers: int | None = None, threads: int = 8) -> None:
@@ -146,14 +200,16 @@ def serve_dashboard(settings: Settings, host: str, port: int, workers: int | Non
 @click.option("--concurrency", type=click.IntRange(1, 64), default=default_concurrency,
               show_default="half the cores, at least 1, at most 4",
               help="Background callbacks run at once (processes).")
-def worker(db, cache_dir, celery, concurrency):
-    """Run the dashboard's background callbacks (t-SNE, UMAP) for `dinoscope serve --celery`, on the same machine:
-    give it the server's database and cache folder."""
+@index_model_options
+def worker(db, cache_dir, celery, concurrency, model, weights, random_weights, image_size):
+    """Run the dashboard's background callbacks (t-SNE, UMAP, index runs of image sets) for `dinoscope serve
+    --celery`, on the same machine: give it the server's database, cache folder and model options."""
     from dashboard.app import create_worker
     from dashboard.jobs import check_redis
 
+    index_model = _server_model(model, weights, random_weights, image_size)
     check_redis(celery)
-    app = create_worker(Settings.from_env(db, cache_dir, celery))
+    app = create_worker(Settings.from_env(db, cache_dir, celery, index_model=index_model))
     app.worker_main(["worker", f"--concurrency={concurrency}", "--pool=prefork", "--loglevel=INFO",
                      f"--hostname=dinoscope-{os.getpid()}@%h"])
 

@@ -7,8 +7,8 @@ memory folder /dev/shm, read and removed by the job server when the job starts (
 board's folder).
 
 A job is submitted to the lane of its kind (`projections`: t-SNE and UMAP, which can take minutes; `clusterings`:
-DBSCAN and Ward of a sample, seconds; `uploads`: embedding a picture, under a second), so a quick job never waits
-behind a slow one, and waits there in order until the job server has a free slot in that lane. Its states: queued -> starting -> running -> ended, or cancelled on the way. A page
+DBSCAN and Ward of a sample, seconds; `uploads`: embedding a picture, under a second; `indexing`: an index run of an
+image set, minutes and the model's memory), so a quick job never waits behind a slow one, and waits there in order until the job server has a free slot in that lane. Its states: queued -> starting -> running -> ended, or cancelled on the way. A page
 that stops asking about a queued job (its browser left) has abandoned it: the job server drops it.
 """
 
@@ -24,7 +24,7 @@ import psutil
 
 from dashboard.folder_cache import FolderCache
 
-LANES = ("projections", "clusterings", "uploads")
+LANES = ("projections", "clusterings", "uploads", "indexing")
 RECORD_TTL_S = 6 * 3600  # job records outlive any job a page could still be waiting for
 ABANDONED_S = 30.0  # a queued job that no page has asked about for this long is dropped
 SEEN_EVERY_S = 5.0  # how often a page's asking is written down (well within ABANDONED_S)

@@ -12,7 +12,8 @@ The server itself stays single-threaded and runs no parallel numerical code (Ope
 thread here), since a fork taken while another thread holds a lock, or after an OpenMP thread pool has started,
 can leave the child waiting forever. Each job then sets its own thread counts.
 
-Jobs wait on the job board (dashboard.job_board) in two lanes, each with `slots` running at once.
+Jobs wait on the job board (dashboard.job_board) in lanes, each with `slots` running at once (the indexing lane
+`index_slots`: an index run holds a model and many images).
 """
 
 from __future__ import annotations
@@ -60,17 +61,24 @@ SHARED_TYPES = {"query-models": QueryModels}
 class JobServerConfig:
     cache_dir: Path
     db_url: str
-    slots: int = 1  # jobs running at once in each lane
+    slots: int = 1  # jobs running at once in each lane but indexing
     preload: tuple[str, ...] = PRELOADS
+    index_slots: int = 1  # index runs at once
+
+    def slots_of(self, lane: str) -> int:
+        return self.index_slots if lane == "indexing" else self.slots
 
     @property
     def board_folder(self) -> Path:
         return self.cache_dir / "jobs"
 
-    @property
-    def job_threads(self) -> int:
-        """Threads each job may use: the cores shared among the jobs that can run at once."""
-        return max(1, (os.cpu_count() or 1) // (self.slots * len(LANES)))
+    def job_threads(self, lane: str) -> int:
+        """Threads each job of `lane` may use: the cores shared among the jobs of the quick lanes that can run at
+        once; an index run (rare, and niced like every job) shares them only with the other index runs, so that it
+        takes minutes rather than hours."""
+        shared_by = self.index_slots if lane == "indexing" else sum(self.slots_of(other) for other in LANES
+                                                                    if other != "indexing")
+        return max(1, (os.cpu_count() or 1) // shared_by)
 
 
 def dump_job(job_fn, args: tuple) -> bytes:
@@ -115,7 +123,8 @@ def start_job_server(config: JobServerConfig, board: JobBoard | None = None) -> 
     if not board.claim_start():
         return None
     command = [sys.executable, "-m", "dashboard.job_server", "--cache-dir", str(config.cache_dir),
-               "--slots", str(config.slots), "--preload", ",".join(config.preload)]
+               "--slots", str(config.slots), "--index-slots", str(config.index_slots),
+               "--preload", ",".join(config.preload)]
     env = {**os.environ, **SERVER_ENVIRONMENT, "DINOSCOPE_DB": config.db_url,
            LOG_LEVEL_ENV: logging.getLevelName(logging.getLogger().getEffectiveLevel())}
     log.info("starting the job server for %s", config.cache_dir)
@@ -208,13 +217,13 @@ class JobServer:
 
             warm_up()
         self._say("ready")
-        log.info("job server ready in %.1f s (pid %d, %d slot(s) per lane)", time.monotonic() - started,
-                 os.getpid(), self.config.slots)
+        log.info("job server ready in %.1f s (pid %d, %d slot(s) per lane, %d for index runs)",
+                 time.monotonic() - started, os.getpid(), self.config.slots, self.config.index_slots)
 
     def _start_jobs(self) -> int:
         started = 0
         for lane in LANES:
-            while sum(1 for _, job_lane, _ in self.running.values() if job_lane == lane) < self.config.slots:
+            while sum(1 for _, job_lane, _ in self.running.values() if job_lane == lane) < self.config.slots_of(lane):
                 taken = self.board.take(lane)
                 if taken is None:
                     break
@@ -229,7 +238,7 @@ class JobServer:
         if pid == 0:  # the job
             code = 1
             try:
-                self._run_job(payload)
+                self._run_job(lane, payload)
                 code = 0
             except BaseException:  # a job must never return into the server's loop
                 log.exception("background job %s failed before its callback could report", token)
@@ -240,10 +249,10 @@ class JobServer:
             kill_tree(pid)
         log.info("job %s started in the %s lane (pid %d)", token[:8], lane, pid)
 
-    def _run_job(self, payload: bytes) -> None:
+    def _run_job(self, lane: str, payload: bytes) -> None:
         self._become_child()
         os.nice(JOB_NICENESS)
-        threads = self.config.job_threads
+        threads = self.config.job_threads(lane)
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(threads)
@@ -386,6 +395,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="The dashboard's job server (started by dinoscope serve).")
     parser.add_argument("--cache-dir", type=Path, required=True)
     parser.add_argument("--slots", type=int, default=1)
+    parser.add_argument("--index-slots", type=int, default=1)
     parser.add_argument("--preload", default=",".join(PRELOADS))
     options = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get(LOG_LEVEL_ENV, "INFO"), format=LOG_FORMAT)
@@ -393,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
 
     preload = tuple(name for name in options.preload.split(",") if name)
     config = JobServerConfig(options.cache_dir.resolve(), resolve_url(os.environ.get(DB_ENV)), options.slots,
-                             preload)
+                             preload, options.index_slots)
     JobServer(config).serve()
 
 

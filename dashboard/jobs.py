@@ -2,7 +2,7 @@
 
 With the diskcache manager, a web process never forks: it puts the job on the job board in the cache folder and
 the one job server of that folder (dashboard.job_server) runs it, at most `slots` at a time in each lane (one per
-kind of job), the others waiting in order. While a job waits, its page is told where it stands (the job server warming up, or
+kind of job; the indexing lane has slots of its own), the others waiting in order. While a job waits, its page is told where it stands (the job server warming up, or
 its place in the queue) in the callback's progress output.
 
 With Celery, the web processes only queue the callbacks' JSON arguments in Redis; `dinoscope worker` builds the
@@ -84,12 +84,14 @@ class JobServerManager(DiskcacheManager):
 @dataclass(frozen=True)
 class JobManagers:
     """The managers of an app's background callbacks, one per lane of the job server: t-SNE and UMAP (minutes at
-    100,000 images), DBSCAN and Ward of a sample (seconds), and uploads (under a second), so that a quick job never
-    waits behind a slow one. With Celery, one manager serves all three."""
+    100,000 images), DBSCAN and Ward of a sample (seconds), uploads (under a second) and index runs of image sets
+    (minutes, and a model each), so that a quick job never waits behind a slow one. With Celery, one manager serves
+    them all."""
 
     projections: object
     clusterings: object
     uploads: object
+    indexing: object
 
 
 def background_managers(settings) -> JobManagers:
@@ -97,14 +99,15 @@ def background_managers(settings) -> JobManagers:
     process shares."""
     if settings.celery_url:
         manager = CeleryManager(celery_app(settings.celery_url))
-        return JobManagers(manager, manager, manager)
+        return JobManagers(*(manager for _lane in LANES))
     config = job_server_config(settings)
     cache = FolderCache(str(settings.cache_dir / "background"))
     return JobManagers(*(JobServerManager(cache, config, lane) for lane in LANES))
 
 
 def job_server_config(settings) -> JobServerConfig:
-    return JobServerConfig(settings.cache_dir, settings.db_url, settings.job_slots, settings.preload)
+    return JobServerConfig(settings.cache_dir, settings.db_url, settings.job_slots, settings.preload,
+                           settings.index_slots)
 
 
 def celery_app(url: str) -> Celery:

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dashboard.framing import DEFAULT_FRAME_ANCESTORS
-from db.engine import DB_ENV, resolve_url
+from db.engine import DB_ENV, default_uploads_dir, resolve_url
+from indexer.index_job import ServerModel
 
 CACHE_DIR_ENV = "DINOSCOPE_CACHE_DIR"
 SECRET_ENV = "DINOSCOPE_SECRET_KEY"
@@ -21,6 +22,14 @@ LOGIN_LIMITS_USER_ENV = "DINOSCOPE_LOGIN_LIMITS_USER"
 LOGIN_CHECKS_ENV = "DINOSCOPE_LOGIN_CHECKS"
 TRUSTED_PROXIES_ENV = "DINOSCOPE_TRUSTED_PROXIES"
 FRAME_ANCESTORS_ENV = "DINOSCOPE_FRAME_ANCESTORS"
+ALLOW_UPLOADS_ENV = "DINOSCOPE_ALLOW_UPLOADS"
+UPLOADS_DIR_ENV = "DINOSCOPE_UPLOADS_DIR"
+INDEX_SLOTS_ENV = "DINOSCOPE_INDEX_SLOTS"
+MODEL_ENV = "DINOSCOPE_MODEL"
+WEIGHTS_ENV = "DINOSCOPE_WEIGHTS"
+RANDOM_WEIGHTS_ENV = "DINOSCOPE_RANDOM_WEIGHTS"
+IMAGE_SIZE_ENV = "DINOSCOPE_IMAGE_SIZE"
+_TRUE = ("1", "true", "yes", "on")
 # What the job server warms up before its first job: UMAP and t-SNE; torch, timm and the newest upload models.
 PRELOADS = ("projections", "models")
 PRELOAD_ENV = "DINOSCOPE_PRELOAD"
@@ -62,6 +71,33 @@ class LoginSettings:
                    checks or int(os.environ.get(LOGIN_CHECKS_ENV) or cls.checks))
 
 
+def server_model_from_env(name: str | None = None, weights: str | Path | None = None,
+                          random_weights: bool | None = None, image_size: int | None = None) -> ServerModel:
+    """The model the dashboard indexes image sets with: as given, else from the environment (as `serve` reads it
+    under a WSGI server, and `dinoscope worker` for the runs it does)."""
+    weights = weights or os.environ.get(WEIGHTS_ENV)
+    if random_weights is None:
+        random_weights = os.environ.get(RANDOM_WEIGHTS_ENV, "").strip().lower() in _TRUE
+    return ServerModel(name or os.environ.get(MODEL_ENV) or None,
+                       Path(weights).expanduser().resolve() if weights else None, random_weights,
+                       image_size or int(os.environ.get(IMAGE_SIZE_ENV) or 0) or None)
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    """Whether users may add image sets from the browser, and where their files go (absolute)."""
+
+    allowed: bool = False
+    folder: Path | None = None  # None: dashboard.settings.Settings puts it by the database
+
+    @classmethod
+    def from_env(cls, db_url: str, allowed: bool | None = None, folder: str | Path | None = None) -> UploadSettings:
+        if allowed is None:
+            allowed = os.environ.get(ALLOW_UPLOADS_ENV, "").strip().lower() in _TRUE
+        folder = folder or os.environ.get(UPLOADS_DIR_ENV) or default_uploads_dir(db_url)
+        return cls(allowed, Path(folder).expanduser().resolve())
+
+
 @dataclass(frozen=True)
 class Settings:
     db_url: str
@@ -75,19 +111,32 @@ class Settings:
     job_slots: int = 1  # background jobs running at once per lane of the job server (diskcache manager)
     preload: tuple[str, ...] = field(default_factory=preloads_from_env)
     frame_ancestors: str = DEFAULT_FRAME_ANCESTORS  # the pages that may frame the dashboard (dashboard.framing)
+    uploads: UploadSettings = UploadSettings()
+    index_model: ServerModel = field(default_factory=ServerModel)  # what image sets are indexed with (indexer.index_job)
+    index_slots: int = 1  # index runs at once in the job server's indexing lane (heavy: one or two)
+
+    def __post_init__(self) -> None:
+        if self.uploads.folder is None:
+            object.__setattr__(self, "uploads", UploadSettings(self.uploads.allowed,
+                                                               default_uploads_dir(self.db_url).resolve()))
 
     @classmethod
     def from_env(cls, db: str | None = None, cache_dir: str | Path | None = None, celery_url: str | None = None,
                  users_file: str | Path | None = None, job_slots: int | None = None,
                  login: LoginSettings | None = None, trusted_proxies: int | None = None,
-                 frame_ancestors: str | None = None) -> Settings:
+                 frame_ancestors: str | None = None, uploads: UploadSettings | None = None,
+                 index_model: ServerModel | None = None, index_slots: int | None = None) -> Settings:
         cache = cache_dir or os.environ.get(CACHE_DIR_ENV) or Path(tempfile.gettempdir()) / "dinoscope-cache"
         users = users_file or os.environ.get(USERS_FILE_ENV)
-        return cls(resolve_url(db or os.environ.get(DB_ENV)), Path(cache).expanduser().resolve(),
+        db_url = resolve_url(db or os.environ.get(DB_ENV))
+        return cls(db_url, Path(cache).expanduser().resolve(),
                    os.environ.get(SECRET_ENV), celery_url=celery_url or os.environ.get(CELERY_ENV) or None,
                    users_file=Path(users).expanduser().resolve() if users else None,
                    job_slots=job_slots or int(os.environ.get(JOB_SLOTS_ENV) or default_job_slots()),
                    login=login or LoginSettings.from_env(),
                    trusted_proxies=trusted_proxies if trusted_proxies is not None
                    else int(os.environ.get(TRUSTED_PROXIES_ENV) or 0),
-                   frame_ancestors=frame_ancestors or os.environ.get(FRAME_ANCESTORS_ENV) or DEFAULT_FRAME_ANCESTORS)
+                   frame_ancestors=frame_ancestors or os.environ.get(FRAME_ANCESTORS_ENV) or DEFAULT_FRAME_ANCESTORS,
+                   uploads=uploads or UploadSettings.from_env(db_url),
+                   index_model=index_model or server_model_from_env(),
+                   index_slots=index_slots or int(os.environ.get(INDEX_SLOTS_ENV) or 1))

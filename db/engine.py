@@ -47,6 +47,15 @@ def default_database_path() -> Path:
     return Path(data_home) / "dinoscope" / "dinoscope.db"
 
 
+def default_uploads_dir(url: str) -> Path:
+    """Where image sets uploaded to the dashboard go unless told: an `uploads` folder beside a SQLite database file,
+    else one in the data folder ($XDG_DATA_HOME/dinoscope)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return Path(parsed.database).parent / "uploads"
+    return default_database_path().parent / "uploads"
+
+
 def resolve_url(db: str | None) -> str:
     """A SQLAlchemy URL from `--db`: a URL as given, a file path as SQLite, nothing as $DINOSCOPE_DB or the default."""
     db = db or os.environ.get(DB_ENV) or str(default_database_path())

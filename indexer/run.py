@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from db.mutations import (
 )
 from db.queries import dataset_by_id, find_dataset, image_with_content, stored_images
 from db.records import DatasetProvenance
-from db.runs import count_run_changes, end_run, mark_abandoned_runs, start_run
+from db.runs import check_no_run_in_progress, count_run_changes, end_run, start_run
 from db.schema import Dataset
 from indexer.embed import embed_files
 from indexer.model import (
@@ -106,6 +107,20 @@ class IndexSummary:
         return self.embedded / self.embedding_seconds if self.embedding_seconds else 0.0
 
 
+@dataclass(frozen=True)
+class IndexProgress:
+    """How far a run has got through the images it embeds: reported once they are planned (none done yet), then
+    after each batch has committed."""
+
+    done: int
+    total: int
+    images_per_second: float = 0.0  # since the first batch was asked for
+    seconds_left: float | None = None  # None until a batch has given a rate
+
+
+ProgressCallback = Callable[[IndexProgress], None]
+
+
 @dataclass
 class Changes:
     """What one transaction does to the dataset: counted into the run's row in that same transaction, and into
@@ -129,7 +144,11 @@ class Changes:
         summary.failures.extend(self.failures)
 
 
-def index_folder(database: Database, request: IndexRequest, *, show_progress: bool = True) -> IndexSummary:
+def index_folder(database: Database, request: IndexRequest, *, show_progress: bool = True,
+                 progress: ProgressCallback | None = None) -> IndexSummary:
+    """Index the request's folder into its dataset. Refused (RunInProgress) while another run over the same files
+    of the dataset (the whole folder, or the same shard) is running; shards of one job run together. `progress`
+    is told how far the embedding has got (IndexProgress), after each batch."""
     started = time.perf_counter()
     folder = request.folder.resolve()
     scan = _scan(folder, request.folder)
@@ -137,6 +156,9 @@ def index_folder(database: Database, request: IndexRequest, *, show_progress: bo
 
     with database.session() as session:
         dataset = find_dataset(session, request.dataset_name)
+        if dataset is not None:  # told before hashing and loading the model; checked again as the run starts
+            check_no_run_in_progress(session, dataset.id, socket.gethostname(), _process_alive,
+                                     _overlapping(request.shard))
         model_name, weights, image_size = _model_request(dataset, request, folder)
         stored = stored_images(session, dataset.id) if dataset else {}
     _check_something_is_there(scan, stored, folder, request.dataset_name)
@@ -155,9 +177,9 @@ def index_folder(database: Database, request: IndexRequest, *, show_progress: bo
         if dataset is None:
             dataset = _create_or_join_dataset(session, request, folder, loaded, precision)
         dataset_id = dataset.id
-        mark_abandoned_runs(session, dataset_id, socket.gethostname(), _process_alive)
         run_id = start_run(session, dataset_id, socket.gethostname(), os.getpid(),
-                           _run_options(request, model_name, image_size, device, precision))
+                           _run_options(request, model_name, image_size, device, precision),
+                           alive=_process_alive, overlaps=_overlapping(request.shard))
         reduction = PatchReduction(session, dataset)
     log.info("run %d of dataset %r started on %s: %d image files found, %d to embed on %s in %s, %d to remove",
              run_id, request.dataset_name, folder, len(scan.found), sum(len(job.targets) for job in plan.embed),
@@ -167,11 +189,13 @@ def index_folder(database: Database, request: IndexRequest, *, show_progress: bo
     for note in summary.notes:
         log.warning("run %d: %s", run_id, note)
 
+    report = progress or (lambda _progress: None)
+    report(IndexProgress(0, len(plan.embed)))
     try:
         _apply_changes_without_model(database, dataset_id, run_id, plan, summary)
         if plan.embed:
             _embed_and_store(database, dataset_id, run_id, plan, loaded, device, precision, request, reduction,
-                             summary, show_progress)
+                             summary, show_progress, report)
     except BaseException as error:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         summary.seconds = time.perf_counter() - started
@@ -317,6 +341,21 @@ def _run_options(request: IndexRequest, model: str, image_size: int, device: tor
             "device": str(device), "precision": precision, "shard": str(request.shard)}
 
 
+def _overlapping(shard: Shard) -> Callable[[dict], bool]:
+    """Whether a run with these options indexes files this run's shard indexes too: a run of the whole folder
+    meets every run, shards of one split (N) meet only the same shard, and splits into different numbers of shards
+    share files."""
+
+    def overlaps(options: dict) -> bool:
+        try:
+            other = Shard.parse(options.get("shard", str(WHOLE_FOLDER)))
+        except ValueError:
+            return True
+        return shard.whole or other.whole or other.count != shard.count or other.number == shard.number
+
+    return overlaps
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -361,8 +400,9 @@ def _apply_changes_without_model(database: Database, dataset_id: int, run_id: in
 
 def _embed_and_store(database: Database, dataset_id: int, run_id: int, plan: IndexPlan, loaded: LoadedModel,
                      device: torch.device, precision: str, request: IndexRequest, reduction: PatchReduction,
-                     summary: IndexSummary, show_progress: bool) -> None:
+                     summary: IndexSummary, show_progress: bool, report: ProgressCallback) -> None:
     embedding_started = time.perf_counter()
+    done = 0
     batches = reduction.held_back(embed_files([job.path for job in plan.embed], loaded, device, precision,
                                               request.batch_size, request.workers))
     with tqdm(total=len(plan.embed), desc="embedding", unit="img", disable=not show_progress) as progress:
@@ -387,8 +427,15 @@ def _embed_and_store(database: Database, dataset_id: int, run_id: int, plan: Ind
             changes.count_into(summary)
             summary.embedded += sum(1 for result in batch if result.content is not None)
             progress.update(len(batch))
+            done += len(batch)
+            report(_progress(done, len(plan.embed), time.perf_counter() - embedding_started))
             hold("index-batch-committed")
     summary.embedding_seconds = time.perf_counter() - embedding_started
+
+
+def _progress(done: int, total: int, seconds: float) -> IndexProgress:
+    rate = done / seconds if seconds > 0 else 0.0
+    return IndexProgress(done, total, rate, (total - done) / rate if rate else None)
 
 
 def _finish_run(database: Database, run_id: int, summary: IndexSummary, status: str) -> None:

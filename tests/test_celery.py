@@ -21,9 +21,11 @@ LIST_TASKS = ("from dashboard.celery_app import app; "
 def test_the_settings_choose_the_managers(tmp_path, redis_url):
     managers = jobs.background_managers(Settings("sqlite:///x.db", tmp_path))
     assert all(isinstance(manager, jobs.JobServerManager) for manager in vars(managers).values())
-    assert [manager.lane for manager in vars(managers).values()] == ["projections", "clusterings", "uploads"]
+    assert [manager.lane for manager in vars(managers).values()] == ["projections", "clusterings", "uploads",
+                                                                      "indexing"]
     celery = jobs.background_managers(Settings("sqlite:///x.db", tmp_path, celery_url=redis_url))
-    assert isinstance(celery.projections, CeleryManager) and celery.uploads is celery.clusterings is celery.projections
+    assert isinstance(celery.projections, CeleryManager)
+    assert celery.indexing is celery.uploads is celery.clusterings is celery.projections
     assert celery.projections.handle.conf.broker_url == redis_url
     assert celery.projections.handle.conf.worker_prefetch_multiplier == 1
 

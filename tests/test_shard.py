@@ -176,7 +176,8 @@ def test_only_runs_of_dead_processes_on_this_host_are_marked_interrupted(photos,
         dataset_id = session.scalar(select(Dataset.id))
         ids = {}
         for name, (host, pid) in runs.items():
-            run = IndexRun(dataset_id=dataset_id, host=host, pid=pid, options={})
+            # shard 2/2, as a run records its shard: the run of shard 1/2 below may go on beside them
+            run = IndexRun(dataset_id=dataset_id, host=host, pid=pid, options={"shard": "2/2"})
             session.add(run)
             session.flush()
             ids[name] = run.id
