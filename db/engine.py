@@ -296,7 +296,8 @@ def _upgrade_schema(database: Database) -> None:
             version += 1
         if version != found:
             session.execute(update(SchemaInfo).values(version=version))
-            log.warning("upgraded database %s from schema %d to %d", display_url(database.url), found, version)
+    if version != found:
+        log.warning("upgraded database %s from schema %d to %d", display_url(database.url), found, version)
 
 
 def _check_schema(database: Database) -> None:

@@ -105,6 +105,7 @@ def test_a_version_2_database_is_read_as_is_and_upgraded_in_place_by_the_first_w
     with reader.session() as session:
         older = dataset_by_name(session, "older")
         assert uploaded_set(session, older) is None and dataset_summaries(session)[0].uploaded_set is None
+    assert "older: 0 images from /photos  [RANDOM" in run_cli("datasets", "--db", db_url).output
     assert _state(url) == ([2], False, ["older"])  # readers change nothing
 
     writer = open_database(db_url)
