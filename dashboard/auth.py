@@ -1,7 +1,8 @@
 """Optional login: HTTP basic authentication against a users file of password hashes.
 
-The users file holds one `user:hash` line per user, the hash from werkzeug (scrypt or pbkdf2, written by
-`dinoscope users add`); blank lines and lines starting with # are skipped. Plain passwords are refused. Once
+The users file holds one `user:hash:role` line per user, the hash from werkzeug (scrypt or pbkdf2, written by
+`dinoscope users add`) and the role one of dashboard.roles (a line without one, as files before roles were written,
+is a DEFAULT_ROLE's); blank lines and lines starting with # are skipped. Plain passwords are refused. Once
 installed, every route needs credentials (pages, callbacks, background-callback polling, assets, thumbnails)
 except the health check, which load balancers call without any. A single sign-on scheme (dash_auth.OIDCAuth)
 would be installed by `protect` in the same way.
@@ -11,6 +12,8 @@ wait for a check); an unknown user name costs as long as a wrong password (a dum
 failed logins are counted per client address and per user name, and past their limits a login is refused with 429
 before any check (dashboard.login_limits); and only a few checks run at once in a process
 (dashboard.password_checks). Failed logins are logged with the user name and the client's address.
+
+A request's pages and callbacks learn who made it, and their role, from `current_user()`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import secrets
 import stat
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import flask
@@ -35,6 +39,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from dashboard.login_limits import LoginLimits
 from dashboard.password_checks import PasswordChecks
+from dashboard.roles import DEFAULT_ROLE, LOCAL_USER, ROLES, Visitor
 from dashboard.settings import LoginSettings
 from db.errors import DinoscopeError
 
@@ -44,50 +49,65 @@ HASH_METHODS = ("scrypt", "pbkdf2")
 BUSY_PAGE = ('<!doctype html><meta http-equiv="refresh" content="1"><title>dinoscope</title>'
              "<p>The server is busy checking other logins: this page tries again in a second.</p>")
 _LOGGED_IN = "login"  # the session cookie's entry: the proof of the credentials its browser logged in with
+_ROLES = "dinoscope-roles"  # the Flask app's extension of a server with login: {user: role}
 
 
 class UsersFileError(DinoscopeError):
     """A users file that cannot be used; the message names the file (and the line)."""
 
 
-def read_users(path: Path) -> dict[str, str]:
-    """The users file as {user: password hash}."""
+@dataclass(frozen=True)
+class User:
+    """A user's line of the users file."""
+
+    password_hash: str
+    role: str = DEFAULT_ROLE
+
+
+def read_users(path: Path) -> dict[str, User]:
+    """The users file as {user name: User}."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise UsersFileError(f"cannot read users file {path}: {getattr(error, 'strerror', None) or error}") from None
-    users: dict[str, str] = {}
+    users: dict[str, User] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        user, _, password_hash = line.partition(":")
-        if not user or not password_hash:
-            raise UsersFileError(f"{path}, line {number}: expected USER:HASH (write it with "
+        user, _, rest = line.partition(":")
+        if not user or not rest:
+            raise UsersFileError(f"{path}, line {number}: expected USER:HASH[:ROLE] (write it with "
                                  f"`dinoscope users add {path} USER`)")
+        password_hash, role = _hash_and_role(rest)
         if not _is_password_hash(password_hash):
             raise UsersFileError(f"{path}, line {number}: the password of {user!r} is not a werkzeug hash "
                                  f"(plain passwords are not accepted): set it with `dinoscope users add {path} {user}`")
+        if role not in ROLES:
+            raise UsersFileError(f"{path}, line {number}: unknown role {role!r} of {user!r} (roles: "
+                                 f"{', '.join(ROLES)}): set it with `dinoscope users add {path} {user} --role ROLE`")
         if user in users:
             raise UsersFileError(f"{path}, line {number}: user {user!r} appears twice")
-        users[user] = password_hash
+        users[user] = User(password_hash, role)
     if not users:
         raise UsersFileError(f"users file {path} has no users: add one with `dinoscope users add {path} USER`")
     return users
 
 
-def add_user(path: Path, user: str, password: str) -> bool:
-    """Add `user` to the users file (created if missing, readable by its owner only), or change their password.
-    Returns whether the user was new."""
+def add_user(path: Path, user: str, password: str, role: str | None = None) -> bool:
+    """Add `user` to the users file (created if missing, readable by its owner only) with `role` (None: the default
+    role), or change their password and, if given, their role. Returns whether the user was new."""
     if not user or ":" in user or any(c.isspace() for c in user):
         raise UsersFileError(f"user name {user!r}: use a non-empty name without colons or spaces")
     if not password:
         raise UsersFileError("the password is empty")
+    if role is not None and role not in ROLES:
+        raise UsersFileError(f"unknown role {role!r} (roles: {', '.join(ROLES)})")
     path = Path(path)
     users = read_users(path) if path.exists() and path.read_bytes().strip() else {}
     new = user not in users
-    users[user] = generate_password_hash(password)
-    text = "".join(f"{name}:{password_hash}\n" for name, password_hash in users.items())
+    users[user] = User(generate_password_hash(password), role or (DEFAULT_ROLE if new else users[user].role))
+    text = "".join(f"{name}:{entry.password_hash}:{entry.role}\n" for name, entry in users.items())
     # Written beside the old file and renamed over it: a reader never sees half a file.
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
     try:
@@ -102,11 +122,23 @@ def add_user(path: Path, user: str, password: str) -> bool:
     return new
 
 
-def protect(app: Dash, users: dict[str, str], public_path: str, login: LoginSettings,
+def protect(app: Dash, users: dict[str, User], public_path: str, login: LoginSettings,
             redis_url: str | None = None) -> None:
     """Ask for a user and password on every route of `app` except `public_path`, holding guessers back as `login`
     says (failures counted in the Redis of `redis_url`, else in this process)."""
-    _HashedBasicAuth(app, users, public_path, LoginLimits(login, redis_url), PasswordChecks(login.checks))
+    app.server.extensions[_ROLES] = {name: user.role for name, user in users.items()}
+    hashes = {name: user.password_hash for name, user in users.items()}
+    _HashedBasicAuth(app, hashes, public_path, LoginLimits(login, redis_url), PasswordChecks(login.checks))
+
+
+def current_user() -> Visitor | None:
+    """Who made the current request, with their role: the user it logged in as on a server with a users file (None
+    for a request that needs no login, the health check), the local user (None, admin) on a server without one."""
+    roles = flask.current_app.extensions.get(_ROLES)
+    if roles is None:
+        return LOCAL_USER
+    user = flask.g.get("dinoscope_user")
+    return None if user is None else Visitor(user, roles[user])
 
 
 class _HashedBasicAuth(BasicAuth):
@@ -141,12 +173,14 @@ class _HashedBasicAuth(BasicAuth):
         # right password: otherwise a locked-out guesser would still learn when it guessed.
         proof = self._proof(user, password)
         if hmac.compare_digest(flask.session.get(_LOGGED_IN, ""), proof):
+            flask.g.dinoscope_user = user  # whose credentials this request passed with
             return True
         self._refuse_if_locked_out(user)
         digest = hmac.new(self._digest_key, password.encode(), hashlib.sha256).digest()
         passed = self._recognised(user, digest) or self._check(user, password, digest)
         if passed:
             flask.session[_LOGGED_IN] = proof
+            flask.g.dinoscope_user = user
         return passed
 
     def _proof(self, user: str, password: str) -> str:
@@ -201,6 +235,15 @@ class _HashedBasicAuth(BasicAuth):
 
 def _client_address() -> str:
     return flask.request.remote_addr or "an unknown address"
+
+
+def _hash_and_role(text: str) -> tuple[str, str]:
+    """A line's hash and role from what follows its user name: a hash's last part (after its last $) holds no colon,
+    so a colon after it starts the role; a line without one has the default role."""
+    password_hash, colon, role = text.rpartition(":")
+    if not colon or "$" in role:
+        return text, DEFAULT_ROLE
+    return password_hash, role
 
 
 def _commonest_method(users: dict[str, str]) -> str:

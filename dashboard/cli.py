@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from dashboard.roles import DEFAULT_ROLE, ROLES
 from dashboard.settings import (
     ALLOW_UPLOADS_ENV,
     CACHE_DIR_ENV,
@@ -223,13 +224,17 @@ def users():
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("user")
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
-def users_add(file, user, password_stdin):
+@click.option("--role", type=click.Choice(ROLES), show_default=f"{DEFAULT_ROLE} for a new user, else unchanged",
+              help="What the user may do with image sets: admin adds sets and removes any, student adds sets and "
+                   "removes their own, viewer only browses.")
+def users_add(file, user, password_stdin, role):
     """Add USER to FILE (created if missing), or change their password. Only a hash of the password is stored."""
-    from dashboard.auth import add_user
+    from dashboard.auth import add_user, read_users
 
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt("password", hide_input=True, confirmation_prompt=True)
-    new = add_user(file, user, password)
-    click.echo(f"{'added' if new else 'changed the password of'} {user!r} in {file}")
+    new = add_user(file, user, password, role)
+    role = read_users(file)[user].role
+    click.echo(f"{'added' if new else 'changed the password of'} {user!r} ({role}) in {file}")

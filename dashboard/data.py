@@ -31,7 +31,7 @@ from db.queries import (
     read_embeddings,
     thumbnail,
 )
-from db.schema import Dataset
+from db.schema import Dataset, UploadedSet
 
 log = logging.getLogger(__name__)
 PATH_SEPARATOR = "\0"  # the one character no file path holds
@@ -52,6 +52,9 @@ class Provenance:
     last_indexed: datetime | None
     generation: int
     synthetic: bool = False  # written by `dinoscope synthetic`, never indexed
+    # Of a dataset added from the browser: its set in the uploads folder, and who added it (None without login).
+    uploaded_set: str | None = None
+    owner: str | None = None
 
     @property
     def random_weights(self) -> bool:
@@ -146,7 +149,7 @@ class DatasetStore:
             if kept is not None and kept[0] == state:
                 return kept[1]
             found = [_provenance(summary.dataset, summary.image_count,
-                                 summary.last_run.finished_at if summary.last_run else None)
+                                 summary.last_run.finished_at if summary.last_run else None, summary.uploaded_set)
                      for summary in dataset_summaries(session)]
         self._provenances = (state, found)
         return found
@@ -194,11 +197,13 @@ class DatasetStore:
                            arrays["embeddings"], arrays["norms"], arrays["reduced"])
 
 
-def _provenance(dataset: Dataset, image_count: int, last_indexed: datetime | None) -> Provenance:
+def _provenance(dataset: Dataset, image_count: int, last_indexed: datetime | None,
+                uploaded: UploadedSet | None) -> Provenance:
     return Provenance(dataset.name, dataset.model_name, dataset.weights_kind, dataset.weights_identity,
                       dataset.image_size, (dataset.grid_height, dataset.grid_width), dataset.embed_dim,
                       dataset.precision, image_count, last_indexed, dataset.generation,
-                      bool((dataset.preprocessing or {}).get("synthetic")))
+                      bool((dataset.preprocessing or {}).get("synthetic")),
+                      uploaded.set_id if uploaded else None, uploaded.owner if uploaded else None)
 
 
 def _build_shared(session, dataset: Dataset, key: MatrixKey, folder: Path) -> SharedContent:

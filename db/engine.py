@@ -4,6 +4,10 @@ A `Database` is cheap to create and makes its engine lazily in each process (an 
 `fork()`, and background jobs are forked). SQLite writers use WAL so readers keep reading while the indexer
 writes; readers open the file read-only. On PostgreSQL every reader session is one read-only snapshot
 (REPEATABLE READ), so a page never mixes two generations of a dataset while indexers write.
+
+A file of an older schema version that dinoscope knows how to upgrade is upgraded in place by the first writer that
+opens it. An upgrade only adds tables, so until then a reader reads it as the upgraded file without them (a
+dashboard keeps serving a file that `dinoscope index` has not opened since dinoscope was upgraded).
 """
 
 from __future__ import annotations
@@ -14,11 +18,11 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, func, inspect, make_url, select
+from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, make_url, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,7 +35,7 @@ from db.errors import (
     NotADinoscopeDatabase,
     SchemaMismatch,
 )
-from db.schema import SCHEMA_VERSION, Base, SchemaInfo
+from db.schema import SCHEMA_VERSION, SCHEMA_VERSION_INFO, Base, SchemaInfo, UploadedSet
 
 log = logging.getLogger(__name__)
 DB_ENV = "DINOSCOPE_DB"
@@ -89,6 +93,7 @@ class Database:
         on_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
         self._file = Path(parsed.database) if on_file else None
         self.identity: tuple[int, int] | None = None  # the SQLite file the engine was opened on (device, inode)
+        self.schema_version = SCHEMA_VERSION  # older where a reader opened a file no writer has upgraded yet
         self._reopening = threading.Lock()
 
     def __repr__(self) -> str:
@@ -126,6 +131,7 @@ class Database:
             self._check_file()
         try:
             with self._sessions.begin() as session:
+                session.info[SCHEMA_VERSION_INFO] = self.schema_version
                 yield session
         except OperationalError as error:
             raise DatabaseUnreachable(f"database {display_url(self.url)}: {_first_line(error.orig)}") from error
@@ -277,6 +283,32 @@ def _create_schema(database: Database) -> None:
             session.add(SchemaInfo(version=SCHEMA_VERSION))
 
 
+def _add_uploaded_sets(connection: Connection) -> None:
+    UploadedSet.__table__.create(connection)
+
+
+# What turns a file of each older version into the next version's, in the upgrading writer's transaction: it only
+# adds tables (see the module's docstring).
+_UPGRADES: dict[int, Callable[[Connection], None]] = {2: _add_uploaded_sets}
+
+
+def _upgrade_schema(database: Database) -> None:
+    """Upgrade an older file in place, once however many writers open it at the same moment: every step and the new
+    version in one transaction, which holds the lock that _create_schema takes and looks at the version again."""
+    with database.session() as session:
+        connection = session.connection()
+        if not database.is_sqlite:
+            connection.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
+        found = version = session.scalar(select(SchemaInfo.version))
+        while version in _UPGRADES:
+            _UPGRADES[version](connection)
+            version += 1
+        if version != found:
+            session.execute(update(SchemaInfo).values(version=version))
+    if version != found:
+        log.warning("upgraded database %s from schema %d to %d", display_url(database.url), found, version)
+
+
 def _check_schema(database: Database) -> None:
     where = display_url(database.url)
     try:
@@ -295,8 +327,18 @@ def _check_schema(database: Database) -> None:
         if database.readonly:
             raise NotADinoscopeDatabase(f"{where} holds no dinoscope data yet: run `dinoscope index` into it first")
         _create_schema(database)
+    database.schema_version = SCHEMA_VERSION
     with database.session() as session:
         versions = session.scalars(select(SchemaInfo.version)).all()
+    if len(versions) == 1 and versions[0] in _UPGRADES:
+        if database.readonly:
+            database.schema_version = versions[0]
+            log.info("database %s has schema %d: the next writer to open it upgrades it to %d", where, versions[0],
+                     SCHEMA_VERSION)
+            return
+        _upgrade_schema(database)
+        with database.session() as session:
+            versions = session.scalars(select(SchemaInfo.version)).all()
     if versions != [SCHEMA_VERSION]:
         found = max(versions) if versions else None
         if found is not None and found > SCHEMA_VERSION:

@@ -14,7 +14,7 @@ from db.arrays import encode_array
 from db.patch_pca import PatchPca
 from db.queries import EMBEDDING_DTYPE, PATCH_BASIS_DTYPE, PATCH_GRID_DTYPE, patch_pca, stored_patch_grid
 from db.records import DatasetProvenance, FileFacts, ImageContent, JpegImage
-from db.schema import Dataset, Embedding, Image, PatchBasis, PatchGrid, Thumbnail, utcnow
+from db.schema import Dataset, Embedding, Image, PatchBasis, PatchGrid, Thumbnail, UploadedSet, utcnow
 
 
 def create_dataset(session: Session, provenance: DatasetProvenance) -> Dataset | None:
@@ -27,6 +27,15 @@ def create_dataset(session: Session, provenance: DatasetProvenance) -> Dataset |
     except IntegrityError:
         return None
     return dataset
+
+
+def record_uploaded_set(session: Session, dataset: Dataset, set_id: str, owner: str | None) -> UploadedSet:
+    """Record that `dataset` was added from the browser by `owner` (None on a server without login), its files in
+    the uploads folder's set `set_id`. A dataset has one set: recording a second raises ConflictingWrite."""
+    uploaded = UploadedSet(dataset_id=dataset.id, set_id=set_id, owner=owner)
+    session.add(uploaded)
+    session.flush()
+    return uploaded
 
 
 def add_image(session: Session, dataset: Dataset, facts: FileFacts, content: ImageContent) -> Image:

@@ -6,13 +6,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
 from db.arrays import decode_array
 from db.errors import CorruptArray, DatasetNotFound
 from db.patch_pca import PatchPca
-from db.schema import Dataset, Embedding, Image, IndexRun, PatchBasis, PatchGrid, Thumbnail
+from db.schema import (
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_INFO,
+    Dataset,
+    Embedding,
+    Image,
+    IndexRun,
+    PatchBasis,
+    PatchGrid,
+    Thumbnail,
+    UploadedSet,
+)
 
 EMBEDDING_DTYPE = "<f4"
 PATCH_GRID_DTYPE = "<f2"
@@ -44,6 +55,7 @@ class DatasetSummary:
     image_count: int
     last_run: IndexRun | None
     patch_basis: PatchBasisFacts | None = None  # None for full grids, or while a reduced dataset has no basis yet
+    uploaded_set: UploadedSet | None = None  # None for a dataset indexed from the command line
 
 
 @dataclass(frozen=True)
@@ -92,16 +104,43 @@ def datasets_newest_first(session: Session) -> list[Dataset]:
 
 
 def dataset_summaries(session: Session) -> list[DatasetSummary]:
-    """Every dataset in name order, with its image count, its newest run and its basis: four statements however
-    many datasets there are."""
+    """Every dataset in name order, with its image count, its newest run, its basis and its uploaded set: four
+    statements however many datasets there are."""
     counts = dict(session.execute(select(Image.dataset_id, func.count()).group_by(Image.dataset_id)).all())
     bases = {row.dataset_id: PatchBasisFacts(row.fitted_images, row.fitted_tokens, row.explained_variance)
              for row in session.execute(select(PatchBasis.dataset_id, PatchBasis.fitted_images,
                                                PatchBasis.fitted_tokens, PatchBasis.explained_variance))}
     newest = select(func.max(IndexRun.id)).group_by(IndexRun.dataset_id)
     last_runs = {run.dataset_id: run for run in session.scalars(select(IndexRun).where(IndexRun.id.in_(newest)))}
-    return [DatasetSummary(dataset, counts.get(dataset.id, 0), last_runs.get(dataset.id), bases.get(dataset.id))
-            for dataset in session.scalars(select(Dataset).order_by(Dataset.name))]
+    if _holds_uploaded_sets(session):
+        datasets = session.execute(select(Dataset, UploadedSet).outerjoin(UploadedSet).order_by(Dataset.name)).all()
+    else:
+        datasets = [(dataset, None) for dataset in session.scalars(select(Dataset).order_by(Dataset.name))]
+    return [DatasetSummary(dataset, counts.get(dataset.id, 0), last_runs.get(dataset.id), bases.get(dataset.id),
+                           uploaded)
+            for dataset, uploaded in datasets]
+
+
+def uploaded_set(session: Session, dataset: Dataset) -> UploadedSet | None:
+    """Where the files of a dataset added from the browser are and who added it; None for one indexed from the
+    command line."""
+    return uploaded_sets(session, [dataset.id]).get(dataset.id)
+
+
+def uploaded_sets(session: Session, dataset_ids: list[int]) -> dict[int, UploadedSet]:
+    """The uploaded sets of those of these datasets that were added from the browser, by dataset id, in one
+    statement."""
+    if not dataset_ids or not _holds_uploaded_sets(session):
+        return {}
+    found = session.scalars(select(UploadedSet).where(UploadedSet.dataset_id.in_(dataset_ids)))
+    return {row.dataset_id: row for row in found}
+
+
+def _holds_uploaded_sets(session: Session) -> bool:
+    """Whether the database has the uploaded_sets table: a file of this schema version does; a reader of an older
+    file looks, as a writer may have upgraded it since the reader opened it (db.engine)."""
+    return (session.info.get(SCHEMA_VERSION_INFO, SCHEMA_VERSION) == SCHEMA_VERSION
+            or inspect(session.connection()).has_table(UploadedSet.__tablename__))
 
 
 def dataset_generations(session: Session) -> dict[str, int]:

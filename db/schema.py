@@ -28,8 +28,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from db.arrays import decode_array, encode_array
 
-# Bump whenever a table or column changes meaning; db.engine refuses files written with another version.
-SCHEMA_VERSION = 2  # 2: patch grids reduced by PCA (datasets.patch_dims, patch_bases)
+# Bump whenever a table or column changes meaning; db.engine upgrades older files it knows how to, and refuses others.
+SCHEMA_VERSION = 3  # 2: patch grids reduced by PCA (datasets.patch_dims, patch_bases); 3: uploaded_sets
+SCHEMA_VERSION_INFO = "schema_version"  # a session's info entry: the version of the file it reads (db.engine)
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -76,6 +77,18 @@ class Dataset(Base):
     def stored_patch_dims(self) -> int:
         """The last axis of the patch grids as stored."""
         return self.patch_dims or self.embed_dim
+
+
+class UploadedSet(Base):
+    """Where the files of a dataset added from the browser are (its set in the uploads folder), and who added it.
+    Datasets indexed from the command line have none."""
+
+    __tablename__ = "uploaded_sets"
+
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True)
+    set_id: Mapped[str] = mapped_column(String(255), unique=True)
+    owner: Mapped[str | None] = mapped_column(String(255))  # the user name; None on a server without login
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Image(Base):

@@ -210,7 +210,9 @@ def datasets(db):
         when = (f"last run {last.status} {last.finished_at or last.started_at:%Y-%m-%d %H:%M} UTC"
                 if last else "never indexed")
         warning = "  [RANDOM WEIGHTS: not meaningful]" if d.weights_kind == "random" else ""
-        click.echo(f"{d.name}: {item.image_count} images from {d.root}{warning}")
+        uploaded = item.uploaded_set
+        added = "" if uploaded is None else f", added from the browser by {uploaded.owner or 'the local user'}"
+        click.echo(f"{d.name}: {item.image_count} images from {d.root}{added}{warning}")
         click.echo(f"  {d.model_name} at {d.image_size} px ({d.grid_height}x{d.grid_width} patches, {d.embed_dim} "
                    f"dims), {d.precision}, weights {d.weights_identity}; generation {d.generation}; {when}")
         if d.patch_dims:

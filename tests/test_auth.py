@@ -6,9 +6,10 @@ import stat
 
 import pytest
 from dash.testing.wait import until
-from werkzeug.security import check_password_hash
+from werkzeug.security import check_password_hash, generate_password_hash
 
-from dashboard.auth import UsersFileError, add_user, read_users
+from dashboard.auth import User, UsersFileError, add_user, current_user, read_users
+from dashboard.roles import ADMIN, LOCAL_USER, STUDENT, VIEWER, Visitor
 from tests.conftest import run_cli
 from tests.servers import basic_auth
 
@@ -22,12 +23,13 @@ def test_users_add_stores_a_hash_not_the_password_and_changes_it_on_request(tmp_
     assert "correct horse" not in text and "s3cret" not in text
     assert stat.S_IMODE(users_file.stat().st_mode) == 0o600
     users = read_users(users_file)
-    assert check_password_hash(users["alice"], "correct horse") and check_password_hash(users["bob"], "s3cret")
+    assert check_password_hash(users["alice"].password_hash, "correct horse")
+    assert check_password_hash(users["bob"].password_hash, "s3cret")
 
     assert "changed the password of 'alice'" in run_cli("users", "add", users_file, "alice", "--password-stdin",
                                                         input="battery staple\n").output
     users = read_users(users_file)
-    assert sorted(users) == ["alice", "bob"] and check_password_hash(users["alice"], "battery staple")
+    assert sorted(users) == ["alice", "bob"] and check_password_hash(users["alice"].password_hash, "battery staple")
 
 
 def test_users_add_refuses_bad_names_and_empty_passwords(tmp_path):
@@ -47,12 +49,55 @@ def test_users_add_refuses_bad_names_and_empty_passwords(tmp_path):
 def test_a_bad_users_file_is_refused_with_its_line(tmp_path, content, message):
     users_file = tmp_path / "users"
     run_cli("users", "add", tmp_path / "valid", "alice", "--password-stdin", input="pw\n")
-    users_file.write_text(content.format(hash=read_users(tmp_path / "valid")["alice"]))
+    users_file.write_text(content.format(hash=read_users(tmp_path / "valid")["alice"].password_hash))
     with pytest.raises(UsersFileError, match=message) as refused:
         read_users(users_file)
     assert str(users_file) in str(refused.value) and "\n" not in str(refused.value)
     with pytest.raises(UsersFileError, match=message):
         add_user(users_file, "bob", "pw")  # an unreadable file is not overwritten
+
+
+def test_users_add_gives_a_role_and_a_new_password_keeps_it(tmp_path):
+    users_file = tmp_path / "users"
+    assert "added 'alice' (admin)" in run_cli("users", "add", users_file, "alice", "--role", "admin",
+                                              "--password-stdin", input="pw\n").output
+    assert "added 'bob' (student)" in run_cli("users", "add", users_file, "bob", "--password-stdin",
+                                              input="pw\n").output
+    assert "changed the password of 'alice' (admin)" in run_cli("users", "add", users_file, "alice",
+                                                                "--password-stdin", input="new\n").output
+    assert {name: user.role for name, user in read_users(users_file).items()} == {"alice": ADMIN, "bob": STUDENT}
+    run_cli("users", "add", users_file, "bob", "--role", "viewer", "--password-stdin", input="pw\n")
+    users = read_users(users_file)
+    assert users["bob"].role == VIEWER and check_password_hash(users["alice"].password_hash, "new")
+    assert [line.rsplit(":", 1)[1] for line in users_file.read_text().splitlines()] == ["admin", "viewer"]
+    refused = run_cli("users", "add", users_file, "carol", "--role", "teacher", "--password-stdin", input="pw\n",
+                      expect=2)
+    assert "'teacher' is not one of 'admin', 'student', 'viewer'" in refused.output
+
+
+def test_a_users_file_without_roles_still_reads_and_gives_the_default_role(tmp_path):
+    """Files written before roles existed hold user:hash lines; new ones user:hash:role."""
+    password_hash = generate_password_hash("pw")
+    users_file = tmp_path / "users"
+    users_file.write_text(f"# written by an older dinoscope\nalice:{password_hash}\nbob:{password_hash}:viewer\n")
+    assert read_users(users_file) == {"alice": User(password_hash, STUDENT), "bob": User(password_hash, VIEWER)}
+    add_user(users_file, "carol", "pw", ADMIN)  # rewriting the file keeps everyone's password and role
+    users = read_users(users_file)
+    assert [(name, user.role) for name, user in users.items()] == [("alice", STUDENT), ("bob", VIEWER),
+                                                                   ("carol", ADMIN)]
+    assert users["alice"].password_hash == users["bob"].password_hash == password_hash
+
+
+@pytest.mark.parametrize("role", ["teacher", "Admin", ""])
+def test_an_unknown_role_is_refused_with_its_line(tmp_path, role):
+    users_file = tmp_path / "users"
+    users_file.write_text(f"alice:{generate_password_hash('pw')}\n\nbob:{generate_password_hash('pw')}:{role}\n")
+    with pytest.raises(UsersFileError, match=f"{users_file}, line 3: unknown role '{role}' of 'bob' "
+                                             r"\(roles: admin, student, viewer\)") as refused:
+        read_users(users_file)
+    assert "\n" not in str(refused.value)
+    with pytest.raises(UsersFileError, match="unknown role 'teacher'"):
+        add_user(tmp_path / "other", "alice", "pw", "teacher")
 
 
 def test_a_missing_users_file_is_one_line(tmp_path):
@@ -162,3 +207,51 @@ def test_a_browser_logs_in_once_and_the_whole_page_works(dash_duo, protected_app
         "const images = [...document.querySelectorAll('#gallery-grid img')];"
         "return images.length > 0 && images.every(image => image.complete && image.naturalWidth > 0);"), timeout=20)
     assert dash_duo.get_logs() == []
+
+
+# --- who makes a request ------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def class_app(tmp_path):
+    """An app whose users file holds an admin, a student written before roles existed, and a viewer."""
+    from dashboard.app import create_app
+    from dashboard.settings import Settings
+
+    users_file = tmp_path / "users"
+    users_file.write_text(f"ada:{generate_password_hash('a', 'pbkdf2:sha256:1000')}:admin\n"
+                          f"stu:{generate_password_hash('s', 'pbkdf2:sha256:1000')}\n"
+                          f"vic:{generate_password_hash('v', 'pbkdf2:sha256:1000')}:viewer\n")
+    return create_app(Settings(f"sqlite:///{tmp_path / 'none.db'}", tmp_path / "cache", "test-secret",
+                               users_file=users_file))
+
+
+def _visitor(app, path: str = "/gallery", headers: dict | None = None):
+    """current_user() in a request to `path`, after the app's login check; the refusal's status if it refuses."""
+    with app.server.test_request_context(path, headers=headers or {}):
+        refused = app.server.preprocess_request()
+        return refused.status_code if refused is not None else current_user()
+
+
+def test_the_current_user_is_who_logged_in_with_their_role(class_app):
+    assert _visitor(class_app, headers=basic_auth("ada", "a")) == Visitor("ada", ADMIN)
+    assert _visitor(class_app, headers=basic_auth("stu", "s")) == Visitor("stu", STUDENT)
+    assert _visitor(class_app, headers=basic_auth("vic", "v")) == Visitor("vic", VIEWER)
+    assert _visitor(class_app, headers=basic_auth("vic", "a")) == 401
+    assert _visitor(class_app, "/health") is None  # public: nobody logged in
+
+
+def test_the_current_user_of_a_logged_in_browser_is_known_from_its_session(class_app):
+    """A browser that logged in once is recognised by its session cookie, without a password check: its user too."""
+    client = class_app.server.test_client()
+    assert client.get("/_dash-layout", headers=basic_auth("stu", "s")).status_code == 200
+    with client:
+        client.get("/_dash-layout", headers=basic_auth("stu", "s"))
+        assert current_user() == Visitor("stu", STUDENT)
+
+
+def test_without_a_users_file_the_local_user_is_an_admin(tmp_path):
+    from dashboard.app import create_app
+    from dashboard.settings import Settings
+
+    app = create_app(Settings(f"sqlite:///{tmp_path / 'none.db'}", tmp_path / "cache", "test-secret"))
+    assert _visitor(app) == LOCAL_USER == Visitor(None, ADMIN)

@@ -12,6 +12,7 @@ from sqlalchemy import event
 from dashboard.data import DatasetStore
 from db.engine import Database, open_database
 from db.export import export_npz
+from db.mutations import record_uploaded_set
 from db.queries import dataset_by_name, dataset_summaries
 from db.runs import end_run, start_run
 from indexer.synthetic import write_synthetic_dataset
@@ -43,12 +44,13 @@ def _add_datasets(database: Database, numbers: range, images: int = 3) -> None:
                 end_run(session, start_run(session, dataset_id, "here", 1, {}), "completed", seconds, 0)
 
 
-def _provenance_statements(url: str) -> int:
+def _provenance_statements(url: str, owners: dict[str, str | None]) -> int:
     store = DatasetStore(url)
     store.database  # noqa: B018  (opened, its schema checked, before counting)
     with statements(store.database) as seen:
         found = store.provenances()
     assert all(provenance.last_indexed is not None for provenance in found)
+    assert {provenance.name: provenance.owner for provenance in found} == owners
     store.database.dispose()
     return len(seen)
 
@@ -56,13 +58,18 @@ def _provenance_statements(url: str) -> int:
 def test_the_datasets_list_costs_the_same_statements_for_one_dataset_or_five(db_url):
     database = open_database(db_url)
     _add_datasets(database, range(1))
-    with_one = _provenance_statements(database.url)
+    with_one = _provenance_statements(database.url, {"set0": None})
     _add_datasets(database, range(1, 5))
-    assert _provenance_statements(database.url) == with_one <= 6
-    with database.session() as session:  # and each dataset's summary has its own newest run
+    with database.session() as session:  # two of them added from the browser
+        for number, owner in ((1, "stu"), (3, "ada")):
+            record_uploaded_set(session, dataset_by_name(session, f"set{number}"), f"set{number}-a1b2", owner)
+    owners = {"set0": None, "set1": "stu", "set2": None, "set3": "ada", "set4": None}
+    assert _provenance_statements(database.url, owners) == with_one <= 6
+    with database.session() as session:  # and each dataset's summary has its own newest run and uploaded set
         summaries = dataset_summaries(session)
-    assert [(s.dataset.name, s.image_count, s.last_run.seconds) for s in summaries] == [
-        (f"set{number}", 3, 10.0 + number) for number in range(5)]
+    assert [(s.dataset.name, s.image_count, s.last_run.seconds, s.uploaded_set and s.uploaded_set.set_id)
+            for s in summaries] == [(f"set{number}", 3, 10.0 + number, f"set{number}-a1b2" if number in (1, 3) else None)
+                                    for number in range(5)]
     database.dispose()
 
 
