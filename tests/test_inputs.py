@@ -74,7 +74,7 @@ def tricky_app(tricky_db, tmp_path):
 
     jobs = InlineJobs(diskcache.Cache(str(tmp_path / "jobs")))
     return create_app(Settings(f"sqlite:///{tricky_db}", tmp_path / "cache", "test-secret"),
-                      JobManagers(jobs, jobs, jobs))
+                      JobManagers(jobs, jobs, jobs, jobs))
 
 
 # Crafted callback values ----------------------------------------------------------------------------------------------

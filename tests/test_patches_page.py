@@ -126,7 +126,7 @@ def test_clicking_a_patch_compares_it_here_and_in_the_nearest_images(dash_duo, d
     dash_duo.start_server(dashboard_app)
     dash_duo.driver.get(dash_duo.server_url + "/patches?dataset=samples&image=3")
     until(lambda: _table_rows(dash_duo) == 4, timeout=20)
-    area = dash_duo.find_element("#patches-overlay .nsewdrag")
+    area = dash_duo.wait_for_element("#patches-overlay .nsewdrag", timeout=20)  # drawn after the table, at times
     width, height = area.size["width"], area.size["height"]
     # The top-left patch of the 4 x 4 grid: an eighth of the way in from the corner.
     ActionChains(dash_duo.driver).move_to_element(area).move_by_offset(

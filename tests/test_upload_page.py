@@ -82,7 +82,8 @@ def test_an_uploaded_sample_is_shown_with_its_neighbours_itself_first(dash_duo, 
     settings = Settings(f"sqlite:///{sample_db}", tmp_path / "cache", "test-secret")
     managers = background_managers(settings)
     manager = RecordingManager(managers.uploads.handle, job_server_config(settings), "uploads")
-    dash_duo.start_server(create_app(settings, JobManagers(managers.projections, managers.clusterings, manager)))
+    dash_duo.start_server(create_app(settings, JobManagers(managers.projections, managers.clusterings, manager,
+                                                           managers.indexing)))
     _open(dash_duo, "dataset=samples&image=5&k=5")
     until(lambda: "at most 10 MB" in text_of(dash_duo, "#similarity-upload"), timeout=10)  # a lazily loaded component
 
