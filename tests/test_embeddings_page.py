@@ -392,7 +392,7 @@ def test_both_downloads_hold_the_stored_embeddings(dash_duo, dashboard_app, samp
     np.testing.assert_array_equal(loaded, samples.embeddings[samples.position(12)])
 
     _click(dash_duo, "#embeddings-download-npz")
-    archive_path = Path(dash_duo.download_path) / "samples-embeddings-22x384.npz"
+    archive_path = Path(dash_duo.download_path) / "samples-embeddings-44x384.npz"
     size = len(b"".join(dataset_npz(samples)))
     until(lambda: archive_path.exists() and archive_path.stat().st_size == size, timeout=20)
     with np.load(archive_path) as archive:

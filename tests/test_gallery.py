@@ -89,7 +89,7 @@ def test_crafted_page_values_are_clamped_on_the_server(dashboard_app):
     assert answer["gallery-pages"]["active_page"] == 1 and answer["gallery-filter"]["data"]["per_page"] == 50
     values.update({"gallery-per-page": "20", "gallery-pages": "x", "gallery-filter": {"label": None, "per_page": 20}})
     answer = call_callback(dashboard_app, "gallery-grid.children", values, "gallery-pages.active_page")["response"]
-    assert answer["gallery-pages"]["active_page"] == 1 and answer["gallery-pages"]["max_value"] == 2
+    assert answer["gallery-pages"]["active_page"] == 1 and answer["gallery-pages"]["max_value"] == 3
 
 
 def test_a_slow_request_is_logged_for_the_operator_with_the_callback_it_ran(dashboard_app, monkeypatch, caplog):
