@@ -81,7 +81,7 @@ def test_samples_are_copied_into_labelled_folders(tmp_path):
     output = run_cli("samples", tmp_path / "s").output
     files = sorted(p.relative_to(tmp_path / "s").as_posix() for p in (tmp_path / "s").rglob("*.*"))
     assert f"{len(files)} sample images" in output
-    assert {"animals/chelsea.png", "buildings/china.jpg", "kitchen/coffee.png", "fish/clownfish.webp"} <= set(files)
+    assert {"animals/chelsea.png", "buildings/china.jpg", "kitchen/coffee.png", "fish/clownfish.jpg"} <= set(files)
     per_label = Counter(file.split("/")[0] for file in files)
     assert len(files) == 44 and len(per_label) == 6 and set(per_label.values()) <= {7, 8}  # balanced
     mtimes = [p.stat().st_mtime_ns for p in sorted((tmp_path / "s").rglob("*.*"))]

@@ -317,7 +317,7 @@ def test_picking_an_image_and_changing_n_update_the_statistics_and_figures(dash_
     _when_stable(lambda: dash_duo.find_element("#embeddings-image").click())
     _when_stable(lambda: dash_duo.wait_for_element(".dash-dropdown-search").send_keys("GOLDfi"))
     until(lambda: [o.text for o in dash_duo.find_elements(".dash-dropdown-option")]
-          == ["fish/goldfish.webp"], timeout=5)
+          == ["fish/goldfish.jpg"], timeout=5)
     _when_stable(lambda: dash_duo.find_elements(".dash-dropdown-option")[0].click())
     _expect_image(dash_duo, samples, 21)
     assert dash_duo.find_element("#embeddings-preview").get_attribute("src").endswith("/thumbnails/21/preview.jpg")

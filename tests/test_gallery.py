@@ -140,7 +140,7 @@ def test_gallery_shows_pages_filters_labels_and_opens_details(dash_duo, dashboar
     dash_duo.select_dcc_dropdown("#gallery-label", value="kitchen")
     dash_duo.wait_for_text_to_equal("#gallery-count", "7 images")
     assert sorted(_grid_titles(dash_duo)) == [f"kitchen/{name}" for name in (
-        "coffee.png", "cup.webp", "cup_and_saucer.webp", "cutlery.webp", "pan.webp", "plate.webp", "spoons.webp")]
+        "coffee.png", "cup.jpg", "cup_and_saucer.jpg", "cutlery.jpg", "pan.jpg", "plate.jpg", "spoons.jpg")]
     assert "label=kitchen" in dash_duo.driver.current_url
 
     dash_duo.find_elements("#gallery-grid .gallery-thumb")[0].click()

@@ -194,10 +194,10 @@ def test_picker_and_k_change_the_results(dash_duo, dashboard_app, samples):
     _when_stable(lambda: dash_duo.find_element("#similarity-reference").click())
     _when_stable(lambda: dash_duo.wait_for_element(".dash-dropdown-search").send_keys("GOLDfi"))
     until(lambda: [o.text for o in dash_duo.find_elements(".dash-dropdown-option")]
-          == ["fish/goldfish.webp"], timeout=5)
+          == ["fish/goldfish.jpg"], timeout=5)
     _when_stable(lambda: dash_duo.find_elements(".dash-dropdown-option")[0].click())
     _expect_reference(dash_duo, samples, 21)
-    assert samples.relpaths[samples.position(21)] == "fish/goldfish.webp"
+    assert samples.relpaths[samples.position(21)] == "fish/goldfish.jpg"
 
     def set_k(value: int) -> None:
         box = dash_duo.find_element("#similarity-k input")
