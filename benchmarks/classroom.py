@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     for error in results.errors:
         errors[error.split(":")[0]] += 1
     print(f"\n{args.students} students for {elapsed:.0f} s, {args.workers} gunicorn workers, "
-          f"{args.synthetic:,} + 22 + live images; indexer runs: {len(indexer_log)}; the {psutil.cpu_count()} "
+          f"{args.synthetic:,} + samples + live images; indexer runs: {len(indexer_log)}; the {psutil.cpu_count()} "
           f"processors were {busy:.0f} % busy (server, indexer and the students' {len(clients)} processes)")
     print(f"{'interaction':<24}{'count':>7}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}{'errors':>8}")
     for kind in sorted(results.latencies):

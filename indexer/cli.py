@@ -267,7 +267,8 @@ def remove(dataset, yes, db):
 @main.command()
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 def samples(folder):
-    """Copy the sample photographs (from scikit-image and scikit-learn) into labelled sub-folders of FOLDER."""
+    """Copy the 44 sample photographs (shipped with dinoscope, scikit-image and scikit-learn) into labelled
+    sub-folders of FOLDER."""
     from indexer.samples import copy_samples
 
     try:

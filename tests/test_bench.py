@@ -63,7 +63,7 @@ def test_bench_prints_every_row_with_sane_numbers_and_leaves_no_dataset(tmp_path
 
 
 def test_bench_jpegs_are_one_to_four_megapixels_and_are_reused(tmp_path):
-    paths = write_bench_images(tmp_path, 22)  # one from each sample photograph
+    paths = write_bench_images(tmp_path, 22)  # each from a different sample photograph
     assert len({path.name for path in paths}) == 22
     for path in paths:
         with Image.open(path) as picture:

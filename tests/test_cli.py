@@ -5,6 +5,8 @@ Tests on an `indexed` database or taking `db_url` run twice: on a SQLite file an
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 
 import click
 import numpy as np
@@ -14,6 +16,7 @@ from click.testing import CliRunner
 from db.engine import open_database
 from db.queries import dataset_by_name, load_embeddings, patch_grid
 from indexer.cli import main
+from indexer.samples import PHOTOS
 from tests.conftest import FAST, IMAGE_SIZE, MODEL, run_cli
 from tests.images import noise
 from tests.servers import free_port, start, stop, wait_until_healthy
@@ -78,10 +81,22 @@ def test_samples_are_copied_into_labelled_folders(tmp_path):
     output = run_cli("samples", tmp_path / "s").output
     files = sorted(p.relative_to(tmp_path / "s").as_posix() for p in (tmp_path / "s").rglob("*.*"))
     assert f"{len(files)} sample images" in output
-    assert {"animals/chelsea.png", "vehicles/rocket.jpg", "scenes/china.jpg"} <= set(files)
+    assert {"animals/chelsea.png", "buildings/china.jpg", "kitchen/coffee.png", "fish/clownfish.jpg"} <= set(files)
+    per_label = Counter(file.split("/")[0] for file in files)
+    assert len(files) == 44 and len(per_label) == 6 and set(per_label.values()) <= {7, 8}  # balanced
     mtimes = [p.stat().st_mtime_ns for p in sorted((tmp_path / "s").rglob("*.*"))]
     run_cli("samples", tmp_path / "s")
     assert mtimes == [p.stat().st_mtime_ns for p in sorted((tmp_path / "s").rglob("*.*"))]  # left alone
+
+
+def test_every_bundled_sample_photograph_has_a_free_licence_and_a_source():
+    row = re.compile(r"^\| ([^|]+?) \| ([^|]+?) \| ([^|]+?) \| <(https://[^>]+)> \|$", re.MULTILINE)
+    sections = re.split(r"^## ", (PHOTOS / "LICENCES.md").read_text(), flags=re.MULTILINE)[1:]
+    rows = {(section.split()[0], name): (licence, source) for section in sections
+            for name, _author, licence, source in row.findall(section)}
+    photos = {(path.parent.name, path.name) for path in PHOTOS.glob("*/*")}
+    assert len(photos) == 41 and set(rows) == photos
+    assert {licence for licence, _ in rows.values()} <= {"public domain", "CC0 1.0"}
 
 
 def test_wrong_paths_and_conflicting_options_name_themselves(tmp_path):
@@ -121,9 +136,9 @@ def test_demo_indexes_the_samples_and_serves_the_dashboard(tmp_path):
     finally:
         stop(process)
     output = log.read_text()
-    assert "samples: 22 added" in output
+    assert "samples: 44 added" in output
     assert f"dinoscope dashboard on http://127.0.0.1:{port}/ (development server" in output
-    assert len(list((tmp_path / "samples").rglob("*.*"))) == 22
+    assert len(list((tmp_path / "samples").rglob("*.*"))) == 44
 
 
 def test_synthetic_writes_a_dataset_without_a_model_and_keeps_existing_ones(db_url):

@@ -350,7 +350,7 @@ def test_every_control_changes_the_clusters_and_the_url_reproduces_the_view(dash
     _set_number(dash_duo, "#clustering-eps", 2)  # every image within reach: one cluster
     until(lambda: _trace_count(dash_duo) == 1, timeout=20)
     _set_number(dash_duo, "#clustering-eps", 0.01)  # nobody within reach: all noise
-    until(lambda: "noise points: 22" in _text(dash_duo, "#clustering-metric-badges"), timeout=20)
+    until(lambda: "noise points: 44" in _text(dash_duo, "#clustering-metric-badges"), timeout=20)
 
     dash_duo.find_element("label[for='_dbcprivate_radioitems_clustering-method_input_kmeans']").click()
     until(lambda: _trace_count(dash_duo) == 3, timeout=20)
@@ -443,14 +443,14 @@ def test_the_cluster_summary_and_the_csv_download(dash_duo, dashboard_app):
     summaries = dash_duo.find_elements(".cluster-summary")
     assert len(summaries) == 4
     sizes = [int(s.text.split(": ")[1].split(" ")[0]) for s in summaries]
-    assert sum(sizes) == 22
+    assert sum(sizes) == 44
     assert all(len(s.find_elements("css selector", "img")) == min(8, n) for s, n in zip(summaries, sizes))
 
     dash_duo.find_element("#clustering-download-link").click()
     target = Path(dash_duo.download_path) / "samples-pca-kmeans-k4-clusters.csv"
     until(lambda: target.exists() and target.stat().st_size > 0, timeout=20)
     rows = list(csv.DictReader(target.open()))
-    assert len(rows) == 22 and sorted({int(r["cluster"]) for r in rows}) == [0, 1, 2, 3]
+    assert len(rows) == 44 and sorted({int(r["cluster"]) for r in rows}) == [0, 1, 2, 3]
     assert sorted(sum(1 for r in rows if int(r["cluster"]) == c) for c in range(4)) == sorted(sizes)
     assert dash_duo.get_logs() == []
 
@@ -491,7 +491,7 @@ def test_dbscan_explains_its_eps_and_its_numbers_and_what_to_try(dash_duo, dashb
     monkeypatch.setattr(clustering_view, "CLUSTER_IN_REQUEST", 10)
     dash_duo.start_server(dashboard_app)
     dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples&method=dbscan&eps=0.01&min_samples=3")
-    until(lambda: "noise points: 22" in _text(dash_duo, "#clustering-metric-badges"), timeout=JOB_DEADLINE_S)
+    until(lambda: "noise points: 44" in _text(dash_duo, "#clustering-metric-badges"), timeout=JOB_DEADLINE_S)
     notes = _text(dash_duo, "#clustering-notes")
     assert "DBSCAN called 100% of the images noise" in notes and "Try eps" in notes
     assert _text(dash_duo, "#clustering-eps-cosine") == ("neighbours within eps 0.01 have cosine similarity "

@@ -31,6 +31,7 @@ from dashboard.embeddings_view import (
     pca_table_page,
     raw_values_text,
 )
+from dashboard.pages.embeddings import TABLE_PAGE_SIZE
 from db.engine import open_database
 from db.queries import dataset_by_name, load_embeddings
 from tests.browser import text_of as _text
@@ -93,7 +94,7 @@ def test_explained_variance_matches_sklearn_on_the_normalised_embeddings(samples
     np.testing.assert_allclose(pca.ratio, reference.explained_variance_ratio_, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(pca.cumulative, np.cumsum(reference.explained_variance_ratio_), rtol=1e-4)
     assert np.all(np.diff(pca.cumulative) >= 0) and pca.cumulative[-1] <= 1 + 1e-9
-    assert pca.coordinates.shape == (22, n) and pca.components == n
+    assert pca.coordinates.shape == (44, n) and pca.components == n
     # The same coordinates up to each component's sign.
     expected = reference.transform(normalize_rows(samples.embeddings))
     signs = np.sign(np.sum(pca.coordinates * expected, axis=0))
@@ -143,7 +144,7 @@ def test_the_npy_and_npz_downloads_hold_exactly_the_stored_values(samples, store
         np.testing.assert_array_equal(archive["image_ids"], image_ids)
         assert archive["relpaths"].tolist() == samples.relpaths
         assert archive["labels"].tolist() == [label or "" for label in samples.labels]
-        assert archive["relpaths"][4] == "microscopy/ihc.png" and archive["labels"][4] == "microscopy"
+        assert archive["relpaths"][23] == "kitchen/coffee.png" and archive["labels"][23] == "kitchen"
 
     unlabelled = _view(5)
     with np.load(io.BytesIO(b"".join(dataset_npz(unlabelled)))) as archive:
@@ -293,7 +294,7 @@ def test_page_opens_the_image_named_in_the_url_and_explains_itself(dash_duo, das
     values = [float(v) for line in raw.splitlines() for v in line.split(": ")[1].split()]
     assert values == pytest.approx(samples.embeddings[samples.position(5)].tolist(), abs=1e-5)
     assert "All 384 values" in _text(dash_duo, "#embeddings-raw-summary")
-    assert len(_column(dash_duo, "path")) == 22 and _header_ids(dash_duo)[-1] == "PC5"
+    assert len(_column(dash_duo, "path")) == TABLE_PAGE_SIZE and _header_ids(dash_duo)[-1] == "PC5"
 
     # The explanation starts collapsed and opens when its header is clicked.
     assert not dash_duo.find_element("#embeddings-explanation .accordion-collapse").is_displayed()
@@ -314,9 +315,9 @@ def test_picking_an_image_and_changing_n_update_the_statistics_and_figures(dash_
     _expect_image(dash_duo, samples, 5)
 
     _when_stable(lambda: dash_duo.find_element("#embeddings-image").click())
-    _when_stable(lambda: dash_duo.wait_for_element(".dash-dropdown-search").send_keys("MOTORcycle_r"))
+    _when_stable(lambda: dash_duo.wait_for_element(".dash-dropdown-search").send_keys("GOLDfi"))
     until(lambda: [o.text for o in dash_duo.find_elements(".dash-dropdown-option")]
-          == ["vehicles/motorcycle_right.png"], timeout=5)
+          == ["fish/goldfish.jpg"], timeout=5)
     _when_stable(lambda: dash_duo.find_elements(".dash-dropdown-option")[0].click())
     _expect_image(dash_duo, samples, 21)
     assert dash_duo.find_element("#embeddings-preview").get_attribute("src").endswith("/thumbnails/21/preview.jpg")
@@ -351,11 +352,11 @@ def test_components_change_the_pca_and_the_table_sorts_by_a_clicked_column(dash_
     assert "first 8 components" in caption and f"{dataset_pca(samples).first(8).cumulative[-1]:.1%}" in caption
 
     paths = _column(dash_duo, "path")
-    assert paths == samples.relpaths  # the dataset's order until a column is sorted
+    assert paths == samples.relpaths[:TABLE_PAGE_SIZE]  # the dataset's order until a column is sorted
     _when_stable(lambda: dash_duo.find_element(
         "#embeddings-pca-table th[data-dash-column='PC1'] .column-header--sort").click())
     coordinates = dataset_pca(samples).coordinates[:, 0]
-    by_pc1 = [samples.relpaths[i] for i in np.argsort(coordinates, kind="stable")]
+    by_pc1 = [samples.relpaths[i] for i in np.argsort(coordinates, kind="stable")][:TABLE_PAGE_SIZE]
     until(lambda: _column(dash_duo, "path") == by_pc1, timeout=10)  # the first click sorts in ascending order
     shown = [float(v) for v in _column(dash_duo, "PC1")]
     assert shown == sorted(shown) and shown[0] < shown[-1]
@@ -391,7 +392,7 @@ def test_both_downloads_hold_the_stored_embeddings(dash_duo, dashboard_app, samp
     np.testing.assert_array_equal(loaded, samples.embeddings[samples.position(12)])
 
     _click(dash_duo, "#embeddings-download-npz")
-    archive_path = Path(dash_duo.download_path) / "samples-embeddings-22x384.npz"
+    archive_path = Path(dash_duo.download_path) / "samples-embeddings-44x384.npz"
     size = len(b"".join(dataset_npz(samples)))
     until(lambda: archive_path.exists() and archive_path.stat().st_size == size, timeout=20)
     with np.load(archive_path) as archive:

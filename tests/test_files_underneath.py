@@ -53,7 +53,7 @@ def test_a_replaced_database_file_is_reopened_and_a_deleted_one_named(sample_db,
     shutil.copy(sample_db, served)
     other = _synthetic_db(tmp_path / "other.db", "other", 40)
     store = DatasetStore(f"sqlite:///{served}")
-    assert [(p.name, p.image_count) for p in store.provenances()] == [("samples", 22)]
+    assert [(p.name, p.image_count) for p in store.provenances()] == [("samples", 44)]
     before = store.thumbnail(1, "gallery")
 
     other.replace(served)  # as `mv other.db served.db`

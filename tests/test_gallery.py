@@ -89,7 +89,7 @@ def test_crafted_page_values_are_clamped_on_the_server(dashboard_app):
     assert answer["gallery-pages"]["active_page"] == 1 and answer["gallery-filter"]["data"]["per_page"] == 50
     values.update({"gallery-per-page": "20", "gallery-pages": "x", "gallery-filter": {"label": None, "per_page": 20}})
     answer = call_callback(dashboard_app, "gallery-grid.children", values, "gallery-pages.active_page")["response"]
-    assert answer["gallery-pages"]["active_page"] == 1 and answer["gallery-pages"]["max_value"] == 2
+    assert answer["gallery-pages"]["active_page"] == 1 and answer["gallery-pages"]["max_value"] == 3
 
 
 def test_a_slow_request_is_logged_for_the_operator_with_the_callback_it_ran(dashboard_app, monkeypatch, caplog):
@@ -132,18 +132,19 @@ def test_gallery_shows_pages_filters_labels_and_opens_details(dash_duo, dashboar
     dash_duo.start_server(dashboard_app)
     dash_duo.wait_for_element("#gallery-grid img")
     thumbs = dash_duo.find_elements("#gallery-grid img")
-    assert len(thumbs) == 22  # the whole sample set fits on one page
-    dash_duo.wait_for_text_to_equal("#gallery-count", "22 images")
+    assert len(thumbs) == 44  # the whole sample set fits on one page
+    dash_duo.wait_for_text_to_equal("#gallery-count", "44 images")
     assert "random weights" in dash_duo.find_element("#random-weights-banner").text
-    assert "22 images · vit_small_patch14_reg4_dinov2.lvd142m" in dash_duo.find_element("#provenance").text
+    assert "44 images · vit_small_patch14_reg4_dinov2.lvd142m" in dash_duo.find_element("#provenance").text
 
-    dash_duo.select_dcc_dropdown("#gallery-label", value="vehicles")
-    dash_duo.wait_for_text_to_equal("#gallery-count", "3 images")
-    assert sorted(_grid_titles(dash_duo)) == ["vehicles/motorcycle_left.png", "vehicles/motorcycle_right.png", "vehicles/rocket.jpg"]
-    assert "label=vehicles" in dash_duo.driver.current_url
+    dash_duo.select_dcc_dropdown("#gallery-label", value="kitchen")
+    dash_duo.wait_for_text_to_equal("#gallery-count", "7 images")
+    assert sorted(_grid_titles(dash_duo)) == [f"kitchen/{name}" for name in (
+        "coffee.png", "cup.jpg", "cup_and_saucer.jpg", "cutlery.jpg", "pan.jpg", "plate.jpg", "spoons.jpg")]
+    assert "label=kitchen" in dash_duo.driver.current_url
 
     dash_duo.find_elements("#gallery-grid .gallery-thumb")[0].click()
-    dash_duo.wait_for_contains_text("#detail-facts", "vehicles/motorcycle_left.png")
+    dash_duo.wait_for_contains_text("#detail-facts", "kitchen/coffee.png")
     assert len(dash_duo.find_elements("#detail-neighbours img")) == 8
     first_neighbour = dash_duo.find_elements("#detail-neighbours figure")[0]
     neighbour_path = first_neighbour.find_element(By.TAG_NAME, "img").get_attribute("title")
@@ -163,14 +164,14 @@ def test_gallery_pages_hold_ten_columns_and_keep_their_place_in_the_url(dash_duo
     _when_stable(lambda: Select(dash_duo.find_element("#gallery-per-page")).select_by_value("20"))
     until(lambda: len(_grid_titles(dash_duo)) == 20, timeout=5)
     first_page = _grid_titles(dash_duo)
-    _when_stable(lambda: dash_duo.find_element("#gallery-pages").find_element(By.LINK_TEXT, "2").click())
-    until(lambda: len(_grid_titles(dash_duo)) == 2, timeout=5)
-    second_page = _grid_titles(dash_duo)
-    assert not set(first_page) & set(second_page)
-    assert "page=2" in dash_duo.driver.current_url and "per_page=20" in dash_duo.driver.current_url
+    _when_stable(lambda: dash_duo.find_element("#gallery-pages").find_element(By.LINK_TEXT, "3").click())
+    until(lambda: len(_grid_titles(dash_duo)) == 4, timeout=5)
+    last_page = _grid_titles(dash_duo)
+    assert not set(first_page) & set(last_page)
+    assert "page=3" in dash_duo.driver.current_url and "per_page=20" in dash_duo.driver.current_url
 
     dash_duo.driver.get(dash_duo.driver.current_url)  # the link reproduces the view
-    until(lambda: _grid_titles(dash_duo) == second_page, timeout=10)
+    until(lambda: _grid_titles(dash_duo) == last_page, timeout=10)
     assert dash_duo.get_logs() == []
 
 

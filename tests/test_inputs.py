@@ -308,7 +308,7 @@ def test_a_dataset_named_with_an_ampersand_and_a_hash_is_reached_from_the_picker
                                                                                                     tricky_app):
     dash_duo.start_server(tricky_app)
     dash_duo.wait_for_page(f"{dash_duo.server_url}/gallery?dataset=samples")
-    dash_duo.wait_for_contains_text("#provenance", "22 images")
+    dash_duo.wait_for_contains_text("#provenance", "44 images")
     dash_duo.select_dcc_dropdown("#dataset-picker", value=TRICKY)
     dash_duo.wait_for_contains_text("#provenance", "6 images")
     for path in (page.path for page in PAGES):

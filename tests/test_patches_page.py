@@ -116,7 +116,7 @@ def test_every_control_changes_the_overlay(dash_duo, dashboard_app):
           is True, timeout=20)
     assert "foreground_only=true" in dash_duo.driver.current_url
 
-    dash_duo.select_dcc_dropdown("#patches-image", value="vehicles/rocket.jpg")
+    dash_duo.select_dcc_dropdown("#patches-image", value="windmills/rhodes.jpg")
     until(lambda: "/thumbnails/" in (_overlay(dash_duo, "gd.layout.images[0].source") or "")
           and not _overlay(dash_duo, "gd.layout.images[0].source").endswith("/3/preview.jpg"), timeout=20)
     assert dash_duo.get_logs() == []

@@ -74,12 +74,12 @@ def test_the_dataset_picker_and_the_navigation_keep_the_dataset(dash_duo, two_da
     dash_duo.start_server(two_datasets)
     dash_duo.wait_for_contains_text("#provenance", "3 images")  # the first dataset by name: extra
     dash_duo.select_dcc_dropdown("#dataset-picker", value="samples")
-    dash_duo.wait_for_contains_text("#provenance", "22 images")
+    dash_duo.wait_for_contains_text("#provenance", "44 images")
     until(lambda: "dataset=samples" in dash_duo.driver.current_url, timeout=10)
     for title, path in ((page.title, page.path) for page in PAGES):
         when_stable(lambda path=path: dash_duo.find_element(f"#nav-{path.strip('/')}").click())
         until(lambda path=path: dash_duo.driver.current_url.split("?")[0].endswith(path), timeout=10)
-        dash_duo.wait_for_contains_text("#provenance", "22 images")
+        dash_duo.wait_for_contains_text("#provenance", "44 images")
         assert "dataset=samples" in dash_duo.driver.current_url, title
     assert dash_duo.get_logs() == []
 
@@ -135,7 +135,7 @@ def test_an_unknown_address_keeps_the_navigation(dash_duo, dashboard_app):
     dash_duo.wait_for_contains_text("#state-panel", "There is no page at this address")
     when_stable(lambda: dash_duo.find_element("#nav-clustering").click())
     until(lambda: dash_duo.driver.current_url.split("?")[0].endswith("/clustering"), timeout=10)
-    dash_duo.wait_for_contains_text("#provenance", "22 images")
+    dash_duo.wait_for_contains_text("#provenance", "44 images")
     assert dash_duo.get_logs() == []
 
 

@@ -167,7 +167,7 @@ def test_page_opens_the_reference_named_in_the_url(dash_duo, dashboard_app, samp
     dash_duo.start_server(dashboard_app)
     _open(dash_duo, "dataset=samples&image=5")
     _expect_reference(dash_duo, samples, 5)
-    assert samples.relpaths[samples.position(5)] == "microscopy/ihc.png"
+    assert samples.relpaths[samples.position(5)] == "animals/horses.jpg"
     scores = [float(s.text) for s in dash_duo.find_elements("#similarity-result-grid .similarity-score")]
     assert scores == sorted(scores, reverse=True) and len(scores) == 8
     expected = similar_images(samples, 5, 8)
@@ -192,12 +192,12 @@ def test_picker_and_k_change_the_results(dash_duo, dashboard_app, samples):
     _expect_reference(dash_duo, samples, 5)
 
     _when_stable(lambda: dash_duo.find_element("#similarity-reference").click())
-    _when_stable(lambda: dash_duo.wait_for_element(".dash-dropdown-search").send_keys("MOTORcycle_r"))
+    _when_stable(lambda: dash_duo.wait_for_element(".dash-dropdown-search").send_keys("GOLDfi"))
     until(lambda: [o.text for o in dash_duo.find_elements(".dash-dropdown-option")]
-          == ["vehicles/motorcycle_right.png"], timeout=5)
+          == ["fish/goldfish.jpg"], timeout=5)
     _when_stable(lambda: dash_duo.find_elements(".dash-dropdown-option")[0].click())
     _expect_reference(dash_duo, samples, 21)
-    assert samples.relpaths[samples.position(21)] == "vehicles/motorcycle_right.png"
+    assert samples.relpaths[samples.position(21)] == "fish/goldfish.jpg"
 
     def set_k(value: int) -> None:
         box = dash_duo.find_element("#similarity-k input")
@@ -235,7 +235,7 @@ def test_heatmap_shows_every_sample_and_hovering_a_cell_shows_both_images(dash_d
     shape = dash_duo.driver.execute_script(
         "const z = document.querySelector('#similarity-heatmap .js-plotly-plot').calcdata[0][0].z;"
         "return [z.length, ...new Set(Array.from(z, row => row.length))]")
-    assert shape == [22, 22]
+    assert shape == [44, 44]
     ticks = dash_duo.driver.execute_script(
         "return [...document.querySelectorAll('#similarity-heatmap .xtick text')].map(t => t.textContent)")
     assert ticks == short_names(samples.relpaths)
@@ -243,7 +243,7 @@ def test_heatmap_shows_every_sample_and_hovering_a_cell_shows_both_images(dash_d
     row, column = 2, 19
     width, height = area.size["width"], area.size["height"]
     ActionChains(dash_duo.driver).move_to_element(area).move_by_offset(
-        int((column + 0.5) * width / 22 - width / 2), int((row + 0.5) * height / 22 - height / 2)).perform()
+        int((column + 0.5) * width / 44 - width / 2), int((row + 0.5) * height / 44 - height / 2)).perform()
     until(lambda: dash_duo.driver.execute_script(
         "return [...document.querySelectorAll('#similarity-tooltip img')].map(i => i.alt)")
         == [samples.relpaths[row], samples.relpaths[column]], timeout=10)
