@@ -31,7 +31,7 @@ from dashboard.embeddings_view import (
     raw_values_text,
 )
 from dashboard.explanations import EMBEDDINGS
-from dashboard.image_picker import image_picker, register_image_search
+from dashboard.image_picker import image_and_count, register_image_search
 from dashboard.page import ImageLink, Page
 from dashboard.shell import busy, image_links, page_shell, unknown_image_notice
 from dashboard.similarity_view import reference_image
@@ -69,15 +69,7 @@ def layout(dataset: str | None = None, image: str | None = None, **query):
             PAGE.url_parameters(),
             unknown_image_notice("embeddings", image, shown),
             PAGE.explanation_panel(),
-            dbc.Row([
-                dbc.Col([dbc.Label("Image", html_for=PAGE.control_id("image")),
-                         image_picker(PAGE.control_id("image"), view, shown,
-                                      placeholder="type part of a file path")], md=6),
-                dbc.Col([dbc.Label("Largest and smallest features shown", html_for=PAGE.control_id("n")),
-                         dcc.Slider(id=PAGE.control_id("n"), min=N.low, max=N.high, step=1, value=count,
-                                    marks=N_MARKS)],
-                        md=6),
-            ], className="mb-3 g-3"),
+            image_and_count(PAGE, view, shown, "Image", "Largest and smallest features shown", N, count, N_MARKS),
             dbc.Row([
                 dbc.Col([html.Div(card, id="embeddings-card"), _downloads(view.name, shown)], md=3),
                 dbc.Col([

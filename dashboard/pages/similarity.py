@@ -14,7 +14,7 @@ from pydantic import BaseModel, StrictInt, StrictStr
 from dashboard import inputs
 from dashboard.data import DatasetView
 from dashboard.explanations import SIMILARITY
-from dashboard.image_picker import image_picker, register_image_search
+from dashboard.image_picker import image_and_count, register_image_search
 from dashboard.page import ImageLink, Page
 from dashboard.query_image import (
     MAX_UPLOAD_BYTES,
@@ -67,15 +67,7 @@ def layout(dataset: str | None = None, image: str | None = None, **query):
             PAGE.explanation_panel(),
             unknown_image_notice("similarity", image, reference),
             _upload_section(),
-            dbc.Row([
-                dbc.Col([dbc.Label("Reference image", html_for=PAGE.control_id("image")),
-                         image_picker(PAGE.control_id("image"), view, reference,
-                                      placeholder="type part of a file path")], md=6),
-                dbc.Col([dbc.Label("Similar images shown", html_for=PAGE.control_id("k")),
-                         dcc.Slider(id=PAGE.control_id("k"), min=K.low, max=K.high, step=1, value=count,
-                                    marks=K_MARKS)],
-                        md=6),
-            ], className="mb-3 g-3"),
+            image_and_count(PAGE, view, reference, "Reference image", "Similar images shown", K, count, K_MARKS),
             busy(html.Div(id="similarity-results", children=_results(view, reference, results))),
             html.H5("Pairwise cosine similarity", className="mt-4"),
             html.P(_heatmap_caption(view, heatmap), id="similarity-heatmap-caption", className="text-muted small"),
