@@ -303,14 +303,14 @@ def test_two_uploads_of_one_user_at_once_cannot_both_take_the_last_of_the_allowa
     (holds / "image-set-commit").touch()
     sets = image_sets(uploads, user_bytes=50 * KB)
     big = png(1) + bytes(30 * KB)
-    outcomes: list[str] = []
+    outcomes: dict[str, str] = {}
 
     def upload(name: str) -> None:
         try:
             sets.create("alice", name, [IncomingFile(f"{name}.png", big)])
-            outcomes.append("accepted")
+            outcomes[name] = "accepted"
         except SetRefused as refused:
-            outcomes.append(str(refused))
+            outcomes[name] = str(refused)
 
     threads = [threading.Thread(target=upload, args=(name,)) for name in ("one", "two")]
     threads[0].start()
@@ -320,7 +320,7 @@ def test_two_uploads_of_one_user_at_once_cannot_both_take_the_last_of_the_allowa
     (holds / "image-set-commit").unlink()
     for thread in threads:
         thread.join()
-    assert outcomes[0] == "accepted" and "over the limit of 50 KB per user" in outcomes[1]
+    assert outcomes["one"] == "accepted" and "over the limit of 50 KB per user" in outcomes["two"]
     assert len(sets.sets()) == 1 and [path.name for path in uploads.iterdir() if path.name.startswith(".p")] == []
 
 
