@@ -20,11 +20,13 @@ from dashboard.data import DatasetStore
 from dashboard.downloads import add_download_routes
 from dashboard.folder_cache import FolderCache
 from dashboard.framing import add_framing_headers
+from dashboard.image_sets import ImageSets
 from dashboard.inputs import INT64
 from dashboard.jobs import BrokerError, JobManagers, background_managers
 from dashboard.page import register_pages
 from dashboard.pages import PAGES
 from dashboard.query_image import MAX_REQUEST_BYTES, QueryModels
+from dashboard.set_upload import add_set_upload_route
 from dashboard.settings import CELERY_ENV, Settings
 from dashboard.site import Site, install
 from db.engine import display_url
@@ -61,8 +63,10 @@ def create_app(settings: Settings, managers: JobManagers | None = None) -> Dash:
     _log_slow_requests(app.server)
     _answer_database_errors(app.server)
     add_framing_headers(app.server, settings.frame_ancestors)
-    site = Site(store, results, QueryModels())
+    sets = ImageSets(settings.uploads.folder, settings.uploads.limits) if settings.uploads.allowed else None
+    site = Site(store, results, QueryModels(), sets, settings.index_model)
     install(app.server, site)
+    add_set_upload_route(app.server, site)
     register_pages(app, PAGES, site, managers)
     shell.register(app, site)
     app.layout = html.Div([dcc.Location(id="navigate", refresh="callback-nav"),

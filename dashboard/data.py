@@ -55,6 +55,7 @@ class Provenance:
     # Of a dataset added from the browser: its set in the uploads folder, and who added it (None without login).
     uploaded_set: str | None = None
     owner: str | None = None
+    root: str = ""  # the folder it was indexed from, on the indexer's machine
 
     @property
     def random_weights(self) -> bool:
@@ -203,7 +204,7 @@ def _provenance(dataset: Dataset, image_count: int, last_indexed: datetime | Non
                       dataset.image_size, (dataset.grid_height, dataset.grid_width), dataset.embed_dim,
                       dataset.precision, image_count, last_indexed, dataset.generation,
                       bool((dataset.preprocessing or {}).get("synthetic")),
-                      uploaded.set_id if uploaded else None, uploaded.owner if uploaded else None)
+                      uploaded.set_id if uploaded else None, uploaded.owner if uploaded else None, dataset.root)
 
 
 def _build_shared(session, dataset: Dataset, key: MatrixKey, folder: Path) -> SharedContent:

@@ -57,6 +57,19 @@ projection to that many dimensions can; the explained variance ratio is each dir
 curved or clustered structure can overlap in it.
 """
 
+IMAGE_SETS = """
+An **image set** is a collection of your own pictures, sent to the server and indexed there with the server's
+model, as `dinoscope index` indexes a folder: each image's embedding and patch grid are computed once and stored,
+and the set becomes a dataset like any other, on every page. The folders inside a `.zip` become the images'
+**labels**, which the clustering page compares its clusters with; loose files have none.
+
+**Indexing again** embeds only what is new or changed, so adding a few files to a large set is quick. Files that
+cannot be read as images are left out and listed with the reason. One run of a dataset runs at a time.
+
+**Who may do what**: students add sets and change or remove their own, an admin any, a viewer only browses. A
+dataset indexed from a folder of the server is indexed again by an admin, and removed on the server.
+"""
+
 
 # Shown beside the clustering's scores: what each one measures, in the words of the badges.
 METRIC_TITLES = {

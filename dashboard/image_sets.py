@@ -17,6 +17,7 @@ message for the uploader. Nothing of an upload is logged, only one line per set 
 from __future__ import annotations
 
 import fcntl
+import functools
 import io
 import json
 import logging
@@ -88,10 +89,24 @@ class UploadLimits:
 
 @dataclass(frozen=True)
 class IncomingFile:
-    """One file as the browser sent it: its name (a path part at most is kept) and its bytes."""
+    """One file as the browser sent it: its name (a path part at most is kept) and its bytes, in memory or in a
+    seekable file (a request's upload, spooled to disk by the server as it arrived)."""
 
     name: str
-    data: bytes
+    data: bytes | BinaryIO
+
+    @functools.cached_property  # kept: writing a file closes its stream
+    def size(self) -> int:
+        if isinstance(self.data, bytes):
+            return len(self.data)
+        return self.data.seek(0, os.SEEK_END)
+
+    def open(self) -> BinaryIO:
+        """The file's bytes from their start (for a file, its own stream, which reading it to the end closes)."""
+        if isinstance(self.data, bytes):
+            return io.BytesIO(self.data)
+        self.data.seek(0)
+        return self.data
 
 
 @dataclass(frozen=True)
@@ -306,8 +321,8 @@ def _loose_parcel(files: Sequence[IncomingFile], limits: UploadLimits) -> _Parce
         if reason:
             skipped.append((name, reason))
             continue
-        _check_file_bytes(name, len(file.data), limits)
-        entries.append(_Entry(name, name, len(file.data), lambda data=file.data: io.BytesIO(data)))
+        _check_file_bytes(name, file.size, limits)
+        entries.append(_Entry(name, name, file.size, file.open))
     return _Parcel(_no_twice(entries), tuple(skipped))
 
 
@@ -315,7 +330,7 @@ def _zip_parcel(upload: IncomingFile, limits: UploadLimits) -> _Parcel:
     """Every member checked (names, kinds, sizes) before any is extracted; the images to extract, under their
     labels."""
     try:
-        archive = zipfile.ZipFile(io.BytesIO(upload.data))
+        archive = zipfile.ZipFile(upload.open())
         members = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         raise SetRefused(f"{_shown(upload.name)} is named .zip but is not a zip archive that can be read") from None
@@ -552,5 +567,5 @@ def _refusal_logged(what: str, owner: str | None, files: Sequence[IncomingFile])
                              "tell its administrator") from error
     except SetRefused as refusal:
         log.info("image set refused (%s): owner %s, %d files, %d bytes: %s", what, owner, len(files),
-                 sum(len(file.data) for file in files), refusal)
+                 sum(file.size for file in files), refusal)
         raise

@@ -32,10 +32,11 @@ class ImageLink:
 
 class Page:
     def __init__(self, name: str, path: str, title: str, *, image_link: ImageLink | None = None,
-                 explanation: str | None = None, params: tuple[Param, ...] = (), home: bool = False) -> None:
+                 explanation: str | None = None, params: tuple[Param, ...] = (), home: bool = False,
+                 needs_uploads: bool = False) -> None:
         """`name` prefixes the page's component ids; `title` names it in the navigation; `params` are its URL
         parameters after the dataset, each shown by the control `params[i].control_id(name)`; `home`: it is also
-        the page at "/"."""
+        the page at "/"; `needs_uploads`: the navigation shows it only on a server that takes image sets."""
         self.name = name
         self.path = path
         self.title = title
@@ -43,6 +44,7 @@ class Page:
         self.explanation = explanation
         self.params = params
         self.home = home
+        self.needs_uploads = needs_uploads
         self._layout: Callable | None = None
         self._callbacks: list[tuple[Callable, tuple, dict, str | None]] = []
         self._clientside: list[tuple[Any, tuple, dict]] = []

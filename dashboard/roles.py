@@ -35,3 +35,13 @@ def may_remove_set(user: str | None, role: str, owner: str | None) -> bool:
     """Whether `user` may remove a set `owner` added (None: a dataset indexed from the command line, or a set added
     on a server without login): an admin any, a student only their own."""
     return role == ADMIN or (role == STUDENT and user is not None and user == owner)
+
+
+def may_change_set(user: str | None, role: str, owner: str | None) -> bool:
+    """Whether `user` may add files to a set `owner` added and index it again: whoever may remove it."""
+    return may_remove_set(user, role, owner)
+
+
+def may_index_server_folder(role: str) -> bool:
+    """Whether a user may index again a dataset indexed from a folder of the server: an admin only."""
+    return role == ADMIN

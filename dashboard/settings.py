@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dashboard.framing import DEFAULT_FRAME_ANCESTORS
+from dashboard.image_sets import UploadLimits
 from db.engine import DB_ENV, default_uploads_dir, resolve_url
 from indexer.index_job import ServerModel
 
@@ -89,6 +90,7 @@ class UploadSettings:
 
     allowed: bool = False
     folder: Path | None = None  # None: dashboard.settings.Settings puts it by the database
+    limits: UploadLimits = field(default_factory=UploadLimits)
 
     @classmethod
     def from_env(cls, db_url: str, allowed: bool | None = None, folder: str | Path | None = None) -> UploadSettings:
@@ -118,7 +120,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.uploads.folder is None:
             object.__setattr__(self, "uploads", UploadSettings(self.uploads.allowed,
-                                                               default_uploads_dir(self.db_url).resolve()))
+                                                               default_uploads_dir(self.db_url).resolve(),
+                                                               self.uploads.limits))
 
     @classmethod
     def from_env(cls, db: str | None = None, cache_dir: str | Path | None = None, celery_url: str | None = None,

@@ -12,7 +12,7 @@ from dashboard import inputs
 from dashboard.data import DatasetStore, Provenance
 from dashboard.site import Site, current_site, with_site
 from dashboard.urlstate import IMAGE, dataset_url, image_page_url
-from db.errors import DinoscopeDbError
+from db.errors import DatabaseNotFound, DinoscopeDbError
 
 BUSY_AFTER_MS = 500  # a callback that takes longer shows a spinner over what it will replace
 
@@ -55,15 +55,30 @@ def page_shell(store: DatasetStore, path: str, dataset: str | None,
     except DinoscopeDbError as error:
         return _frame(path, None, [], _panel("The database cannot be opened", str(error), "danger"))
     if not provenances:
+        uploads = current_site().sets is not None
         return _frame(path, None, [], _panel(
-            "No datasets yet", "Index a folder of images first: dinoscope index FOLDER (then reload this page).",
-            "info"))
+            "No datasets yet", "Add a set of images on the Image sets page, or index a folder on the server: "
+            "dinoscope index FOLDER (then reload this page)." if uploads else
+            "Index a folder of images first: dinoscope index FOLDER (then reload this page).", "info"))
     names = [p.name for p in provenances]
     chosen = next((p for p in provenances if p.name == dataset), None) if dataset else provenances[0]
     if chosen is None:
         return _frame(path, None, names, _panel(f"No dataset named {dataset!r}",
                                                 f"Pick one of: {', '.join(names)}.", "warning"))
     return _frame(path, chosen, names, html.Div([_provenance_line(chosen), _random_banner(chosen), content(chosen)]))
+
+
+def site_shell(store: DatasetStore, path: str, dataset: str | None, body) -> html.Div:
+    """A page about the whole site rather than one dataset: the navigation, the picker (on the dataset named in the
+    URL, if there is one) and `body`, whether there are datasets (or a database) or not."""
+    try:
+        provenances = store.provenances()
+    except DatabaseNotFound:
+        provenances = []
+    except DinoscopeDbError as error:
+        return _frame(path, None, [], _panel("The database cannot be opened", str(error), "danger"))
+    chosen = next((p for p in provenances if p.name == dataset), None)
+    return _frame(path, chosen, [p.name for p in provenances], body)
 
 
 def not_found(**_query) -> html.Div:
@@ -78,9 +93,10 @@ def not_found(**_query) -> html.Div:
 
 def _frame(path: str, chosen: Provenance | None, names: list[str], body) -> html.Div:
     shown = chosen.name if chosen else None
+    uploads = current_site().sets is not None
     links = [dbc.NavItem(dbc.NavLink(page.title, href=dataset_url(page.path, shown), active=page.path == path,
                                      id=page.nav_id))
-             for page in _pages()]
+             for page in _pages() if uploads or not page.needs_uploads]
     picker = dcc.Dropdown(id="dataset-picker", options=names, value=chosen.name if chosen else None,
                           clearable=False, placeholder="dataset", style={"minWidth": "14rem"})
     navbar = dbc.Navbar(dbc.Container([dbc.NavbarBrand("dinoscope", href=dataset_url("/gallery", shown)),

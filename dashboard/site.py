@@ -5,26 +5,31 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import flask
 
 from dashboard.data import DatasetStore
 from dashboard.folder_cache import FolderCache
+from dashboard.image_sets import ImageSets
 from dashboard.query_image import QueryModels
+from indexer.index_job import ServerModel
 
 EXTENSION = "dinoscope"
 
 
 @dataclass(frozen=True)
 class Site:
-    """One app's database, its results cache (projections, clusterings, PCAs shared by every worker process) and
-    its upload models. Background jobs receive it pickled: the store as its address, the cache as its folder, the
-    models empty (or the job server's own)."""
+    """One app's database, its results cache (projections, clusterings, PCAs shared by every worker process), its
+    upload models, its image sets (None unless users may add them) and the model it indexes them with. Background
+    jobs receive it pickled: the store as its address, the cache as its folder, the models empty (or the job
+    server's own)."""
 
     store: DatasetStore
     results: FolderCache
     models: QueryModels
+    sets: ImageSets | None = None
+    index_model: ServerModel = field(default_factory=ServerModel)
 
 
 def install(server: flask.Flask, site: Site) -> None:

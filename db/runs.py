@@ -3,6 +3,7 @@ transaction commits, and ended."""
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -11,6 +12,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from db.errors import DinoscopeDbError
+from db.mutations import remove_dataset
 from db.schema import Dataset, Failure, IndexRun, utcnow
 
 # A run of another host, whose process cannot be seen from here, counts as running while it, or any run of its
@@ -50,6 +52,33 @@ def check_no_run_in_progress(session: Session, dataset_id: int, host: str, alive
             raise RunInProgress(_in_progress_message(session, dataset_id, run))
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host runs under `pid`."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's
+        return True
+    return True
+
+
+def remove_dataset_unless_indexed(session: Session, dataset: Dataset, host: str) -> None:
+    """Remove a dataset and everything stored for it; refused with RunInProgress while a run indexes it, and, as
+    start_run does, in one step with that check."""
+    _lock_runs(session, dataset.id)
+    check_no_run_in_progress(session, dataset.id, host, process_alive, lambda _options: True)
+    remove_dataset(session, dataset)
+
+
+def _lock_runs(session: Session, dataset_id: int) -> None:
+    """On PostgreSQL, the transaction's advisory lock on the dataset's name (SQLite: its writer's lock does it)."""
+    if session.get_bind().dialect.name == "postgresql":
+        name = session.scalar(select(Dataset.name).where(Dataset.id == dataset_id))
+        key = zlib.crc32(name.encode()) - 2**31  # a signed 32-bit key
+        session.execute(select(func.pg_advisory_xact_lock(_RUN_LOCK_SPACE, key)))
+
+
 def start_run(session: Session, dataset_id: int, host: str, pid: int, options: dict, *,
               alive: Callable[[int], bool] = lambda _pid: True,
               overlaps: Callable[[dict], bool] = lambda _options: True) -> int:
@@ -57,10 +86,7 @@ def start_run(session: Session, dataset_id: int, host: str, pid: int, options: d
     is running (see check_no_run_in_progress). The check and the start are one step across processes and machines:
     a SQLite writer's transaction holds the database's write lock from its BEGIN IMMEDIATE, and on PostgreSQL the
     transaction takes an advisory lock on the dataset's name, held until it commits."""
-    if session.get_bind().dialect.name == "postgresql":
-        name = session.scalar(select(Dataset.name).where(Dataset.id == dataset_id))
-        key = zlib.crc32(name.encode()) - 2**31  # a signed 32-bit key
-        session.execute(select(func.pg_advisory_xact_lock(_RUN_LOCK_SPACE, key)))
+    _lock_runs(session, dataset_id)
     check_no_run_in_progress(session, dataset_id, host, alive, overlaps)
     run = IndexRun(dataset_id=dataset_id, host=host, pid=pid, options=options)
     session.add(run)

@@ -250,9 +250,11 @@ def export(dataset, output, patch_grids, db):
 @db_option
 def remove(dataset, yes, db):
     """Remove a dataset and everything stored for it (the image files are not touched)."""
+    import socket
+
     from db import open_database
-    from db.mutations import remove_dataset
     from db.queries import dataset_by_name
+    from db.runs import remove_dataset_unless_indexed
 
     database = open_database(db)
     with database.session() as session:
@@ -260,7 +262,7 @@ def remove(dataset, yes, db):
     if not yes:
         click.confirm(f"remove dataset {dataset!r} and all its embeddings?", abort=True)
     with database.session() as session:
-        remove_dataset(session, dataset_by_name(session, dataset))
+        remove_dataset_unless_indexed(session, dataset_by_name(session, dataset), socket.gethostname())
     click.echo(f"removed dataset {dataset!r}")
 
 

@@ -33,22 +33,26 @@ class ServerModel:
 
 
 def run_index_job(db_url: str, folder: str | Path, dataset: str, model: ServerModel,
-                  progress: Callable[[dict], None] | None = None) -> dict:
+                  progress: Callable[[dict], None] | None = None, uploaded_set: tuple[str, str | None] | None = None
+                  ) -> dict:
     """Index `folder` into `dataset` on the database `db_url`, in this process (decoding included: a job's process
     may not start others). `progress` is given {"done", "total", "images_per_second", "seconds_left"} after the
     run has planned and after each batch. Returns the summary: {"dataset", "refused": None, "added", "updated",
     "unchanged", "moved", "removed", "failed", "failures": [[relpath, reason], ...], "embedded",
     "images_per_second", "seconds", "notes"}; or, when the run is refused or fails on purpose (another run of the
-    dataset is running, a model that differs from the dataset's...), {"dataset", "refused": the message}."""
+    dataset is running, a model that differs from the dataset's...), {"dataset", "refused": the message}.
+    `uploaded_set`: (set id, owner) of the image set that `folder` is, recorded with the dataset it creates; a
+    dataset of that name that is not this set's refuses the run."""
     from dataclasses import asdict
 
     from db.engine import open_database
     from indexer.model import WeightsChoice
-    from indexer.run import IndexRequest, index_folder
+    from indexer.run import IndexRequest, UploadedSetRef, index_folder
 
     weights = (WeightsChoice("file", model.weights) if model.weights else WeightsChoice("random")
                if model.random_weights else None)
-    request = IndexRequest(Path(folder), dataset, model.name, weights, model.image_size, workers=0)
+    request = IndexRequest(Path(folder), dataset, model.name, weights, model.image_size, workers=0,
+                           uploaded_set=UploadedSetRef(*uploaded_set) if uploaded_set else None)
     report = (lambda step: progress(asdict(step))) if progress else None
     database = open_database(db_url)
     try:

@@ -29,15 +29,16 @@ from db.mutations import (
     bump_generation,
     create_dataset,
     move_image,
+    record_uploaded_set,
     remove_images,
     remove_vanished_images,
     replace_image_content,
     stored_content,
     touch_image,
 )
-from db.queries import dataset_by_id, find_dataset, image_with_content, stored_images
+from db.queries import dataset_by_id, find_dataset, image_with_content, stored_images, uploaded_set
 from db.records import DatasetProvenance
-from db.runs import check_no_run_in_progress, count_run_changes, end_run, start_run
+from db.runs import check_no_run_in_progress, count_run_changes, end_run, process_alive, start_run
 from db.schema import Dataset
 from indexer.embed import embed_files
 from indexer.model import (
@@ -65,6 +66,14 @@ _STORED_BYTES_CHANGED = "its bytes were stored under another path, which a concu
 
 
 @dataclass(frozen=True)
+class UploadedSetRef:
+    """An image set of the dashboard's uploads folder and who added it, recorded with the dataset it creates."""
+
+    set_id: str
+    owner: str | None
+
+
+@dataclass(frozen=True)
 class IndexRequest:
     folder: Path
     dataset: str | None = None
@@ -77,6 +86,7 @@ class IndexRequest:
     precision: str = "auto"
     patch_dims: int | None = None  # None: the dataset's, or full patch grids for a new dataset
     shard: Shard = WHOLE_FOLDER  # the part of the folder this run indexes
+    uploaded_set: UploadedSetRef | None = None  # the folder is this image set, added from the browser
 
     @property
     def dataset_name(self) -> str:
@@ -157,7 +167,8 @@ def index_folder(database: Database, request: IndexRequest, *, show_progress: bo
     with database.session() as session:
         dataset = find_dataset(session, request.dataset_name)
         if dataset is not None:  # told before hashing and loading the model; checked again as the run starts
-            check_no_run_in_progress(session, dataset.id, socket.gethostname(), _process_alive,
+            _check_same_set(session, dataset, request)
+            check_no_run_in_progress(session, dataset.id, socket.gethostname(), process_alive,
                                      _overlapping(request.shard))
         model_name, weights, image_size = _model_request(dataset, request, folder)
         stored = stored_images(session, dataset.id) if dataset else {}
@@ -179,7 +190,7 @@ def index_folder(database: Database, request: IndexRequest, *, show_progress: bo
         dataset_id = dataset.id
         run_id = start_run(session, dataset_id, socket.gethostname(), os.getpid(),
                            _run_options(request, model_name, image_size, device, precision),
-                           alive=_process_alive, overlaps=_overlapping(request.shard))
+                           alive=process_alive, overlaps=_overlapping(request.shard))
         reduction = PatchReduction(session, dataset)
     log.info("run %d of dataset %r started on %s: %d image files found, %d to embed on %s in %s, %d to remove",
              run_id, request.dataset_name, folder, len(scan.found), sum(len(job.targets) for job in plan.embed),
@@ -326,14 +337,26 @@ def _create_or_join_dataset(session, request: IndexRequest, folder: Path, loaded
         library_versions={"torch": torch.__version__, "timm": timm.__version__, "pillow": PIL.__version__},
     ))
     if created is not None:
+        if request.uploaded_set:
+            record_uploaded_set(session, created, request.uploaded_set.set_id, request.uploaded_set.owner)
         return created
     dataset = find_dataset(session, request.dataset_name)
     if dataset is None:
         raise IndexRefused(f"another process created dataset {request.dataset_name!r} and removed it again while "
                            "this run started: index again")
+    _check_same_set(session, dataset, request)
     _model_request(dataset, request, folder)
     _check_patch_dims(dataset, request, loaded, 0)
     return dataset
+
+
+def _check_same_set(session, dataset: Dataset, request: IndexRequest) -> None:
+    """An image set joins only the dataset it created: a name another dataset holds is refused, not merged."""
+    if request.uploaded_set is None:
+        return
+    recorded = uploaded_set(session, dataset)
+    if recorded is None or recorded.set_id != request.uploaded_set.set_id:
+        raise IndexRefused(f"a dataset named {request.dataset_name!r} exists already: name the image set otherwise")
 
 
 def _run_options(request: IndexRequest, model: str, image_size: int, device: torch.device, precision: str) -> dict:
@@ -354,16 +377,6 @@ def _overlapping(shard: Shard) -> Callable[[dict], bool]:
         return shard.whole or other.whole or other.count != shard.count or other.number == shard.number
 
     return overlaps
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _apply_changes_without_model(database: Database, dataset_id: int, run_id: int, plan: IndexPlan,

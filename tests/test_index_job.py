@@ -75,6 +75,24 @@ def test_a_refused_job_says_why(photos, db_url):
     assert other["refused"].startswith("dataset 'mine' was built with") and "image size 112" in other["refused"]
 
 
+def test_an_image_set_is_recorded_with_the_dataset_it_creates_and_joins_no_other(photos, tmp_path, db_url):
+    from db.queries import uploaded_set
+
+    first = run_index_job(db_url, photos, "mine", TEST_MODEL, uploaded_set=("mine-1a2b", "alice"))
+    with open_database(db_url).session() as session:
+        recorded = uploaded_set(session, find_dataset(session, "mine"))
+        assert (recorded.set_id, recorded.owner) == ("mine-1a2b", "alice")
+    assert first["added"] == 5
+    again = run_index_job(db_url, photos, "mine", TEST_MODEL, uploaded_set=("mine-1a2b", "alice"))
+    assert again["refused"] is None and again["unchanged"] == 5
+
+    other_set = run_index_job(db_url, photos, "mine", TEST_MODEL, uploaded_set=("mine-9f9f", "bob"))
+    assert other_set["refused"] == "a dataset named 'mine' exists already: name the image set otherwise"
+    run_index_job(db_url, photos, "from the command line", TEST_MODEL)
+    joining = run_index_job(db_url, photos, "from the command line", TEST_MODEL, uploaded_set=("x-1", "bob"))
+    assert "exists already" in joining["refused"]
+
+
 def test_a_second_run_of_a_dataset_is_refused_while_the_first_runs(photos, tmp_path, db_url):
     """Whoever starts it (a background job, `dinoscope index`), a run over the files another run of the dataset is
     indexing is refused, saying which run that is; once it has ended, the next run goes ahead."""
