@@ -80,17 +80,19 @@ def set_rows(site: Site, visitor: Visitor) -> list[SetRow]:
 
 
 def receive(site: Site, visitor: Visitor, files: Sequence[IncomingFile], *, dataset: str | None = None,
-            set_id: str | None = None) -> tuple[Received, str]:
-    """Store an upload as a new set for `dataset`, or add it to the set `set_id`, and issue the ticket of its index
-    run: (what was received, the ticket's token)."""
+            into: str | None = None) -> tuple[Received, str]:
+    """Store an upload as a new set for the new dataset `dataset`, or add it to the set of the dataset `into`, and
+    issue the ticket of its index run: (what was received, the ticket's token)."""
     if site.sets is None:
         raise ActionRefused(UPLOADS_OFF)
     if not may_add_sets(visitor.role):
         raise ActionRefused("Your role lets you browse, not add image sets: ask the server's administrator")
-    if set_id:
-        manifest = site.sets.manifest(set_id)
-        _check_may_change(visitor, manifest.owner, manifest.dataset)
-        received = site.sets.add(set_id, files)
+    if into:
+        manifest = _manifest_of(site, into)
+        if manifest is None:
+            raise ActionRefused(f"There is no image set of a dataset named {into!r} to add files to")
+        _check_may_change(visitor, manifest.owner, into)
+        received = site.sets.add(manifest.set_id, files)
     else:
         received = site.sets.create(visitor.user, _new_dataset_name(site, dataset), files)
     return received, issue_ticket(site, _set_ticket(site, received.manifest, visitor))

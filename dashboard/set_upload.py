@@ -1,4 +1,5 @@
-"""The route the image-sets page sends files to: one multipart POST, spooled to disk by the server as it arrives, held
+"""The route the image-sets page sends files to: one multipart POST (`files`, repeated; `dataset`, the name of a new
+dataset, or `into`, the dataset whose set the files join), spooled to disk by the server as it arrives, held
 to the set's limits rather than a callback's, and answered with JSON (the ticket of the index run, or why not).
 
 The request must carry the header the page's script sets: a form on another site cannot send one without the
@@ -38,13 +39,13 @@ def add_set_upload_route(server: flask.Flask, site: Site) -> None:
         flask.request.max_form_parts = limits.files_per_set + FORM_FIELDS
         try:
             files = [IncomingFile(part.filename or "", part.stream) for part in flask.request.files.getlist("files")]
-            dataset, set_id = flask.request.form.get("dataset"), flask.request.form.get("set")
+            dataset, into = flask.request.form.get("dataset"), flask.request.form.get("into")
         except RequestEntityTooLarge:
             return _answer(f"This upload is larger than a set may be ({limits.set_bytes / 1024**2:,.0f} MB), or "
                            f"holds more than {limits.files_per_set:,} files: send fewer", 413)
         visitor = current_user() or Visitor(None, VIEWER)
         try:
-            received, ticket = receive(site, visitor, files, dataset=dataset, set_id=set_id or None)
+            received, ticket = receive(site, visitor, files, dataset=dataset, into=into or None)
         except ActionRefused as refused:
             return _answer(str(refused), 403)
         except DinoscopeError as refused:  # the upload's own checks (SetRefused), a database that fails

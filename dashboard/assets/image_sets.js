@@ -49,7 +49,7 @@
                 }
                 const form = new FormData();
                 files.forEach(function (file) { form.append("files", file, file.name); });
-                if (target) { form.append("set", target); } else { form.append("dataset", name || ""); }
+                if (target) { form.append("into", target); } else { form.append("dataset", name || ""); }
                 const request = new XMLHttpRequest();
                 request.open("POST", "/image-sets/upload");
                 request.setRequestHeader("X-Dinoscope-Upload", "1");
