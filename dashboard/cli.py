@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from dashboard.image_sets import UploadLimits
 from dashboard.roles import DEFAULT_ROLE, ROLES
 from dashboard.settings import (
     ALLOW_UPLOADS_ENV,
@@ -29,12 +30,15 @@ from dashboard.settings import (
     RANDOM_WEIGHTS_ENV,
     SECRET_ENV,
     TRUSTED_PROXIES_ENV,
+    UPLOAD_LIMITS_ENV,
     UPLOADS_DIR_ENV,
     USERS_FILE_ENV,
     WEIGHTS_ENV,
     LoginSettings,
     Settings,
     UploadSettings,
+    describe_upload_limits,
+    parse_upload_limits,
     server_model_from_env,
 )
 from db.cli_options import db_option
@@ -81,6 +85,13 @@ def _server_model(model, weights, random_weights, image_size):
     if weights and random_weights:
         raise click.UsageError("--weights and --random-weights exclude each other: choose one")
     return server_model_from_env(model, weights, random_weights, image_size)
+
+
+def _upload_limits(_context, _param, values: tuple[str, ...]) -> UploadLimits:
+    try:
+        return parse_upload_limits(values)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 def server_options(function):
@@ -143,17 +154,24 @@ def server_options(function):
               show_default="an uploads folder beside a SQLite database, else $XDG_DATA_HOME/dinoscope/uploads",
               help=f"Where the image sets users add go (with `--celery`, a folder the workers see at the same "
                    f"path). Environment: {UPLOADS_DIR_ENV}.")
+@click.option("--upload-limit", "upload_limits", envvar=UPLOAD_LIMITS_ENV, metavar="NAME=VALUE", multiple=True,
+              callback=_upload_limits, show_default=describe_upload_limits(UploadLimits()),
+              help="A limit on what users add, repeated for each limit changed: file (bytes of one image), files "
+                   "(images in one set), set (bytes of one set), user (bytes of all one user's sets), pixels (of one "
+                   "image), zip (uncompressed bytes of one zip), zip-members (files and folders in one zip). Sizes "
+                   "take a unit B, KB, MB, GB, or KiB, MiB, GiB (user=2GiB); pixels may be millions (pixels=50M); "
+                   f"several limits in one value are comma-separated. Environment: {UPLOAD_LIMITS_ENV}.")
 @index_model_options
 @click.option("--index-slots", envvar=INDEX_SLOTS_ENV, type=click.IntRange(1, 8), default=1, show_default=True,
               help=f"Index runs of image sets the job server runs at once; later ones wait in order. Environment: "
                    f"{INDEX_SLOTS_ENV}.")
 def serve(db, host, port, cache_dir, workers, threads, users_file, celery, job_slots, login_limits_address,
-          login_limits_user, login_checks, trusted_proxies, frame_ancestors, allow_uploads, uploads_dir, model,
-          weights, random_weights, image_size, index_slots):
+          login_limits_user, login_checks, trusted_proxies, frame_ancestors, allow_uploads, uploads_dir,
+          upload_limits, model, weights, random_weights, image_size, index_slots):
     """Serve the dashboard on the database (read-only; with --allow-uploads, users add image sets to it)."""
     login = LoginSettings.from_env(login_limits_address, login_limits_user, login_checks)
     index_model = _server_model(model, weights, random_weights, image_size)
-    uploads = UploadSettings.from_env(resolve_url(db), allow_uploads, uploads_dir)
+    uploads = UploadSettings.from_env(resolve_url(db), allow_uploads, uploads_dir, upload_limits)
     serve_dashboard(Settings.from_env(db, cache_dir, celery, users_file, job_slots, login, trusted_proxies,
                                       frame_ancestors, uploads,
                                       index_model, index_slots), host, port, workers, threads)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
 
 from dashboard.framing import DEFAULT_FRAME_ANCESTORS
@@ -25,6 +28,7 @@ TRUSTED_PROXIES_ENV = "DINOSCOPE_TRUSTED_PROXIES"
 FRAME_ANCESTORS_ENV = "DINOSCOPE_FRAME_ANCESTORS"
 ALLOW_UPLOADS_ENV = "DINOSCOPE_ALLOW_UPLOADS"
 UPLOADS_DIR_ENV = "DINOSCOPE_UPLOADS_DIR"
+UPLOAD_LIMITS_ENV = "DINOSCOPE_UPLOAD_LIMITS"
 INDEX_SLOTS_ENV = "DINOSCOPE_INDEX_SLOTS"
 MODEL_ENV = "DINOSCOPE_MODEL"
 WEIGHTS_ENV = "DINOSCOPE_WEIGHTS"
@@ -34,6 +38,18 @@ _TRUE = ("1", "true", "yes", "on")
 # What the job server warms up before its first job: UMAP and t-SNE; torch, timm and the newest upload models.
 PRELOADS = ("projections", "models")
 PRELOAD_ENV = "DINOSCOPE_PRELOAD"
+# The names an operator gives the limits of image sets (`serve --upload-limit NAME=VALUE`): the field of UploadLimits
+# each sets, and how its value is written (a size in bytes, a count, or pixels, which may be counted in millions).
+UPLOAD_LIMIT_NAMES = {"file": ("file_bytes", "size"), "files": ("files_per_set", "count"),
+                      "set": ("set_bytes", "size"), "user": ("user_bytes", "size"),
+                      "pixels": ("image_pixels", "pixels"), "zip": ("zip_bytes", "size"),
+                      "zip-members": ("zip_members", "count")}
+_LIMIT_UNITS = {"size": {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
+                         "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3},
+                "pixels": {"": 1, "M": 1_000_000}, "count": {"": 1}}
+_LIMIT_WRITTEN = {"size": "a number of bytes, with an optional unit B, KB, MB, GB (1000-based), KiB, MiB or GiB",
+                  "pixels": "a whole number, or millions with M (50M)", "count": "a whole number"}
+_LIMIT_VALUE = re.compile(r"([+-]?\d+(?:\.\d+)?)\s*([A-Za-z]*)")
 
 
 def preloads_from_env() -> tuple[str, ...]:
@@ -48,6 +64,53 @@ def preloads_from_env() -> tuple[str, ...]:
         logging.getLogger(__name__).warning("%s names %s, which the job server does not know (it knows %s): ignored",
                                             PRELOAD_ENV, ", ".join(unknown), ", ".join(PRELOADS))
     return tuple(name for name in names if name in PRELOADS)
+
+
+def parse_upload_limits(values: Iterable[str]) -> UploadLimits:
+    """The limits of image sets named in `values` ("file=20MiB", "user=2GiB,pixels=50M": each item NAME=VALUE, a
+    value holding several comma-separated), the defaults for the others. Sizes are bytes, or a number with a unit
+    (KB, MB, GB: 1000-based; KiB, MiB, GiB: 1024-based); counts are whole numbers; pixels may be counted in millions
+    (50M). A ValueError names the bad item."""
+    given: dict[str, int] = {}
+    for item in (part.strip() for value in values for part in value.split(",")):
+        if not item:
+            continue
+        name, equals, value = (piece.strip() for piece in item.partition("="))
+        if not equals or name not in UPLOAD_LIMIT_NAMES:
+            raise ValueError(f"{item!r} names no limit: write NAME=VALUE, NAME one of "
+                             f"{', '.join(UPLOAD_LIMIT_NAMES)}")
+        field_name, kind = UPLOAD_LIMIT_NAMES[name]
+        if field_name in given:
+            raise ValueError(f"{item!r}: the limit {name} is given twice")
+        given[field_name] = _limit_value(item, value, kind)
+    return UploadLimits(**given)
+
+
+def _limit_value(item: str, value: str, kind: str) -> int:
+    found = _LIMIT_VALUE.fullmatch(value)
+    if not found:
+        raise ValueError(f"{item!r}: the value is not {_LIMIT_WRITTEN[kind]}")
+    number, unit = found.groups()
+    factor = next((factor for key, factor in _LIMIT_UNITS[kind].items() if key.lower() == unit.lower()), None)
+    if factor is None:
+        raise ValueError(f"{item!r}: unknown unit {unit!r}; the value is {_LIMIT_WRITTEN[kind]}")
+    if "." in number and factor == 1:  # a fraction of a byte, an image or a pixel
+        raise ValueError(f"{item!r}: the value is not {_LIMIT_WRITTEN[kind]}")
+    limit = int(Decimal(number) * factor)
+    if limit <= 0:
+        raise ValueError(f"{item!r}: a limit must be above zero")
+    return limit
+
+
+def describe_upload_limits(limits: UploadLimits) -> str:
+    """The limits as `--upload-limit` takes them, each in its largest whole unit: "file=20MiB, files=1000, ..."."""
+    items = []
+    for name, (field_name, kind) in UPLOAD_LIMIT_NAMES.items():
+        number = getattr(limits, field_name)
+        units = _LIMIT_UNITS[kind]
+        unit = max((key for key in units if number % units[key] == 0), key=units.get)
+        items.append(f"{name}={number // units[unit]}{unit}")
+    return ", ".join(items)
 
 
 def default_job_slots() -> int:
@@ -86,18 +149,24 @@ def server_model_from_env(name: str | None = None, weights: str | Path | None = 
 
 @dataclass(frozen=True)
 class UploadSettings:
-    """Whether users may add image sets from the browser, and where their files go (absolute)."""
+    """Whether users may add image sets from the browser, where their files go (absolute), and what one may hold."""
 
     allowed: bool = False
     folder: Path | None = None  # None: dashboard.settings.Settings puts it by the database
     limits: UploadLimits = field(default_factory=UploadLimits)
 
     @classmethod
-    def from_env(cls, db_url: str, allowed: bool | None = None, folder: str | Path | None = None) -> UploadSettings:
+    def from_env(cls, db_url: str, allowed: bool | None = None, folder: str | Path | None = None,
+                 limits: UploadLimits | None = None) -> UploadSettings:
         if allowed is None:
             allowed = os.environ.get(ALLOW_UPLOADS_ENV, "").strip().lower() in _TRUE
         folder = folder or os.environ.get(UPLOADS_DIR_ENV) or default_uploads_dir(db_url)
-        return cls(allowed, Path(folder).expanduser().resolve())
+        if limits is None:
+            try:
+                limits = parse_upload_limits([os.environ.get(UPLOAD_LIMITS_ENV, "")])
+            except ValueError as error:
+                raise ValueError(f"{UPLOAD_LIMITS_ENV}: {error}") from None
+        return cls(allowed, Path(folder).expanduser().resolve(), limits)
 
 
 @dataclass(frozen=True)
@@ -119,9 +188,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.uploads.folder is None:
-            object.__setattr__(self, "uploads", UploadSettings(self.uploads.allowed,
-                                                               default_uploads_dir(self.db_url).resolve(),
-                                                               self.uploads.limits))
+            folder = default_uploads_dir(self.db_url).resolve()
+            object.__setattr__(self, "uploads", replace(self.uploads, folder=folder))
 
     @classmethod
     def from_env(cls, db: str | None = None, cache_dir: str | Path | None = None, celery_url: str | None = None,
