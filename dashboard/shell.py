@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import dash
 import dash_bootstrap_components as dbc
+import flask
 from dash import Dash, Input, Output, State, dcc, html
 
 from dashboard import inputs
@@ -55,10 +56,9 @@ def page_shell(store: DatasetStore, path: str, dataset: str | None,
     except DinoscopeDbError as error:
         return _frame(path, None, [], _panel("The database cannot be opened", str(error), "danger"))
     if not provenances:
-        uploads = current_site().sets is not None
         return _frame(path, None, [], _panel(
             "No datasets yet", "Add a set of images on the Image sets page, or index a folder on the server: "
-            "dinoscope index FOLDER (then reload this page)." if uploads else
+            "dinoscope index FOLDER (then reload this page)." if _takes_uploads() else
             "Index a folder of images first: dinoscope index FOLDER (then reload this page).", "info"))
     names = [p.name for p in provenances]
     chosen = next((p for p in provenances if p.name == dataset), None) if dataset else provenances[0]
@@ -91,9 +91,14 @@ def not_found(**_query) -> html.Div:
         "There is no page at this address", "Pick a page in the navigation above.", "warning"))
 
 
+def _takes_uploads() -> bool:
+    """Whether the app answering the request takes image sets (no, outside a request)."""
+    return flask.has_app_context() and current_site().sets is not None
+
+
 def _frame(path: str, chosen: Provenance | None, names: list[str], body) -> html.Div:
     shown = chosen.name if chosen else None
-    uploads = current_site().sets is not None
+    uploads = _takes_uploads()
     links = [dbc.NavItem(dbc.NavLink(page.title, href=dataset_url(page.path, shown), active=page.path == path,
                                      id=page.nav_id))
              for page in _pages() if uploads or not page.needs_uploads]

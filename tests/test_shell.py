@@ -76,7 +76,7 @@ def test_the_dataset_picker_and_the_navigation_keep_the_dataset(dash_duo, two_da
     dash_duo.select_dcc_dropdown("#dataset-picker", value="samples")
     dash_duo.wait_for_contains_text("#provenance", "44 images")
     until(lambda: "dataset=samples" in dash_duo.driver.current_url, timeout=10)
-    for title, path in ((page.title, page.path) for page in PAGES):
+    for title, path in ((page.title, page.path) for page in PAGES if not page.needs_uploads):
         when_stable(lambda path=path: dash_duo.find_element(f"#nav-{path.strip('/')}").click())
         until(lambda path=path: dash_duo.driver.current_url.split("?")[0].endswith(path), timeout=10)
         dash_duo.wait_for_contains_text("#provenance", "44 images")

@@ -114,8 +114,7 @@ def index_set(site: Site, set_progress, ticket):
     if not ticket:
         return dash.no_update
     set_progress("Starting: reading the files and loading the model…")
-    summary = run_ticket(site, inputs.text(ticket, "The index run's ticket"),
-                         lambda step: set_progress(_progress_view(step)))
+    summary = run_ticket(site, ticket, lambda step: set_progress(_progress_view(step)))  # any value: a ticket or not
     return _summary_view(summary)
 
 
