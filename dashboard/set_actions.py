@@ -22,7 +22,7 @@ from db.engine import open_database
 from db.errors import DatabaseNotFound, DatasetNotFound, DinoscopeError
 from db.queries import find_dataset
 from db.runs import remove_dataset_unless_indexed
-from indexer.index_job import run_index_job
+from indexer.index_job import ServerModel, run_index_job
 
 log = logging.getLogger(__name__)
 TICKET_PREFIX = "index-ticket/"
@@ -158,8 +158,10 @@ def run_ticket(site: Site, token: str, progress: Callable[[dict], None] | None =
         return {"dataset": None, "refused": "This index run was not asked for here, or has run already: ask again"}
     log.info("index run of dataset %r asked for by %s", ticket.dataset, ticket.asked_by or "the local user")
     report = (lambda step: progress({**step, "dataset": ticket.dataset})) if progress else None
-    return run_index_job(site.store.db_url, ticket.folder, ticket.dataset, site.index_model, report,
-                         ticket.uploaded_set)
+    # A dataset that exists is indexed with its own model and weights, whatever the server's are now.
+    exists = any(p.name == ticket.dataset for p in _provenances(site))
+    return run_index_job(site.store.db_url, ticket.folder, ticket.dataset, ServerModel() if exists
+                         else site.index_model, report, ticket.uploaded_set)
 
 
 def _set_ticket(site: Site, manifest: SetManifest, visitor: Visitor) -> IndexTicket:

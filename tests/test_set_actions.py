@@ -158,6 +158,18 @@ def test_indexing_again_a_set_or_a_server_folder(site, server_folder):
     assert (summary["added"], summary["unchanged"]) == (1, 3)
 
 
+def test_a_dataset_that_exists_is_indexed_with_its_own_model_whatever_the_server_s_is_now(site, server_folder):
+    indexed(site, ALICE, "cats", 1)
+    other = replace(site, index_model=replace(TEST_MODEL, image_size=2 * IMAGE_SIZE))
+    _received, ticket = receive(other, ALICE, [photo(2)], into="cats")
+    assert run_ticket(other, ticket)["added"] == 1
+    noise(server_folder / "new.png", 9)
+    assert run_ticket(other, reindex(other, ROOT, "lab"))["added"] == 1
+    assert indexed(other, ALICE, "bigger", 3)["added"] == 1  # a new set: the server's model as it is now
+    assert {p.name: p.image_size for p in site.store.provenances()} == {
+        "cats": IMAGE_SIZE, "lab": IMAGE_SIZE, "bigger": 2 * IMAGE_SIZE}
+
+
 def test_a_second_run_of_a_set_is_told_the_first_is_running(site):
     indexed(site, ALICE, "cats", 1)
     with open_database(site.store.db_url).session() as session:
