@@ -51,8 +51,8 @@ def add_set_upload_route(server: flask.Flask, site: Site) -> None:
         except DinoscopeError as refused:  # the upload's own checks (SetRefused), a database that fails
             return _answer(str(refused), 400)
         skipped = received.skipped
-        message = (f"Received {len(received.added)} images for {received.manifest.dataset!r}"
-                   + (f", left out {len(skipped)} other files ({', '.join(name for name, _ in skipped[:3])}"
+        message = (f"Received {_count(len(received.added), 'image')} for {received.manifest.dataset!r}"
+                   + (f", left out {_count(len(skipped), 'other file')} ({', '.join(name for name, _ in skipped[:3])}"
                       f"{', ...' if len(skipped) > 3 else ''})" if skipped else "") + ": indexing")
         return flask.jsonify({"ticket": ticket, "dataset": received.manifest.dataset,
                               "set": received.manifest.set_id, "added": len(received.added),
@@ -61,3 +61,7 @@ def add_set_upload_route(server: flask.Flask, site: Site) -> None:
 
 def _answer(message: str, status: int) -> tuple[flask.Response, int]:
     return flask.jsonify({"ticket": None, "message": message}), status
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
