@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from dashboard.data import Provenance
-from dashboard.image_sets import IncomingFile, Received, SetManifest, SetNotFound
+from dashboard.image_sets import IncomingFile, Received, SetManifest, SetNotFound, SetRefused
 from dashboard.roles import Visitor, may_add_sets, may_change_set, may_index_server_folder, may_remove_set
 from dashboard.site import Site
 from db.engine import open_database
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 TICKET_PREFIX = "index-ticket/"
 TICKET_SECONDS = 24 * 3600  # a run waits in the indexing lane's queue at most this long
 DATASET_NAME_CHARS = 80
+MAY_NOT_ADD = "Your role lets you browse, not add image sets: ask the server's administrator"
 UPLOADS_OFF = "This server does not take image sets from the browser: its operator starts it with --allow-uploads"
 
 
@@ -86,7 +87,7 @@ def receive(site: Site, visitor: Visitor, files: Sequence[IncomingFile], *, data
     if site.sets is None:
         raise ActionRefused(UPLOADS_OFF)
     if not may_add_sets(visitor.role):
-        raise ActionRefused("Your role lets you browse, not add image sets: ask the server's administrator")
+        raise ActionRefused(MAY_NOT_ADD)
     if into:
         manifest = _manifest_of(site, into)
         if manifest is None:
@@ -172,11 +173,11 @@ def _set_ticket(site: Site, manifest: SetManifest, visitor: Visitor) -> IndexTic
 def _new_dataset_name(site: Site, dataset: str | None) -> str:
     name = (dataset or "").strip()
     if not name:
-        raise ActionRefused("Name the new dataset first")
+        raise SetRefused("Name the new dataset first")
     if len(name) > DATASET_NAME_CHARS or not name.isprintable():
-        raise ActionRefused(f"A dataset's name is at most {DATASET_NAME_CHARS} printable characters")
+        raise SetRefused(f"A dataset's name is at most {DATASET_NAME_CHARS} printable characters")
     if _manifest_of(site, name) is not None or any(p.name == name for p in _provenances(site)):
-        raise ActionRefused(f"A dataset named {name!r} exists already: choose another name, or add the files to it")
+        raise SetRefused(f"A dataset named {name!r} exists already: choose another name, or add the files to it")
     return name
 
 

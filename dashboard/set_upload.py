@@ -15,8 +15,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from dashboard.auth import current_user
 from dashboard.image_sets import IncomingFile
-from dashboard.roles import VIEWER, Visitor
-from dashboard.set_actions import UPLOADS_OFF, ActionRefused, receive
+from dashboard.roles import VIEWER, Visitor, may_add_sets
+from dashboard.set_actions import MAY_NOT_ADD, UPLOADS_OFF, ActionRefused, receive
 from dashboard.site import Site
 from db.errors import DinoscopeError
 
@@ -34,6 +34,9 @@ def add_set_upload_route(server: flask.Flask, site: Site) -> None:
             return _answer(f"{UPLOAD_PATH} takes uploads from the image-sets page only", 400)
         if site.sets is None:
             return _answer(UPLOADS_OFF, 403)
+        visitor = current_user() or Visitor(None, VIEWER)
+        if not may_add_sets(visitor.role):  # before a byte of the body is read
+            return _answer(MAY_NOT_ADD, 403)
         limits = site.sets.limits
         flask.request.max_content_length = limits.set_bytes + FORM_BYTES
         flask.request.max_form_parts = limits.files_per_set + FORM_FIELDS
@@ -43,7 +46,6 @@ def add_set_upload_route(server: flask.Flask, site: Site) -> None:
         except RequestEntityTooLarge:
             return _answer(f"This upload is larger than a set may be ({limits.set_bytes / 1024**2:,.0f} MB), or "
                            f"holds more than {limits.files_per_set:,} files: send fewer", 413)
-        visitor = current_user() or Visitor(None, VIEWER)
         try:
             received, ticket = receive(site, visitor, files, dataset=dataset, into=into or None)
         except ActionRefused as refused:

@@ -80,6 +80,8 @@ def test_a_body_over_the_set_limit_is_refused_with_413_and_the_limit(tmp_path, u
     assert answer.status_code == 413
     assert answer.get_json() == {"ticket": None, "message": "This upload is larger than a set may be (1 MB), or holds "
                                                             "more than 1,000 files: send fewer"}
+    # A viewer is refused before the body is read: told 403, not the size
+    assert post(served, "carol", [("huge.png", b"\x89PNG" + bytes(3 * MB))], dataset="pets").status_code == 403
     assert stored_sets(tmp_path) == []
 
 
@@ -99,13 +101,13 @@ def test_a_name_an_indexed_dataset_or_another_set_holds_is_refused(tmp_path, use
     shutil.copyfile(sample_db, db)
     served = client(tmp_path, users, db)
     answer = post(served, "alice", [("cat.jpg", jpeg(1))], dataset="samples")
-    assert answer.status_code == 403
+    assert answer.status_code == 400
     assert answer.get_json()["message"] == ("A dataset named 'samples' exists already: choose another name, or add the "
                                             "files to it")
     answer = post(served, "alice", [("cat.jpg", jpeg(1))], dataset="pets")
     assert answer.status_code == 200 and answer.get_json()["message"] == "Received 1 image for 'pets': indexing"
     answer = post(served, "bob", [("dog.jpg", jpeg(2))], dataset="pets")  # not yet indexed: its set holds the name
-    assert answer.status_code == 403 and "A dataset named 'pets' exists already" in answer.get_json()["message"]
+    assert answer.status_code == 400 and "A dataset named 'pets' exists already" in answer.get_json()["message"]
     answer = post(served, "bob", [("dog.jpg", jpeg(2))], into="pets")
     assert answer.status_code == 403
     assert answer.get_json()["message"] == "'pets' is alice's image set: only they or an admin change it"
