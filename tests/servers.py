@@ -14,6 +14,8 @@ from pathlib import Path
 
 import psutil
 
+from indexer.index_job import ServerModel
+
 # A served dashboard as its command line says, whatever the environment running the tests holds.
 PLAIN_SERVE_ENV = {"DINOSCOPE_SECRET_KEY": "", "DINOSCOPE_USERS_FILE": "", "DINOSCOPE_CELERY": ""}
 CLI = [sys.executable, "-c", "from indexer.cli import main; main()"]
@@ -52,11 +54,14 @@ def wait_until_healthy(process: subprocess.Popen, url: str, log: Path, timeout_s
     raise AssertionError(f"no answer from {url}/health in {timeout_s} s: {log.read_text()}")
 
 
-def start_worker(redis_url: str, db: Path, cache_dir: Path, log: Path, timeout_s: float = 180) -> subprocess.Popen:
-    """A real `dinoscope worker` on the tests' Redis database, returned once it answers a ping."""
+def start_worker(redis_url: str, db: Path, cache_dir: Path, log: Path, timeout_s: float = 180,
+                 index_model: ServerModel | None = None) -> subprocess.Popen:
+    """A real `dinoscope worker` on the tests' Redis database, returned once it answers a ping; it indexes image
+    sets with `index_model`, as `serve` does with the same options."""
     from dashboard.jobs import celery_app
 
-    process = start(["worker", "--celery", redis_url, "--db", db, "--cache-dir", cache_dir, "--concurrency", "2"], log)
+    process = start(["worker", "--celery", redis_url, "--db", db, "--cache-dir", cache_dir, "--concurrency", "2",
+                     *model_options(index_model or ServerModel())], log)
     deadline = time.monotonic() + timeout_s
     with celery_app(redis_url) as control_app:  # closed after: see BackgroundApps.close
         while time.monotonic() < deadline:
@@ -66,6 +71,13 @@ def start_worker(redis_url: str, db: Path, cache_dir: Path, log: Path, timeout_s
                 return process
     stop(process)
     raise AssertionError(f"the worker did not answer in {timeout_s} s: {log.read_text()}")
+
+
+def model_options(model: ServerModel) -> list[str]:
+    """The command-line options of `serve` and `worker` that name `model`."""
+    return [*(["--model", model.name] if model.name else []), *(["--weights", model.weights] if model.weights else []),
+            *(["--random-weights"] if model.random_weights else []),
+            *(["--image-size", str(model.image_size)] if model.image_size else [])]
 
 
 def stop(process: subprocess.Popen, timeout_s: float = 60, sig: int = signal.SIGTERM) -> tuple[int, int]:
@@ -136,16 +148,20 @@ class BackgroundApps:
         self.workers: list[subprocess.Popen] = []
         self.managers: list = []
 
-    def build(self, db: Path):
+    def build(self, db: Path, **settings):
+        """A dashboard on the SQLite file `db`, with any other `settings` (dashboard.settings.Settings' fields, such
+        as uploads and index_model: the Celery worker indexes with the same model)."""
         from dashboard.app import create_app
         from dashboard.jobs import background_managers
         from dashboard.settings import Settings
 
         celery_url = self.redis_url if self.manager == "celery" else None
-        self.settings = Settings(f"sqlite:///{db}", self.folder / "cache", "test-secret", celery_url=celery_url)
+        self.settings = Settings(f"sqlite:///{db}", self.folder / "cache", "test-secret", celery_url=celery_url,
+                                 **settings)
         if celery_url:
             flush_test_redis(celery_url)
-            self.workers.append(start_worker(celery_url, db, self.settings.cache_dir, self.folder / "worker.log"))
+            self.workers.append(start_worker(celery_url, db, self.settings.cache_dir, self.folder / "worker.log",
+                                             index_model=self.settings.index_model))
         self.managers.append(background_managers(self.settings))
         return create_app(self.settings, self.managers[-1])
 

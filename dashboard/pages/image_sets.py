@@ -196,8 +196,10 @@ def _summary_view(summary: dict):
     if summary["refused"]:
         return dbc.Alert(summary["refused"], color="warning", id="sets-refused")
     name = summary["dataset"]
-    counts = ", ".join(f"{summary[key]} {key}" for key in ("added", "updated", "moved", "removed", "failed")
-                       if summary[key]) or f"{summary['unchanged']} unchanged, nothing new"
+    changes = [f"{summary[key]} {key}" for key in ("added", "updated", "moved", "removed") if summary[key]]
+    # A file that cannot be read fails again on every run: no change, and no reason to hide that nothing changed.
+    counts = ", ".join((changes or [f"{summary['unchanged']} unchanged, nothing new"])
+                       + ([f"{summary['failed']} failed"] if summary["failed"] else []))
     speed = f", {summary['images_per_second']:.1f} images per second" if summary["embedded"] else ""
     failures = summary["failures"]
     return html.Div([
