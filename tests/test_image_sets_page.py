@@ -240,4 +240,5 @@ def test_a_server_without_uploads_has_no_image_sets_page(dash_duo, tmp_path):
     dash_duo.driver.get(f"{dash_duo.server_url}/image-sets")
     dash_duo.wait_for_contains_text("#sets-off", "This server does not take image sets from the browser")
     assert not _exists(dash_duo, "#nav-image-sets") and not _exists(dash_duo, "#sets-files")
+    assert not dash_duo.find_element("#sets-reindex").is_displayed()  # nothing offered that would be refused
     assert dash_duo.get_logs() == []

@@ -68,7 +68,8 @@ def layout(dataset: str | None = None, **_query):
                     dbc.Button("Remove", id="sets-remove", color="danger", outline=True, size="sm", className="me-2"),
                     dbc.Button("Remove for good", id="sets-remove-confirm", color="danger", size="sm", style=HIDDEN),
                 ], md="auto"),
-            ], className="g-2 mt-2 align-items-center"),
+            ], className="g-2 mt-2 align-items-center",
+                style=None if site.sets is not None and may_add_sets(visitor.role) else HIDDEN),
             html.Div(id="sets-action", className="mt-2"),
         ]), className="mb-3"),
     ]))
