@@ -122,6 +122,8 @@ def test_an_unreachable_server_is_one_line_that_hides_the_password(tmp_path):
 def test_demo_indexes_the_samples_and_serves_the_dashboard(tmp_path):
     import urllib.request
 
+    import requests
+
     port = free_port()
     log = tmp_path / "demo.log"
     process = start(["demo", "--folder", tmp_path / "samples", "--db", tmp_path / "demo.db", "--random-weights",
@@ -133,6 +135,11 @@ def test_demo_indexes_the_samples_and_serves_the_dashboard(tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/thumbnails/1/gallery.jpg", timeout=10) as image:
             assert image.headers["Content-Type"] == "image/jpeg"
         assert (tmp_path / "cache" / "jobs").is_dir()  # the job server of the cache folder asked for
+        photo = next((tmp_path / "samples").rglob("*.jpg"))
+        sent = requests.post(f"http://127.0.0.1:{port}/image-sets/upload", headers={"X-Dinoscope-Upload": "1"},
+                             files=[("files", (photo.name, photo.read_bytes()))], data={"dataset": "mine"}, timeout=30)
+        assert sent.status_code == 200 and sent.json()["ticket"]  # the demo takes image sets
+        assert (tmp_path / "uploads" / sent.json()["set"]).is_dir()
     finally:
         stop(process)
     output = log.read_text()
