@@ -27,6 +27,7 @@ KEEP = 16  # pairs above the lowest threshold kept per image (its most similar o
 # picture make a connected group without a million pairs
 BLOCK = 2_048  # rows of one matrix product
 KMEANS_SAMPLE = 20_000  # images the cells are fitted on
+ROUNDING = 1e-6  # float32 cosines of identical vectors may fall this short of 1: a threshold of 1 still holds them
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def _cells(reduced: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _pairs_above(scores: np.ndarray, rows: np.ndarray, members: np.ndarray, lowest: float):
     """The (first, second, similarity) of a block's scores at `lowest` or above, at most KEEP per row."""
-    hits = scores >= lowest
+    hits = scores >= lowest - ROUNDING
     crowded = np.flatnonzero(hits.sum(axis=1) > KEEP)
     if len(crowded):
         kept = np.argpartition(-scores[crowded], KEEP - 1, axis=1)[:, :KEEP]
@@ -128,7 +129,7 @@ def _unique_pairs(found) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def duplicate_groups(found: DuplicatePass, threshold: float) -> list[DuplicateGroup]:
     """The connected components of the pairs at `threshold` or above: images joined by a chain of such pairs,
     the largest groups first (then the closest). Only the cached pairs are read: nothing is compared again."""
-    chosen = found.similarity >= threshold
+    chosen = found.similarity >= threshold - ROUNDING
     first, second, similarity = found.first[chosen], found.second[chosen], found.similarity[chosen]
     if not len(first):
         return []
