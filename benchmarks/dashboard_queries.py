@@ -214,16 +214,16 @@ def duplicates(view: DatasetView) -> list[tuple[str, str]]:
     measured = recall(view.embeddings, found)
     rows.append((f"  found of {measured.sampled} images' exact nearest neighbours / pairs >= {LOWEST}",
                  f"{measured.nearest:.0%} / {measured.pairs_found} of {measured.pairs}"))
-    rng = np.random.default_rng(1)
-    originals = rng.choice(len(view), PLANTED, replace=False)
-    copies = rng.choice(np.setdiff1d(np.arange(len(view)), originals), PLANTED, replace=False)
+    rng, planted_count = np.random.default_rng(1), min(PLANTED, len(view) // 2)
+    originals = rng.choice(len(view), planted_count, replace=False)
+    copies = rng.choice(np.setdiff1d(np.arange(len(view)), originals), planted_count, replace=False)
     embeddings = np.array(view.embeddings)
     scale = np.linalg.norm(embeddings[originals], axis=1, keepdims=True) / np.sqrt(embeddings.shape[1])
-    embeddings[copies] = embeddings[originals] + 0.25 * scale * rng.standard_normal((PLANTED, embeddings.shape[1]))
+    embeddings[copies] = embeddings[originals] + 0.25 * scale * rng.standard_normal((planted_count, embeddings.shape[1]))
     planted = duplicate_pass(embeddings, pca_components(embeddings, REDUCED_DIMENSIONS)[0], LOWEST)
     known = set(zip(planted.first.tolist(), planted.second.tolist()))
     hits = sum((min(a, b), max(a, b)) in known for a, b in zip(originals.tolist(), copies.tolist()))
-    rows.append((f"  found of {PLANTED} planted near-copies", f"{hits}"))
+    rows.append((f"  found of {planted_count} planted near-copies", f"{hits}"))
     return rows
 
 
