@@ -23,8 +23,10 @@ import time
 from pathlib import Path
 
 import diskcache
+import numpy as np
 import psutil
 
+from dashboard.analysis.duplicates import duplicate_groups, duplicate_pass, recall
 from dashboard.analysis.projection import REDUCED_DIMENSIONS, pca_components, project
 from dashboard.app import create_app
 from dashboard.clustering_view import (
@@ -37,6 +39,7 @@ from dashboard.clustering_view import (
     query_of,
 )
 from dashboard.data import DatasetStore, DatasetView
+from dashboard.duplicates_view import LOWEST
 from dashboard.settings import Settings
 from dashboard.similarity_view import HEATMAP_LIMIT, heatmap_figure, neighbourhood
 from db.engine import open_database, resolve_url
@@ -189,11 +192,38 @@ def answers(view: DatasetView, dash: Dash, args) -> list[tuple[str, str]]:
     rows.append((f"scatter, K-Means k=20 (callback route, {len(body) / MIB:.1f} MiB JSON)",
                  _s(median_s(lambda: dash.call("..clustering-scatter.figure", scatter, "clustering-shown.data"),
                              repeats))))
+    rows += duplicates(view)
     for method, wanted in (("tsne", args.tsne), ("umap", args.umap)):
         if wanted:
             started = time.perf_counter()
             project(view.embeddings, method, reduced=view.reduced, progress=lambda stage: print(f"  {stage}…"))
             rows.append((f"{method} (a background job, once)", _s(time.perf_counter() - started)))
+    return rows
+
+
+PLANTED = 500  # near-copies planted to measure what the duplicates pass finds of them
+
+
+def duplicates(view: DatasetView) -> list[tuple[str, str]]:
+    """The near-duplicate pass (a background job, once per generation), regrouping at a threshold, and what it finds:
+    of the dataset's own pairs and nearest neighbours on a sample, and of PLANTED near-copies (cosine about 0.97)."""
+    started = time.perf_counter()
+    found = duplicate_pass(view.embeddings, view.reduced, LOWEST)
+    rows = [(f"duplicates pass, {found.cells} cells (a background job, once)", _s(time.perf_counter() - started)),
+            ("regroup at threshold 0.95 (cached pairs)", _s(median_s(lambda: duplicate_groups(found, 0.95), 3)))]
+    measured = recall(view.embeddings, found)
+    rows.append((f"  found of {measured.sampled} images' exact nearest neighbours / pairs >= {LOWEST}",
+                 f"{measured.nearest:.0%} / {measured.pairs_found} of {measured.pairs}"))
+    rng, planted_count = np.random.default_rng(1), min(PLANTED, len(view) // 2)
+    originals = rng.choice(len(view), planted_count, replace=False)
+    copies = rng.choice(np.setdiff1d(np.arange(len(view)), originals), planted_count, replace=False)
+    embeddings = np.array(view.embeddings)
+    scale = np.linalg.norm(embeddings[originals], axis=1, keepdims=True) / np.sqrt(embeddings.shape[1])
+    embeddings[copies] = embeddings[originals] + 0.25 * scale * rng.standard_normal((planted_count, embeddings.shape[1]))
+    planted = duplicate_pass(embeddings, pca_components(embeddings, REDUCED_DIMENSIONS)[0], LOWEST)
+    known = set(zip(planted.first.tolist(), planted.second.tolist()))
+    hits = sum((min(a, b), max(a, b)) in known for a, b in zip(originals.tolist(), copies.tolist()))
+    rows.append((f"  found of {planted_count} planted near-copies", f"{hits}"))
     return rows
 
 

@@ -22,6 +22,8 @@ from dashboard.analysis.similarity import top_k
 from dashboard.shared_matrix import MatrixKey, SharedContent, one_builder, read_shared, write_shared
 from db.engine import Database, open_database
 from db.queries import (
+    ByteCopy,
+    byte_copies,
     dataset_by_name,
     dataset_generation,
     dataset_generations,
@@ -139,6 +141,12 @@ class DatasetStore:
         with self.database.session() as session:
             found = thumbnail(session, image_id, kind)
         return None if found is None else (found.jpeg, f"{found.content_hash}-{kind}")
+
+    def byte_copies(self, name: str, among: list[str]) -> list[ByteCopy]:
+        """The images of dataset `name` and of the datasets `among` whose bytes another of them holds too, for the
+        contents that an image of `name` holds (see db.queries.byte_copies)."""
+        with self.database.session() as session:
+            return byte_copies(session, name, among)
 
     def provenances(self) -> list[Provenance]:
         """Every dataset's provenance. Counting the images reads every image's row, and every page asks for this:

@@ -5,6 +5,8 @@
     /download/embeddings.npz?dataset=NAME                every embedding with ids, paths and labels
     /download/clusters.csv?dataset=NAME&<the clustering page's parameters>
                                                          every image's cluster and 2-D position
+    /download/duplicates.csv?dataset=NAME&threshold=T    exact copies and near-duplicate groups, one row per image
+    /download/duplicates.json?dataset=NAME&threshold=T   the same groups as one JSON document
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterable
 
 import flask
 
+from dashboard.analysis.duplicates import duplicate_groups
 from dashboard.clustering_view import (
     assignment_csv,
     cached_clustering,
@@ -24,12 +27,23 @@ from dashboard.clustering_view import (
     projection_params,
 )
 from dashboard.data import DatasetStore, DatasetView
+from dashboard.duplicates_view import (
+    THRESHOLD,
+    cached_pass,
+    exact_groups,
+    groups_csv,
+    groups_json,
+    pass_key,
+    runs_in_background,
+)
 from dashboard.embeddings_view import dataset_npz, embedding_npy
 from db.errors import DatasetNotFound, DinoscopeDbError
 
 EMBEDDING_NPY_PATH = "/download/embedding.npy"
 EMBEDDINGS_NPZ_PATH = "/download/embeddings.npz"
 CLUSTERS_CSV_PATH = "/download/clusters.csv"
+DUPLICATES_CSV_PATH = "/download/duplicates.csv"
+DUPLICATES_JSON_PATH = "/download/duplicates.json"
 
 
 def add_download_routes(server: flask.Flask, store: DatasetStore, results) -> None:
@@ -67,6 +81,30 @@ def add_download_routes(server: flask.Flask, store: DatasetStore, results) -> No
         space = "-2d" if clustering.space == "projection" else ""
         name = f"{_slug(view.name)}-{projection.method}-{clustering.method}-{detail}{space}-clusters.csv"
         return _attachment(assignment_csv(view, found.coordinates, result.labels), name, "text/csv")
+
+
+    @server.route(DUPLICATES_CSV_PATH)
+    def duplicates_csv():
+        view, threshold, exact, near, found = _duplicates(store, results)
+        name = f"{_slug(view.name)}-duplicates-{threshold:g}.csv"
+        return _attachment([groups_csv(view, exact, near, found)], name, "text/csv")
+
+    @server.route(DUPLICATES_JSON_PATH)
+    def duplicates_json():
+        view, threshold, exact, near, found = _duplicates(store, results)
+        name = f"{_slug(view.name)}-duplicates-{threshold:g}.json"
+        return _attachment([groups_json(view, threshold, exact, near, found)], name, "application/json")
+
+
+def _duplicates(store: DatasetStore, results):
+    """The dataset, the threshold asked for, its exact groups, and its near-duplicate groups with the pass."""
+    view = _view(store)
+    threshold = THRESHOLD.coerce(flask.request.args.get("threshold"))
+    if runs_in_background(view) and pass_key(view) not in results:
+        flask.abort(409, "The near-duplicates of this dataset have not been found yet: open it on the duplicates "
+                         "page first, then download.")
+    found = cached_pass(results, view)
+    return view, threshold, exact_groups(store, view.name), duplicate_groups(found, threshold), found
 
 
 def _view(store: DatasetStore) -> DatasetView:

@@ -57,6 +57,24 @@ projection to that many dimensions can; the explained variance ratio is each dir
 curved or clustered structure can overlap in it.
 """
 
+DUPLICATES = """
+**Exact copies** hold the same bytes: the indexer keeps a hash of every file's content (SHA-256), and two files with
+the same hash are the same file, whatever their names. They are looked for in this dataset and in the other
+datasets embedded by the same model with the same weights.
+
+**Near-duplicates** are different files of (almost) the same picture: resized, recompressed, slightly cropped or
+edited. Their embeddings point almost the same way, so their **cosine similarity** is close to 1. The histogram
+shows, for every image, the similarity to its most similar other image: duplicates make a bump near 1, apart from
+the bulk of ordinary neighbours. Put the **threshold** in the gap between them. Images are grouped when a chain
+of pairs at the threshold or above joins them (connected components), so in a large group two images may be less
+similar than the threshold, each close to a third. Where a near-duplicate ends and a merely similar picture begins
+is a choice: look at the groups as you move the threshold.
+
+In a large dataset comparing every pair takes too long, so each image is compared (exactly, on its whole
+embedding) with the images near it on the first 50 principal components: near-copies are near there too, but a
+pair can be missed where the two fall into different regions.
+"""
+
 IMAGE_SETS = """
 An **image set** is a collection of your own pictures, sent to the server and indexed there with the server's
 model, as `dinoscope index` indexes a folder: each image's embedding and patch grid are computed once and stored,

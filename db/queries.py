@@ -267,3 +267,27 @@ def thumbnail(session: Session, image_id: int, kind: str = "gallery") -> StoredT
     row = session.execute(select(Thumbnail.jpeg, Image.content_hash).join(Image, Image.id == Thumbnail.image_id)
                           .where(Thumbnail.image_id == image_id, Thumbnail.kind == kind)).first()
     return None if row is None else StoredThumbnail(row.jpeg, row.content_hash)
+
+
+@dataclass(frozen=True)
+class ByteCopy:
+    """An image whose bytes another image of the datasets compared also holds."""
+
+    content_hash: str
+    image_id: int
+    dataset: str
+    relpath: str
+
+
+def byte_copies(session: Session, dataset: str, among: list[str]) -> list[ByteCopy]:
+    """The images of the datasets named `dataset` and `among` whose content hash another of them holds too, for the
+    hashes that an image of `dataset` holds; by hash, dataset name and path, in one statement."""
+    compared = select(Dataset.id).where(Dataset.name.in_(sorted({dataset, *among})))
+    duplicated = (select(Image.content_hash).where(Image.dataset_id.in_(compared)).group_by(Image.content_hash)
+                  .having(func.count() > 1))
+    held = select(Image.content_hash).join(Dataset, Dataset.id == Image.dataset_id).where(Dataset.name == dataset)
+    rows = session.execute(
+        select(Image.content_hash, Image.id, Dataset.name, Image.relpath).join(Dataset, Dataset.id == Image.dataset_id)
+        .where(Image.dataset_id.in_(compared), Image.content_hash.in_(duplicated), Image.content_hash.in_(held))
+        .order_by(Image.content_hash, Dataset.name, Image.relpath))
+    return [ByteCopy(*row) for row in rows]
