@@ -145,6 +145,7 @@ def test_bookmarked_addresses_keep_their_parameters_and_controls():
         "embeddings": ["dataset", "image", "n", "components"],
         "patches": ["dataset", "image", "layer", "k", "window", "step", "opacity", "foreground_only"],
         "sets": ["dataset"],
+        "duplicates": ["dataset", "threshold", "page"],
     }
     controls = {page.name: [(param.control_id(page.name), param.prop) for param in page.params] for page in PAGES}
     assert controls["gallery"] == [("gallery-label", "value"), ("gallery-pages", "active_page"),
