@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 from dash.testing.wait import until
+from selenium.common.exceptions import ElementClickInterceptedException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
@@ -97,13 +98,25 @@ def _lines_drawn(dash_duo):
     return None if count is None else count // 3
 
 
+def _click(dash_duo, selector: str) -> None:
+    """Click the first element of `selector` once nothing lies over it (the spinner of a page still loading)."""
+    def clicked():
+        try:
+            dash_duo.find_elements(selector)[0].click()
+            return True
+        except ElementClickInterceptedException:
+            return False
+
+    until(lambda: when_stable(clicked), timeout=10)
+
+
 def test_why_similar_opens_from_the_similarity_page_and_the_slider_sets_the_lines(dash_duo, dashboard_app):
     dash_duo.start_server(dashboard_app)
     dash_duo.driver.get(dash_duo.server_url + "/similarity?dataset=samples&image=3")
     dash_duo.wait_for_element("#similarity-result-grid .similarity-why")
     other = dash_duo.driver.execute_script(
         "return JSON.parse(document.querySelector('#similarity-result-grid .similarity-result').id).index")
-    when_stable(lambda: dash_duo.find_elements("#similarity-result-grid .similarity-why")[0].click())
+    _click(dash_duo, "#similarity-result-grid .similarity-why")
     until(lambda: urlsplit(dash_duo.driver.current_url).path == "/why", timeout=10)
     until(lambda: (_lines_drawn(dash_duo) or 0) > 0, timeout=20)
     assert _pair(dash_duo, "gd.layout.images.map(i => i.source)") == [
@@ -111,7 +124,7 @@ def test_why_similar_opens_from_the_similarity_page_and_the_slider_sets_the_line
     matches = int(re.search(r"(\d+) mutual patch match", text_of(dash_duo, "#why-summary")).group(1))
     assert _lines_drawn(dash_duo) == min(20, matches)  # the default, or every match there is
     # Each picture's contributions add up to the whole match (in percent).
-    total = _pair(dash_duo, "gd._fullData[0].z.flat().filter(v => v === v).reduce((a, b) => a + b, 0)")
+    total = _pair(dash_duo, "gd._fullData[0].z.map(row => Array.from(row)).flat().filter(v => v === v).reduce((a, b) => a + b, 0)")
     assert total == pytest.approx(100, abs=0.1)
     when_stable(lambda: dash_duo.find_element("#why-lines [role=slider]").send_keys(Keys.HOME))
     until(lambda: _lines_drawn(dash_duo) == 1, timeout=20)
@@ -130,7 +143,7 @@ def test_why_similar_opens_from_a_neighbour_in_the_gallery(dash_duo, dashboard_a
     dash_duo.wait_for_element("#detail-neighbours .detail-why")
     neighbour = dash_duo.driver.execute_script(
         "return JSON.parse(document.querySelector('#detail-neighbours [role=button]').id).index")
-    when_stable(lambda: dash_duo.find_elements("#detail-neighbours .detail-why")[0].click())
+    _click(dash_duo, "#detail-neighbours .detail-why")
     until(lambda: _pair(dash_duo, "gd.layout.images.map(i => i.source)") == [
         f"/thumbnails/{image_id}/preview.jpg", f"/thumbnails/{neighbour}/preview.jpg"], timeout=20)
     assert f"image={image_id}" in dash_duo.driver.current_url
