@@ -274,7 +274,7 @@ class ChosenRegion(BaseModel):
     State(PAGE.control_id("image"), "value"), State("patches-dataset", "data"), prevent_initial_call=True,
 )
 def choose_region(site: Site, selection, image_id, dataset):
-    if not selection or "range" not in selection:
+    if not selection or isinstance(selection, dict) and "range" not in selection:
         return dash.no_update  # a click, or a selection cleared
     box = inputs.record(BoxSelection, selection, "The box drawn").range
     if "x" not in box or "y" not in box:
