@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +30,7 @@ from db.queries import (
     dataset_summaries,
     latest_run_state,
     patch_grid,
+    patch_grids,
     read_embeddings,
     thumbnail,
 )
@@ -135,6 +136,12 @@ class DatasetStore:
         """The stored float16 patch grid (grid height, grid width, D) of an image."""
         with self.database.session() as session:
             return patch_grid(session, image_id)
+
+    def patch_grids(self, dataset: str, image_ids: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+        """(image id, float16 patch grid) of those of `image_ids` that are images of `dataset`, in no particular
+        order, read in one statement a few grids at a time (db.queries.patch_grids): iterate to the end."""
+        with self.database.session() as session:
+            yield from patch_grids(session, dataset_by_name(session, dataset), image_ids)
 
     def thumbnail(self, image_id: int, kind: str) -> tuple[bytes, str] | None:
         """(JPEG bytes, an ETag that changes with the image's content), or None for an unknown id."""

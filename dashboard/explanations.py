@@ -40,11 +40,29 @@ compared this way. Similar images have similar CLS embeddings; what "similar" me
 without labels: objects, parts, textures and layout.
 """
 
+REGION_QUERY = """
+**Where else does this appear?** Draw a box on the picture (drag with the mouse): the patch tokens under the box
+are the **region**. The dataset is first cut down to a **shortlist**, the images whose embeddings are nearest the
+image's own (a region of an image usually recurs in images of similar content, and ranking by embedding is one
+matrix product). Then the region's block of tokens is slid over each shortlisted image's patch grid, and each
+image is scored by its best place: the mean cosine between the region's tokens and the tokens under them. A longer
+shortlist finds the region in images that look different overall, at the cost of reading more grids.
+"""
+
 PATCHES = _TOKENS + """
 **Clusters** group patches whose tokens point the same way (K-Means on normalised tokens): parts of objects,
 background, texture. **Pooling** averages tokens over a window of patches every few patches, for coarser regions
 without running the model again. **PCA colours** show the three main directions of the tokens as red, green and
 blue. **Foreground** is the first principal component, turned so that the image's border counts as background.
+""" + REGION_QUERY
+
+WHY = _TOKENS + """
+**Why similar.** Two images are similar when their CLS embeddings point the same way; the patch tokens show where
+that comes from. For every patch of one image dinoscope finds its most cosine-similar patch in the other; when the
+two patches choose each other (**mutual nearest neighbours**) they are a **correspondence**, drawn as a line. Mutual
+choice leaves out patches that are only the least bad match of many (plain sky or background). The **patch match**
+is the mean cosine of the correspondences, and each matched patch's colour is its share of it: where the two
+images agree most. With random weights the lines join noise.
 """
 
 EMBEDDINGS = _TOKENS + """

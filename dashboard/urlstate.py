@@ -30,6 +30,11 @@ def similarity_url(dataset: str, image_id: int) -> str:
     return image_page_url("/similarity", dataset, image_id)
 
 
+def why_url(dataset: str, image_id: int, other: int) -> str:
+    """The why-similar page on a reference image and another image."""
+    return f"/why?{urlencode({'dataset': dataset, 'image': int(image_id), 'other': int(other)})}"
+
+
 @dataclass(frozen=True)
 class Param:
     """A URL parameter of a page, and the control that shows it: read from the URL by `coerce` (a missing or

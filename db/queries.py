@@ -29,6 +29,7 @@ EMBEDDING_DTYPE = "<f4"
 PATCH_GRID_DTYPE = "<f2"
 PATCH_BASIS_DTYPE = "<f4"
 READ_BATCH = 4096  # rows fetched and decoded per step when every embedding or patch grid of a dataset is read
+GRID_BATCH = 32  # patch grids fetched per step when many are read for one request (1.5 MiB each at 32 x 32 x 768)
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,24 @@ def stored_patch_grids(session: Session, dataset: Dataset) -> Iterator[tuple[int
     for row in session.execute(statement):
         yield row.image_id, decode_array(row.data, row.dtype, row.shape, expected_dtype=PATCH_GRID_DTYPE,
                                          expected_shape=expected)
+
+
+def patch_grids(session: Session, dataset: Dataset, image_ids: list[int],
+                batch: int = GRID_BATCH) -> Iterator[tuple[int, np.ndarray]]:
+    """(image id, float16 patch grid as patch_grid gives it) of those of `image_ids` that are images of `dataset`,
+    in no particular order: one statement for the grids (however many ids), read `batch` rows at a time so that
+    only a batch of grids is held at once, and one more for a reduced dataset's basis."""
+    if not image_ids:
+        return
+    pca = None if dataset.patch_dims is None else dataset_patch_pca(session, dataset)
+    statement = (select(PatchGrid.image_id, PatchGrid.data, PatchGrid.dtype, PatchGrid.shape)
+                 .join(Image, Image.id == PatchGrid.image_id)
+                 .where(Image.dataset_id == dataset.id, PatchGrid.image_id.in_([int(i) for i in image_ids]))
+                 .execution_options(yield_per=batch))
+    expected = (dataset.grid_height, dataset.grid_width, dataset.stored_patch_dims)
+    for row in session.execute(statement):
+        grid = decode_array(row.data, row.dtype, row.shape, expected_dtype=PATCH_GRID_DTYPE, expected_shape=expected)
+        yield row.image_id, grid if pca is None else pca.reconstruct(grid)
 
 
 def _stored_grid(grid: PatchGrid, dataset: Dataset) -> np.ndarray:

@@ -99,3 +99,22 @@ def test_an_export_with_patch_grids_costs_the_same_statements_for_few_images_or_
         assert written == len(archive["image_ids"]) == len(archive["patch_grids"])
     assert counts["few"] == counts["many"] <= 4
     database.dispose()
+
+
+def test_many_patch_grids_are_one_statement_however_many_images(db_url):
+    database = open_database(db_url)
+    write_synthetic_dataset(database, "grids", 40, dim=8, clusters=2, grid=3)
+    write_synthetic_dataset(database, "other", 2, dim=8, clusters=2, grid=3, seed=1)
+    store = DatasetStore(database.url)
+    ids = [int(i) for i in store.view("grids").image_ids]
+    foreign = int(store.view("other").image_ids[0])
+    counts = {}
+    for wanted in (ids[:3], ids):
+        with statements(store.database) as seen:
+            grids = dict(store.patch_grids("grids", [*wanted, foreign]))
+        counts[len(wanted)] = len(seen)
+        assert sorted(grids) == sorted(wanted)  # the other dataset's image is left out
+        assert all(np.array_equal(grids[i], store.patch_grid(i)) for i in wanted[:3])
+    assert counts[3] == counts[40] <= 2
+    store.database.dispose()
+    database.dispose()

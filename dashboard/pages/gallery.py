@@ -12,7 +12,7 @@ from dashboard.data import DatasetView
 from dashboard.page import Page
 from dashboard.shell import busy, image_links, page_shell
 from dashboard.site import Site, current_site
-from dashboard.urlstate import Param, thumbnail_url
+from dashboard.urlstate import Param, thumbnail_url, why_url
 
 PAGE = Page("gallery", "/gallery", "Gallery", home=True, params=(
     Param("label", None, kind=str),
@@ -100,11 +100,15 @@ def _detail_body(dataset: str, detail) -> list:
     facts = [("Path", detail.relpath), ("Label", detail.label or "none"),
              ("Size", f"{detail.width} x {detail.height} px"), ("Image id", str(detail.image_id))]
     neighbours = html.Div([
-        html.Figure([
-            html.Img(src=thumbnail_url(n.image_id), title=n.relpath, style={"width": "96px", "height": "96px",
-                                                                            "objectFit": "cover"}),
-            html.Figcaption(f"{n.score:.3f}", className="small text-center"),
-        ], id={"type": "detail-neighbour", "index": n.image_id}, n_clicks=0, role="button", className="me-2")
+        html.Div([
+            html.Figure([
+                html.Img(src=thumbnail_url(n.image_id), title=n.relpath, style={"width": "96px", "height": "96px",
+                                                                                "objectFit": "cover"}),
+                html.Figcaption(f"{n.score:.3f}", className="small text-center"),
+            ], id={"type": "detail-neighbour", "index": n.image_id}, n_clicks=0, role="button", className="mb-0"),
+            html.A("why?", href=why_url(dataset, detail.image_id, n.image_id), className="small detail-why",
+                   title="The patches of the two images that match"),
+        ], className="me-2 mb-2 text-center")
         for n in detail.neighbours
     ], className="d-flex flex-wrap", id="detail-neighbours")
     return [

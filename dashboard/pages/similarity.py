@@ -40,7 +40,7 @@ from dashboard.similarity_view import (
     reference_image,
 )
 from dashboard.site import Site, current_site
-from dashboard.urlstate import IMAGE, Param, thumbnail_url
+from dashboard.urlstate import IMAGE, Param, thumbnail_url, why_url
 from db.errors import DinoscopeDbError
 
 K_MARKS = {1: "1", 10: "10", 20: "20", 30: "30", 40: "40", 50: "50"}
@@ -180,14 +180,16 @@ def _results(view: DatasetView, reference: int, results: list[SimilarImage]) -> 
                       _embedding_text(shown.embedding_head),
                       image_links(view.name, reference, "similarity", here=PAGE.path)]),
     ], id="similarity-reference-card", color="primary", outline=True)
-    return dbc.Row([dbc.Col(preview, md=3), dbc.Col(_result_grid(results, "similarity-result"), md=9)],
+    return dbc.Row([dbc.Col(preview, md=3),
+                    dbc.Col(_result_grid(results, "similarity-result", why=(view.name, reference)), md=9)],
                    className="g-3")
 
 
-def _result_grid(results: list[SimilarImage], kind: str) -> html.Div:
-    """Result cards, best first; a click on one (`{"type": kind, "index": image id}`) makes it the reference."""
+def _result_grid(results: list[SimilarImage], kind: str, why: tuple[str, int] | None = None) -> html.Div:
+    """Result cards, best first; a click on one (`{"type": kind, "index": image id}`) makes it the reference. With
+    `why` (the dataset and the reference), each card has a link to why it is similar to the reference."""
     cards = [
-        html.Div(dbc.Card([
+        html.Div([html.Div(dbc.Card([
             dbc.CardImg(src=thumbnail_url(r.image_id), top=True, alt=r.relpath, title=r.relpath,
                         style={"aspectRatio": "1", "objectFit": "cover"}),
             dbc.CardBody([
@@ -197,7 +199,8 @@ def _result_grid(results: list[SimilarImage], kind: str) -> html.Div:
                 _embedding_text(r.embedding_head),
             ], className="p-2"),
         ], className="h-100"), id={"type": kind, "index": r.image_id}, n_clicks=0, role="button",
-            title=f"Make {r.relpath} the reference", className="similarity-result")
+            title=f"Make {r.relpath} the reference", className="similarity-result h-100"),
+            _why_link(why, r.image_id)], className="d-flex flex-column")
         for r in results
     ]
     grid = html.Div(cards, id=f"{kind}-grid",
@@ -205,6 +208,13 @@ def _result_grid(results: list[SimilarImage], kind: str) -> html.Div:
                            "gap": "8px"})
     heading = html.H6(f"{len(results)} most similar (cosine similarity, best first)", id=f"{kind}-count")
     return html.Div([heading, grid])
+
+
+def _why_link(why: tuple[str, int] | None, image_id: int) -> html.A | None:
+    if why is None:
+        return None
+    return html.A("Why similar?", href=why_url(*why, image_id), className="small similarity-why",
+                  title="The patches of the two images that match")
 
 
 def _embedding_text(head: list[float]) -> html.Code:
