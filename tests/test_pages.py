@@ -146,6 +146,7 @@ def test_bookmarked_addresses_keep_their_parameters_and_controls():
         "patches": ["dataset", "image", "layer", "k", "window", "step", "opacity", "foreground_only"],
         "sets": ["dataset"],
         "duplicates": ["dataset", "threshold", "page"],
+        "why": ["dataset", "image", "other", "lines"],
     }
     controls = {page.name: [(param.control_id(page.name), param.prop) for param in page.params] for page in PAGES}
     assert controls["gallery"] == [("gallery-label", "value"), ("gallery-pages", "active_page"),
