@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +29,8 @@ EMBEDDING_DTYPE = "<f4"
 PATCH_GRID_DTYPE = "<f2"
 PATCH_BASIS_DTYPE = "<f4"
 READ_BATCH = 4096  # rows fetched and decoded per step when every embedding or patch grid of a dataset is read
+GRID_BATCH_BYTES = 32 * 1024**2  # stored patch grids read per statement at most, by patch_grid_batches
+GRID_BATCH_IDS = 500  # image ids per statement at most (SQLite's older builds allow 999 parameters)
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,45 @@ def stored_patch_grids(session: Session, dataset: Dataset) -> Iterator[tuple[int
     for row in session.execute(statement):
         yield row.image_id, decode_array(row.data, row.dtype, row.shape, expected_dtype=PATCH_GRID_DTYPE,
                                          expected_shape=expected)
+
+
+def patch_grid_batches(session: Session, dataset: Dataset,
+                       image_ids: Sequence[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(image ids (n,) int64, their patch grids as stored (n, grid height, grid width, stored patch dims) float16)
+    of these images of the dataset, a batch of at most GRID_BATCH_BYTES (and GRID_BATCH_IDS ids) per statement, in
+    the order asked; ids of other datasets, or of no image, are left out."""
+    expected = (dataset.grid_height, dataset.grid_width, dataset.stored_patch_dims)
+    grid_bytes = int(np.prod(expected)) * np.dtype(PATCH_GRID_DTYPE).itemsize
+    batch = max(1, min(GRID_BATCH_IDS, GRID_BATCH_BYTES // grid_bytes))
+    for start in range(0, len(image_ids), batch):
+        wanted = [int(i) for i in image_ids[start:start + batch]]
+        rows = session.execute(select(PatchGrid.image_id, PatchGrid.data, PatchGrid.dtype, PatchGrid.shape)
+                               .join(Image, Image.id == PatchGrid.image_id)
+                               .where(Image.dataset_id == dataset.id, PatchGrid.image_id.in_(wanted))).all()
+        found = {row.image_id: row for row in rows}
+        ids = [i for i in wanted if i in found]
+        grids = np.empty((len(ids), *expected), PATCH_GRID_DTYPE)
+        for slot, image_id in enumerate(ids):
+            row = found[image_id]
+            grids[slot] = decode_array(row.data, row.dtype, row.shape, expected_dtype=PATCH_GRID_DTYPE,
+                                       expected_shape=expected)
+        yield np.array(ids, np.int64), grids
+
+
+def content_hashes(session: Session, dataset_id: int) -> dict[int, str]:
+    """Each image's content hash (of its file's bytes) by image id, in one statement."""
+    return dict(session.execute(select(Image.id, Image.content_hash).where(Image.dataset_id == dataset_id)).all())
+
+
+def datasets_sharing_images(session: Session, dataset_id: int) -> dict[str, int]:
+    """The other datasets that hold a file of this dataset (the same content hash), by name in name order, with how
+    many of this dataset's distinct contents each holds; one statement."""
+    ours = select(Image.content_hash).where(Image.dataset_id == dataset_id).distinct().subquery()
+    rows = session.execute(
+        select(Dataset.name, func.count(func.distinct(Image.content_hash)))
+        .join(Image, Image.dataset_id == Dataset.id).join(ours, ours.c.content_hash == Image.content_hash)
+        .where(Dataset.id != dataset_id).group_by(Dataset.name).order_by(Dataset.name))
+    return dict(rows.all())
 
 
 def _stored_grid(grid: PatchGrid, dataset: Dataset) -> np.ndarray:
