@@ -8,6 +8,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from dash.testing.wait import until
+from selenium.webdriver.common.keys import Keys
 
 from dashboard.analysis.comparison import (
     clustering_agreement,
@@ -25,6 +27,7 @@ from dashboard.data import DatasetStore
 from db.engine import open_database
 from db.queries import dataset_by_name, patch_grid, patch_grid_batches
 from indexer.synthetic import write_synthetic_dataset
+from tests.browser import JOB_DEADLINE_S, text_of, when_stable
 from tests.conftest import MODEL, index_folder, run_cli
 
 
@@ -205,3 +208,69 @@ def test_two_models_of_one_folder_are_matched_by_hash_image_for_image(two_models
     assert shown.overlap == len(paths_first & paths_second) / 6
     same = cross_match(two_models, first, two_models.view("reduced"), 4)
     assert same.agreement == pytest.approx(1.0)  # the same model and size: the same embeddings, the same clusters
+
+
+# --- the page in a browser ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_models_app(two_models_db, tmp_path):
+    from dashboard.app import create_app
+    from dashboard.settings import Settings
+
+    return create_app(Settings(f"sqlite:///{two_models_db}", tmp_path / "cache", "test-secret"))
+
+
+def _shown_ids(dash_duo, grid: str) -> list[int]:
+    return dash_duo.driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0] + ' img')].map(i => Number(i.src.split('/').at(-2)))",
+        grid)
+
+
+def _press(dash_duo, slider: str, key, times: int = 1) -> None:
+    when_stable(lambda: dash_duo.find_element(f"{slider} [role=slider]").send_keys(key * times))
+
+
+def test_the_page_compares_cls_with_mean_patches_and_with_a_second_model(dash_duo, two_models_app, two_models):
+    view = two_models.view("samples")
+    reference = int(view.image_ids[3])
+    dash_duo.start_server(two_models_app)
+    dash_duo.driver.get(f"{dash_duo.server_url}/compare?dataset=samples&image={reference}")
+    # The background job averages the grids, then both top-10 lists and the summary appear.
+    until(lambda: len(_shown_ids(dash_duo, "#compare-cls-grid")) == 10, timeout=JOB_DEADLINE_S)
+    assert _shown_ids(dash_duo, "#compare-cls-grid") == [int(view.image_ids[r]) for r in view.nearest(3, 10)[0]]
+    patches_side = _shown_ids(dash_duo, "#compare-other-rep-grid")
+    common = len(set(patches_side) & set(_shown_ids(dash_duo, "#compare-cls-grid")))
+    assert f"{common} of 10 in common" in text_of(dash_duo, "#compare-overlap")
+    assert "Top K among 44 images" in text_of(dash_duo, "#compare-among")
+    until(lambda: "precision@10" in text_of(dash_duo, "#compare-summary-table"), timeout=20)
+    assert len(dash_duo.find_elements("#compare-summary-table tbody tr")) == 3
+
+    _press(dash_duo, "#compare-k", Keys.ARROW_LEFT, 5)  # K = 5
+    until(lambda: len(_shown_ids(dash_duo, "#compare-cls-grid")) == 5, timeout=20)
+    until(lambda: "precision@5" in text_of(dash_duo, "#compare-summary-table"), timeout=20)
+    assert "k=5" in dash_duo.driver.current_url
+
+    dash_duo.find_element("label[for='_dbcprivate_radioitems_compare-against_input_concat']").click()
+    until(lambda: "concatenated" in text_of(dash_duo, "#compare-results"), timeout=20)
+    assert "against=concat" in dash_duo.driver.current_url
+
+    dash_duo.select_dcc_dropdown("#compare-image", value="tools/hammer.jpg")
+    until(lambda: reference not in _shown_ids(dash_duo, "#compare-cls-grid")
+          and f"image={reference}" not in dash_duo.driver.current_url, timeout=20)
+
+    assert "Pick a second dataset" in text_of(dash_duo, "#compare-cross")
+    dash_duo.select_dcc_dropdown("#compare-other", value="samples112")
+    until(lambda: "44 matched images" in text_of(dash_duo, "#compare-cross-facts"), timeout=30)
+    assert "adjusted Rand index" in text_of(dash_duo, "#compare-cross-facts")
+    assert len(_shown_ids(dash_duo, "#compare-second-grid")) == 5
+    assert "other=samples112" in dash_duo.driver.current_url
+    ari = text_of(dash_duo, "#compare-ari")
+    _press(dash_duo, "#compare-clusters", Keys.ARROW_RIGHT, 3)
+    until(lambda: "clusters=8" in dash_duo.driver.current_url, timeout=20)
+    until(lambda: "k = 8" in text_of(dash_duo, "#compare-cross-facts"), timeout=20)
+    assert -1 <= float(text_of(dash_duo, "#compare-ari")) <= 1 and ari
+
+    dash_duo.wait_for_element("#compare-explanation .accordion-button").click()
+    dash_duo.wait_for_contains_text("#compare-explanation", "mean of the patch tokens")
+    assert dash_duo.get_logs() == []

@@ -2,6 +2,6 @@
 in PAGES: the list registers the pages on every app and gives the navigation, the "Open this image on ..." links
 and the explanations their pages."""
 
-from dashboard.pages import clustering, embeddings, gallery, image_sets, patches, similarity
+from dashboard.pages import clustering, compare, embeddings, gallery, image_sets, patches, similarity
 
-PAGES = (gallery.PAGE, clustering.PAGE, similarity.PAGE, embeddings.PAGE, patches.PAGE, image_sets.PAGE)
+PAGES = (gallery.PAGE, clustering.PAGE, similarity.PAGE, embeddings.PAGE, patches.PAGE, compare.PAGE, image_sets.PAGE)
