@@ -25,6 +25,7 @@ from dashboard.analysis.comparison import (
 from dashboard.compare_view import compared_rows, compute_mean_patches, cross_match, cross_retrieval, side_by_side
 from dashboard.data import DatasetStore
 from db.engine import open_database
+from db.holds import HOLDS_ENV
 from db.queries import dataset_by_name, patch_grid, patch_grid_batches
 from indexer.synthetic import write_synthetic_dataset
 from tests.browser import JOB_DEADLINE_S, text_of, when_stable
@@ -260,7 +261,8 @@ def test_the_page_compares_cls_with_mean_patches_and_with_a_second_model(dash_du
           and f"image={reference}" not in dash_duo.driver.current_url, timeout=20)
 
     assert "Pick a second dataset" in text_of(dash_duo, "#compare-cross")
-    dash_duo.select_dcc_dropdown("#compare-other", value="samples112")
+    dash_duo.driver.execute_script("document.querySelector('#compare-other').scrollIntoView({block: 'center'})")
+    dash_duo.select_dcc_dropdown("#compare-other", value="samples112 (44 shared images)")
     until(lambda: "44 matched images" in text_of(dash_duo, "#compare-cross-facts"), timeout=30)
     assert "adjusted Rand index" in text_of(dash_duo, "#compare-cross-facts")
     assert len(_shown_ids(dash_duo, "#compare-second-grid")) == 5
@@ -271,6 +273,32 @@ def test_the_page_compares_cls_with_mean_patches_and_with_a_second_model(dash_du
     until(lambda: "k = 8" in text_of(dash_duo, "#compare-cross-facts"), timeout=20)
     assert -1 <= float(text_of(dash_duo, "#compare-ari")) <= 1 and ari
 
-    dash_duo.wait_for_element("#compare-explanation .accordion-button").click()
+    button = dash_duo.wait_for_element("#compare-explanation .accordion-button")
+    dash_duo.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
+    button.click()
     dash_duo.wait_for_contains_text("#compare-explanation", "mean of the patch tokens")
+    assert dash_duo.get_logs() == []
+
+
+def test_averaging_the_patch_tokens_can_be_cancelled(dash_duo, sample_db, tmp_path, monkeypatch):
+    from dashboard.app import create_app
+    from dashboard.settings import Settings
+
+    holds = tmp_path / "holds"
+    holds.mkdir()
+    (holds / "mean-patches").touch()  # the job stops at its first progress report until the test ends it
+    monkeypatch.setenv(HOLDS_ENV, str(holds))  # read by the job server the app starts
+    dash_duo.start_server(create_app(Settings(f"sqlite:///{sample_db}", tmp_path / "cache", "test-secret")))
+    dash_duo.driver.get(dash_duo.server_url + "/compare?dataset=samples")
+    cancel = dash_duo.wait_for_element("#compare-cancel")
+    until(lambda: (holds / "mean-patches.reached").exists(), timeout=JOB_DEADLINE_S)
+    until(lambda: "Averaging the patch tokens of every image: 0 of 44" in text_of(dash_duo, "#compare-status"),
+          timeout=20)
+    assert "being computed" in text_of(dash_duo, "#compare-results")
+    assert "no other dataset holds any of these images" in text_of(dash_duo, "#compare-other")
+    until(cancel.is_displayed, timeout=20)
+    cancel.click()
+    until(lambda: "Cancelled" in text_of(dash_duo, "#compare-status"), timeout=20)
+    until(lambda: not dash_duo.find_element("#compare-cancel").is_displayed(), timeout=20)
+    assert "being computed" in text_of(dash_duo, "#compare-results")
     assert dash_duo.get_logs() == []
