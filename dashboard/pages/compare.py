@@ -47,6 +47,10 @@ POLL_MS = 500
 CHANGED = "The indexer has changed this dataset since the page opened: show the changes (above) to compare anew."
 PAGE = Page("compare", "/compare", "Compare", image_link=ImageLink("Compare embeddings", "compare"),
             explanation=COMPARE, params=(IMAGE, K, AGAINST, OTHER, CLUSTERS))
+
+def _waiting() -> html.P:
+    return html.P("The mean-patch embeddings are being computed (progress above).", className="text-muted")
+
 _MARKS = {1: "1", 10: "10", 20: "20", 30: "30", 40: "40", 50: "50"}
 
 
@@ -89,9 +93,9 @@ def layout(dataset: str | None = None, image: str | None = None, **query):
             html.Div(id="compare-status", className="small text-muted"),
             dbc.Button("Cancel", id="compare-cancel", size="sm", color="secondary", className="mb-2",
                        style={"display": "none"}),
-            busy(html.Div(id="compare-results")),
+            busy(html.Div(None if ready else _waiting(), id="compare-results")),
             html.H5("Over the dataset", className="mt-4"),
-            busy(html.Div(id="compare-summary")),
+            busy(html.Div(None if ready else _waiting(), id="compare-summary")),
             html.H5("Another model on the same images", className="mt-4"),
             dbc.Row([
                 dbc.Col([dbc.Label("Second dataset", html_for=PAGE.control_id("other")),
@@ -161,8 +165,7 @@ def show_comparison(site: Site, key, image, k, against, dataset):
     reference = inputs.image_in(view, image)
     links = image_links(view.name, reference, "compare", here=PAGE.path)
     if not key:
-        waiting = html.P("The mean-patch embeddings are being computed (see above).", className="text-muted")
-        return waiting, waiting, links
+        return _waiting(), _waiting(), links
     key = inputs.text(key, "The mean-patch embeddings' key")
     if key != mean_patches_key(view):
         if key.startswith(f"mean-patches/{view.name}/"):
