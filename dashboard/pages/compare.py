@@ -47,11 +47,11 @@ POLL_MS = 500
 CHANGED = "The indexer has changed this dataset since the page opened: show the changes (above) to compare anew."
 PAGE = Page("compare", "/compare", "Compare", image_link=ImageLink("Compare embeddings", "compare"),
             explanation=COMPARE, params=(IMAGE, K, AGAINST, OTHER, CLUSTERS))
+_MARKS = {1: "1", 10: "10", 20: "20", 30: "30", 40: "40", 50: "50"}
+
 
 def _waiting() -> html.P:
     return html.P("The mean-patch embeddings are being computed (progress above).", className="text-muted")
-
-_MARKS = {1: "1", 10: "10", 20: "20", 30: "30", 40: "40", 50: "50"}
 
 
 @PAGE.layout
