@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import func, inspect, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from db.arrays import decode_array
 from db.errors import CorruptArray, DatasetNotFound
@@ -274,11 +274,13 @@ def content_hashes(session: Session, dataset_id: int) -> dict[int, str]:
 def datasets_sharing_images(session: Session, dataset_id: int) -> dict[str, int]:
     """The other datasets that hold a file of this dataset (the same content hash), by name in name order, with how
     many of this dataset's distinct contents each holds; one statement."""
-    ours = select(Image.content_hash).where(Image.dataset_id == dataset_id).distinct().subquery()
+    theirs = aliased(Image)
+    # Each other image's content looked up in this dataset through the (dataset, content hash) index.
+    ours = select(Image.id).where(Image.dataset_id == dataset_id, Image.content_hash == theirs.content_hash)
     rows = session.execute(
-        select(Dataset.name, func.count(func.distinct(Image.content_hash)))
-        .join(Image, Image.dataset_id == Dataset.id).join(ours, ours.c.content_hash == Image.content_hash)
-        .where(Dataset.id != dataset_id).group_by(Dataset.name).order_by(Dataset.name))
+        select(Dataset.name, func.count(func.distinct(theirs.content_hash)))
+        .join(theirs, theirs.dataset_id == Dataset.id)
+        .where(Dataset.id != dataset_id, ours.exists()).group_by(Dataset.name).order_by(Dataset.name))
     return dict(rows.all())
 
 

@@ -26,10 +26,11 @@ from dashboard.compare_view import compared_rows, compute_mean_patches, cross_ma
 from dashboard.data import DatasetStore
 from db.engine import open_database
 from db.holds import HOLDS_ENV
-from db.queries import dataset_by_name, patch_grid, patch_grid_batches
+from db.queries import content_hashes, dataset_by_name, datasets_sharing_images, patch_grid, patch_grid_batches
 from indexer.synthetic import write_synthetic_dataset
 from tests.browser import JOB_DEADLINE_S, text_of, when_stable
 from tests.conftest import MODEL, index_folder, run_cli
+from tests.test_statements import statements
 
 
 def _clustered(n: int = 60, dim: int = 16, groups: int = 3, seed: int = 0) -> tuple[np.ndarray, list[str]]:
@@ -120,13 +121,19 @@ def test_grids_are_read_in_batches_of_bounded_size_in_the_order_asked(tmp_path, 
     database = open_database(f"sqlite:///{tmp_path / 's.db'}")
     write_synthetic_dataset(database, "one", 7, dim=8, clusters=2, grid=2)
     write_synthetic_dataset(database, "two", 3, dim=8, clusters=2, grid=2, seed=1)
+    write_synthetic_dataset(database, "three", 3, dim=8, clusters=2, grid=2)  # the same seed: one's first 3 files
     monkeypatch.setattr(db.queries, "GRID_BATCH_BYTES", 3 * 2 * 2 * 8 * 2)  # three grids
     store = DatasetStore(f"sqlite:///{tmp_path / 's.db'}")
     ids = store.view("one").image_ids[::-1].tolist()
     foreign = int(store.view("two").image_ids[0])
     with database.session() as session:
         one = dataset_by_name(session, "one")
-        batches = list(patch_grid_batches(session, one, [*ids[:4], foreign, *ids[4:]]))
+        with statements(database) as seen:
+            batches = list(patch_grid_batches(session, one, [*ids[:4], foreign, *ids[4:]]))
+            sharing = datasets_sharing_images(session, one.id)
+            hashes = content_hashes(session, one.id)
+        assert len(seen) == 3 + 1 + 1  # one statement a batch, one for the datasets, one for the hashes
+        assert sharing == {"three": 3} and len(hashes) == 7 and sorted(hashes) == sorted(ids)
         # Three ids a statement; the other dataset's image, asked in the second, is left out.
         assert [len(found) for found, _ in batches] == [3, 2, 2]
         assert np.concatenate([found for found, _ in batches]).tolist() == ids
@@ -236,7 +243,10 @@ def test_the_page_compares_cls_with_mean_patches_and_with_a_second_model(dash_du
     view = two_models.view("samples")
     reference = int(view.image_ids[3])
     dash_duo.start_server(two_models_app)
-    dash_duo.driver.get(f"{dash_duo.server_url}/compare?dataset=samples&image={reference}")
+    dash_duo.driver.get(f"{dash_duo.server_url}/similarity?dataset=samples&image={reference}")
+    when_stable(lambda: dash_duo.wait_for_element("#similarity-compare-link").click())  # the other pages link here
+    until(lambda: "/compare?" in dash_duo.driver.current_url, timeout=20)
+    assert f"image={reference}" in dash_duo.driver.current_url
     # The background job averages the grids, then both top-10 lists and the summary appear.
     until(lambda: len(_shown_ids(dash_duo, "#compare-cls-grid")) == 10, timeout=JOB_DEADLINE_S)
     assert _shown_ids(dash_duo, "#compare-cls-grid") == [int(view.image_ids[r]) for r in view.nearest(3, 10)[0]]
