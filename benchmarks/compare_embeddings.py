@@ -3,12 +3,14 @@ does (a reference's two top-K lists, the summary over 200 references, and, with 
 with the two K-Means and the top-K in each dataset). Each answer is the median of --repeats runs, without the cache.
 
     dinoscope samples /tmp/cmp/photos
-    dinoscope index /tmp/cmp/photos --db /tmp/cmp/c.db --random-weights --image-size 56 --dataset s56
-    dinoscope index /tmp/cmp/photos --db /tmp/cmp/c.db --random-weights --image-size 112 --dataset s112
+    SMALL="--model vit_small_patch14_reg4_dinov2.lvd142m --random-weights"
+    dinoscope index /tmp/cmp/photos --db /tmp/cmp/c.db $SMALL --image-size 56 --dataset s56
+    dinoscope index /tmp/cmp/photos --db /tmp/cmp/c.db $SMALL --image-size 112 --dataset s112
     python benchmarks/compare_embeddings.py --db /tmp/cmp/c.db --dataset s56 --other s112
 
     dinoscope synthetic big --count 10000 --grid 16 --db /tmp/cmp/big.db     # ViT-B/14 at 224: 16 x 16 x 768
-    python benchmarks/compare_embeddings.py --db /tmp/cmp/big.db --dataset big
+    dinoscope synthetic big2 --count 10000 --db /tmp/cmp/big.db               # the same files (the same seed)
+    python benchmarks/compare_embeddings.py --db /tmp/cmp/big.db --dataset big --other big2 --repeats 3
 """
 
 from __future__ import annotations
