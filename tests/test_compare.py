@@ -4,11 +4,13 @@ same folder indexed with two models (the arithmetic, the batched grid reader, an
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import replace
 
 import numpy as np
 import pytest
 from dash.testing.wait import until
+from selenium.common.exceptions import ElementClickInterceptedException
 from selenium.webdriver.common.keys import Keys
 
 from dashboard.analysis.comparison import (
@@ -235,6 +237,35 @@ def _shown_ids(dash_duo, grid: str) -> list[int]:
         grid)
 
 
+def _scroll_to(dash_duo, selector: str):
+    """The element, scrolled to the middle of the window (the page is longer than the test browser's window)."""
+    element = dash_duo.wait_for_element(selector)
+    dash_duo.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+    return element
+
+
+def _click(dash_duo, selector: str) -> None:
+    _until_clickable(lambda: _scroll_to(dash_duo, selector).click())
+
+
+def _choose(dash_duo, dropdown: str, option: str) -> None:
+    def choose():
+        _scroll_to(dash_duo, dropdown)
+        dash_duo.select_dcc_dropdown(dropdown, value=option)
+
+    _until_clickable(choose)
+
+
+def _until_clickable(action, tries: int = 20) -> None:
+    """Do a click, again while the page is still moving under it (results above it re-rendering)."""
+    for _ in range(tries - 1):
+        try:
+            return when_stable(action)
+        except ElementClickInterceptedException:
+            time.sleep(0.2)
+    return when_stable(action)
+
+
 def _press(dash_duo, slider: str, key, times: int = 1) -> None:
     when_stable(lambda: dash_duo.find_element(f"{slider} [role=slider]").send_keys(key * times))
 
@@ -243,8 +274,8 @@ def test_the_page_compares_cls_with_mean_patches_and_with_a_second_model(dash_du
     view = two_models.view("samples")
     reference = int(view.image_ids[3])
     dash_duo.start_server(two_models_app)
-    dash_duo.driver.get(f"{dash_duo.server_url}/similarity?dataset=samples&image={reference}")
-    when_stable(lambda: dash_duo.wait_for_element("#similarity-compare-link").click())  # the other pages link here
+    dash_duo.driver.get(f"{dash_duo.server_url}/patches?dataset=samples&image={reference}")
+    _click(dash_duo, "#patches-compare-link")  # the other per-image pages link here
     until(lambda: "/compare?" in dash_duo.driver.current_url, timeout=20)
     assert f"image={reference}" in dash_duo.driver.current_url
     # The background job averages the grids, then both top-10 lists and the summary appear.
@@ -271,8 +302,8 @@ def test_the_page_compares_cls_with_mean_patches_and_with_a_second_model(dash_du
           and f"image={reference}" not in dash_duo.driver.current_url, timeout=20)
 
     assert "Pick a second dataset" in text_of(dash_duo, "#compare-cross")
-    dash_duo.driver.execute_script("document.querySelector('#compare-other').scrollIntoView({block: 'center'})")
-    dash_duo.select_dcc_dropdown("#compare-other", value="samples112 (44 shared images)")
+    until(lambda: "precision@5" in text_of(dash_duo, "#compare-summary-table"), timeout=20)
+    _choose(dash_duo, "#compare-other", "samples112 (44 shared images)")
     until(lambda: "44 matched images" in text_of(dash_duo, "#compare-cross-facts"), timeout=30)
     assert "adjusted Rand index" in text_of(dash_duo, "#compare-cross-facts")
     assert len(_shown_ids(dash_duo, "#compare-second-grid")) == 5
@@ -283,9 +314,7 @@ def test_the_page_compares_cls_with_mean_patches_and_with_a_second_model(dash_du
     until(lambda: "k = 8" in text_of(dash_duo, "#compare-cross-facts"), timeout=20)
     assert -1 <= float(text_of(dash_duo, "#compare-ari")) <= 1 and ari
 
-    button = dash_duo.wait_for_element("#compare-explanation .accordion-button")
-    dash_duo.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
-    button.click()
+    _click(dash_duo, "#compare-explanation .accordion-button")
     dash_duo.wait_for_contains_text("#compare-explanation", "mean of the patch tokens")
     assert dash_duo.get_logs() == []
 
