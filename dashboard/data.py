@@ -21,16 +21,21 @@ from dashboard.analysis.projection import REDUCED_DIMENSIONS, pca_components, ro
 from dashboard.analysis.similarity import top_k
 from dashboard.shared_matrix import MatrixKey, SharedContent, one_builder, read_shared, write_shared
 from db.engine import Database, open_database
+from db.patch_pca import PatchPca
 from db.queries import (
     ByteCopy,
     byte_copies,
+    content_hashes,
     dataset_by_name,
     dataset_generation,
     dataset_generations,
     dataset_summaries,
+    datasets_sharing_images,
     latest_run_state,
     patch_grid,
+    patch_grid_batches,
     patch_grids,
+    patch_pca,
     read_embeddings,
     thumbnail,
 )
@@ -142,6 +147,28 @@ class DatasetStore:
         order, read in one statement a few grids at a time (db.queries.patch_grids): iterate to the end."""
         with self.database.session() as session:
             yield from patch_grids(session, dataset_by_name(session, dataset), image_ids)
+    def patch_grid_batches(self, name: str, image_ids: Sequence[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(image ids, patch grids as stored) of these images of the dataset, in batches (db.queries
+        patch_grid_batches), all read in one snapshot; reduced grids are coordinates in patch_basis(name)."""
+        with self.database.session() as session:
+            dataset = dataset_by_name(session, name)
+            yield from patch_grid_batches(session, dataset, image_ids)
+
+    def patch_basis(self, name: str) -> PatchPca | None:
+        """The basis of a dataset that stores reduced patch grids (--patch-dims); None for full grids."""
+        with self.database.session() as session:
+            dataset = dataset_by_name(session, name)
+            return None if dataset.patch_dims is None else patch_pca(session, dataset)
+
+    def content_hashes(self, name: str) -> dict[int, str]:
+        """Each image's content hash by image id."""
+        with self.database.session() as session:
+            return content_hashes(session, dataset_by_name(session, name).id)
+
+    def datasets_sharing_images(self, name: str) -> dict[str, int]:
+        """The other datasets holding a file of this one, with how many of its contents each holds."""
+        with self.database.session() as session:
+            return datasets_sharing_images(session, dataset_by_name(session, name).id)
 
     def thumbnail(self, image_id: int, kind: str) -> tuple[bytes, str] | None:
         """(JPEG bytes, an ETag that changes with the image's content), or None for an unknown id."""

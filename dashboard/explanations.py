@@ -93,6 +93,23 @@ embedding) with the images near it on the first 50 principal components: near-co
 pair can be missed where the two fall into different regions.
 """
 
+COMPARE = _TOKENS + """
+**CLS or mean of patches?** The CLS token is trained to summarise the whole image: it tends to say *what* the
+picture is about (the main object, the scene). The mean of the patch tokens averages what every patch says,
+background included, so it weighs large regions, textures and colours more, and a small object less. Where the
+two rankings agree, the images are alike both as a whole and region by region; where they differ, look at what
+the mean-patch neighbours share (often the background). The **concatenation** puts both side by side, each
+normalised, so the cosine is the average of the two: a compromise.
+
+**Overlap@K** is how many of the K nearest images two rankings have in common, divided by K; **Jaccard** divides
+by the number of distinct images in both lists. **Precision@K** is the share of the K nearest images in the
+reference's own folder: with folders as labels, a number you can compare between representations.
+
+**Two models.** Two datasets indexed from the same folder with different models, input sizes or weights hold the
+same files, matched by their content (a hash of the bytes). The **adjusted Rand index** compares the clusters
+K-Means finds in each: 1 when both group the images identically, about 0 when they agree no more than chance.
+"""
+
 IMAGE_SETS = """
 An **image set** is a collection of your own pictures, sent to the server and indexed there with the server's
 model, as `dinoscope index` indexes a folder: each image's embedding and patch grid are computed once and stored,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import func, inspect, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from db.arrays import decode_array
 from db.errors import CorruptArray, DatasetNotFound
@@ -29,7 +29,8 @@ EMBEDDING_DTYPE = "<f4"
 PATCH_GRID_DTYPE = "<f2"
 PATCH_BASIS_DTYPE = "<f4"
 READ_BATCH = 4096  # rows fetched and decoded per step when every embedding or patch grid of a dataset is read
-GRID_BATCH = 32  # patch grids fetched per step when many are read for one request (1.5 MiB each at 32 x 32 x 768)
+GRID_BATCH_BYTES = 32 * 1024**2  # stored patch grids read per statement at most, by patch_grid_batches
+GRID_BATCH_IDS = 500  # image ids per statement at most (SQLite's older builds allow 999 parameters)
 
 
 @dataclass(frozen=True)
@@ -242,22 +243,57 @@ def stored_patch_grids(session: Session, dataset: Dataset) -> Iterator[tuple[int
                                          expected_shape=expected)
 
 
-def patch_grids(session: Session, dataset: Dataset, image_ids: list[int],
-                batch: int = GRID_BATCH) -> Iterator[tuple[int, np.ndarray]]:
-    """(image id, float16 patch grid as patch_grid gives it) of those of `image_ids` that are images of `dataset`,
-    in no particular order: one statement for the grids (however many ids), read `batch` rows at a time so that
-    only a batch of grids is held at once, and one more for a reduced dataset's basis."""
+def patch_grid_batches(session: Session, dataset: Dataset,
+                       image_ids: Sequence[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(image ids (n,) int64, their patch grids as stored (n, grid height, grid width, stored patch dims) float16)
+    of these images of the dataset, a batch of at most GRID_BATCH_BYTES (and GRID_BATCH_IDS ids) per statement, in
+    the order asked; ids of other datasets, or of no image, are left out."""
+    expected = (dataset.grid_height, dataset.grid_width, dataset.stored_patch_dims)
+    grid_bytes = int(np.prod(expected)) * np.dtype(PATCH_GRID_DTYPE).itemsize
+    batch = max(1, min(GRID_BATCH_IDS, GRID_BATCH_BYTES // grid_bytes))
+    for start in range(0, len(image_ids), batch):
+        wanted = [int(i) for i in image_ids[start:start + batch]]
+        rows = session.execute(select(PatchGrid.image_id, PatchGrid.data, PatchGrid.dtype, PatchGrid.shape)
+                               .join(Image, Image.id == PatchGrid.image_id)
+                               .where(Image.dataset_id == dataset.id, PatchGrid.image_id.in_(wanted))).all()
+        found = {row.image_id: row for row in rows}
+        ids = [i for i in wanted if i in found]
+        grids = np.empty((len(ids), *expected), PATCH_GRID_DTYPE)
+        for slot, image_id in enumerate(ids):
+            row = found[image_id]
+            grids[slot] = decode_array(row.data, row.dtype, row.shape, expected_dtype=PATCH_GRID_DTYPE,
+                                       expected_shape=expected)
+        yield np.array(ids, np.int64), grids
+
+
+def content_hashes(session: Session, dataset_id: int) -> dict[int, str]:
+    """Each image's content hash (of its file's bytes) by image id, in one statement."""
+    return dict(session.execute(select(Image.id, Image.content_hash).where(Image.dataset_id == dataset_id)).all())
+
+
+def datasets_sharing_images(session: Session, dataset_id: int) -> dict[str, int]:
+    """The other datasets that hold a file of this dataset (the same content hash), by name in name order, with how
+    many of this dataset's distinct contents each holds; one statement."""
+    theirs = aliased(Image)
+    # Each other image's content looked up in this dataset through the (dataset, content hash) index.
+    ours = select(Image.id).where(Image.dataset_id == dataset_id, Image.content_hash == theirs.content_hash)
+    rows = session.execute(
+        select(Dataset.name, func.count(func.distinct(theirs.content_hash)))
+        .join(theirs, theirs.dataset_id == Dataset.id)
+        .where(Dataset.id != dataset_id, ours.exists()).group_by(Dataset.name).order_by(Dataset.name))
+    return dict(rows.all())
+
+
+def patch_grids(session: Session, dataset: Dataset, image_ids: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """(image id, float16 patch grid as patch_grid gives it: a reduced dataset's reconstructed) of those of
+    `image_ids` that are images of `dataset`, read by patch_grid_batches (only a batch held at once), and one more
+    statement for a reduced dataset's basis."""
     if not image_ids:
         return
     pca = None if dataset.patch_dims is None else dataset_patch_pca(session, dataset)
-    statement = (select(PatchGrid.image_id, PatchGrid.data, PatchGrid.dtype, PatchGrid.shape)
-                 .join(Image, Image.id == PatchGrid.image_id)
-                 .where(Image.dataset_id == dataset.id, PatchGrid.image_id.in_([int(i) for i in image_ids]))
-                 .execution_options(yield_per=batch))
-    expected = (dataset.grid_height, dataset.grid_width, dataset.stored_patch_dims)
-    for row in session.execute(statement):
-        grid = decode_array(row.data, row.dtype, row.shape, expected_dtype=PATCH_GRID_DTYPE, expected_shape=expected)
-        yield row.image_id, grid if pca is None else pca.reconstruct(grid)
+    for ids, grids in patch_grid_batches(session, dataset, image_ids):
+        for image_id, grid in zip(ids.tolist(), grids):
+            yield image_id, grid if pca is None else pca.reconstruct(grid)
 
 
 def _stored_grid(grid: PatchGrid, dataset: Dataset) -> np.ndarray:

@@ -90,10 +90,11 @@ def test_the_page_list_drives_the_navigation_and_the_per_image_links(tmp_path):
     link = _props(_layout(taking, "/gallery")["_pages_content"]["children"], "nav-image-sets")
     assert link["children"] == "Image sets" and link["href"] == "/image-sets?dataset=alpha"
     per_image = [page for page in PAGES if page.image_link]
-    assert [page.path for page in per_image] == ["/similarity", "/embeddings", "/patches"]
+    assert [page.path for page in per_image] == ["/similarity", "/embeddings", "/patches", "/compare"]
     buttons = image_links("alpha", 4, "x", here="/embeddings").children
     assert [(b.id, b.children) for b in buttons] == [("x-similar-link", "Similar images"),
-                                                     ("x-patches-link", "Within image")]
+                                                     ("x-patches-link", "Within image"),
+                                                     ("x-compare-link", "Compare embeddings")]
     assert _layout(app, "/patches")["_pages_store"]["data"]["title"] == "dinoscope: within image"
 
 
@@ -144,6 +145,7 @@ def test_bookmarked_addresses_keep_their_parameters_and_controls():
         "similarity": ["dataset", "image", "k"],
         "embeddings": ["dataset", "image", "n", "components"],
         "patches": ["dataset", "image", "layer", "k", "window", "step", "opacity", "foreground_only"],
+        "compare": ["dataset", "image", "k", "against", "other", "clusters"],
         "sets": ["dataset"],
         "duplicates": ["dataset", "threshold", "page"],
         "why": ["dataset", "image", "other", "lines"],

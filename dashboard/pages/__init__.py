@@ -2,7 +2,7 @@
 in PAGES: the list registers the pages on every app and gives the navigation, the "Open this image on ..." links
 and the explanations their pages."""
 
-from dashboard.pages import clustering, duplicates, embeddings, gallery, image_sets, patches, similarity, why
+from dashboard.pages import clustering, compare, duplicates, embeddings, gallery, image_sets, patches, similarity, why
 
 PAGES = (gallery.PAGE, clustering.PAGE, similarity.PAGE, why.PAGE, duplicates.PAGE, embeddings.PAGE, patches.PAGE,
-         image_sets.PAGE)
+         compare.PAGE, image_sets.PAGE)
