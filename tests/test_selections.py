@@ -12,7 +12,6 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pytest
 from dash.testing.wait import until
-from selenium.webdriver.common.action_chains import ActionChains
 from sklearn.manifold import trustworthiness
 
 from dashboard import clustering_view
@@ -31,14 +30,7 @@ from dashboard.clustering_view import (
 )
 from dashboard.data import DatasetView
 from dashboard.folder_cache import FolderCache
-from dashboard.selections import (
-    invert,
-    load_selection,
-    refine,
-    save_selection,
-    selection_id,
-    selection_page,
-)
+from dashboard.selections import invert, load_selection, refine, save_selection, selection_id, selection_page
 from dashboard.similarity_view import similar_among
 from db.export import selection_snippet
 from tests.browser import on_graph, text_of
@@ -60,7 +52,7 @@ def _brute_force_kept(embeddings: np.ndarray, coordinates: np.ndarray, k: int) -
     plane = np.linalg.norm(coordinates[:, None, :] - coordinates[None, :, :], axis=2)
     kept = []
     for i in range(len(embeddings)):
-        def nearest(distances):
+        def nearest(distances, i=i):
             order = [j for j in np.argsort(distances[i], kind="stable") if j != i]
             return set(order[:k])
 
@@ -274,14 +266,18 @@ def _selected_ids(dash_duo) -> list[int] | None:
 
 
 def _box_select(dash_duo, left: float, top: float, right: float, bottom: float) -> None:
-    """Drag a selection box over the plot area, from and to fractions of its width and height."""
-    on_graph(dash_duo, "#clustering-scatter", "Plotly.relayout(gd, {dragmode: 'select'})")
-    area = dash_duo.find_element("#clustering-scatter .nsewdrag")
-    width, height = area.size["width"], area.size["height"]
-    ActionChains(dash_duo.driver).move_to_element_with_offset(area, int((left - 0.5) * width),
-                                                              int((top - 0.5) * height)) \
-        .click_and_hold().move_by_offset(int((right - left) * width / 2), int((bottom - top) * height / 2)) \
-        .move_by_offset(int((right - left) * width / 2), int((bottom - top) * height / 2)).release().perform()
+    """Select the points in a box of the plot area (fractions of its width and height) as plotly's box select
+    reports them: a plotly_selected event with each point's trace and index (dragging a box with Selenium's pointer
+    actions selects nothing in headless Chrome's software WebGL)."""
+    on_graph(dash_duo, "#clustering-scatter", f"""(() => {{
+        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, points = [];
+        gd._fullData.forEach((t, curve) => Array.from(t.x).forEach((x, i) => {{
+            const px = xa.l2p(x) / xa._length, py = ya.l2p(t.y[i]) / ya._length;
+            if (px > {left} && px < {right} && py > {top} && py < {bottom})
+                points.push({{curveNumber: curve, pointNumber: i, pointIndex: i, x: x, y: t.y[i]}});
+        }}));
+        gd.emit("plotly_selected", {{points: points}});
+        return points.length; }})()""")
 
 
 def _points_in_box(dash_duo, left, top, right, bottom) -> list[int]:
