@@ -1,4 +1,5 @@
-"""Exporting a dataset to a NumPy .npz archive that `numpy.load` opens without pickle."""
+"""Exporting a dataset to a NumPy .npz archive that `numpy.load` opens without pickle, and the Python that reads a
+selection of images from the database."""
 
 from __future__ import annotations
 

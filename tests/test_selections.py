@@ -4,6 +4,7 @@ in a projection (neighbourhood preservation, trustworthiness), as logic and in t
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 from pathlib import Path
@@ -342,3 +343,33 @@ def test_select_refine_share_export_and_trust_in_the_browser(dash_duo, dashboard
     shown = [json.loads(e.get_attribute("id"))["index"] for e in dash_duo.find_elements(".similarity-result")]
     assert shown and set(shown) <= set(remaining)
     assert dash_duo.get_logs() == []
+
+
+def _refine(app, values: dict, changed: str = "clustering-picked.data"):
+    output = next(o for o in app.callback_map if o.startswith("clustering-selection.data@"))
+    spec = app.callback_map[output]
+    body = {"output": output, "outputs": {"id": "clustering-selection", "property": "data"},
+            "changedPropIds": [changed],
+            "inputs": [{**item, "value": values.get(item["id"])} for item in spec["inputs"]],
+            "state": [{**item, "value": values.get(item["id"])} for item in spec["state"]]}
+    return app.server.test_client().post("/_dash-update-component", json=body)
+
+
+def test_a_pick_of_images_of_another_dataset_or_an_unknown_selection_is_refused(dashboard_app, samples):
+    ids = samples.image_ids[:3].tolist()
+    values = {"clustering-picked": {"image_ids": ids}, "clustering-pick-how": "add", "clustering-selection": "",
+              "clustering-dataset": "samples"}
+    made = _refine(dashboard_app, values).get_json()["response"]["clustering-selection"]["data"]
+    assert made == selection_id("samples", ids)
+    added = _refine(dashboard_app, {**values, "clustering-selection": made,
+                                    "clustering-picked": {"image_ids": samples.image_ids[3:5].tolist()}})
+    assert added.get_json()["response"]["clustering-selection"]["data"] == selection_id("samples",
+                                                                                       samples.image_ids[:5])
+    for crafted, message in (
+            ({"clustering-picked": {"image_ids": [*ids, 10**9]}},
+             "The pick holds images that are not in dataset 'samples'"),
+            ({"clustering-picked": {"image_ids": ["1"]}}, "The pick is malformed: image_ids.0"),
+            ({"clustering-pick-how": "xor"}, "A pick replaces, adds to or removes from the selection, not 'xor'"),
+            ({"clustering-selection": "0" * 16}, f"There is no selection '{'0' * 16}' of dataset 'samples'")):
+        response = _refine(dashboard_app, {**values, **crafted})
+        assert response.status_code == 400 and message in html.unescape(response.get_data(as_text=True))

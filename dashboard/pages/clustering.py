@@ -331,9 +331,9 @@ def refine_selection(site: Site, picked, _invert, _clear, how, selection, datase
         return save_selection(site.selections, view.name, invert(view, current))
     if not picked:
         return dash.no_update
-    ids = np.array(inputs.record(Picked, picked, "The points picked").image_ids, dtype=np.int64)
+    ids = np.array(inputs.record(Picked, picked, "The pick").image_ids, dtype=np.int64)
     if len(selected_rows(view, ids)) != len(np.unique(ids)):
-        raise inputs.BadInput(f"The points picked hold images that are not in dataset {view.name!r}")
+        raise inputs.BadInput(f"The pick holds images that are not in dataset {view.name!r}")
     if how not in HOW:
         raise inputs.BadInput(f"A pick replaces, adds to or removes from the selection, not {inputs.shown(how)}")
     return save_selection(site.selections, view.name, refine(current, ids, how))
