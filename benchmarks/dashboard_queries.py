@@ -109,9 +109,10 @@ class Dash:
         def filled(items):
             return [{**item, "value": values.get(item["id"])} for item in items]
 
+        outputs = [dict(zip(("id", "property"), part.rsplit(".", 1))) for part in output.strip(".").split("...")]
         response = self.client.post("/_dash-update-component", json={
             "output": output, "changedPropIds": [changed],
-            "outputs": [dict(zip(("id", "property"), part.rsplit(".", 1))) for part in output.strip(".").split("...")],
+            "outputs": outputs if output.startswith("..") else outputs[0],  # a single output is no list
             "inputs": filled(spec["inputs"]), "state": filled(spec["state"]),
         })
         if response.status_code != 200:
