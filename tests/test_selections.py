@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pytest
 from dash.testing.wait import until
+from selenium.common.exceptions import ElementClickInterceptedException
 from sklearn.manifold import trustworthiness
 
 from dashboard import clustering_view
@@ -34,7 +35,7 @@ from dashboard.folder_cache import FolderCache
 from dashboard.selections import invert, load_selection, refine, save_selection, selection_id, selection_page
 from dashboard.similarity_view import similar_among
 from db.export import selection_snippet
-from tests.browser import on_graph, text_of
+from tests.browser import on_graph, text_of, when_stable
 
 
 def _random_view(n: int = 60, dim: int = 12, name: str = "random", seed: int = 0) -> DatasetView:
@@ -281,6 +282,21 @@ def _box_select(dash_duo, left: float, top: float, right: float, bottom: float) 
         return points.length; }})()""")
 
 
+def _click(dash_duo, selector: str) -> None:
+    """Click an element in the middle of the window, once no spinner of a part being redrawn lies over it."""
+    def attempt():
+        element = dash_duo.find_element(selector)
+        dash_duo.driver.execute_script("arguments[0].scrollIntoView({block: 'center', behavior: 'instant'})",
+                                       element)
+        try:
+            element.click()
+        except ElementClickInterceptedException:
+            return False
+        return True
+
+    until(lambda: when_stable(attempt), timeout=20)
+
+
 def _points_in_box(dash_duo, left, top, right, bottom) -> list[int]:
     return on_graph(dash_duo, "#clustering-scatter", f"""(() => {{
         const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, ids = [];
@@ -306,18 +322,18 @@ def test_select_refine_share_export_and_trust_in_the_browser(dash_duo, dashboard
     assert len(dash_duo.find_elements("#clustering-selection-gallery img")) == len(left_half)
     until(lambda: "selection=" in dash_duo.driver.current_url, timeout=10)
 
-    dash_duo.find_element("#clustering-invert").click()  # the other half
+    _click(dash_duo, "#clustering-invert")  # the other half
     others = sorted(set(samples.image_ids.tolist()) - set(left_half))
     until(lambda: _selected_ids(dash_duo) == others, timeout=20)
     top_right = _points_in_box(dash_duo, 0.5, 0.02, 0.98, 0.5)
-    dash_duo.find_element("label[for='_dbcprivate_radioitems_clustering-pick-how_input_remove']").click()
+    _click(dash_duo, "label[for='_dbcprivate_radioitems_clustering-pick-how_input_remove']")
     _box_select(dash_duo, 0.5, 0.02, 0.98, 0.5)
     remaining = sorted(set(others) - set(top_right))
     until(lambda: _selected_ids(dash_duo) == remaining, timeout=20)
     key = selection_id("samples", remaining)
     until(lambda: parse_qs(urlsplit(dash_duo.driver.current_url).query).get("selection") == [key], timeout=10)
 
-    dash_duo.find_element("#clustering-selection-csv").click()
+    _click(dash_duo, "#clustering-selection-csv")
     target = Path(dash_duo.download_path) / f"samples-selection-{key}.csv"
     until(lambda: target.exists() and target.stat().st_size > 0, timeout=20)
     assert sorted(int(row["image_id"]) for row in csv.DictReader(target.open())) == remaining
@@ -332,7 +348,7 @@ def test_select_refine_share_export_and_trust_in_the_browser(dash_duo, dashboard
     similar = dash_duo.find_element("#clustering-selection-similar").get_attribute("href")
     assert parse_qs(urlsplit(similar).query)["selection"] == [key]
 
-    dash_duo.find_element("label[for='_dbcprivate_radioitems_clustering-colour_input_preservation']").click()
+    _click(dash_duo, "label[for='_dbcprivate_radioitems_clustering-colour_input_preservation']")
     until(lambda: on_graph(dash_duo, "#clustering-scatter", "gd._fullData.length === 2 && "
                                                             "gd._fullData[1].marker.showscale") is True, timeout=20)
     assert "trustworthiness (k=10)" in text_of(dash_duo, "#clustering-trustworthiness")
