@@ -3,6 +3,7 @@
     dinoscope synthetic bench --count 100000 --db /tmp/bench.db           # once: a synthetic dataset
     python benchmarks/dashboard_queries.py --db /tmp/bench.db --dataset bench [--tsne] [--umap]
     python benchmarks/dashboard_queries.py --synthetic 10000               # writes a fresh one first
+    python benchmarks/dashboard_queries.py --db /tmp/bench.db --dataset bench --selection   # selections, trust
 
 Opening is timed in fresh processes (imports done first): once with no shared matrix in the cache folder (the
 first process of a generation builds it from the database), once with it there (later processes map its files),
@@ -36,10 +37,13 @@ from dashboard.clustering_view import (
     cached_projection,
     cluster_images,
     clustering_key,
+    projection_trust,
     query_of,
 )
 from dashboard.data import DatasetStore, DatasetView
 from dashboard.duplicates_view import LOWEST
+from dashboard.folder_cache import FolderCache
+from dashboard.selections import load_selection, save_selection
 from dashboard.settings import Settings
 from dashboard.similarity_view import HEATMAP_LIMIT, heatmap_figure, neighbourhood
 from db.engine import open_database, resolve_url
@@ -107,9 +111,10 @@ class Dash:
         def filled(items):
             return [{**item, "value": values.get(item["id"])} for item in items]
 
+        outputs = [dict(zip(("id", "property"), part.rsplit(".", 1))) for part in output.strip(".").split("...")]
         response = self.client.post("/_dash-update-component", json={
             "output": output, "changedPropIds": [changed],
-            "outputs": [dict(zip(("id", "property"), part.rsplit(".", 1))) for part in output.strip(".").split("...")],
+            "outputs": outputs if output.startswith("..") else outputs[0],  # a single output is no list
             "inputs": filled(spec["inputs"]), "state": filled(spec["state"]),
         })
         if response.status_code != 200:
@@ -126,6 +131,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="processes for the memory measurement")
     parser.add_argument("--tsne", action="store_true", help="time a t-SNE (slow at 100,000 images)")
     parser.add_argument("--umap", action="store_true", help="time a UMAP")
+    parser.add_argument("--selection", action="store_true",
+                        help="time a selection of 5,000 images (stored, loaded, shown, exported) and the trust in "
+                             "the PCA projection (neighbourhood preservation and trustworthiness on their samples)")
     args = parser.parse_args()
     rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as folder:
@@ -144,7 +152,10 @@ def main() -> None:
                  ("open, fresh process, shared matrix present (maps it)", _s(mapped)),
                  ("open again in the same process", _s(again))]
         view = DatasetStore(url, cache_dir).view(args.dataset)
-        rows += answers(view, Dash(url, cache_dir), args)
+        dash = Dash(url, cache_dir)
+        rows += answers(view, dash, args)
+        if args.selection:
+            rows += selection_answers(view, dash, args.repeats)
         rows += memory(context, url, cache_dir, args.dataset, args.workers)
         shared = sum(path.stat().st_size for path in (cache_dir / "matrices").glob("*-g*/*.npy"))
         rows.append(("shared matrix files (mapped by every worker)", f"{shared / MIB:.0f} MiB"))
@@ -224,6 +235,65 @@ def duplicates(view: DatasetView) -> list[tuple[str, str]]:
     known = set(zip(planted.first.tolist(), planted.second.tolist()))
     hits = sum((min(a, b), max(a, b)) in known for a, b in zip(originals.tolist(), copies.tolist()))
     rows.append((f"  found of {planted_count} planted near-copies", f"{hits}"))
+    return rows
+
+
+SELECTED = 5_000
+
+
+def selection_answers(view: DatasetView, dash: Dash, repeats: int) -> list[tuple[str, str]]:
+    """A selection of SELECTED images: stored, loaded, made through the page's callback, shown (gallery page,
+    exports' links, Python snippet), greyed on the scatter, exported; the trust in the PCA projection."""
+    chosen = view.image_ids[np.sort(np.random.default_rng(0).choice(len(view), SELECTED, replace=False))]
+    rows = []
+    with FolderCache(str(dash.cache_dir / "selections"), eviction_policy="none") as store:  # the app's
+        started = time.perf_counter()
+        key = save_selection(store, view.name, chosen)
+        rows.append((f"store a selection of {SELECTED:,} (first time)", _s(time.perf_counter() - started)))
+        rows.append((f"store the same {SELECTED:,} again (found by its id)",
+                     _s(median_s(lambda: save_selection(store, view.name, chosen), repeats))))
+        rows.append((f"load a selection of {SELECTED:,}", _s(median_s(lambda: load_selection(store, view, key),
+                                                                       repeats))))
+    picked = {"clustering-picked": {"image_ids": chosen.tolist()}, "clustering-pick-how": "add",
+              "clustering-selection": key, "clustering-dataset": view.name}
+    rows.append((f"add a lasso of {SELECTED:,} to it (callback route)",
+                 _s(median_s(lambda: dash.call("clustering-selection.data", picked, "clustering-picked.data"),
+                             repeats))))
+    shown = {"clustering-selection": key, "clustering-selection-pages": 3, "clustering-dataset": view.name}
+    body = dash.call("..clustering-selection-count.children", shown, "clustering-selection-pages.active_page")
+    rows.append((f"show it: gallery page, links, snippet (callback route, {len(body) / MIB:.2f} MiB)",
+                 _s(median_s(lambda: dash.call("..clustering-selection-count.children", shown,
+                                               "clustering-selection.data"), repeats))))
+    projection, clustering = ProjectionParams("pca"), ClusterParams("kmeans", k=20)
+    projection_key = projection.cache_key(view)
+    scatter = {"clustering-selection": key, "clustering-dataset": view.name, "clustering-colour": "clusters",
+               "clustering-trust-k": 10,
+               "clustering-shown": {"key": clustering_key(view, clustering, projection_key),
+                                    "projection": projection_key, "generation": view.generation,
+                                    "query": query_of(projection, clustering)}}
+    body = dash.call("clustering-scatter.figure@", scatter, "clustering-selection.data")
+    rows.append((f"grey the others on the scatter (callback route, a patch of {len(body) / MIB:.2f} MiB)",
+                 _s(median_s(lambda: dash.call("clustering-scatter.figure@", scatter, "clustering-selection.data"),
+                             repeats))))
+    client = dash.app.server.test_client()
+    for kind in ("csv", "json", "npz"):
+        size = len(client.get(f"/download/selection.{kind}", query_string={"dataset": view.name,
+                                                                            "selection": key}).data)
+        timing = median_s(lambda kind=kind: client.get(f"/download/selection.{kind}", query_string={
+            "dataset": view.name, "selection": key}).data, repeats)
+        rows.append((f"export it as .{kind} ({size / MIB:.1f} MiB)", _s(timing)))
+    with diskcache.Cache(str(dash.cache_dir / "results")) as results:
+        coordinates = cached_projection(results, view, projection).coordinates
+    started = time.perf_counter()
+    trust = projection_trust(view, coordinates, 10)
+    what = (f"trust, k=10: preservation of {len(trust.rows):,}, trustworthiness of {trust.trust_images:,} "
+            f"(once, then cached; T = {trust.trustworthiness:.3f})")
+    rows.append((what, _s(time.perf_counter() - started)))
+    preservation = {**scatter, "clustering-colour": "preservation"}
+    dash.call("..clustering-scatter.figure", preservation, "clustering-colour.value")  # computes and caches it
+    rows.append(("scatter coloured by preservation, cached (callback route)",
+                 _s(median_s(lambda: dash.call("..clustering-scatter.figure", preservation,
+                                               "clustering-colour.value"), repeats))))
     return rows
 
 

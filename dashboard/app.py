@@ -45,6 +45,8 @@ def create_app(settings: Settings, managers: JobManagers | None = None) -> Dash:
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
     managers = managers or background_managers(settings)
     results = FolderCache(str(settings.cache_dir / "results"), size_limit=RESULTS_CACHE_BYTES)
+    # Never evicted: a link to a selection must keep working (see dashboard.selections).
+    selections = FolderCache(str(settings.cache_dir / "selections"), eviction_policy="none")
     app = Dash(
         __name__, use_pages=True, pages_folder="", assets_folder=str(ASSETS), title="dinoscope", update_title=None,
         background_callback_manager=managers.projections, suppress_callback_exceptions=True,
@@ -59,12 +61,12 @@ def create_app(settings: Settings, managers: JobManagers | None = None) -> Dash:
     app.server.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES  # refused with 413, whatever the browser sent
     store = DatasetStore(settings.db_url, settings.cache_dir)
     _add_image_routes(app.server, store)
-    add_download_routes(app.server, store, results)
+    add_download_routes(app.server, store, results, selections)
     _log_slow_requests(app.server)
     _answer_database_errors(app.server)
     add_framing_headers(app.server, settings.frame_ancestors)
     sets = ImageSets(settings.uploads.folder, settings.uploads.limits) if settings.uploads.allowed else None
-    site = Site(store, results, QueryModels(), sets, settings.index_model)
+    site = Site(store, results, QueryModels(), sets, settings.index_model, selections)
     install(app.server, site)
     add_set_upload_route(app.server, site)
     register_pages(app, PAGES, site, managers)

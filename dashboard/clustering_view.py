@@ -23,6 +23,11 @@ from dashboard.analysis.clustering import (
     label_by_nearest_sample,
 )
 from dashboard.analysis.projection import Projection, normalize_rows, project
+from dashboard.analysis.projection_quality import (
+    largest_trust_k,
+    neighbourhood_preservation,
+    projection_trustworthiness,
+)
 from dashboard.data import DatasetView
 from dashboard.urlstate import Param, read_query
 
@@ -273,8 +278,9 @@ def assignment_csv(view: DatasetView, coordinates: np.ndarray, labels: np.ndarra
     writer.writerow(["image_id", "relpath", "label", "cluster", "x", "y"])
     for start in range(0, len(view), chunk):
         for row in range(start, min(start + chunk, len(view))):
-            writer.writerow([int(view.image_ids[row]), _cell(view.relpaths[row]), _cell(view.labels[row] or ""),
-                             int(labels[row]), f"{coordinates[row, 0]:.6g}", f"{coordinates[row, 1]:.6g}"])
+            writer.writerow([int(view.image_ids[row]), spreadsheet_cell(view.relpaths[row]),
+                             spreadsheet_cell(view.labels[row] or ""), int(labels[row]), f"{coordinates[row, 0]:.6g}",
+                             f"{coordinates[row, 1]:.6g}"])
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()
@@ -285,27 +291,54 @@ def assignment_csv(view: DatasetView, coordinates: np.ndarray, labels: np.ndarra
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _cell(text: str) -> str:
+def spreadsheet_cell(text: str) -> str:
+    """`text` as a CSV cell: quoted with a leading ' where a spreadsheet would read it as a formula."""
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
 _AXIS_NAMES = {"pca": "PC", "tsne": "t-SNE", "umap": "UMAP"}
 
 
-def cluster_scatter(view: DatasetView, projection: Projection, result: ClusteringResult) -> go.Figure:
-    """A WebGL scatter, one trace per cluster (noise grey), each point carrying its image id for hover and click.
+def scatter_sample(view: DatasetView) -> np.ndarray:
+    """Which images the scatter draws (N,) bool: all, or above SCATTER_POINTS a seeded sample."""
+    shown = np.ones(len(view), bool)
+    if len(view) > SCATTER_POINTS:
+        shown[:] = False
+        shown[np.random.default_rng(0).choice(len(view), SCATTER_POINTS, replace=False)] = True
+    return shown
+
+
+def cluster_trace_rows(view: DatasetView, result: ClusteringResult) -> list[np.ndarray]:
+    """The dataset rows each trace of cluster_scatter draws: one trace per cluster, in the order of its sizes."""
+    shown = scatter_sample(view)
+    return [np.flatnonzero((result.labels == label) & shown) for label, _size in result.sizes]
+
+
+def selected_points(view: DatasetView, trace_rows: list[np.ndarray], selected: np.ndarray | None) -> list:
+    """Plotly's `selectedpoints` of each trace (positions within the trace) for the selected image ids; None on
+    every trace when nothing is selected, so no point is greyed."""
+    if selected is None or not len(selected):
+        return [None] * len(trace_rows)
+    chosen = np.isin(view.image_ids, selected)
+    return [np.flatnonzero(chosen[rows]).astype(np.int32) for rows in trace_rows]
+
+
+# A selection keeps its points as they are and greys the others.
+UNSELECTED = {"marker": {"opacity": 0.12}}
+
+
+def cluster_scatter(view: DatasetView, projection: Projection, result: ClusteringResult,
+                    selected: np.ndarray | None = None) -> go.Figure:
+    """A WebGL scatter, one trace per cluster (noise grey), each point carrying its image id for hover and click;
+    the images of `selected` (ids) as they are, the others greyed.
 
     Coordinates and ids go as NumPy arrays, which Dash sends as binary typed arrays (base64), not JSON lists.
     Above SCATTER_POINTS images a seeded sample is drawn, with the same share of every cluster."""
     figure = go.Figure()
     palette = px.colors.qualitative.Plotly + px.colors.qualitative.D3 + px.colors.qualitative.Alphabet
-    shown = np.ones(len(view), bool)
-    if len(view) > SCATTER_POINTS:
-        shown[:] = False
-        shown[np.random.default_rng(0).choice(len(view), SCATTER_POINTS, replace=False)] = True
     many = len(view) >= SMALL_MARKERS
-    for label, size in result.sizes:
-        rows = np.flatnonzero((result.labels == label) & shown)
+    trace_rows = cluster_trace_rows(view, result)
+    for (label, size), rows, chosen in zip(result.sizes, trace_rows, selected_points(view, trace_rows, selected)):
         noise = label == NOISE
         figure.add_trace(go.Scattergl(
             x=projection.coordinates[rows, 0], y=projection.coordinates[rows, 1], mode="markers",
@@ -313,13 +346,111 @@ def cluster_scatter(view: DatasetView, projection: Projection, result: Clusterin
             marker={"size": 4 if many else 10, "color": "#9e9e9e" if noise else palette[label % len(palette)],
                     "symbol": "x" if noise else "circle",
                     "line": {"width": 0 if many else 0.5, "color": "white"}},
-            hoverinfo="none",
+            hoverinfo="none", selectedpoints=chosen, unselected=UNSELECTED,
         ))
-    axis = _AXIS_NAMES[projection.method]
     title = f"a sample of {SCATTER_POINTS:,} of {len(view):,} images" if len(view) > SCATTER_POINTS else None
+    return _scatter_layout(figure, view, projection, title, "clusters")
+
+
+def _scatter_layout(figure: go.Figure, view: DatasetView, projection: Projection, title: str | None,
+                    legend: str) -> go.Figure:
+    axis = _AXIS_NAMES[projection.method]
     figure.update_layout(
-        title_text=title, xaxis_title=f"{axis} 1", yaxis_title=f"{axis} 2", legend_title_text="clusters",
+        title_text=title, xaxis_title=f"{axis} 1", yaxis_title=f"{axis} 2", legend_title_text=legend,
         template="plotly_white", margin={"l": 40, "r": 10, "t": 36, "b": 40}, height=560, clickmode="event",
         uirevision=f"{view.name}/{projection.method}",  # keeps the user's zoom while clusters are recoloured
     )
     return figure
+
+
+# Trusting the projection ------------------------------------------------------------------------------------------
+
+# Neighbourhood preservation is measured on at most this many images (a seeded sample, neighbours among the
+# sample in both spaces: about 1.5 s at 768 dimensions), trustworthiness on at most TRUST_SAMPLE of them (its cost
+# grows with the square of the images and their sorting: about 0.6 s for 2,000, 3 s for 5,000).
+PRESERVATION_SAMPLE = 5_000
+TRUST_SAMPLE = 2_000
+TRUST_K = Param("trust_k", 10, 1, 50, control="trust-k")  # neighbours compared, the page's control
+COLOURING = Param("colour", "clusters", choices=("clusters", "preservation"))
+
+
+@dataclass(frozen=True)
+class ProjectionTrust:
+    """How far a projection keeps the embedding's neighbourhoods: for each measured image (dataset rows, all or a
+    seeded sample) how many of its k nearest neighbours stay among its k nearest on the plot, and the
+    trustworthiness of the plot on `trust_images` of them (None where too few images)."""
+
+    k: int
+    rows: np.ndarray
+    kept: np.ndarray
+    trustworthiness: float | None
+    trust_k: int
+    trust_images: int
+
+
+def trust_key(projection_key: str, k: int) -> str:
+    """Key of a projection's trust in the shared results cache: the projection's key holds dataset and generation."""
+    return f"trust/{projection_key}/k={k}"
+
+
+def projection_trust(view: DatasetView, coordinates: np.ndarray, k: int) -> ProjectionTrust:
+    """Neighbourhood preservation of every image (of a seeded sample of PRESERVATION_SAMPLE above it) and the
+    trustworthiness (on a seeded sample of TRUST_SAMPLE of those), with k clamped to what the images allow."""
+    n = len(view)
+    rng = np.random.default_rng(0)
+    rows = np.arange(n) if n <= PRESERVATION_SAMPLE else np.sort(rng.choice(n, PRESERVATION_SAMPLE, replace=False))
+    k_kept = min(k, len(rows) - 1)
+    if k_kept < 1:
+        return ProjectionTrust(k, rows[:0], np.zeros(0, np.int64), None, 0, 0)
+    kept = neighbourhood_preservation(view.embeddings[rows], coordinates[rows], k_kept)
+    trust_rows = rows if len(rows) <= TRUST_SAMPLE else np.sort(rng.choice(rows, TRUST_SAMPLE, replace=False))
+    trust_k = min(k, largest_trust_k(len(trust_rows)))
+    trust = (projection_trustworthiness(view.embeddings[trust_rows], coordinates[trust_rows], trust_k)
+             if trust_k >= 1 else None)
+    return ProjectionTrust(k_kept, rows, kept, trust, trust_k, len(trust_rows))
+
+
+def cached_trust(cache, view: DatasetView, projection_key: str, coordinates: np.ndarray, k: int) -> ProjectionTrust:
+    """The projection's trust from the shared cache, computed and stored there first if no one has asked yet."""
+    key = trust_key(projection_key, k)
+    found = cache.get(key)
+    if found is None:
+        found = projection_trust(view, coordinates, k)
+        cache[key] = found
+    return found
+
+
+def trust_trace_rows(view: DatasetView, trust: ProjectionTrust) -> list[np.ndarray]:
+    """The dataset rows each trace of trust_scatter draws: the images not measured (drawn as far as the scatter
+    draws), then the measured ones."""
+    others = scatter_sample(view)
+    others[trust.rows] = False
+    return [np.flatnonzero(others), trust.rows]
+
+
+def trust_scatter(view: DatasetView, projection: Projection, trust: ProjectionTrust,
+                  selected: np.ndarray | None = None) -> go.Figure:
+    """The scatter coloured by neighbourhood preservation (the share of each image's k nearest neighbours in the
+    embedding that are among its k nearest on the plot); images outside the measured sample small and grey."""
+    many = len(view) >= SMALL_MARKERS
+    trace_rows = trust_trace_rows(view, trust)
+    chosen = selected_points(view, trace_rows, selected)
+    others, measured = trace_rows
+    share = trust.kept / max(trust.k, 1)
+    figure = go.Figure([
+        go.Scattergl(x=projection.coordinates[others, 0], y=projection.coordinates[others, 1], mode="markers",
+                     name="not measured", customdata=view.image_ids[others].astype(np.int32),
+                     marker={"size": 2 if many else 6, "color": "#d0d0d0"}, hoverinfo="none",
+                     selectedpoints=chosen[0], unselected=UNSELECTED),
+        go.Scattergl(x=projection.coordinates[measured, 0], y=projection.coordinates[measured, 1], mode="markers",
+                     name=f"neighbours kept (of {trust.k})", customdata=view.image_ids[measured].astype(np.int32),
+                     marker={"size": 4 if many else 10, "color": share.astype(np.float32), "cmin": 0, "cmax": 1,
+                             "colorscale": "RdYlBu", "showscale": True,
+                             "colorbar": {"title": {"text": f"share of {trust.k}<br>neighbours kept"},
+                                          "tickformat": ".0%"}},
+                     hoverinfo="none", selectedpoints=chosen[1], unselected=UNSELECTED),
+    ])
+    title = (f"neighbourhood preservation of a sample of {len(measured):,} of {len(view):,} images"
+             if len(measured) < len(view) else "neighbourhood preservation")
+    figure.update_layout(showlegend=False)
+    return _scatter_layout(figure, view, projection, title, "")

@@ -7,6 +7,9 @@
                                                          every image's cluster and 2-D position
     /download/duplicates.csv?dataset=NAME&threshold=T    exact copies and near-duplicate groups, one row per image
     /download/duplicates.json?dataset=NAME&threshold=T   the same groups as one JSON document
+    /download/selection.csv?dataset=NAME&selection=ID    a selection's ids, paths and labels
+    /download/selection.json?dataset=NAME&selection=ID   the same as JSON
+    /download/selection.npz?dataset=NAME&selection=ID    the same with the embeddings
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from dashboard.duplicates_view import (
     runs_in_background,
 )
 from dashboard.embeddings_view import dataset_npz, embedding_npy
+from dashboard.selections import load_selection, selection_csv, selection_json, selection_npz
 from db.errors import DatasetNotFound, DinoscopeDbError
 
 EMBEDDING_NPY_PATH = "/download/embedding.npy"
@@ -44,10 +48,13 @@ EMBEDDINGS_NPZ_PATH = "/download/embeddings.npz"
 CLUSTERS_CSV_PATH = "/download/clusters.csv"
 DUPLICATES_CSV_PATH = "/download/duplicates.csv"
 DUPLICATES_JSON_PATH = "/download/duplicates.json"
+SELECTION_PATH = "/download/selection."  # + csv, json or npz
+SELECTION_FORMATS = {"csv": "text/csv", "json": "application/json", "npz": "application/zip"}
 
 
-def add_download_routes(server: flask.Flask, store: DatasetStore, results) -> None:
-    """`results`: the shared results cache, where the clustering page keeps its projections and clusterings."""
+def add_download_routes(server: flask.Flask, store: DatasetStore, results, selections) -> None:
+    """`results`: the shared results cache, where the clustering page keeps its projections and clusterings;
+    `selections`: the store of selections (dashboard.selections)."""
 
     @server.route(EMBEDDING_NPY_PATH)
     def embedding():
@@ -82,6 +89,18 @@ def add_download_routes(server: flask.Flask, store: DatasetStore, results) -> No
         name = f"{_slug(view.name)}-{projection.method}-{clustering.method}-{detail}{space}-clusters.csv"
         return _attachment(assignment_csv(view, found.coordinates, result.labels), name, "text/csv")
 
+    @server.route(f"{SELECTION_PATH}<kind>")
+    def selection(kind: str):
+        if kind not in SELECTION_FORMATS:
+            flask.abort(404)
+        view = _view(store)
+        key = flask.request.args.get("selection", "")
+        image_ids = load_selection(selections, view, key)
+        if image_ids is None:
+            flask.abort(404, f"There is no selection {key[:40]!r} of dataset {view.name!r}")
+        parts = {"csv": lambda: selection_csv(view, image_ids), "json": lambda: [selection_json(view, key, image_ids)],
+                 "npz": lambda: selection_npz(view, image_ids)}[kind]()
+        return _attachment(parts, selection_file_name(view.name, key, kind), SELECTION_FORMATS[kind])
 
     @server.route(DUPLICATES_CSV_PATH)
     def duplicates_csv():
@@ -94,6 +113,11 @@ def add_download_routes(server: flask.Flask, store: DatasetStore, results) -> No
         view, threshold, exact, near, found = _duplicates(store, results)
         name = f"{_slug(view.name)}-duplicates-{threshold:g}.json"
         return _attachment([groups_json(view, threshold, exact, near, found)], name, "application/json")
+
+
+def selection_file_name(dataset: str, key: str, kind: str) -> str:
+    """The name a selection's download is saved under."""
+    return f"{_slug(dataset)}-selection-{key}.{kind}"
 
 
 def _duplicates(store: DatasetStore, results):

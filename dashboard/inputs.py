@@ -31,7 +31,7 @@ class BadInput(BadRequest):
         return self.description
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     """A value as a message quotes it, cut short."""
     text = repr(value)
     return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
@@ -40,7 +40,7 @@ def _shown(value: Any) -> str:
 def dataset_view(store: DatasetStore, name: Any) -> DatasetView:
     """The arrays of the dataset a page names."""
     if not isinstance(name, str) or not name:
-        raise BadInput(f"A dataset is named by its name, not by {_shown(name)}")
+        raise BadInput(f"A dataset is named by its name, not by {shown(name)}")
     try:
         return store.view(name)
     except DatasetNotFound as error:
@@ -54,7 +54,7 @@ def _is_image_id(value: Any) -> bool:
 def image_in(view: DatasetView, value: Any) -> int:
     """An image id of the dataset `view` (not of another dataset, not a string)."""
     if not _is_image_id(value) or view.position(value) is None:
-        raise BadInput(f"There is no image {_shown(value)} in dataset {view.name!r}")
+        raise BadInput(f"There is no image {shown(value)} in dataset {view.name!r}")
     return value
 
 
@@ -63,14 +63,14 @@ def text(value: Any, what: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise BadInput(f"{what} is text, not {_shown(value)}")
+        raise BadInput(f"{what} is text, not {shown(value)}")
     return value
 
 
 def mapping(value: Any, what: str) -> dict:
     """A dict of named values (whose values the caller reads leniently, as URL parameters are)."""
     if not isinstance(value, dict):
-        raise BadInput(f"{what} is malformed: a mapping of names to values is expected, not {_shown(value)}")
+        raise BadInput(f"{what} is malformed: a mapping of names to values is expected, not {shown(value)}")
     return value
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import plotly.graph_objects as go
 
-from dashboard.analysis.similarity import cosine_matrix, heatmap_indices
+from dashboard.analysis.similarity import cosine_matrix, heatmap_indices, top_k
 from dashboard.data import DatasetView
 from dashboard.inputs import CategoryPoint
 
@@ -58,6 +58,19 @@ def similar_images(view: DatasetView, image_id: int, k: int, head: int = EMBEDDI
     if position is None:
         return []
     return _results(view, *view.nearest(position, k), head)
+
+
+def similar_among(view: DatasetView, image_id: int, k: int, among: np.ndarray,
+                  head: int = EMBEDDING_HEAD) -> list[SimilarImage]:
+    """The k images of `among` (image ids, a selection) most cosine-similar to `image_id` (itself left out), best
+    first; [] for an unknown id."""
+    position = view.position(image_id)
+    if position is None:
+        return []
+    rows = np.flatnonzero(np.isin(view.image_ids, among))
+    rows = rows[rows != position]
+    indices, scores = top_k(view.embeddings[rows], view.embeddings[position], k, norms=view.norms[rows])
+    return _results(view, rows[indices], scores, head)
 
 
 def images_similar_to(view: DatasetView, embedding: np.ndarray, k: int,

@@ -21,15 +21,16 @@ EXTENSION = "dinoscope"
 @dataclass(frozen=True)
 class Site:
     """One app's database, its results cache (projections, clusterings, PCAs shared by every worker process), its
-    upload models, its image sets (None unless users may add them) and the model it indexes them with. Background
-    jobs receive it pickled: the store as its address, the cache as its folder, the models empty (or the job
-    server's own)."""
+    upload models, its image sets (None unless users may add them), the model it indexes them with, and the store
+    of selections (dashboard.selections; never evicted, unlike the results). Background jobs receive it pickled:
+    the store as its address, the caches as their folders, the models empty (or the job server's own)."""
 
     store: DatasetStore
     results: FolderCache
     models: QueryModels
     sets: ImageSets | None = None
     index_model: ServerModel = field(default_factory=ServerModel)
+    selections: FolderCache | None = None
 
 
 def install(server: flask.Flask, site: Site) -> None:

@@ -1,4 +1,5 @@
-"""Exporting a dataset to a NumPy .npz archive that `numpy.load` opens without pickle."""
+"""Exporting a dataset to a NumPy .npz archive that `numpy.load` opens without pickle, and the Python that reads a
+selection of images from the database."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from db.errors import CorruptArray
@@ -63,3 +65,41 @@ def _provenance(dataset: Dataset) -> dict:
         provenance[column.key] = value.isoformat() if hasattr(value, "isoformat") else value
     return provenance
 
+
+
+SNIPPET_CHUNK = 10_000  # ids per query: under SQLite's limit of bound parameters (32,766)
+
+
+def selection_snippet(db_url: str, image_ids: list[int] | None, ids_file: str | None = None) -> str:
+    """Python that reads a selection's images from the database with SQLAlchemy and numpy: `image_ids`, and
+    their `relpaths`, `labels` and `embeddings` (float32, n x D, in the order of `image_ids`), decoded as
+    db.arrays stores them (raw little-endian bytes with the dtype and shape beside them). The ids are written
+    in, or (for `ids_file`, a selection's JSON export) read from that file. A server's password is left out."""
+    url = make_url(db_url).render_as_string(hide_password=True)
+    if ids_file is None:
+        ids = f"image_ids = {list(map(int, image_ids or []))!r}"
+    else:
+        ids = f"image_ids = json.load(open({ids_file!r}))[\"image_ids\"]  # the selection's JSON download"
+    return f'''import json
+
+import numpy as np
+from sqlalchemy import bindparam, create_engine, text
+
+{ids}
+query = text(
+    "SELECT images.id, images.relpath, images.label, embeddings.data, embeddings.dtype, embeddings.shape "
+    "FROM images JOIN embeddings ON embeddings.image_id = images.id WHERE images.id IN :ids"
+).bindparams(bindparam("ids", expanding=True))
+rows = {{}}
+with create_engine({url!r}).connect() as connection:
+    for start in range(0, len(image_ids), {SNIPPET_CHUNK}):
+        for row in connection.execute(query, {{"ids": image_ids[start:start + {SNIPPET_CHUNK}]}}):
+            rows[row.id] = row
+relpaths = [rows[i].relpath for i in image_ids]
+labels = [rows[i].label for i in image_ids]
+# Each embedding is stored as raw little-endian bytes, with its dtype (such as <f4) and shape beside it.
+embeddings = np.stack([
+    np.frombuffer(rows[i].data, dtype=rows[i].dtype).reshape([int(n) for n in rows[i].shape.split(",")])
+    for i in image_ids
+])
+'''

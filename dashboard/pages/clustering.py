@@ -14,40 +14,63 @@ from uuid import uuid4
 
 import dash
 import dash_bootstrap_components as dbc
+import numpy as np
 from dash import Input, Output, State, dcc, html
 from pydantic import BaseModel, FiniteFloat, StrictInt
 
 from dashboard import inputs
 from dashboard.clustering_view import (
     CLUSTERING,
+    COLOURING,
     K_MAX,
     K_MIN,
     PROJECTION,
+    TRUST_K,
     ShownClustering,
     cached_clustering,
     cached_projection,
+    cached_trust,
     cluster_name,
     cluster_params,
     cluster_scatter,
+    cluster_trace_rows,
     clustering_key,
     clusters_in_background,
     hover_components,
     projection_params,
     query_of,
+    selected_points,
+    trust_scatter,
+    trust_trace_rows,
 )
-from dashboard.downloads import CLUSTERS_CSV_PATH
+from dashboard.downloads import CLUSTERS_CSV_PATH, SELECTION_PATH, selection_file_name
 from dashboard.explanations import CLUSTERING as CLUSTERING_TEXT
-from dashboard.explanations import METRIC_EXPLANATIONS, METRIC_TITLES
+from dashboard.explanations import METRIC_EXPLANATIONS, METRIC_TITLES, TRUST_TITLE
 from dashboard.page import Page
+from dashboard.selections import (
+    HOW,
+    SELECTION,
+    invert,
+    is_selection_id,
+    load_selection,
+    refine,
+    save_selection,
+    selected_rows,
+    selection_page,
+)
 from dashboard.shell import busy, image_links, page_shell
 from dashboard.site import Site, current_site
 from dashboard.urlstate import similarity_url, thumbnail_url
+from db.export import selection_snippet
 from db.holds import hold
 
 CHANGED = "The indexer has changed this dataset since the page opened: show the changes (above) to work on them."
 POLL_MS = 500  # how often a page asks about its background job: 30 pages waiting make 60 requests a second
+VIEW = (COLOURING, TRUST_K)
 PAGE = Page("clustering", "/clustering", "Clustering", explanation=CLUSTERING_TEXT,
-            params=(*PROJECTION, *CLUSTERING))
+            params=(*PROJECTION, *CLUSTERING, *VIEW, SELECTION))
+SELECTION_PAGE_SIZE = 40  # thumbnails of the selection per page
+SNIPPET_INLINE_IDS = 10_000  # a larger selection's snippet reads its ids from the JSON download instead
 # The cosine similarity that DBSCAN's eps means between normalised embeddings (eps is their chord distance).
 _EPS_AS_COSINE = """
 function (eps, onProjection) {
@@ -68,6 +91,21 @@ function (event) {
 }
 """
 
+# The image ids of the points a lasso or box picked, {"image_ids": [...]}, read from plotly's decoded customdata
+# (see _IMAGE_AT_POINT); a deselection (a double click) picks nothing new.
+_IMAGES_PICKED = """
+function (selected) {
+    const graph = document.querySelector("#clustering-scatter .js-plotly-plot");
+    if (!selected || !selected.points || !graph) { return window.dash_clientside.no_update; }
+    const ids = [];
+    selected.points.forEach(function (point) {
+        const trace = graph._fullData[point.curveNumber];
+        if (trace && trace.customdata) { ids.push(Number(trace.customdata[point.pointNumber])); }
+    });
+    return {image_ids: ids};
+}
+"""
+
 
 class ImagePoint(BaseModel):
     """What _IMAGE_AT_POINT reports."""
@@ -76,12 +114,27 @@ class ImagePoint(BaseModel):
     bbox: dict[str, FiniteFloat] | None = None
 
 
+class Picked(BaseModel):
+    """What _IMAGES_PICKED reports."""
+
+    image_ids: list[StrictInt]
+
+
 @PAGE.layout
 def layout(dataset: str | None = None, **query):
     projection, clustering = projection_params(query), cluster_params(query)
+    view_params = PAGE.query(query)
+    site = current_site()
 
     def content(provenance):
+        wanted = SELECTION.coerce(query.get("selection"))
+        found = load_selection(site.selections, site.store.view(provenance.name), wanted) if wanted else None
+        unknown = (dbc.Alert(f"There is no selection {wanted[:40]!r} of this dataset (the link may be from another "
+                             "server): nothing is selected.", color="warning", id="clustering-unknown-selection")
+                   if wanted and found is None else "")
         return html.Div([
+            dcc.Store(id="clustering-selection", data=wanted if found is not None else ""),
+            dcc.Store(id="clustering-picked"),
             dcc.Store(id="clustering-session", data=uuid4().hex),
             dcc.Store(id="clustering-dataset", data=provenance.name),
             dcc.Store(id="clustering-projection-key"),
@@ -90,8 +143,9 @@ def layout(dataset: str | None = None, **query):
             dcc.Store(id="clustering-cluster-request"),
             PAGE.url_parameters(),
             PAGE.explanation_panel(),
+            unknown,
             dbc.Row([
-                dbc.Col(_controls(projection, clustering), md=3),
+                dbc.Col(_controls(projection, clustering, view_params), md=3),
                 dbc.Col([
                     html.Div(id="clustering-status", className="small text-muted"),
                     dbc.Button("Cancel", id="clustering-cancel", size="sm", color="secondary",
@@ -101,12 +155,14 @@ def layout(dataset: str | None = None, **query):
                     dcc.Tooltip(id="clustering-tooltip"),
                     dcc.Store(id="clustering-hovered"),
                     dcc.Store(id="clustering-clicked"),
+                    html.Div(id="clustering-trust", className="mt-1"),
                     html.Div(id="clustering-metrics"),
                     _metric_explanations(),
                 ], md=6),
                 dbc.Col(html.Div(id="clustering-selected", children=html.P(
-                    "Click a point to select its image.", className="text-muted")), md=3),
+                    "Click a point to see its image.", className="text-muted")), md=3),
             ]),
+            _selection_section(),
             html.H4("Clusters", className="mt-3"),
             busy(html.Div(id="clustering-summary")),
         ])
@@ -225,24 +281,129 @@ def compute_clusters(site: Site, set_progress, request, dataset, _session):
 @PAGE.callback(
     Output("clustering-scatter", "figure"), Output("clustering-metrics", "children"),
     Output("clustering-summary", "children"), Output("clustering-status", "children", allow_duplicate=True),
-    Output("clustering-download-link", "href"),
-    Input("clustering-shown", "data"), State("clustering-dataset", "data"), prevent_initial_call=True,
+    Output("clustering-download-link", "href"), Output("clustering-trust", "children"),
+    Input("clustering-shown", "data"), *PAGE.controls(VIEW, Input), State("clustering-dataset", "data"),
+    State("clustering-selection", "data"), prevent_initial_call=True,
 )
-def show_clusters(site: Site, shown, dataset):
+def show_clusters(site: Site, shown, colouring, trust_k, dataset, selection):
+    unchanged = (dash.no_update,) * 6
     if not shown:
-        return dash.no_update, dash.no_update, dash.no_update, dash.no_update, dash.no_update
+        return unchanged
     view = inputs.dataset_view(site.store, dataset)
     shown = _clustering_of(view, shown, "The clustering shown")
     projection, result = site.results.get(shown.projection), site.results.get(shown.key)
     if projection is None or result is None:
-        return dash.no_update, dash.no_update, dash.no_update, dash.no_update, dash.no_update
+        return unchanged
     if view.generation != shown.generation:
-        return dash.no_update, dash.no_update, dash.no_update, CHANGED, dash.no_update
+        return dash.no_update, dash.no_update, dash.no_update, CHANGED, dash.no_update, dash.no_update
     notes = html.Ul([html.Li(note) for note in projection.notes + result.notes],
                     className="small text-warning", id="clustering-notes") \
         if projection.notes or result.notes else ""
-    return (cluster_scatter(view, projection, result), _metrics(result.metrics), _summary(view, result, dataset),
-            notes, f"{CLUSTERS_CSV_PATH}?{urlencode({'dataset': dataset, **shown.query})}")
+    selected = _selection_of(site, view, selection)
+    if COLOURING.coerce(colouring) == "preservation":
+        trust = cached_trust(site.results, view, shown.projection, projection.coordinates, TRUST_K.coerce(trust_k))
+        figure, trust_note = trust_scatter(view, projection, trust, selected), _trust_badge(trust, len(view))
+    else:
+        figure, trust_note = cluster_scatter(view, projection, result, selected), ""
+    return (figure, _metrics(result.metrics), _summary(view, result, dataset), notes,
+            f"{CLUSTERS_CSV_PATH}?{urlencode({'dataset': dataset, **shown.query})}", trust_note)
+
+
+PAGE.clientside_callback(_IMAGES_PICKED, Output("clustering-picked", "data"),
+                         Input("clustering-scatter", "selectedData"), prevent_initial_call=True)
+
+
+@PAGE.callback(
+    Output("clustering-selection", "data", allow_duplicate=True),
+    Input("clustering-picked", "data"), Input("clustering-invert", "n_clicks"), Input("clustering-clear", "n_clicks"),
+    State("clustering-pick-how", "value"), State("clustering-selection", "data"), State("clustering-dataset", "data"),
+    prevent_initial_call=True,
+)
+def refine_selection(site: Site, picked, _invert, _clear, how, selection, dataset):
+    """A lasso or box replaces, adds to or removes from the selection; Invert and Clear change it as they say."""
+    view = inputs.dataset_view(site.store, dataset)
+    current = _selection_of(site, view, selection)
+    current = np.empty(0, np.int64) if current is None else current
+    trigger = dash.ctx.triggered_id
+    if trigger == "clustering-clear":
+        return ""
+    if trigger == "clustering-invert":
+        return save_selection(site.selections, view.name, invert(view, current))
+    if not picked:
+        return dash.no_update
+    ids = np.array(inputs.record(Picked, picked, "The pick").image_ids, dtype=np.int64)
+    if len(selected_rows(view, ids)) != len(np.unique(ids)):
+        raise inputs.BadInput(f"The pick holds images that are not in dataset {view.name!r}")
+    if how not in HOW:
+        raise inputs.BadInput(f"A pick replaces, adds to or removes from the selection, not {inputs.shown(how)}")
+    return save_selection(site.selections, view.name, refine(current, ids, how))
+
+
+@PAGE.callback(
+    Output("clustering-selection-count", "children"), Output("clustering-selection-gallery", "children"),
+    Output("clustering-selection-pages", "max_value"), Output("clustering-selection-pages", "active_page"),
+    Output("clustering-selection-exports", "style"), Output("clustering-selection-csv", "href"),
+    Output("clustering-selection-json", "href"), Output("clustering-selection-npz", "href"),
+    Output("clustering-selection-similar", "href"), Output("clustering-snippet", "children"),
+    Input("clustering-selection", "data"), Input("clustering-selection-pages", "active_page"),
+    State("clustering-dataset", "data"),
+)
+def show_selection(site: Site, selection, page, dataset):
+    view = inputs.dataset_view(site.store, dataset)
+    selected = _selection_of(site, view, selection)
+    page = page if dash.ctx.triggered_id == "clustering-selection-pages" else 1
+    if selected is None or not len(selected):
+        hint = "Nothing selected: pick images with Lasso select or Box select in the plot's toolbar."
+        return hint, [], 1, 1, {"display": "none"}, "", "", "", "", ""
+    number = page if isinstance(page, int) and not isinstance(page, bool) else 1  # clamped by selection_page
+    shown = selection_page(view, selected, number, SELECTION_PAGE_SIZE)
+    gallery = [html.A(html.Img(src=thumbnail_url(image_id), title=relpath, alt=relpath,
+                               style={"height": "72px", "margin": "0 4px 4px 0"}),
+                      href=similarity_url(dataset, image_id), className="selection-thumbnail")
+               for image_id, relpath in zip(shown.image_ids, shown.relpaths)]
+    query = urlencode({"dataset": dataset, "selection": selection})
+    similar = f"/similarity?{urlencode({'dataset': dataset, 'image': int(selected[0]), 'selection': selection})}"
+    count = f"{len(selected):,} image{'s' if len(selected) != 1 else ''} selected (selection {selection})"
+    snippet = (selection_snippet(site.store.db_url, selected.tolist()) if len(selected) <= SNIPPET_INLINE_IDS else
+               selection_snippet(site.store.db_url, None, selection_file_name(dataset, selection, "json")))
+    return (count, gallery, shown.pages, shown.page, {}, f"{SELECTION_PATH}csv?{query}",
+            f"{SELECTION_PATH}json?{query}", f"{SELECTION_PATH}npz?{query}", similar, snippet)
+
+
+@PAGE.callback(
+    Output("clustering-scatter", "figure", allow_duplicate=True),
+    Input("clustering-selection", "data"), State("clustering-shown", "data"), *PAGE.controls(VIEW, State),
+    State("clustering-dataset", "data"), prevent_initial_call=True,
+)
+def mark_selection(site: Site, selection, shown, colouring, trust_k, dataset):
+    """The scatter greys what is not selected, changed in place (the points themselves are not sent again)."""
+    if not shown:
+        return dash.no_update
+    view = inputs.dataset_view(site.store, dataset)
+    shown = _clustering_of(view, shown, "The clustering shown")
+    projection, result = site.results.get(shown.projection), site.results.get(shown.key)
+    if projection is None or result is None or view.generation != shown.generation:
+        return dash.no_update
+    if COLOURING.coerce(colouring) == "preservation":
+        trust = cached_trust(site.results, view, shown.projection, projection.coordinates, TRUST_K.coerce(trust_k))
+        trace_rows = trust_trace_rows(view, trust)
+    else:
+        trace_rows = cluster_trace_rows(view, result)
+    patch = dash.Patch()
+    for trace, chosen in enumerate(selected_points(view, trace_rows, _selection_of(site, view, selection))):
+        patch["data"][trace]["selectedpoints"] = chosen
+    return patch
+
+
+def _selection_of(site: Site, view, selection) -> np.ndarray | None:
+    """The image ids of the page's selection (None for none); a value that is no known selection is refused."""
+    selection = inputs.text(selection, "The selection")
+    if not selection:
+        return None
+    found = load_selection(site.selections, view, selection) if is_selection_id(selection) else None
+    if found is None:
+        raise inputs.BadInput(f"There is no selection {inputs.shown(selection)} of dataset {view.name!r}")
+    return found
 
 
 PAGE.clientside_callback(_IMAGE_AT_POINT, Output("clustering-hovered", "data"),
@@ -300,14 +461,16 @@ def select_point(site: Site, point, dataset):
 @PAGE.callback(
     Output("clustering-perplexity-group", "style"), Output("clustering-umap-group", "style"),
     Output("clustering-k-group", "style"), Output("clustering-dbscan-group", "style"),
+    Output("clustering-trust-k-group", "style"),
     Input(PAGE.control_id("projection"), "value"), Input(PAGE.control_id("method"), "value"),
+    Input(PAGE.control_id("colour"), "value"),
 )
-def show_relevant_controls(site: Site, projection, method):
+def show_relevant_controls(site: Site, projection, method, colouring):
     def shown(visible):
         return {} if visible else {"display": "none"}
 
     return shown(projection == "tsne"), shown(projection == "umap"), shown(method != "dbscan"), \
-        shown(method == "dbscan")
+        shown(method == "dbscan"), shown(colouring == "preservation")
 
 
 def _clustering_of(view, value, what: str) -> ShownClustering:
@@ -334,7 +497,7 @@ def _number_input(name: str, label: str, value, step) -> dbc.Row:
     ], className="mb-1")
 
 
-def _controls(projection, clustering) -> dbc.Card:
+def _controls(projection, clustering, view_params: dict) -> dbc.Card:
     return dbc.Card(dbc.CardBody([
         html.H6("Projection"),
         dbc.RadioItems(id=PAGE.control_id("projection"), value=projection.method, inline=True,
@@ -360,9 +523,62 @@ def _controls(projection, clustering) -> dbc.Card:
         dbc.Switch(id=PAGE.control_id("space"), label="cluster the 2-D projection instead",
                    value=clustering.space == "projection", className="mt-2"),
         html.Hr(),
+        html.H6("Colour points by"),
+        dbc.RadioItems(id=PAGE.control_id("colour"), value=view_params["colour"],
+                       options=[{"label": "clusters", "value": "clusters"},
+                                {"label": "neighbourhood preservation", "value": "preservation"}]),
+        html.Div(_number_input("trust_k", "neighbours k", view_params["trust_k"], 1), id="clustering-trust-k-group"),
+        html.Hr(),
         dbc.Button("Download clusters (CSV)", id="clustering-download-link", size="sm", color="secondary",
                    external_link=True, href=CLUSTERS_CSV_PATH),
     ]))
+
+
+def _selection_section() -> html.Div:
+    how = dbc.RadioItems(id="clustering-pick-how", value="replace", inline=True, className="small",
+                         options=[{"label": "a new pick replaces the selection", "value": "replace"},
+                                  {"label": "adds to it", "value": "add"},
+                                  {"label": "removes from it", "value": "remove"}])
+    exports = html.Div([
+        dbc.ButtonGroup([
+            dbc.Button("CSV", id="clustering-selection-csv", size="sm", color="secondary", external_link=True),
+            dbc.Button("JSON", id="clustering-selection-json", size="sm", color="secondary", external_link=True),
+            dbc.Button(".npz with embeddings", id="clustering-selection-npz", size="sm", color="secondary",
+                       external_link=True),
+        ], className="me-2"),
+        dbc.Button("Open on the similarity page", id="clustering-selection-similar", size="sm", color="link",
+                   external_link=True),
+        html.Details([
+            html.Summary(["Python: read this selection from the database ",
+                          dcc.Clipboard(target_id="clustering-snippet", title="copy the code",
+                                        style={"display": "inline-block"}, id="clustering-snippet-copy")],
+                         className="small"),
+            html.Pre(id="clustering-snippet", className="small bg-light p-2",
+                     style={"maxHeight": "300px", "overflow": "auto"}),
+        ], id="clustering-snippet-panel", className="mt-2"),
+    ], id="clustering-selection-exports", style={"display": "none"})
+    return html.Div([
+        html.H4("Selection", className="mt-3"),
+        html.Div([how, dbc.Button("Invert", id="clustering-invert", size="sm", color="secondary", className="me-2"),
+                  dbc.Button("Clear", id="clustering-clear", size="sm", color="secondary")],
+                 className="d-flex flex-wrap align-items-center gap-2"),
+        html.Div(id="clustering-selection-count", className="small my-2"),
+        exports,
+        busy(html.Div(id="clustering-selection-gallery", className="mt-2")),
+        dbc.Pagination(id="clustering-selection-pages", max_value=1, active_page=1, fully_expanded=False, size="sm"),
+    ], id="clustering-selection-section")
+
+
+def _trust_badge(trust, images: int) -> html.Span:
+    if trust.trustworthiness is None:
+        text = "trustworthiness: too few images"
+    else:
+        sample = f" on a sample of {trust.trust_images:,}" if trust.trust_images < images else ""
+        text = f"trustworthiness (k={trust.trust_k}){sample}: {trust.trustworthiness:.3f}"
+    kept = f"mean share of neighbours kept: {float(np.mean(trust.kept)) / max(trust.k, 1):.0%}" if len(
+        trust.kept) else ""
+    return html.Span([dbc.Badge(text, color="info", className="me-2", id="clustering-trustworthiness"),
+                      html.Span(kept, className="small text-muted")], title=TRUST_TITLE)
 
 
 def _metric_explanations() -> html.Details:

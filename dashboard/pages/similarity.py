@@ -4,6 +4,7 @@ or the images most similar to a picture the user uploads (embedded in a backgrou
 from __future__ import annotations
 
 from dataclasses import replace
+from urllib.parse import urlencode
 from uuid import uuid4
 
 import dash
@@ -25,6 +26,7 @@ from dashboard.query_image import (
     embed_upload,
     recorded_model,
 )
+from dashboard.selections import SELECTION, is_selection_id, load_selection
 from dashboard.shell import busy, collapsible, image_links, page_shell, register_collapsible, unknown_image_notice
 from dashboard.similarity_view import (
     EMBEDDING_HEAD,
@@ -38,6 +40,7 @@ from dashboard.similarity_view import (
     images_similar_to,
     neighbourhood,
     reference_image,
+    similar_among,
 )
 from dashboard.site import Site, current_site
 from dashboard.urlstate import IMAGE, Param, thumbnail_url, why_url
@@ -46,12 +49,13 @@ from db.errors import DinoscopeDbError
 K_MARKS = {1: "1", 10: "10", 20: "20", 30: "30", 40: "40", 50: "50"}
 K = Param("k", K_DEFAULT, 1, K_MAX)
 PAGE = Page("similarity", "/similarity", "Similarity", image_link=ImageLink("Similar images", "similar"),
-            explanation=SIMILARITY, params=(replace(IMAGE, control="reference"), K))
+            explanation=SIMILARITY, params=(replace(IMAGE, control="reference"), K, SELECTION))
 
 
 @PAGE.layout
 def layout(dataset: str | None = None, image: str | None = None, **query):
-    store = current_site().store
+    site = current_site()
+    store = site.store
 
     def content(provenance):
         view = store.view(provenance.name)
@@ -60,14 +64,20 @@ def layout(dataset: str | None = None, image: str | None = None, **query):
             return dbc.Alert("This dataset has no images yet.", color="info", id="similarity-empty")
         count = K.coerce(query.get("k"))
         results, heatmap = neighbourhood(view, reference, count)
+        wanted = SELECTION.coerce(query.get("selection"))
+        among = load_selection(site.selections, view, wanted) if wanted else None
+        if among is not None:
+            results = similar_among(view, reference, count, among)
         return html.Div([
             dcc.Store(id="similarity-dataset", data=view.name),
+            dcc.Store(id="similarity-selection", data=wanted if among is not None else ""),
             dcc.Store(id="similarity-session", data=uuid4().hex),
             PAGE.url_parameters(),
             PAGE.explanation_panel(),
             unknown_image_notice("similarity", image, reference),
             _upload_section(),
             image_and_count(PAGE, view, reference, "Reference image", "Similar images shown", K, count, K_MARKS),
+            html.Div(_selection_note(view, wanted, among), id="similarity-selection-note"),
             busy(html.Div(id="similarity-results", children=_results(view, reference, results))),
             html.H5("Pairwise cosine similarity", className="mt-4"),
             html.P(_heatmap_caption(view, heatmap), id="similarity-heatmap-caption", className="text-muted small"),
@@ -136,12 +146,30 @@ def query_by_upload(site: Site, set_progress, contents, filename, k, dataset, _s
     *PAGE.controls(PAGE.params),
     State("similarity-dataset", "data"), prevent_initial_call=True,
 )
-def show_reference(site: Site, reference, k, dataset):
+def show_reference(site: Site, reference, k, selection, dataset):
     view = inputs.dataset_view(site.store, dataset)
     reference = inputs.image_in(view, reference)
     results, heatmap = neighbourhood(view, reference, K.coerce(k))
+    selection = inputs.text(selection, "The selection")
+    if selection:
+        among = load_selection(site.selections, view, selection) if is_selection_id(selection) else None
+        if among is None:
+            raise inputs.BadInput(f"There is no selection {inputs.shown(selection)} of dataset {view.name!r}")
+        results = similar_among(view, reference, K.coerce(k), among)
     return (_results(view, reference, results), heatmap_figure(heatmap.matrix, heatmap.relpaths, False),
             _heatmap_caption(view, heatmap), _heatmap_images(heatmap))
+
+
+def _selection_note(view: DatasetView, wanted: str, among) -> dbc.Alert | str:
+    """What the results are drawn from when the URL names a selection."""
+    if not wanted:
+        return ""
+    if among is None:
+        return dbc.Alert(f"There is no selection {wanted[:40]!r} of this dataset (the link may be from another "
+                         "server): the results are from the whole dataset.", color="warning", className="small")
+    whole = html.A("Search the whole dataset", href=f"/similarity?{urlencode({'dataset': view.name})}")
+    text = f"Results only from selection {wanted} ({len(among):,} images, picked on the clustering page). "
+    return dbc.Alert([text, whole], color="info", className="small", id="similarity-selection-alert")
 
 
 @PAGE.callback(
