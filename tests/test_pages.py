@@ -141,8 +141,8 @@ def test_bookmarked_addresses_keep_their_parameters_and_controls():
     assert {page.name: ["dataset", *(param.name for param in page.params)] for page in PAGES} == {
         "gallery": ["dataset", "label", "page", "per_page"],
         "clustering": ["dataset", "projection", "perplexity", "n_neighbors", "min_dist", "seed", "method", "k",
-                       "eps", "min_samples", "space"],
-        "similarity": ["dataset", "image", "k"],
+                       "eps", "min_samples", "space", "colour", "trust_k", "selection"],
+        "similarity": ["dataset", "image", "k", "selection"],
         "embeddings": ["dataset", "image", "n", "components"],
         "patches": ["dataset", "image", "layer", "k", "window", "step", "opacity", "foreground_only"],
         "compare": ["dataset", "image", "k", "against", "other", "clusters"],
@@ -153,11 +153,12 @@ def test_bookmarked_addresses_keep_their_parameters_and_controls():
     controls = {page.name: [(param.control_id(page.name), param.prop) for param in page.params] for page in PAGES}
     assert controls["gallery"] == [("gallery-label", "value"), ("gallery-pages", "active_page"),
                                    ("gallery-per-page", "value")]
-    assert controls["similarity"] == [("similarity-reference", "value"), ("similarity-k", "value")]
+    assert controls["similarity"] == [("similarity-reference", "value"), ("similarity-k", "value"),
+                                      ("similarity-selection", "data")]
     assert [control for control, _ in controls["clustering"]] == [
         "clustering-projection", "clustering-perplexity", "clustering-neighbors", "clustering-min-dist",
         "clustering-seed", "clustering-method", "clustering-k", "clustering-eps", "clustering-min-samples",
-        "clustering-space"]
+        "clustering-space", "clustering-colour", "clustering-trust-k", "clustering-selection"]
     assert [control for control, _ in controls["patches"]] == [
         "patches-image", "patches-layer", "patches-k", "patches-window", "patches-step", "patches-opacity",
         "patches-foreground-only"]
