@@ -205,6 +205,27 @@ def test_the_page_shows_the_histogram_moves_the_threshold_and_downloads_the_grou
     assert len(document["exact"]) == 2
 
 
+def test_a_selection_keeps_the_groups_that_hold_its_images(dash_duo, copies_db, tmp_path):
+    from dashboard.selections import save_selection
+
+    app = create_app(Settings(f"sqlite:///{copies_db}", tmp_path / "cache", "test-secret"))
+    site = app.server.extensions["dinoscope"]
+    view = site.store.view("copies")
+    groups = duplicate_groups(duplicate_pass(view.embeddings, view.reduced, LOWEST), 1.0)
+    assert len(groups) == 2
+    chosen = int(view.image_ids[groups[1].rows[-1]])  # one image of the second group
+    selection = save_selection(site.selections, "copies", [chosen])
+    dash_duo.start_server(app)
+    dash_duo.wait_for_page(f"{dash_duo.server_url}/duplicates?dataset=copies&threshold=1&selection={selection}")
+    until(lambda: text_of(dash_duo, "#duplicates-count") == (
+        f"1 group of near-duplicates (2 images) at 1.000 or above, holding images of selection {selection}"),
+          timeout=20)
+    assert f"selection {selection} (1 image, picked" in text_of(dash_duo, "#duplicates-selection-alert")
+    shown = {link.get_attribute("href") for link in dash_duo.find_elements(".duplicates-near-group a")}
+    assert any(f"image={chosen}" in href for href in shown)
+    assert dash_duo.get_logs() == []
+
+
 def test_a_running_pass_can_be_cancelled(dash_duo, background_apps, tmp_path, monkeypatch):
     """A pass too large for the request runs as a job with progress; Cancel stops it and says so."""
     from indexer.synthetic import write_synthetic_dataset

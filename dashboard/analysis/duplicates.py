@@ -147,6 +147,12 @@ def duplicate_groups(found: DuplicatePass, threshold: float) -> list[DuplicateGr
     return sorted(shown, key=lambda group: (-len(group.rows), -group.highest, group.rows[0]))
 
 
+def groups_holding(groups: list[DuplicateGroup], rows: np.ndarray) -> list[DuplicateGroup]:
+    """The groups with at least one of these dataset rows, in their order."""
+    wanted = set(np.asarray(rows).tolist())
+    return [group for group in groups if not wanted.isdisjoint(group.rows)]
+
+
 @dataclass(frozen=True)
 class Recall:
     """How much of the exact answer a pass found, on a seeded sample of images compared with every other image."""

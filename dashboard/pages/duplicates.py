@@ -17,7 +17,7 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html
 
 from dashboard import inputs
-from dashboard.analysis.duplicates import duplicate_groups
+from dashboard.analysis.duplicates import duplicate_groups, groups_holding
 from dashboard.downloads import DUPLICATES_CSV_PATH, DUPLICATES_JSON_PATH
 from dashboard.duplicates_view import (
     LOWEST,
@@ -30,11 +30,12 @@ from dashboard.duplicates_view import (
 )
 from dashboard.explanations import DUPLICATES
 from dashboard.page import Page
+from dashboard.selections import SELECTION, is_selection_id, load_selection, selected_rows
 from dashboard.shell import busy, page_shell
 from dashboard.site import Site, current_site
 from dashboard.urlstate import similarity_url, thumbnail_url
 
-PAGE = Page("duplicates", "/duplicates", "Duplicates", explanation=DUPLICATES, params=PARAMS)
+PAGE = Page("duplicates", "/duplicates", "Duplicates", explanation=DUPLICATES, params=(*PARAMS, SELECTION))
 GROUPS_PER_PAGE = 10  # rows of thumbnails on a page of near-duplicate groups
 THUMBNAILS_PER_GROUP = 12  # of a larger group the rest is counted, and listed in the downloads
 EXACT_SHOWN = 10  # exact groups shown; all of them are in the downloads
@@ -45,11 +46,15 @@ CHANGED = "The indexer has changed this dataset since the page opened: show the 
 @PAGE.layout
 def layout(dataset: str | None = None, **query):
     chosen = PAGE.query(query)
-    store = current_site().store
+    site = current_site()
+    store = site.store
 
     def content(provenance):
         exact = exact_groups(store, provenance.name)
+        wanted = chosen["selection"]
+        among = load_selection(site.selections, store.view(provenance.name), wanted) if wanted else None
         return html.Div([
+            dcc.Store(id=PAGE.control_id("selection"), data=wanted if among is not None else ""),
             dcc.Store(id="duplicates-session", data=uuid4().hex),
             dcc.Store(id="duplicates-dataset", data=provenance.name),
             dcc.Store(id="duplicates-request"),
@@ -61,6 +66,7 @@ def layout(dataset: str | None = None, **query):
             html.Div([_exact_row(group, number) for number, group in enumerate(exact[:EXACT_SHOWN], 1)],
                      id="duplicates-exact"),
             html.H4("Near-duplicates", className="mt-3"),
+            html.Div(_selection_note(provenance.name, wanted, among), id="duplicates-selection-note"),
             dbc.Row([
                 dbc.Col([
                     dbc.Label("threshold (cosine similarity)", html_for=PAGE.control_id("threshold"),
@@ -136,10 +142,10 @@ def report_cancel(site: Site, _clicks):
     Output("duplicates-count", "children"), Output(PAGE.control_id("page"), "max_value"),
     Output(PAGE.control_id("page"), "active_page"), Output("duplicates-status", "children", allow_duplicate=True),
     Output("duplicates-csv-link", "href"), Output("duplicates-json-link", "href"),
-    Input("duplicates-ready", "data"), *PAGE.controls(PARAMS), State("duplicates-dataset", "data"),
-    prevent_initial_call=True,
+    Input("duplicates-ready", "data"), *PAGE.controls(PARAMS), State(PAGE.control_id("selection"), "data"),
+    State("duplicates-dataset", "data"), prevent_initial_call=True,
 )
-def show_groups(site: Site, ready, threshold, page, dataset):
+def show_groups(site: Site, ready, threshold, page, selection, dataset):
     if not ready:
         return (dash.no_update,) * 8
     view = inputs.dataset_view(site.store, dataset)
@@ -154,18 +160,37 @@ def show_groups(site: Site, ready, threshold, page, dataset):
                 dash.no_update)
     chosen = PAGE.query({"threshold": threshold, "page": page})
     groups = duplicate_groups(found, chosen["threshold"])
+    selection = inputs.text(selection, "The selection")
+    if selection:  # only the groups that hold an image of the selection
+        among = load_selection(site.selections, view, selection) if is_selection_id(selection) else None
+        if among is None:
+            raise inputs.BadInput(f"There is no selection {inputs.shown(selection)} of dataset {view.name!r}")
+        groups = groups_holding(groups, selected_rows(view, among))
     pages = max(1, -(-len(groups) // GROUPS_PER_PAGE))
     # A new threshold starts at the first page; opening the page keeps the URL's.
     current = 1 if dash.ctx.triggered_id == PAGE.control_id("threshold") else min(chosen["page"], pages)
     shown = groups[(current - 1) * GROUPS_PER_PAGE:current * GROUPS_PER_PAGE]
     images = sum(len(group.rows) for group in groups)
     count = (f"{len(groups)} group{'s' if len(groups) != 1 else ''} of near-duplicates ({images} images) at "
-             f"{chosen['threshold']:.3f} or above")
+             f"{chosen['threshold']:.3f} or above" + (f", holding images of selection {selection}" if selection else ""))
     query = urlencode({"dataset": view.name, "threshold": chosen["threshold"]})
     rows = [_near_row(view, group, (current - 1) * GROUPS_PER_PAGE + number, found)
             for number, group in enumerate(shown, 1)]
     return (nearest_histogram(found, chosen["threshold"]), rows, count, pages, current, "",
             f"{DUPLICATES_CSV_PATH}?{query}", f"{DUPLICATES_JSON_PATH}?{query}")
+
+
+def _selection_note(dataset: str, wanted: str, among) -> dbc.Alert | str:
+    """What the groups are drawn from when the URL names a selection."""
+    if not wanted:
+        return ""
+    if among is None:
+        return dbc.Alert(f"There is no selection {wanted[:40]!r} of this dataset (the link may be from another "
+                         "server): the groups are of the whole dataset.", color="warning", className="small")
+    whole = html.A("All the groups", href=f"/duplicates?{urlencode({'dataset': dataset})}")
+    images = f"{len(among):,} image{'s' if len(among) != 1 else ''}"
+    text = f"Only the groups that hold an image of selection {wanted} ({images}, picked on the clustering page). "
+    return dbc.Alert([text, whole], color="info", className="small", id="duplicates-selection-alert")
 
 
 def _exact_text(exact, dataset: str) -> str:

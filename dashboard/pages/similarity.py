@@ -168,7 +168,8 @@ def _selection_note(view: DatasetView, wanted: str, among) -> dbc.Alert | str:
         return dbc.Alert(f"There is no selection {wanted[:40]!r} of this dataset (the link may be from another "
                          "server): the results are from the whole dataset.", color="warning", className="small")
     whole = html.A("Search the whole dataset", href=f"/similarity?{urlencode({'dataset': view.name})}")
-    text = f"Results only from selection {wanted} ({len(among):,} images, picked on the clustering page). "
+    images = f"{len(among):,} image{'s' if len(among) != 1 else ''}"
+    text = f"Results only from selection {wanted} ({images}, picked on the clustering page). "
     return dbc.Alert([text, whole], color="info", className="small", id="similarity-selection-alert")
 
 
