@@ -230,7 +230,8 @@ def duplicates(view: DatasetView) -> list[tuple[str, str]]:
     copies = rng.choice(np.setdiff1d(np.arange(len(view)), originals), planted_count, replace=False)
     embeddings = np.array(view.embeddings)
     scale = np.linalg.norm(embeddings[originals], axis=1, keepdims=True) / np.sqrt(embeddings.shape[1])
-    embeddings[copies] = embeddings[originals] + 0.25 * scale * rng.standard_normal((planted_count, embeddings.shape[1]))
+    noise = rng.standard_normal((planted_count, embeddings.shape[1]))
+    embeddings[copies] = embeddings[originals] + 0.25 * scale * noise
     planted = duplicate_pass(embeddings, pca_components(embeddings, REDUCED_DIMENSIONS)[0], LOWEST)
     known = set(zip(planted.first.tolist(), planted.second.tolist()))
     hits = sum((min(a, b), max(a, b)) in known for a, b in zip(originals.tolist(), copies.tolist()))

@@ -183,7 +183,7 @@ class Settings:
     preload: tuple[str, ...] = field(default_factory=preloads_from_env)
     frame_ancestors: str = DEFAULT_FRAME_ANCESTORS  # the pages that may frame the dashboard (dashboard.framing)
     uploads: UploadSettings = UploadSettings()
-    index_model: ServerModel = field(default_factory=ServerModel)  # what image sets are indexed with (indexer.index_job)
+    index_model: ServerModel = field(default_factory=ServerModel)  # what image sets are indexed with (index_job)
     index_slots: int = 1  # index runs at once in the job server's indexing lane (heavy: one or two)
 
     def __post_init__(self) -> None:

@@ -124,7 +124,8 @@ def test_why_similar_opens_from_the_similarity_page_and_the_slider_sets_the_line
     matches = int(re.search(r"(\d+) mutual patch match", text_of(dash_duo, "#why-summary")).group(1))
     assert _lines_drawn(dash_duo) == min(20, matches)  # the default, or every match there is
     # Each picture's contributions add up to the whole match (in percent).
-    total = _pair(dash_duo, "gd._fullData[0].z.map(row => Array.from(row)).flat().filter(v => v === v).reduce((a, b) => a + b, 0)")
+    total = _pair(dash_duo, "gd._fullData[0].z.map(row => Array.from(row)).flat().filter(v => v === v)"
+                            ".reduce((a, b) => a + b, 0)")
     assert total == pytest.approx(100, abs=0.1)
     when_stable(lambda: dash_duo.find_element("#why-lines [role=slider]").send_keys(Keys.HOME))
     until(lambda: _lines_drawn(dash_duo) == 1, timeout=20)

@@ -172,7 +172,8 @@ def show_groups(site: Site, ready, threshold, page, selection, dataset):
     shown = groups[(current - 1) * GROUPS_PER_PAGE:current * GROUPS_PER_PAGE]
     images = sum(len(group.rows) for group in groups)
     count = (f"{len(groups)} group{'s' if len(groups) != 1 else ''} of near-duplicates ({images} images) at "
-             f"{chosen['threshold']:.3f} or above" + (f", holding images of selection {selection}" if selection else ""))
+             f"{chosen['threshold']:.3f} or above"
+             + (f", holding images of selection {selection}" if selection else ""))
     query = urlencode({"dataset": view.name, "threshold": chosen["threshold"]})
     rows = [_near_row(view, group, (current - 1) * GROUPS_PER_PAGE + number, found)
             for number, group in enumerate(shown, 1)]
