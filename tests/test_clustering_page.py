@@ -433,6 +433,12 @@ def test_hovering_shows_the_thumbnail_and_clicking_selects_the_image(dash_duo, d
     dash_duo.wait_for_text_to_equal("#clustering-selected-path", path)
     link = dash_duo.find_element("#clustering-similar-link").get_attribute("href")
     assert link.endswith(f"/similarity?dataset=samples&image={image_id}")
+    # Why it is close to its nearest image: the why-similar page on the pair.
+    view = dashboard_app.server.extensions["dinoscope"].store.view("samples")
+    nearest = int(view.image_ids[view.nearest(view.position(image_id), 1)[0][0]])
+    _when_stable(lambda: dash_duo.find_element("#clustering-why-link").click())
+    until(lambda: f"/why?dataset=samples&image={image_id}&other={nearest}" in dash_duo.driver.current_url, timeout=10)
+    until(lambda: "patch match" in _text(dash_duo, "#why-summary"), timeout=20)
     assert dash_duo.get_logs() == []
 
 

@@ -60,7 +60,7 @@ from dashboard.selections import (
 )
 from dashboard.shell import busy, image_links, page_shell
 from dashboard.site import Site, current_site
-from dashboard.urlstate import similarity_url, thumbnail_url
+from dashboard.urlstate import similarity_url, thumbnail_url, why_url
 from db.export import selection_snippet
 from db.holds import hold
 
@@ -448,12 +448,17 @@ def select_point(site: Site, point, dataset):
     image_id = inputs.image_in(view, inputs.record(ImagePoint, point, "The point").image_id)
     row = view.position(image_id)
     width, height = view.sizes[row]
+    nearest = view.nearest(row, 1)[0]
+    why = (dbc.Button("Why similar to its nearest?", href=why_url(dataset, image_id, int(view.image_ids[nearest[0]])),
+                      id="clustering-why-link", size="sm", color="primary", outline=True, className="me-1 mb-1")
+           if len(nearest) else None)
     return dbc.Card([
         dbc.CardImg(src=thumbnail_url(image_id, "preview"), top=True),
         dbc.CardBody([
             html.H6(view.relpaths[row], id="clustering-selected-path"),
             html.P(f"label {view.labels[row] or 'none'} · {width} x {height} px", className="small"),
             image_links(dataset, image_id, "clustering"),
+            why,
         ]),
     ])
 
