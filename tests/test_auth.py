@@ -107,10 +107,12 @@ def test_a_missing_users_file_is_one_line(tmp_path):
 
 # --- credentials on every route ---------------------------------------------------------------------------------
 
-_CONTROLS = ["clustering-perplexity-group", "clustering-umap-group", "clustering-k-group", "clustering-dbscan-group"]
+_CONTROLS = ["clustering-perplexity-group", "clustering-umap-group", "clustering-k-group", "clustering-dbscan-group",
+             "clustering-trust-k-group"]
 
 
-def _callback(inputs=(("clustering-projection", "value", "tsne"), ("clustering-method", "value", "dbscan"))):
+def _callback(inputs=(("clustering-projection", "value", "tsne"), ("clustering-method", "value", "dbscan"),
+                      ("clustering-colour", "value", "clusters"))):
     """A real callback request: which of the clustering page's parameter groups to show."""
     return {"output": ".." + "...".join(f"{name}.style" for name in _CONTROLS) + "..",
             "outputs": [{"id": name, "property": "style"} for name in _CONTROLS],
@@ -177,7 +179,8 @@ def test_the_right_credentials_open_pages_callbacks_and_thumbnails(protected_app
 
 def test_claiming_the_public_health_path_opens_no_callback(protected_app):
     """dash_auth lets a callback through when its `pathname` input is a public route: /health must not be one."""
-    body = _callback((("navigate", "pathname", "/health"), ("clustering-method", "value", "dbscan")))
+    body = _callback((("navigate", "pathname", "/health"), ("clustering-method", "value", "dbscan"),
+                      ("clustering-colour", "value", "clusters")))
     response = protected_app.server.test_client().post("/_dash-update-component", json=body)
     assert response.status_code == 401
 

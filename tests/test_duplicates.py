@@ -228,13 +228,20 @@ def test_a_selection_keeps_the_groups_that_hold_its_images(dash_duo, copies_db, 
 
 def test_a_running_pass_can_be_cancelled(dash_duo, background_apps, tmp_path, monkeypatch):
     """A pass too large for the request runs as a job with progress; Cancel stops it and says so."""
+    from dashboard.duplicates_view import IN_REQUEST
+    from db.holds import HOLDS_ENV
     from indexer.synthetic import write_synthetic_dataset
 
+    holds = tmp_path / "holds"
+    holds.mkdir()
+    (holds / "duplicates-pass").touch()  # the pass stops at its first progress report until the test ends
+    monkeypatch.setenv(HOLDS_ENV, str(holds))  # read by the job server and the worker that the build starts
     db = tmp_path / "large.db"
-    write_synthetic_dataset(open_database(str(db)), "large", 40_000, dim=384)
+    write_synthetic_dataset(open_database(str(db)), "large", IN_REQUEST + 100, dim=32)
     dash_duo.start_server(background_apps.build(db))
     dash_duo.wait_for_page(f"{dash_duo.server_url}/duplicates?dataset=large")
     until(lambda: text_of(dash_duo, "#duplicates-status").startswith("Computing"), timeout=120)
+    until(lambda: (holds / "duplicates-pass.reached").exists(), timeout=60)
     when_stable(lambda: dash_duo.find_element("#duplicates-cancel").click())
     until(lambda: text_of(dash_duo, "#duplicates-status").startswith("Cancelled"), timeout=10)
     until(lambda: background_apps.running_jobs() == 0, timeout=30)

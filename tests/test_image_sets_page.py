@@ -192,7 +192,7 @@ def test_sets_are_added_indexed_opened_extended_and_removed(dash_duo, background
     _choose(dash_duo, *_photos("kitchen", 3), notes)
     _send(dash_duo)
     dash_duo.wait_for_text_to_equal(
-        "#sets-sending", f"Received 3 images for {LOOSE!r}, left out 1 other files (notes.txt): indexing", timeout=30)
+        "#sets-sending", f"Received 3 images for {LOOSE!r}, left out 1 other file (notes.txt): indexing", timeout=30)
     summary = _next_summary(dash_duo, summary)
     assert re.match(SUMMARY.format(name=LOOSE, counts=r"3 added, [\d.]+ images per second"), summary), summary
     until(lambda: _table(dash_duo).get(LOOSE, [None])[1:3] == ["3", "3"], timeout=10)

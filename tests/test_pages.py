@@ -147,7 +147,7 @@ def test_bookmarked_addresses_keep_their_parameters_and_controls():
         "patches": ["dataset", "image", "layer", "k", "window", "step", "opacity", "foreground_only"],
         "compare": ["dataset", "image", "k", "against", "other", "clusters"],
         "sets": ["dataset"],
-        "duplicates": ["dataset", "threshold", "page"],
+        "duplicates": ["dataset", "threshold", "page", "selection"],
         "why": ["dataset", "image", "other", "lines"],
     }
     controls = {page.name: [(param.control_id(page.name), param.prop) for param in page.params] for page in PAGES}

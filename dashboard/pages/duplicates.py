@@ -34,6 +34,7 @@ from dashboard.selections import SELECTION, is_selection_id, load_selection, sel
 from dashboard.shell import busy, page_shell
 from dashboard.site import Site, current_site
 from dashboard.urlstate import similarity_url, thumbnail_url
+from db.holds import hold
 
 PAGE = Page("duplicates", "/duplicates", "Duplicates", explanation=DUPLICATES, params=(*PARAMS, SELECTION))
 GROUPS_PER_PAGE = 10  # rows of thumbnails on a page of near-duplicate groups
@@ -125,7 +126,11 @@ def compute_pass(site: Site, set_progress, request, dataset, _session):
     except inputs.BadInput as error:
         dash.set_props("duplicates-status", {"children": str(error)})
         return dash.no_update
-    cached_pass(site.results, view, progress=lambda stage: set_progress(f"Computing: {stage}…"))
+    def report(stage: str) -> None:
+        set_progress(f"Computing: {stage}…")
+        hold("duplicates-pass")
+
+    cached_pass(site.results, view, progress=report)
     return pass_key(view)
 
 
