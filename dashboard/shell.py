@@ -81,6 +81,21 @@ def site_shell(store: DatasetStore, path: str, dataset: str | None, body) -> htm
     return _frame(path, chosen, [p.name for p in provenances], body)
 
 
+def selection_note(page: str, path: str, dataset: str, wanted: str, among, kept: str, whole: tuple[str, str]):
+    """What a page shows of a selection named in its URL (`wanted`; `among` its images, None when unknown): `kept`,
+    what the page keeps of it ("Results only from", say), and `whole` (a link's text, what an unknown one falls back
+    to) for the whole dataset."""
+    if not wanted:
+        return ""
+    if among is None:
+        return dbc.Alert(f"There is no selection {wanted[:40]!r} of this dataset (the link may be from another "
+                         f"server): {whole[1]}.", color="warning", className="small")
+    images = f"{len(among):,} image{'s' if len(among) != 1 else ''}"
+    return dbc.Alert([f"{kept} selection {wanted} ({images}, picked on the clustering page). ",
+                      html.A(whole[0], href=dataset_url(path, dataset))],
+                     color="info", className="small", id=f"{page}-selection-alert")
+
+
 def not_found(**_query) -> html.Div:
     """The page for an address no page has: the navigation and the dataset picker, and what to do."""
     try:

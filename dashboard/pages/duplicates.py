@@ -31,7 +31,7 @@ from dashboard.duplicates_view import (
 from dashboard.explanations import DUPLICATES
 from dashboard.page import Page
 from dashboard.selections import SELECTION, is_selection_id, load_selection, selected_rows
-from dashboard.shell import busy, page_shell
+from dashboard.shell import busy, page_shell, selection_note
 from dashboard.site import Site, current_site
 from dashboard.urlstate import similarity_url, thumbnail_url
 from db.holds import hold
@@ -67,7 +67,10 @@ def layout(dataset: str | None = None, **query):
             html.Div([_exact_row(group, number) for number, group in enumerate(exact[:EXACT_SHOWN], 1)],
                      id="duplicates-exact"),
             html.H4("Near-duplicates", className="mt-3"),
-            html.Div(_selection_note(provenance.name, wanted, among), id="duplicates-selection-note"),
+            html.Div(selection_note(PAGE.name, PAGE.path, provenance.name, wanted, among,
+                                    "Only the groups that hold an image of",
+                                    ("All the groups", "the groups are of the whole dataset")),
+                     id="duplicates-selection-note"),
             dbc.Row([
                 dbc.Col([
                     dbc.Label("threshold (cosine similarity)", html_for=PAGE.control_id("threshold"),
@@ -185,18 +188,6 @@ def show_groups(site: Site, ready, threshold, page, selection, dataset):
     return (nearest_histogram(found, chosen["threshold"]), rows, count, pages, current, "",
             f"{DUPLICATES_CSV_PATH}?{query}", f"{DUPLICATES_JSON_PATH}?{query}")
 
-
-def _selection_note(dataset: str, wanted: str, among) -> dbc.Alert | str:
-    """What the groups are drawn from when the URL names a selection."""
-    if not wanted:
-        return ""
-    if among is None:
-        return dbc.Alert(f"There is no selection {wanted[:40]!r} of this dataset (the link may be from another "
-                         "server): the groups are of the whole dataset.", color="warning", className="small")
-    whole = html.A("All the groups", href=f"/duplicates?{urlencode({'dataset': dataset})}")
-    images = f"{len(among):,} image{'s' if len(among) != 1 else ''}"
-    text = f"Only the groups that hold an image of selection {wanted} ({images}, picked on the clustering page). "
-    return dbc.Alert([text, whole], color="info", className="small", id="duplicates-selection-alert")
 
 
 def _exact_text(exact, dataset: str) -> str:

@@ -4,7 +4,6 @@ or the images most similar to a picture the user uploads (embedded in a backgrou
 from __future__ import annotations
 
 from dataclasses import replace
-from urllib.parse import urlencode
 from uuid import uuid4
 
 import dash
@@ -27,7 +26,15 @@ from dashboard.query_image import (
     recorded_model,
 )
 from dashboard.selections import SELECTION, is_selection_id, load_selection
-from dashboard.shell import busy, collapsible, image_links, page_shell, register_collapsible, unknown_image_notice
+from dashboard.shell import (
+    busy,
+    collapsible,
+    image_links,
+    page_shell,
+    register_collapsible,
+    selection_note,
+    unknown_image_notice,
+)
 from dashboard.similarity_view import (
     EMBEDDING_HEAD,
     K_DEFAULT,
@@ -77,7 +84,9 @@ def layout(dataset: str | None = None, image: str | None = None, **query):
             unknown_image_notice("similarity", image, reference),
             _upload_section(),
             image_and_count(PAGE, view, reference, "Reference image", "Similar images shown", K, count, K_MARKS),
-            html.Div(_selection_note(view, wanted, among), id="similarity-selection-note"),
+            html.Div(selection_note(PAGE.name, PAGE.path, view.name, wanted, among, "Results only from",
+                                    ("Search the whole dataset", "the results are from the whole dataset")),
+                     id="similarity-selection-note"),
             busy(html.Div(id="similarity-results", children=_results(view, reference, results))),
             html.H5("Pairwise cosine similarity", className="mt-4"),
             html.P(_heatmap_caption(view, heatmap), id="similarity-heatmap-caption", className="text-muted small"),
@@ -159,18 +168,6 @@ def show_reference(site: Site, reference, k, selection, dataset):
     return (_results(view, reference, results), heatmap_figure(heatmap.matrix, heatmap.relpaths, False),
             _heatmap_caption(view, heatmap), _heatmap_images(heatmap))
 
-
-def _selection_note(view: DatasetView, wanted: str, among) -> dbc.Alert | str:
-    """What the results are drawn from when the URL names a selection."""
-    if not wanted:
-        return ""
-    if among is None:
-        return dbc.Alert(f"There is no selection {wanted[:40]!r} of this dataset (the link may be from another "
-                         "server): the results are from the whole dataset.", color="warning", className="small")
-    whole = html.A("Search the whole dataset", href=f"/similarity?{urlencode({'dataset': view.name})}")
-    images = f"{len(among):,} image{'s' if len(among) != 1 else ''}"
-    text = f"Results only from selection {wanted} ({images}, picked on the clustering page). "
-    return dbc.Alert([text, whole], color="info", className="small", id="similarity-selection-alert")
 
 
 @PAGE.callback(
