@@ -29,6 +29,7 @@ from dashboard.analysis.projection_quality import (
     projection_trustworthiness,
 )
 from dashboard.data import DatasetView
+from dashboard.folder_cache import computed
 from dashboard.urlstate import Param, read_query
 
 HOVER_COMPONENTS = 3  # principal components shown when hovering a point
@@ -117,13 +118,9 @@ def cached_projection(cache, view: DatasetView, params: ProjectionParams,
                       progress: Callable[[str], None] | None = None) -> Projection:
     """The projection from the shared cache, computed and stored there first if no one has asked for it yet."""
     key = params.cache_key(view)
-    found = cache.get(key)
-    if found is None:
-        found = project(view.embeddings, params.method, reduced=view.reduced, seed=params.seed,
-                        perplexity=params.perplexity, n_neighbors=params.n_neighbors, min_dist=params.min_dist,
-                        progress=progress)
-        cache[key] = found
-    return found
+    return computed(cache, key, lambda: project(
+        view.embeddings, params.method, reduced=view.reduced, seed=params.seed, perplexity=params.perplexity,
+        n_neighbors=params.n_neighbors, min_dist=params.min_dist, progress=progress))
 
 
 def hover_components(view: DatasetView, row: int) -> np.ndarray:
@@ -165,11 +162,7 @@ def cached_clustering(cache, view: DatasetView, projection_key: str, coordinates
                       progress: Callable[[str], None] | None = None) -> ClusteringResult:
     """The clustering from the shared cache, computed and stored there first if no one has asked for it yet."""
     key = clustering_key(view, params, projection_key)
-    found = cache.get(key)
-    if found is None:
-        found = cluster_images(view, coordinates, params, progress)
-        cache[key] = found
-    return found
+    return computed(cache, key, lambda: cluster_images(view, coordinates, params, progress))
 
 
 def cluster_images(view: DatasetView, coordinates: np.ndarray, params: ClusterParams,
@@ -413,11 +406,7 @@ def projection_trust(view: DatasetView, coordinates: np.ndarray, k: int) -> Proj
 def cached_trust(cache, view: DatasetView, projection_key: str, coordinates: np.ndarray, k: int) -> ProjectionTrust:
     """The projection's trust from the shared cache, computed and stored there first if no one has asked yet."""
     key = trust_key(projection_key, k)
-    found = cache.get(key)
-    if found is None:
-        found = projection_trust(view, coordinates, k)
-        cache[key] = found
-    return found
+    return computed(cache, key, lambda: projection_trust(view, coordinates, k))
 
 
 def trust_trace_rows(view: DatasetView, trust: ProjectionTrust) -> list[np.ndarray]:

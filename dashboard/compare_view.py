@@ -22,6 +22,7 @@ from dashboard.analysis.comparison import (
     top_k_rows,
 )
 from dashboard.data import DatasetStore, DatasetView
+from dashboard.folder_cache import computed
 from dashboard.urlstate import Param
 
 MEAN_PATCH_LIMIT = 10_000  # images whose grids are averaged at most: a larger dataset is compared on a sample
@@ -86,11 +87,7 @@ def compute_mean_patches(store: DatasetStore, view: DatasetView,
 def cached_mean_patches(cache, store: DatasetStore, view: DatasetView,
                         progress: Callable[[int, int], None] | None = None) -> MeanPatches:
     key = mean_patches_key(view)
-    found = cache.get(key)
-    if found is None:
-        found = compute_mean_patches(store, view, progress)
-        cache[key] = found
-    return found
+    return computed(cache, key, lambda: compute_mean_patches(store, view, progress))
 
 
 @dataclass(frozen=True)
@@ -179,11 +176,7 @@ def agreement_summary(view: DatasetView, patches: MeanPatches, k: int) -> Summar
 
 def cached_summary(cache, view: DatasetView, patches: MeanPatches, k: int) -> Summary:
     key = f"{mean_patches_key(view)}/summary/k={k}"
-    found = cache.get(key)
-    if found is None:
-        found = agreement_summary(view, patches, k)
-        cache[key] = found
-    return found
+    return computed(cache, key, lambda: agreement_summary(view, patches, k))
 
 
 # Two datasets of the same files ------------------------------------------------------------------------------------
@@ -213,11 +206,7 @@ def cross_match(store: DatasetStore, first: DatasetView, second: DatasetView, cl
 def cached_cross_match(cache, store: DatasetStore, first: DatasetView, second: DatasetView,
                        clusters: int) -> CrossMatch:
     key = (f"cross-match/{first.name}/{first.generation}/{second.name}/{second.generation}/k={clusters}")
-    found = cache.get(key)
-    if found is None:
-        found = cross_match(store, first, second, clusters)
-        cache[key] = found
-    return found
+    return computed(cache, key, lambda: cross_match(store, first, second, clusters))
 
 
 @dataclass(frozen=True)

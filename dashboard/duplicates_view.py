@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 
 from dashboard.analysis.duplicates import DuplicateGroup, DuplicatePass, duplicate_pass
 from dashboard.data import DatasetStore, DatasetView
+from dashboard.folder_cache import computed
 from dashboard.urlstate import Param
 from db.queries import ByteCopy
 
@@ -49,11 +50,7 @@ def runs_in_background(view: DatasetView) -> bool:
 def cached_pass(cache, view: DatasetView, progress: Callable[[str], None] | None = None) -> DuplicatePass:
     """The pass from the shared cache, computed and stored there first if no one has asked for it yet."""
     key = pass_key(view)
-    found = cache.get(key)
-    if found is None:
-        found = duplicate_pass(view.embeddings, view.reduced, LOWEST, progress=progress)
-        cache[key] = found
-    return found
+    return computed(cache, key, lambda: duplicate_pass(view.embeddings, view.reduced, LOWEST, progress=progress))
 
 
 def same_model(store: DatasetStore, name: str) -> list[str]:

@@ -12,6 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from dashboard.data import DatasetView
+from dashboard.folder_cache import computed
 
 N_DEFAULT = 10  # top and bottom features shown
 N_MAX = 50
@@ -134,11 +135,7 @@ def pca_cache_key(view: DatasetView) -> str:
 def cached_pca(cache, view: DatasetView) -> DatasetPCA:
     """The PCA from the shared cache (a dict works too), computed and stored there first if it is not yet."""
     key = pca_cache_key(view)
-    found = cache.get(key)
-    if found is None:
-        found = dataset_pca(view)
-        cache[key] = found
-    return found
+    return computed(cache, key, lambda: dataset_pca(view))
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,23 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import diskcache
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def computed(cache, key: str, compute: Callable[[], T]) -> T:
+    """The value under `key` in a shared results cache (or any mapping), computed and stored first if it is not
+    there: whoever asks second gets the first one's."""
+    found = cache.get(key)
+    if found is None:
+        found = compute()
+        cache[key] = found
+    return found
 
 
 def file_identity(path: str) -> tuple[int, int] | None:
