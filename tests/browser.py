@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import ElementClickInterceptedException, StaleElementReferenceException
 
 # How long a test waits for a background job's result: long enough for the slowest machine under load (the job
 # server's first start imports the analysis libraries), so only a job that never ends reaches it.
@@ -13,11 +13,12 @@ JOB_DEADLINE_S = 300
 
 
 def when_stable(action, tries: int = 20):
-    """Do a browser action, again if Dash re-rendered the element under it in the meantime."""
+    """Do a browser action, again if Dash re-rendered the element under it in the meantime (or covers it, while it
+    does, with the spinner of a busy component)."""
     for _ in range(tries - 1):
         try:
             return action()
-        except StaleElementReferenceException:
+        except (StaleElementReferenceException, ElementClickInterceptedException):
             time.sleep(0.1)
     return action()
 
