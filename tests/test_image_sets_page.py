@@ -232,6 +232,24 @@ def test_sets_are_added_indexed_opened_extended_and_removed(dash_duo, background
     until(lambda: _options(dash_duo, "#dataset-picker") == [FIRST], timeout=10)
     assert dash_duo.get_logs() == []
 
+    # A run cancelled after its first batch: the page says so, and the job ends.
+    (holds / "index-batch-committed.reached").unlink()
+    (holds / "index-batch-committed").touch()
+    _pick(dash_duo, "#sets-target", f"the set {FIRST}")
+    until(lambda: not _shown(dash_duo, "#sets-name"), timeout=10)
+    _choose(dash_duo, *_photos("windmills", 4)[2:])
+    _send(dash_duo)
+    dash_duo.wait_for_text_to_equal("#sets-sending", f"Received 2 images for {FIRST!r}: indexing", timeout=30)
+    until(lambda: (holds / "index-batch-committed.reached").exists(), timeout=JOB_DEADLINE_S)
+    until(lambda: _shown(dash_duo, "#sets-cancel"), timeout=20)
+    when_stable(lambda: dash_duo.find_element("#sets-cancel").click())
+    until(lambda: text_of(dash_duo, "#sets-progress").startswith("Cancelled: what was indexed so far is kept"),
+          timeout=20)
+    until(lambda: background_apps.running_jobs() == 0, timeout=30)
+    until(lambda: not _shown(dash_duo, "#sets-cancel"), timeout=20)
+    (holds / "index-batch-committed").unlink()
+    assert dash_duo.get_logs() == []
+
 
 def test_a_server_without_uploads_has_no_image_sets_page(dash_duo, tmp_path):
     dash_duo.start_server(create_app(Settings(f"sqlite:///{tmp_path / 'index.db'}", tmp_path / "cache", "test-secret")))
