@@ -1,6 +1,7 @@
-"""The image-sets page in a real browser, on both background-job managers: a zip of labelled photographs becomes a
-new dataset of an empty server (its index run watched mid-way), which every page then shows; a set of loose files;
-files added to a set and the set indexed again; a set removed. And a server without uploads, which has no such page.
+"""The image-sets page in a real browser: a zip of labelled photographs becomes a new dataset of an empty server
+(its index run watched mid-way) and a later run is cancelled after its first batch, on both background-job
+managers; on one of them, the new dataset on every page, a set of loose files, files added to a set and the set
+indexed again, a set removed. And a server without uploads, which has no such page.
 """
 
 from __future__ import annotations
@@ -129,6 +130,8 @@ def _set_folder(uploads: Path, dataset: str) -> Path:
 
 
 def test_sets_are_added_indexed_opened_extended_and_removed(dash_duo, background_apps, tmp_path, monkeypatch):
+    """The runs' jobs on both managers; what the pages do with their results once, on diskcache (the same
+    callbacks, whichever manager ran the job)."""
     holds = tmp_path / "holds"
     holds.mkdir()
     (holds / "index-batch-committed").touch()  # the first run stops after its first batch until the test lets it go
@@ -169,6 +172,14 @@ def test_sets_are_added_indexed_opened_extended_and_removed(dash_duo, background
     assert db.exists()
     assert dash_duo.get_logs() == []
 
+    if background_apps.manager == "diskcache":
+        _open_extend_and_remove(dash_duo, url, tmp_path, uploads, summary)
+    _cancel_after_a_batch(dash_duo, background_apps, holds)
+
+
+def _open_extend_and_remove(dash_duo, url: str, tmp_path: Path, uploads: Path, summary: str) -> None:
+    """The first set's dataset on every page; a set of loose files; files added to the first set; the first
+    set indexed again; the loose set removed."""
     # The new dataset in its gallery, labelled by the zip's folders; and on every other page that shows a dataset.
     when_stable(lambda: dash_duo.find_element("#sets-open").click())
     dash_duo.wait_for_text_to_equal("#gallery-count", f"{ZIPPED_PHOTOS} images", timeout=20)
@@ -232,7 +243,9 @@ def test_sets_are_added_indexed_opened_extended_and_removed(dash_duo, background
     until(lambda: _options(dash_duo, "#dataset-picker") == [FIRST], timeout=10)
     assert dash_duo.get_logs() == []
 
-    # A run cancelled after its first batch: the page says so, and the job ends.
+
+def _cancel_after_a_batch(dash_duo, background_apps, holds: Path) -> None:
+    """A run cancelled after its first batch: the page says so, and the job ends."""
     (holds / "index-batch-committed.reached").unlink()
     (holds / "index-batch-committed").touch()
     _pick(dash_duo, "#sets-target", f"the set {FIRST}")
