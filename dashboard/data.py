@@ -142,6 +142,13 @@ class DatasetStore:
         with self.database.session() as session:
             return patch_grid(session, image_id)
 
+    def grid_shape(self, name: str) -> tuple[int, int]:
+        """The patch grid shape (rows, columns) of every image of dataset `name`, without reading a grid; raises
+        db.errors.DatasetNotFound for an unknown name."""
+        with self.database.session() as session:
+            dataset = dataset_by_name(session, name)
+            return dataset.grid_height, dataset.grid_width
+
     def patch_grids(self, dataset: str, image_ids: list[int]) -> Iterator[tuple[int, np.ndarray]]:
         """(image id, float16 patch grid) of those of `image_ids` that are images of `dataset`, in no particular
         order, read in one statement a few grids at a time (db.queries.patch_grids): iterate to the end."""

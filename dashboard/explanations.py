@@ -48,13 +48,6 @@ same images for anyone, on this page and on the similarity page. Download it as 
 embeddings), or copy the Python that reads it from the database.
 """
 
-SIMILARITY = """
-**Cosine similarity** is the cosine of the angle between two embeddings: 1 for the same direction, 0 for
-unrelated, negative for opposite. It ignores the vectors' lengths, which is why DINOv2's embeddings are usually
-compared this way. Similar images have similar CLS embeddings; what "similar" means is what the model learnt
-without labels: objects, parts, textures and layout.
-"""
-
 REGION_QUERY = """
 **Where else does this appear?** Draw a box on the picture (drag with the mouse): the patch tokens under the box
 are the **region**. The dataset is first cut down to a **shortlist**, the images whose embeddings are nearest the
@@ -63,6 +56,17 @@ matrix product). Then the region's block of tokens is slid over each shortlisted
 image is scored by its best place: the mean cosine between the region's tokens and the tokens under them. A longer
 shortlist finds the region in images that look different overall, at the cost of reading more grids.
 """
+
+SIMILARITY = """
+**Cosine similarity** is the cosine of the angle between two embeddings: 1 for the same direction, 0 for
+unrelated, negative for opposite. It ignores the vectors' lengths, which is why DINOv2's embeddings are usually
+compared this way. Similar images have similar CLS embeddings; what "similar" means is what the model learnt
+without labels: objects, parts, textures and layout.
+
+Besides the embedding, every 14 x 14-pixel patch of an indexed image leaves the network as a **patch token**; the
+stored **patch grid** holds them in their places, so a part of the reference can be looked for in other images. An
+uploaded picture is not indexed: it has no patch grid.
+""" + REGION_QUERY
 
 PATCHES = _TOKENS + """
 **Clusters** group patches whose tokens point the same way (K-Means on normalised tokens): parts of objects,

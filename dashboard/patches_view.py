@@ -26,6 +26,7 @@ from dashboard.analysis.patches import (
 )
 from dashboard.analysis.projection import normalize_rows
 from dashboard.urlstate import Param, read_query
+from dashboard.why_view import box_select
 
 LAYERS = ("clusters", "pca", "foreground", "norms")
 EXAMPLES_PER_CLUSTER = 6
@@ -125,8 +126,7 @@ def layer_values(view: PatchView, settings: PatchSettings) -> np.ndarray:
 def overlay_figure(preview_url: str, frame: ImageFrame, pooled: PooledGrid, values: np.ndarray, layer: str,
                    opacity: float, marked: tuple[int, int] | None = None, boxes: bool = False) -> go.Figure:
     """The preview with one value per pooled tile drawn over it, in the image's pixel coordinates. `boxes`: a drag
-    draws a box (Plotly's box select; its selectedData holds the box's range): an invisible point at every tile's
-    centre gives the selection something to select, as Plotly reports no selection on heatmaps alone."""
+    draws a box (why_view.box_select, a point at every tile's centre)."""
     x0, y0, x1, y1 = frame.tile_box(pooled, 0, 0)
     figure = go.Figure()
     figure.add_layout_image(source=preview_url, xref="x", yref="y", x=0, y=0, sizex=frame.width,
@@ -143,16 +143,12 @@ def overlay_figure(preview_url: str, frame: ImageFrame, pooled: PooledGrid, valu
         figure.add_shape(type="rect", x0=bx0, y0=by0, x1=bx1, y1=by1, line={"color": "yellow", "width": 3})
     figure.update_xaxes(range=[0, frame.width], visible=False, constrain="domain")
     figure.update_yaxes(range=[frame.height, 0], visible=False, scaleanchor="x", constrain="domain")
+    figure.update_layout(margin={"l": 0, "r": 0, "t": 0, "b": 0}, plot_bgcolor="white", dragmode=False,
+                         height=max(240, min(560, round(520 * frame.height / frame.width))))
     if boxes:
         rows, cols = pooled.tokens.shape[:2]
-        centres = np.array([[(a + c) / 2, (b + d) / 2] for a, b, c, d in
-                            (frame.tile_box(pooled, row, col) for row in range(rows) for col in range(cols))])
-        figure.add_trace(go.Scatter(x=centres[:, 0], y=centres[:, 1], mode="markers", hoverinfo="none",
-                                    marker={"opacity": 0, "size": 4}, unselected={"marker": {"opacity": 0}},
-                                    selected={"marker": {"opacity": 0}}, showlegend=False))
-    figure.update_layout(margin={"l": 0, "r": 0, "t": 0, "b": 0}, plot_bgcolor="white",
-                         dragmode="select" if boxes else False,
-                         height=max(240, min(560, round(520 * frame.height / frame.width))))
+        box_select(figure, np.array([[(a + c) / 2, (b + d) / 2] for a, b, c, d in
+                                     (frame.tile_box(pooled, row, col) for row in range(rows) for col in range(cols))]))
     return figure
 
 

@@ -118,6 +118,34 @@ def region_query(store: DatasetStore, view: DatasetView, image_id: int, region: 
     return rank_by_region(tokens, store.patch_grids(view.name, candidates), report)
 
 
+def box_select(figure: go.Figure, centres: np.ndarray) -> None:
+    """Let a drag on `figure` draw a box (Plotly's box select; its selectedData holds the box's range): an invisible
+    point at each of `centres` (n, 2 pixel coordinates) gives the selection something to select, as Plotly reports
+    no selection on a picture or a heatmap alone."""
+    figure.add_trace(go.Scatter(x=centres[:, 0], y=centres[:, 1], mode="markers", hoverinfo="none",
+                                marker={"opacity": 0, "size": 4}, unselected={"marker": {"opacity": 0}},
+                                selected={"marker": {"opacity": 0}}, showlegend=False))
+    figure.update_layout(dragmode="select")
+
+
+def region_picture(preview: str, size: tuple[int, int], grid_shape: tuple[int, int], height: int) -> go.Figure:
+    """An image's preview, `height` pixels tall, on which a drag draws the box of a region query (box_select, a
+    point at every patch cell's centre)."""
+    width, image_height = size
+    rows, cols = grid_shape
+    figure = go.Figure()
+    figure.add_layout_image(source=preview, xref="x", yref="y", x=0, y=0, sizex=width, sizey=image_height,
+                            sizing="stretch", layer="below")
+    centres = np.array([[(x0 + x1) / 2, (y0 + y1) / 2] for x0, y0, x1, y1 in
+                        (cell_box(row, col, rows, cols, width, image_height) for row in range(rows)
+                         for col in range(cols))])
+    box_select(figure, centres)
+    figure.update_xaxes(range=[0, width], visible=False, constrain="domain")
+    figure.update_yaxes(range=[image_height, 0], visible=False, scaleanchor="x", constrain="domain")
+    figure.update_layout(margin={"l": 0, "r": 0, "t": 0, "b": 0}, plot_bgcolor="white", height=height)
+    return figure
+
+
 def found_region_figure(preview: str, size: tuple[int, int], grid_shape: tuple[int, int], region_shape,
                         match: RegionMatch) -> go.Figure:
     """A result's preview with the block where the region was found outlined."""

@@ -37,6 +37,20 @@ def on_graph(dash_duo, selector: str, expression: str):
         "catch (notDrawnYet) { return null; }")
 
 
+def drag_top_left_quarter(dash_duo, graph: str) -> None:
+    """Drag a box on the graph `graph` (a CSS selector of its dcc.Graph, whose drag mode is select) from near its
+    top-left corner to just short of its middle: on a 4 x 4 patch grid, the top-left 2 x 2 patches."""
+    from dash.testing.wait import until
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    area = dash_duo.wait_for_element(f"{graph} .nsewdrag", timeout=20)
+    until(lambda: on_graph(dash_duo, graph, "gd.layout.dragmode") == "select", timeout=20)
+    width, height = area.size["width"], area.size["height"]
+    ActionChains(dash_duo.driver).move_to_element(area).move_by_offset(int(-width / 2 + 4), int(-height / 2 + 4)) \
+        .click_and_hold().move_by_offset(int(width / 4), int(height / 4)).move_by_offset(
+            int(width / 4) - 10, int(height / 4) - 10).release().perform()
+
+
 def show_tsne(dash_duo, url: str, dataset: str, perplexity: int, timeout_s: float = JOB_DEADLINE_S) -> None:
     """Open the clustering page of a served dashboard on a t-SNE and wait until the scatter shows it."""
     from dash.testing.wait import until

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import numpy as np
 import pytest
 from dash.testing.wait import until
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
-from dashboard.data import DatasetView
+from dashboard.analysis.correspondence import Region
+from dashboard.data import DatasetStore, DatasetView
 from dashboard.inputs import CategoryPoint
 from dashboard.similarity_view import (
     EMBEDDING_HEAD,
@@ -21,6 +24,9 @@ from dashboard.similarity_view import (
     similar_images,
     similarity_heatmap,
 )
+from dashboard.urlstate import why_url
+from dashboard.why_view import REGION_RESULTS, region_query
+from tests.browser import JOB_DEADLINE_S, drag_top_left_quarter, on_graph, text_of
 from tests.test_gallery import _when_stable
 
 
@@ -174,8 +180,13 @@ def test_page_opens_the_reference_named_in_the_url(dash_duo, dashboard_app, samp
     assert scores == pytest.approx([round(r.score, 3) for r in expected], abs=1e-3)
     embedding = dash_duo.find_elements("#similarity-result-grid .similarity-embedding")[0].text
     assert embedding.startswith("[" + ", ".join(f"{x:.3f}" for x in expected[0].embedding_head))
-    preview = dash_duo.find_element("#similarity-preview")
-    until(lambda: dash_duo.driver.execute_script("return arguments[0].naturalWidth", preview) == 512, timeout=5)
+    until(lambda: on_graph(dash_duo, "#similarity-preview", "gd.layout.images[0].source")
+          == "/thumbnails/5/preview.jpg", timeout=5)
+    loaded = dash_duo.driver.execute_async_script(
+        "const done = arguments[arguments.length - 1], image = new Image();"
+        "image.onload = () => done(image.naturalWidth); image.onerror = () => done(0);"
+        "image.src = '/thumbnails/5/preview.jpg';")
+    assert loaded == 512
     assert "active" in dash_duo.find_element("#nav-similarity").get_attribute("class")
 
     _open(dash_duo, "dataset=samples")  # no image given: the dataset's first one
@@ -265,4 +276,32 @@ def test_find_similar_images_in_the_gallery_opens_this_page(dash_duo, dashboard_
     _when_stable(lambda: dash_duo.find_element("#detail-similar-link").click())
     until(lambda: "/similarity?" in dash_duo.driver.current_url, timeout=10)
     _expect_reference(dash_duo, samples, int(samples.image_ids[7]))
+    assert dash_duo.get_logs() == []
+
+
+def test_a_box_drawn_on_the_reference_finds_the_region_in_other_images(dash_duo, dashboard_app, sample_db, samples):
+    dash_duo.start_server(dashboard_app)
+    _open(dash_duo, "dataset=samples&image=3")
+    # An upload has no stored patch grid: the page says a region needs a dataset image.
+    assert "needs a dataset image" in text_of(dash_duo, "#similarity-upload-region")
+    drag_top_left_quarter(dash_duo, "#similarity-preview")
+    heading = "#similarity-region-results .region-heading"
+    relpath = samples.relpaths[samples.position(3)]
+    dash_duo.wait_for_contains_text(heading, f"region of 2 x 2 patches of {relpath}", timeout=JOB_DEADLINE_S)
+    assert "of the 43 images" in text_of(dash_duo, heading)  # the shortlist: every other image
+    store = DatasetStore(f"sqlite:///{sample_db}")
+    expected = region_query(store, samples, 3, Region(0, 0, 2, 2), 43)[:REGION_RESULTS]
+    shown = dash_duo.driver.execute_script(
+        "return [...document.querySelectorAll('#similarity-region-results .js-plotly-plot')].map(gd => "
+        "[gd.layout.images[0].source, gd.layout.shapes.length])")
+    assert shown == [[f"/thumbnails/{m.image_id}/preview.jpg", 1] for m in expected]  # each with its place outlined
+    scores = [float(s.text.split()[-1]) for s in dash_duo.find_elements("#similarity-region-results .region-score")]
+    assert scores == pytest.approx([round(m.score, 3) for m in expected], abs=1e-3)
+    links = [a.get_attribute("href") for a in dash_duo.find_elements("#similarity-region-results .region-why")]
+    assert [urlsplit(link)._replace(scheme="", netloc="").geturl() for link in links] == [
+        why_url("samples", 3, m.image_id) for m in expected]
+    box = dash_duo.find_element("#similarity-shortlist")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys("10", Keys.ENTER)
+    dash_duo.wait_for_contains_text(heading, "of the 10 images", timeout=JOB_DEADLINE_S)
     assert dash_duo.get_logs() == []

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from dash.testing.wait import until
 from selenium.common.exceptions import ElementClickInterceptedException
-from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
 from dashboard.analysis.correspondence import Region, mutual_matches, rank_by_region, region_of_box
-from tests.browser import JOB_DEADLINE_S, on_graph, text_of, when_stable
+from dashboard.data import DatasetStore
+from dashboard.why_view import region_picture
+from db.errors import DatasetNotFound
+from tests.browser import JOB_DEADLINE_S, drag_top_left_quarter, on_graph, text_of, when_stable
 
 SHIFT = (2, 3)  # rows, columns
 
@@ -83,6 +85,32 @@ def test_the_region_query_finds_a_pasted_block_first_at_its_place():
 ])
 def test_a_box_covers_the_cells_whose_centres_it_holds(box, region):
     assert region_of_box(*box, rows=4, cols=4) == region
+
+
+@pytest.mark.parametrize(("width", "height"), [(400, 300), (200, 800)])
+def test_a_box_around_a_point_of_the_region_picture_chooses_that_points_patch(width, height):
+    rows, cols = 3, 5
+    figure = region_picture("/p.jpg", (width, height), (rows, cols), 240)
+    image = figure.layout.images[0]
+    assert (image.x, image.y, image.sizex, image.sizey) == (0, 0, width, height)
+    assert figure.layout.dragmode == "select" and figure.layout.height == 240
+    points = figure.data[0]
+    assert len(points.x) == rows * cols
+    cells = set()
+    for x, y in zip(points.x, points.y):
+        box = (x / width - 0.01, x / width + 0.01, y / height - 0.01, y / height + 0.01)
+        region = region_of_box(*box, rows=rows, cols=cols)
+        assert region.shape == (1, 1)
+        cells.add((region.top, region.left))
+    assert len(cells) == rows * cols  # one point on every patch
+
+
+def test_the_grid_shape_is_read_without_a_grid(sample_db):
+    store = DatasetStore(f"sqlite:///{sample_db}")
+    view = store.view("samples")
+    assert store.grid_shape("samples") == store.patch_grid(int(view.image_ids[0])).shape[:2]
+    with pytest.raises(DatasetNotFound):
+        store.grid_shape("no-such-dataset")
 
 
 # --- in the browser -------------------------------------------------------------------------------------------
@@ -154,24 +182,19 @@ def test_why_similar_opens_from_a_neighbour_in_the_gallery(dash_duo, dashboard_a
 def test_a_box_drawn_on_the_within_image_page_finds_the_region_in_other_images(dash_duo, dashboard_app):
     dash_duo.start_server(dashboard_app)
     dash_duo.driver.get(dash_duo.server_url + "/patches?dataset=samples&image=3")
-    area = dash_duo.wait_for_element("#patches-overlay .nsewdrag", timeout=20)
-    until(lambda: on_graph(dash_duo, "#patches-overlay", "gd.layout.dragmode") == "select", timeout=20)
-    width, height = area.size["width"], area.size["height"]
-    # From the top-left corner's patch to the middle: the top-left 2 x 2 patches of the 4 x 4 grid.
-    ActionChains(dash_duo.driver).move_to_element(area).move_by_offset(int(-width / 2 + 4), int(-height / 2 + 4)) \
-        .click_and_hold().move_by_offset(int(width / 4), int(height / 4)).move_by_offset(
-            int(width / 4) - 10, int(height / 4) - 10).release().perform()
-    dash_duo.wait_for_contains_text("#patches-region-heading", "region of 2 x 2 patches", timeout=JOB_DEADLINE_S)
-    assert "of the 43 images" in text_of(dash_duo, "#patches-region-heading")  # the shortlist: every other image
+    drag_top_left_quarter(dash_duo, "#patches-overlay")
+    heading = "#patches-region-results .region-heading"
+    dash_duo.wait_for_contains_text(heading, "region of 2 x 2 patches", timeout=JOB_DEADLINE_S)
+    assert "of the 43 images" in text_of(dash_duo, heading)  # the shortlist: every other image
     shapes = dash_duo.driver.execute_script(
         "return [...document.querySelectorAll('#patches-region-results .js-plotly-plot')]"
         ".map(gd => gd.layout.shapes.length)")
     assert shapes == [1] * 8  # each result with its region outlined
-    scores = [float(s.text.split()[-1]) for s in dash_duo.find_elements(".patches-region-score")]
+    scores = [float(s.text.split()[-1]) for s in dash_duo.find_elements("#patches-region-results .region-score")]
     assert scores == sorted(scores, reverse=True)
     # A shorter shortlist searches fewer images.
     box = dash_duo.find_element("#patches-shortlist")
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys("10", Keys.ENTER)
-    dash_duo.wait_for_contains_text("#patches-region-heading", "of the 10 images", timeout=JOB_DEADLINE_S)
+    dash_duo.wait_for_contains_text(heading, "of the 10 images", timeout=JOB_DEADLINE_S)
     assert dash_duo.get_logs() == []

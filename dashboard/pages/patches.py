@@ -5,15 +5,12 @@ Everything comes from the patch grid the indexer stored; nothing here runs the m
 
 from __future__ import annotations
 
-from uuid import uuid4
-
 import dash
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html
-from pydantic import BaseModel, FiniteFloat, NonNegativeInt, StrictInt
+from pydantic import BaseModel, NonNegativeInt, StrictInt
 
 from dashboard import inputs
-from dashboard.analysis.correspondence import Region, region_of_box
 from dashboard.analysis.patches import patch_similarity, pool_grid
 from dashboard.data import DatasetView
 from dashboard.explanations import PATCHES
@@ -33,11 +30,11 @@ from dashboard.patches_view import (
     settings_from,
     similarity_figure,
 )
+from dashboard.region_search import region_section, register_region_search
 from dashboard.shell import busy, image_links, page_shell, unknown_image_notice
 from dashboard.similarity_view import reference_image
 from dashboard.site import Site, current_site
-from dashboard.urlstate import IMAGE, thumbnail_url, why_url
-from dashboard.why_view import REGION_RESULTS, SHORTLIST, found_region_figure, region_query
+from dashboard.urlstate import IMAGE, thumbnail_url
 
 NEIGHBOURS = 3
 PAGE = Page("patches", "/patches", "Within image", image_link=ImageLink("Within image", "patches"),
@@ -89,14 +86,14 @@ def layout(dataset: str | None = None, image: str | None = None, **query):
                 dbc.Col([html.Div(id="patches-statistics"), html.Div(id="patches-examples")], md=5),
             ], className="mt-2"),
             busy(html.Div(id="patches-similarity", className="mt-3")),
-            _region_section(),
+            region_section(PAGE.name, "the picture above"),
         ])
 
     return page_shell(store, PAGE.path, dataset, content)
 
 
 register_image_search(PAGE, PAGE.control_id("image"), "patches-dataset")
-POLL_MS = 500  # how often the page asks about its region query
+register_region_search(PAGE, "patches-overlay", PAGE.control_id("image"), "patches-dataset")
 
 
 @PAGE.callback(Output("patches-links", "children"), Input(PAGE.control_id("image"), "value"),
@@ -250,114 +247,3 @@ def _examples(boxes: dict[int, list[tuple]], preview: str, frame: ImageFrame) ->
         rows.append(html.Div([html.Span(f"cluster {label}", className="small me-2"), *crops],
                              className="d-flex align-items-center mb-1"))
     return html.Div([html.H6("Example patches"), *rows], id="patches-example-rows")
-
-
-class BoxSelection(BaseModel):
-    """A box select's selectedData: the box's range in the figure's (pixel) coordinates."""
-
-    range: dict[str, tuple[FiniteFloat, FiniteFloat]]
-
-
-class ChosenRegion(BaseModel):
-    """The region a box chose (patches-region): its image and its cells, rows top..bottom - 1 and columns
-    left..right - 1."""
-
-    image: StrictInt
-    top: NonNegativeInt
-    left: NonNegativeInt
-    bottom: NonNegativeInt
-    right: NonNegativeInt
-
-
-@PAGE.callback(
-    Output("patches-region", "data"), Input("patches-overlay", "selectedData"),
-    State(PAGE.control_id("image"), "value"), State("patches-dataset", "data"), prevent_initial_call=True,
-)
-def choose_region(site: Site, selection, image_id, dataset):
-    if not selection or isinstance(selection, dict) and "range" not in selection:
-        return dash.no_update  # a click, or a selection cleared
-    box = inputs.record(BoxSelection, selection, "The box drawn").range
-    if "x" not in box or "y" not in box:
-        raise inputs.BadInput("The box drawn is malformed: it needs an x and a y range")
-    view = inputs.dataset_view(site.store, dataset)
-    image_id = inputs.image_in(view, image_id)
-    width, height = view.sizes[view.position(image_id)]
-    rows, cols = site.store.patch_grid(image_id).shape[:2]
-    (x0, x1), (y0, y1) = box["x"], box["y"]
-    region = region_of_box(x0 / width, x1 / width, y0 / height, y1 / height, rows, cols)
-    return {"image": image_id, "top": region.top, "left": region.left, "bottom": region.bottom,
-            "right": region.right}
-
-
-@PAGE.callback(
-    Output("patches-region-results", "children"),
-    Input("patches-region", "data"), Input("patches-shortlist", "value"),
-    State("patches-dataset", "data"), State("patches-session", "data"),
-    background=True, manager="clusterings", prevent_initial_call=True, interval=POLL_MS,
-    progress=Output("patches-region-status", "children"),
-    running=[(Output("patches-region-cancel", "style"), {"display": "inline-block"}, {"display": "none"})],
-    cancel=Input("patches-region-cancel", "n_clicks"),
-)
-def find_region(site: Site, set_progress, chosen, shortlist, dataset, _session):
-    # _session: a per-page-load id, so two users asking for the same region are two jobs (Dash 4.4.1).
-    if not chosen:
-        return dash.no_update
-    try:
-        view = inputs.dataset_view(site.store, dataset)
-        chosen = inputs.record(ChosenRegion, chosen, "The region")
-        image_id = inputs.image_in(view, chosen.image)
-        region = _region_in(site, image_id, chosen)
-    except inputs.BadInput as error:
-        return dbc.Alert(str(error), color="danger", id="patches-region-error")
-    count = min(SHORTLIST.coerce(shortlist), len(view) - 1)
-    set_progress(f"Comparing the region with {count} images…")
-    found = region_query(site.store, view, image_id, region, count,
-                         progress=lambda done, total: set_progress(f"Compared {done} of {total} images…"))
-    return _region_results(view, image_id, region, count, found[:REGION_RESULTS], site.store)
-
-
-def _region_in(site: Site, image_id: int, chosen: ChosenRegion) -> Region:
-    rows, cols = site.store.patch_grid(image_id).shape[:2]
-    if not (chosen.top < chosen.bottom <= rows and chosen.left < chosen.right <= cols):
-        raise inputs.BadInput(f"The region is malformed: rows {chosen.top}..{chosen.bottom} and columns "
-                              f"{chosen.left}..{chosen.right} are not a block of the {rows} x {cols} grid")
-    return Region(chosen.top, chosen.left, chosen.bottom, chosen.right)
-
-
-def _region_results(view: DatasetView, image_id: int, region: Region, count: int, found, store) -> html.Div:
-    rows, cols = region.shape
-    grid_shape = store.patch_grid(image_id).shape[:2]
-    cards = []
-    for rank, match in enumerate(found):
-        size = tuple(int(v) for v in view.sizes[view.position(match.image_id)])
-        figure = found_region_figure(thumbnail_url(match.image_id, "preview"), size, grid_shape, region.shape, match)
-        relpath = view.relpaths[view.position(match.image_id)]
-        cards.append(dbc.Col(html.Div([
-            html.Div(relpath, className="small fw-bold text-truncate", title=relpath),
-            dcc.Graph(id=f"patches-region-result-{rank}", figure=figure, config={"staticPlot": True}),
-            html.Div([html.Span(f"mean cosine {match.score:.3f} ", className="small patches-region-score"),
-                      html.A("why similar?", href=why_url(view.name, image_id, match.image_id), className="small")]),
-        ]), md=3))
-    heading = (f"Where the region of {rows} x {cols} patches appears: the best {len(found)} of the {count} images "
-               "nearest this one, each with the region's best place outlined")
-    return html.Div([html.H6(heading, id="patches-region-heading"), dbc.Row(cards, className="g-2")])
-
-
-def _region_section() -> html.Div:
-    return html.Div([
-        html.H5("Where else does this region appear?"),
-        html.P("Drag a box over the picture above. The images nearest this one by embedding (the shortlist) are "
-               "searched for the region's patch tokens, each at its best place.", className="small text-muted"),
-        dcc.Store(id="patches-region"),
-        dcc.Store(id="patches-session", data=uuid4().hex),
-        dbc.Row([
-            dbc.Col([dbc.Label(f"Shortlist (images searched, {SHORTLIST.low} to {SHORTLIST.high})",
-                               html_for="patches-shortlist", className="small"),
-                     dbc.Input(id="patches-shortlist", type="number", min=SHORTLIST.low, max=SHORTLIST.high,
-                               step=10, value=SHORTLIST.default, debounce=True, size="sm")], md=3),
-            dbc.Col([html.Span(id="patches-region-status", className="small me-2"),
-                     dbc.Button("Cancel", id="patches-region-cancel", size="sm", color="secondary",
-                                style={"display": "none"})], className="align-self-end"),
-        ], className="mb-2"),
-        busy(html.Div(id="patches-region-results")),
-    ], className="mt-4", id="patches-region-section")

@@ -25,6 +25,7 @@ from dashboard.query_image import (
     embed_upload,
     recorded_model,
 )
+from dashboard.region_search import region_section, register_region_search
 from dashboard.selections import SELECTION, is_selection_id, load_selection
 from dashboard.shell import (
     busy,
@@ -51,6 +52,7 @@ from dashboard.similarity_view import (
 )
 from dashboard.site import Site, current_site
 from dashboard.urlstate import IMAGE, Param, thumbnail_url, why_url
+from dashboard.why_view import region_picture
 from db.errors import DinoscopeDbError
 
 K_MARKS = {1: "1", 10: "10", 20: "20", 30: "30", 40: "40", 50: "50"}
@@ -87,7 +89,9 @@ def layout(dataset: str | None = None, image: str | None = None, **query):
             html.Div(selection_note(PAGE.name, PAGE.path, view.name, wanted, among, "Results only from",
                                     ("Search the whole dataset", "the results are from the whole dataset")),
                      id="similarity-selection-note"),
-            busy(html.Div(id="similarity-results", children=_results(view, reference, results))),
+            busy(html.Div(id="similarity-results",
+                          children=_results(view, reference, results, provenance.grid_shape))),
+            region_section(PAGE.name, "the reference picture"),
             html.H5("Pairwise cosine similarity", className="mt-4"),
             html.P(_heatmap_caption(view, heatmap), id="similarity-heatmap-caption", className="text-muted small"),
             busy(dcc.Graph(id="similarity-heatmap", figure=heatmap_figure(heatmap.matrix, heatmap.relpaths, False),
@@ -100,6 +104,7 @@ def layout(dataset: str | None = None, image: str | None = None, **query):
 
 
 register_image_search(PAGE, PAGE.control_id("image"), "similarity-dataset")
+register_region_search(PAGE, "similarity-preview", PAGE.control_id("image"), "similarity-dataset")
 register_collapsible(PAGE, "similarity-upload-card")
 
 # Checked in the browser before anything is sent: a file too large or of another type is refused with its
@@ -165,7 +170,7 @@ def show_reference(site: Site, reference, k, selection, dataset):
         if among is None:
             raise inputs.BadInput(f"There is no selection {inputs.shown(selection)} of dataset {view.name!r}")
         results = similar_among(view, reference, K.coerce(k), among)
-    return (_results(view, reference, results), heatmap_figure(heatmap.matrix, heatmap.relpaths, False),
+    return (_results(view, reference, results, site.store.grid_shape(view.name)), heatmap_figure(heatmap.matrix, heatmap.relpaths, False),
             _heatmap_caption(view, heatmap), _heatmap_images(heatmap))
 
 
@@ -196,12 +201,16 @@ def show_cell(_site: Site, hover_data, images):
     return True, point.bbox, _cell_tooltip(cell)
 
 
-def _results(view: DatasetView, reference: int, results: list[SimilarImage]) -> dbc.Row:
+def _results(view: DatasetView, reference: int, results: list[SimilarImage], grid_shape: tuple[int, int]) -> dbc.Row:
     shown = describe(view, reference)
+    width, height = (int(v) for v in view.sizes[view.position(reference)])
+    picture = region_picture(thumbnail_url(reference, "preview"), (width, height), grid_shape,
+                             max(160, min(420, round(300 * height / max(width, 1)))))
     preview = dbc.Card([
-        dbc.CardImg(src=thumbnail_url(reference, "preview"), top=True, id="similarity-preview",
-                    alt=shown.relpath, style={"maxHeight": "50vh", "objectFit": "contain"}),
+        dcc.Graph(id="similarity-preview", figure=picture, config={"displaylogo": False, "displayModeBar": False}),
         dbc.CardBody([html.H6(shown.relpath, className="card-title text-break", id="similarity-reference-path"),
+                      html.Div("Drag a box on the picture to find where that region appears in other images "
+                               "(below).", className="small text-muted"),
                       html.Div(shown.label or "no label", className="text-muted small"),
                       _embedding_text(shown.embedding_head),
                       image_links(view.name, reference, "similarity", here=PAGE.path)]),
@@ -262,6 +271,9 @@ def _upload_section() -> dbc.Card:
         html.P("Your picture is embedded exactly as this dataset's images were (same model, weights, size and "
                "preprocessing) and compared with all of them. It is kept in memory only: nothing is stored.",
                className="small text-muted mb-2"),
+        html.P("A region query needs a dataset image, whose patch grid is stored: an upload has none. Click a result "
+               "to make it the reference and drag a box on it.", className="small text-muted mb-2",
+               id="similarity-upload-region"),
         drop_zone,
         dcc.Store(id="similarity-upload-limits", data={"bytes": MAX_UPLOAD_BYTES, "types": list(UPLOAD_TYPES)}),
         dcc.Store(id="similarity-upload-accepted"),
