@@ -19,7 +19,8 @@ import numpy as np
 
 from dashboard.analysis.projection import REDUCED_DIMENSIONS, pca_components, row_norms
 from dashboard.analysis.similarity import top_k
-from dashboard.shared_matrix import MatrixKey, SharedContent, one_builder, read_shared, write_shared
+from dashboard.matrix_content import CONTENT, PATH_SEPARATOR, full_content, next_content
+from dashboard.shared_matrix import MatrixKey, SharedContent, one_builder, previous_shared, read_shared, write_shared
 from db.engine import Database, open_database
 from db.patch_pca import PatchPca
 from db.queries import (
@@ -42,8 +43,6 @@ from db.queries import (
 from db.schema import Dataset, UploadedSet
 
 log = logging.getLogger(__name__)
-PATH_SEPARATOR = "\0"  # the one character no file path holds
-SHARED_CONTENT = 2  # the version of what _read_dataset shares: change it with what it stores
 
 
 @dataclass(frozen=True)
@@ -213,7 +212,7 @@ class DatasetStore:
         with self.database.session() as session:
             dataset = dataset_by_name(session, name)
             key = MatrixKey(self.db_url, dataset.id, dataset.created_at.isoformat(), dataset.generation,
-                            SHARED_CONTENT)
+                            CONTENT)
             cached = self._views.get(name)
             if cached is not None and cached[0] == key:
                 return cached[1]
@@ -257,26 +256,23 @@ def _provenance(dataset: Dataset, image_count: int, last_indexed: datetime | Non
 
 
 def _build_shared(session, dataset: Dataset, key: MatrixKey, folder: Path) -> SharedContent:
-    """Read the dataset from the database and write its shared file; the content comes back mapped from it."""
-    built = _read_dataset(session, dataset)
-    # On PostgreSQL each statement may see a newer commit: share only what one generation holds.
-    if dataset_generation(session, dataset.id) != key.generation:
-        return built
+    """Write the dataset's shared generation, from the previous one where it can (dashboard.matrix_content), else
+    from the database; the content comes back mapped from it."""
+    previous = previous_shared(folder, key)
+    built = None if previous is None else next_content(session, dataset, previous[1])
+    if built is None:
+        built = _read_dataset(session, dataset)
+        # On PostgreSQL each statement may see a newer commit: share only what one generation holds.
+        if dataset_generation(session, dataset.id) != key.generation:
+            return built
     try:
         write_shared(folder, key, built)
     except OSError as error:  # a cache folder that cannot be written: this process keeps its own arrays
         log.warning("cannot write the shared matrix of dataset %r to %s: %s", dataset.name, folder, error)
-        return built
-    return read_shared(folder, key) or built
+        return built.in_memory()
+    return read_shared(folder, key) or built.in_memory()
 
 
 def _read_dataset(session, dataset: Dataset) -> SharedContent:
     """A dataset's images and embeddings from the database in relative-path order, with the derived arrays."""
-    read = read_embeddings(session, dataset)
-    # Read back fast: paths as one string, labels as codes into the distinct labels, sizes as an array.
-    distinct = list(dict.fromkeys(read.labels))
-    codes = {label: code for code, label in enumerate(distinct)}
-    arrays = {"image_ids": read.image_ids, "embeddings": read.embeddings, "norms": row_norms(read.embeddings),
-              "reduced": pca_components(read.embeddings, REDUCED_DIMENSIONS)[0],
-              "label_codes": np.array([codes[label] for label in read.labels], np.int32), "sizes": read.sizes}
-    return SharedContent(arrays, {"relpaths": PATH_SEPARATOR.join(read.relpaths), "labels": distinct})
+    return full_content(read_embeddings(session, dataset))

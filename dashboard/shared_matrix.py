@@ -10,6 +10,12 @@ a folder whose manifest does not name the key, whose document does not match its
 headers or sizes do not match the manifest (a truncated file, say) is rebuilt, never trusted. Writers write a
 temporary folder beside it and rename it into place, so a reader sees a whole generation or none, and two processes
 building the same generation at once each leave a whole one there.
+
+A new generation may be built from the previous one (`previous_shared`): the writer maps the previous files and
+writes new ones, copying the rows it keeps (`Gathered`) and adding those it read anew. It never writes to a file of
+the previous generation, which readers that still map it keep reading after it is removed. A generation is one
+whole file per array rather than a list of segments, so every reader maps one contiguous matrix (a search is one
+matrix product) and no reader ever concatenates.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import secrets
@@ -25,8 +32,9 @@ import tempfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -64,9 +72,57 @@ class MatrixKey:
 
 
 @dataclass(frozen=True)
+class Gathered:
+    """An array to write as rows of another (`source`, a mapped file say) and new rows, without holding it whole
+    in memory: row i is source[taken[i]] where taken[i] >= 0, else the next row of `fresh`."""
+
+    source: np.ndarray
+    taken: np.ndarray  # int64 (N,)
+    fresh: np.ndarray  # (number of -1 in taken, *source.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.source.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.taken), *self.source.shape[1:])
+
+    def runs(self) -> Iterator[np.ndarray]:
+        """The rows in order, as slices: each run of consecutive source rows is one (a batch added to a large
+        matrix leaves few), each new row another."""
+        kept = self.taken >= 0
+        continues = np.zeros(len(kept), bool)
+        continues[1:] = kept[1:] & kept[:-1] & (np.diff(self.taken) == 1)
+        bounds, fresh = np.append(np.flatnonzero(~continues), len(kept)).tolist(), 0
+        for start, stop in itertools.pairwise(bounds):
+            if kept[start]:
+                first = int(self.taken[start])
+                yield self.source[first:first + stop - start]
+            else:
+                yield self.fresh[fresh:fresh + 1]
+                fresh += 1
+
+    def write_to(self, file: BinaryIO) -> None:
+        """Write the array as a `.npy` file: written rather than mapped, as a new mapped file's page faults cost
+        several times the copy."""
+        header = {"descr": self.dtype.str, "fortran_order": False, "shape": self.shape}
+        np.lib.format.write_array_header_1_0(file, header)
+        file.writelines(np.ascontiguousarray(rows, self.dtype).data for rows in self.runs())
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = np.concatenate(list(self.runs())) if len(self.taken) else np.empty(self.shape, self.dtype)
+        return out if dtype is None else out.astype(dtype)
+
+
+@dataclass(frozen=True)
 class SharedContent:
-    arrays: dict[str, np.ndarray]  # read-only views of the mapped files when read back
+    arrays: dict[str, np.ndarray | Gathered]  # read-only views of the mapped files when read back
     document: dict  # anything JSON can hold
+
+    def in_memory(self) -> SharedContent:
+        """The content with every Gathered array made."""
+        return SharedContent({name: np.asarray(array) for name, array in self.arrays.items()}, self.document)
 
 
 def read_shared(folder: Path, key: MatrixKey) -> SharedContent | None:
@@ -89,6 +145,21 @@ def read_shared(folder: Path, key: MatrixKey) -> SharedContent | None:
     return SharedContent(arrays, document)
 
 
+def previous_shared(folder: Path, key: MatrixKey) -> tuple[int, SharedContent] | None:
+    """The newest valid generation of `key`'s dataset older than `key`'s, and its number; None when there is none
+    (a reader may still map it while a new one is built from it: nothing here writes to it)."""
+    older = []
+    for path in Path(folder).glob(f"{key.database}-{key.dataset_id}-g*"):
+        number = path.name.rpartition("-g")[2]
+        if number.isdigit() and int(number) < key.generation:
+            older.append(int(number))
+    for generation in sorted(older, reverse=True):
+        found = read_shared(folder, replace(key, generation=generation))
+        if found is not None:
+            return generation, found
+    return None
+
+
 @contextmanager
 def one_builder(folder: Path, key: MatrixKey) -> Iterator[None]:
     """Held by one process at a time per dataset (an advisory lock on a file in `folder`): processes that find no
@@ -106,7 +177,8 @@ def one_builder(folder: Path, key: MatrixKey) -> Iterator[None]:
 def write_shared(folder: Path, key: MatrixKey, content: SharedContent) -> None:
     """Write `key`'s generation (a temporary folder renamed into place) and remove older generations."""
     folder = Path(folder)
-    arrays = {name: np.ascontiguousarray(array) for name, array in content.arrays.items()}
+    arrays = {name: array if isinstance(array, Gathered) else np.ascontiguousarray(array)
+              for name, array in content.arrays.items()}
     for name, array in arrays.items():
         if not name.isidentifier() or array.dtype.str not in DTYPES:
             raise ValueError(f"cannot share array {name!r} of dtype {array.dtype} and shape {array.shape}")
@@ -118,7 +190,11 @@ def write_shared(folder: Path, key: MatrixKey, content: SharedContent) -> None:
     temporary = Path(tempfile.mkdtemp(dir=folder, prefix=f".{key.folder_name}.", suffix=".tmp"))
     try:
         for name, array in arrays.items():
-            np.save(temporary / f"{name}.npy", array, allow_pickle=False)
+            if isinstance(array, Gathered):
+                with open(temporary / f"{name}.npy", "wb") as file:
+                    array.write_to(file)
+            else:
+                np.save(temporary / f"{name}.npy", array, allow_pickle=False)
         (temporary / DOCUMENT).write_bytes(document)
         (temporary / MANIFEST).write_text(json.dumps(manifest))
         _put_in_place(temporary, folder, key)

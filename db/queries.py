@@ -69,6 +69,20 @@ class DatasetEmbeddings:
     labels: list[str | None]
     sizes: np.ndarray  # int32 (N, 2): width and height
     embeddings: np.ndarray  # float32 (N, D)
+    content_hashes: list[str]
+
+
+@dataclass(frozen=True)
+class DatasetImageFacts:
+    """A dataset's images in relative-path order, without their embeddings: what tells a new generation's rows
+    from the previous one's (an embedding is derived from its image's content, so the content hash tells whether
+    it changed)."""
+
+    image_ids: np.ndarray  # int64 (N,)
+    relpaths: list[str]
+    labels: list[str | None]
+    sizes: np.ndarray  # int32 (N, 2): width and height
+    content_hashes: list[str]
 
 
 @dataclass(frozen=True)
@@ -187,11 +201,11 @@ def read_embeddings(session: Session, dataset: Dataset) -> DatasetEmbeddings:
     """
     dim = dataset.embed_dim
     expected = (np.dtype(EMBEDDING_DTYPE).str, str(dim), dim * np.dtype(EMBEDDING_DTYPE).itemsize)
-    statement = (select(Image.id, Image.relpath, Image.label, Image.width, Image.height, Embedding.data,
-                        Embedding.dtype, Embedding.shape)
+    statement = (select(Image.id, Image.relpath, Image.label, Image.width, Image.height, Image.content_hash,
+                        Embedding.data, Embedding.dtype, Embedding.shape)
                  .join(Embedding, Embedding.image_id == Image.id).where(Image.dataset_id == dataset.id)
                  .order_by(Image.relpath).execution_options(yield_per=READ_BATCH))
-    ids, relpaths, labels, sizes, matrix = [], [], [], [], bytearray()
+    ids, relpaths, labels, sizes, hashes, matrix = [], [], [], [], [], bytearray()
     for rows in session.execute(statement).partitions():
         for row in rows:
             if (row.dtype, row.shape, len(row.data)) != expected:
@@ -200,10 +214,39 @@ def read_embeddings(session: Session, dataset: Dataset) -> DatasetEmbeddings:
         relpaths += [row.relpath for row in rows]
         labels += [row.label for row in rows]
         sizes += [(row.width, row.height) for row in rows]
+        hashes += [row.content_hash for row in rows]
         matrix += b"".join(row.data for row in rows)
     embeddings = np.frombuffer(matrix, EMBEDDING_DTYPE).reshape(-1, dim).astype(np.float32, copy=False)
     return DatasetEmbeddings(np.array(ids, np.int64), relpaths, labels, np.array(sizes, np.int32).reshape(-1, 2),
-                             embeddings)
+                             embeddings, hashes)
+
+
+def image_facts(session: Session, dataset: Dataset) -> DatasetImageFacts:
+    """Every image of a dataset in relative-path order (the order of read_embeddings), in one statement."""
+    statement = (select(Image.id, Image.relpath, Image.label, Image.width, Image.height, Image.content_hash)
+                 .where(Image.dataset_id == dataset.id).order_by(Image.relpath))
+    rows = session.connection().execute(statement).all()  # as plain rows: the ORM's result handling doubles the time
+    ids, relpaths, labels, widths, heights, hashes = zip(*rows) if rows else ((),) * 6
+    return DatasetImageFacts(np.array(ids, np.int64), list(relpaths), list(labels),
+                             np.array([widths, heights], np.int32).T.reshape(-1, 2), list(hashes))
+
+
+def embeddings_of(session: Session, dataset: Dataset, image_ids: Sequence[int]) -> np.ndarray | None:
+    """The embeddings (len(image_ids), D) float32 of these images of the dataset, in their order, checked as
+    read_embeddings checks them; None when one of them has none (removed since the caller looked, say)."""
+    found: dict[int, np.ndarray] = {}
+    wanted = [int(image_id) for image_id in image_ids]
+    for start in range(0, len(wanted), GRID_BATCH_IDS):
+        chunk = wanted[start:start + GRID_BATCH_IDS]
+        statement = (select(Embedding.image_id, Embedding.data, Embedding.dtype, Embedding.shape)
+                     .join(Image, Image.id == Embedding.image_id)
+                     .where(Image.dataset_id == dataset.id, Embedding.image_id.in_(chunk)))
+        for row in session.execute(statement):
+            found[row.image_id] = decode_array(row.data, row.dtype, row.shape, expected_dtype=EMBEDDING_DTYPE,
+                                               expected_shape=(dataset.embed_dim,))
+    if len(found) != len(set(wanted)):
+        return None
+    return np.array([found[image_id] for image_id in wanted], np.float32).reshape(-1, dataset.embed_dim)
 
 
 def load_embeddings(session: Session, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:

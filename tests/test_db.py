@@ -16,7 +16,9 @@ from sqlalchemy.exc import InternalError
 from db.arrays import decode_array, encode_array
 from db.engine import display_url, open_database, resolve_url
 from db.errors import CorruptArray, DatabaseNotFound, DatabaseUnreachable, NotADinoscopeDatabase, SchemaMismatch
+from db.queries import dataset_by_name, embeddings_of, image_facts, read_embeddings
 from db.schema import SCHEMA_VERSION, Dataset, SchemaInfo
+from indexer.synthetic import write_synthetic_dataset
 
 
 def _dataset(name: str) -> Dataset:
@@ -216,3 +218,24 @@ def test_after_a_checkpoint_the_database_file_alone_holds_every_commit(tmp_path)
     shutil.copyfile(tmp_path / "index.db", tmp_path / "copy.db")  # the -wal file stays behind
     with open_database(str(tmp_path / "copy.db"), readonly=True).session() as session:
         assert session.scalars(select(Dataset.name)).all() == ["kept"]
+
+
+def test_image_facts_and_chosen_embeddings_match_the_whole_read(db_url):
+    database = open_database(db_url)
+    write_synthetic_dataset(database, "first", 40, dim=16, clusters=3)
+    write_synthetic_dataset(database, "second", 5, dim=16, clusters=2, seed=1)
+    with database.session() as session:
+        first, second = dataset_by_name(session, "first"), dataset_by_name(session, "second")
+        whole = read_embeddings(session, first)
+        facts = image_facts(session, first)
+        np.testing.assert_array_equal(facts.image_ids, whole.image_ids)  # in relative-path order
+        assert (facts.relpaths, facts.labels, facts.content_hashes) == (whole.relpaths, whole.labels,
+                                                                        whole.content_hashes)
+        np.testing.assert_array_equal(facts.sizes, whole.sizes)
+        assert facts.relpaths == sorted(facts.relpaths) and len(set(facts.content_hashes)) == 40
+        chosen = whole.image_ids[[7, 2, 30]]
+        np.testing.assert_array_equal(embeddings_of(session, first, chosen), whole.embeddings[[7, 2, 30]])
+        assert embeddings_of(session, first, []).shape == (0, 16)
+        other = read_embeddings(session, second).image_ids[0]
+        assert embeddings_of(session, first, [int(chosen[0]), int(other)]) is None  # not an image of `first`
+        assert len(image_facts(session, second).image_ids) == 5

@@ -54,6 +54,33 @@ def pca_components(embeddings: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarr
     Returns coordinates (N, n) float32 and the explained variance ratio (n,); n is clamped to min(N, D). Exact
     (no randomised solver), so the first components do not depend on n.
     """
+    coordinates, ratio, _ = pca_fit(embeddings, n)
+    return coordinates, ratio
+
+
+@dataclass(frozen=True)
+class PcaBasis:
+    """The principal axes of L2-normalised embeddings, to place other rows on them: the fitted rows' mean (D,),
+    the axes (n, D), and the share of the fitted rows' variance that the axes keep."""
+
+    mean: np.ndarray
+    axes: np.ndarray
+    kept: float
+
+    def coordinates(self, embeddings: np.ndarray) -> np.ndarray:
+        """Rows' coordinates on the axes (N, n) float32, as pca_fit gives them for the rows it fitted."""
+        return ((normalize_rows(embeddings) - self.mean) @ self.axes.T).astype(np.float32)
+
+    def kept_of(self, embeddings: np.ndarray) -> float:
+        """The share of these rows' squared distances from the fitted mean that the axes keep (1 for no spread)."""
+        centred = normalize_rows(embeddings) - self.mean
+        total = float(np.einsum("ij,ij->", centred, centred))
+        on_axes = centred @ self.axes.T
+        return float(np.einsum("ij,ij->", on_axes, on_axes)) / total if total > 0 else 1.0
+
+
+def pca_fit(embeddings: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, PcaBasis]:
+    """pca_components's coordinates and explained variance ratio, with the basis they are on."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     return _pca(normalize_rows(embeddings), n)
@@ -112,11 +139,13 @@ def warm_up() -> None:
     project(points, "tsne", perplexity=2)
 
 
-def _pca(vectors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _pca(vectors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, PcaBasis]:
     """PCA of `vectors`, a matrix this function may overwrite."""
     n = min(n, *vectors.shape)
     if len(vectors) < 2:  # a single point has no variance to explain
-        return np.zeros((len(vectors), n), np.float32), np.zeros(n)
+        basis = PcaBasis(vectors.mean(axis=0) if len(vectors) else np.zeros(vectors.shape[1], np.float32),
+                         np.zeros((n, vectors.shape[1]), np.float32), 0.0)
+        return np.zeros((len(vectors), n), np.float32), np.zeros(n), basis
     # Exact solvers: with many more images than dimensions the D x D covariance is the fast way (about 1 s for
     # 100,000 x 768); copy=False centres in place instead of copying the matrix once more.
     solver = "covariance_eigh" if len(vectors) >= vectors.shape[1] else "full"
@@ -124,7 +153,8 @@ def _pca(vectors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(invalid="ignore", divide="ignore"):  # identical rows: zero total variance
         coordinates = pca.fit_transform(vectors)
         ratio = np.nan_to_num(pca.explained_variance_ratio_)
-    return coordinates.astype(np.float32), ratio
+    basis = PcaBasis(pca.mean_.astype(np.float32), pca.components_.astype(np.float32), float(ratio.sum()))
+    return coordinates.astype(np.float32), ratio, basis
 
 
 # Both methods use euclidean distance: on unit vectors it orders neighbours as cosine does, and after the
