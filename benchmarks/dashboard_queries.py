@@ -31,6 +31,7 @@ import numpy as np
 import psutil
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from threadpoolctl import threadpool_limits
 
 from dashboard.analysis.duplicates import duplicate_groups, duplicate_pass
 from dashboard.analysis.projection import REDUCED_DIMENSIONS, pca_components, project
@@ -138,6 +139,11 @@ def main() -> None:
     parser.add_argument("--umap", action="store_true", help="time a UMAP")
     parser.add_argument("--duplicates-only", action="store_true",
                         help="open the dataset and time only the near-duplicate pass (and check it)")
+    parser.add_argument("--duplicates-screen", choices=("auto", "bfloat16", "float32"), default="auto",
+                        help="the pass's screen precision (auto: bf16 where the CPU has it natively)")
+    parser.add_argument("--duplicates-threads", type=int,
+                        help="threads for the pass, as the job server gives a job: cores / quick-lane slots "
+                             "(default: all)")
     parser.add_argument("--selection", action="store_true",
                         help="time a selection of 5,000 images (stored, loaded, shown, exported) and the trust in "
                              "the PCA projection (neighbourhood preservation and trustworthiness on their samples)")
@@ -164,7 +170,8 @@ def main() -> None:
             rows += answers(view, dash, args)
             if args.selection:
                 rows += selection_answers(view, dash, args.repeats)
-        rows += _in_fresh_process(context, _duplicates_in_fresh_process, url, str(cache_dir), args.dataset)
+        rows += _in_fresh_process(context, _duplicates_in_fresh_process, url, str(cache_dir), args.dataset,
+                                  args.duplicates_screen, args.duplicates_threads)
         if not args.duplicates_only:
             rows += memory(context, url, cache_dir, args.dataset, args.workers)
         shared = sum(path.stat().st_size for path in (cache_dir / "matrices").glob("*-g*/*.npy"))
@@ -225,14 +232,18 @@ PLANTED = 500  # near-copies planted to measure what the duplicates pass finds o
 CHECKED = 1_000  # images whose every pair the benchmark compares itself, to check the pass
 
 
-def _duplicates_in_fresh_process(url: str, cache_dir: str, dataset: str, queue) -> None:
+def _duplicates_in_fresh_process(url: str, cache_dir: str, dataset: str, screen: str, threads: int | None,
+                                 queue) -> None:
     """The near-duplicate pass as the background job runs it (its own process: the peak memory is the pass's and
-    the opening's), checked against every pair of a sample, then run again with PLANTED near-copies."""
+    the opening's; `threads`: the job's limit), checked against every pair of a sample, then run again with PLANTED
+    near-copies."""
+    if threads:
+        threadpool_limits(threads)
     view = DatasetStore(url, Path(cache_dir)).view(dataset)
     started = time.perf_counter()
-    found = duplicate_pass(view.embeddings, LOWEST, norms=view.norms)
+    found = duplicate_pass(view.embeddings, LOWEST, norms=view.norms, precision=screen)
     elapsed, peak = time.perf_counter() - started, _peak_rss()
-    rows = [(f"duplicates pass, exact, {found.screen} screen (a background job, once)", _s(elapsed)),
+    rows = [(f"duplicates pass, exact, {found.screen} screen, {threads or 'all'} threads (a job, once)", _s(elapsed)),
             ("  its peak RSS (with the opened dataset)", f"{peak / MIB:.0f} MiB"),
             ("regroup at threshold 0.95 (cached forest)", _s(median_s(lambda: duplicate_groups(found, 0.95), 3)))]
     unit = np.asarray(view.embeddings, np.float32) / view.norms[:, None]
@@ -256,7 +267,7 @@ def _duplicates_in_fresh_process(url: str, cache_dir: str, dataset: str, queue) 
     scale = np.linalg.norm(embeddings[originals], axis=1, keepdims=True) / np.sqrt(embeddings.shape[1])
     embeddings[copies] = embeddings[originals] + 0.25 * scale * rng.standard_normal((planted_count,
                                                                                      embeddings.shape[1]))
-    planted = duplicate_pass(embeddings, LOWEST)
+    planted = duplicate_pass(embeddings, LOWEST, precision=screen)
     cosines = np.einsum("ij,ij->i", embeddings[originals], embeddings[copies]) / (
         np.linalg.norm(embeddings[originals], axis=1) * np.linalg.norm(embeddings[copies], axis=1))
     # A planted pair is found when it is in one group at its own similarity: no chain of less similar pairs helps.

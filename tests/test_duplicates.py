@@ -117,6 +117,24 @@ def test_pairs_just_above_the_lowest_threshold_are_all_found_through_the_bf16_sc
     np.testing.assert_allclose(found.similarity, (1_017 - 2 * 76) / 1_017, atol=1e-5)
 
 
+def test_the_bf16_screen_uses_as_many_threads_as_numpys_blas_may_and_restores_torchs():
+    """As in a background job: numpy's BLAS limited to the job's share of the cores (2), torch at the job server's
+    one thread (OMP_NUM_THREADS=1, read when torch is imported inside the job)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before, seen = torch.get_num_threads(), set()
+    embeddings = _planted(count=200)
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(2, user_api="blas"):
+            duplicate_pass(embeddings, LOWEST, precision="bfloat16", rows=64, columns=128,
+                           progress=lambda _stage: seen.add(torch.get_num_threads()))
+        assert seen == {2} and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_crowded_block_keeps_each_images_most_similar_pairs_and_says_so():
     """40 near-copies of one picture among 60 other images, 4 pairs kept per image of a crowded tile."""
     rng = np.random.default_rng(3)

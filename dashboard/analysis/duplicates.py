@@ -28,6 +28,7 @@ low threshold may be split.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,48 +82,61 @@ def duplicate_pass(embeddings: np.ndarray, lowest: float, *, norms: np.ndarray |
     norms = row_norms(embeddings) if norms is None else np.asarray(norms, np.float32)
     if precision == "auto":
         precision = "bfloat16" if count > BF16_FROM and _native_bf16() else "float32"
-    screen = _Screen(embeddings, norms, precision)
-    floor = lowest - ROUNDING - screen.error
-    screened = np.full(count, -np.inf, np.float32)  # the screen's nearest similarity
-    exact = np.full(count, -np.inf, np.float32)  # the highest float32 similarity compared
-    crowded = np.zeros(count, bool)
-    forest = _Forest(count)
-    triangle = np.tril(np.ones((rows, rows), bool))
-    for top in range(0, count, rows):
-        report(f"comparing pairs: {1 - ((count - top) / count) ** 2:.0%} done")
-        bottom = min(top + rows, count)
-        for left in range(top, count, columns):
-            right = min(left + columns, count)
-            tile = screen.tile(slice(top, bottom), slice(left, right))
-            diagonal = triangle[:bottom - top, :bottom - top] if left == top else None
-            if diagonal is not None:  # an image is not its own neighbour, and each pair counts once
-                tile[:, :bottom - top][diagonal] = screen.masked
-            row_best, column_best = screen.maxima(tile, 1), screen.maxima(tile, 0)
-            np.maximum(screened[top:bottom], row_best, out=screened[top:bottom])
-            np.maximum(screened[left:right], column_best, out=screened[left:right])
-            hit_rows = np.flatnonzero(row_best >= floor)
-            passed = tile[hit_rows] >= screen.key(floor)
-            if np.count_nonzero(passed) > keep * (bottom - top):
-                exact_tile = screen.exact_tile(tile, embeddings, norms, slice(top, bottom), slice(left, right))
-                if diagonal is not None:
-                    exact_tile[:, :bottom - top][diagonal] = MASKED
-                first, second, similarity = _crowded_pairs(exact_tile, top, left, lowest, keep, crowded)
-                np.maximum(exact[top:bottom], exact_tile.max(axis=1), out=exact[top:bottom])
-                np.maximum(exact[left:right], exact_tile.max(axis=0), out=exact[left:right])
-            else:
-                i, j = np.nonzero(passed)
-                first, second = top + hit_rows[i], left + j
-                similarity = _cosines(embeddings, norms, first, second)
-                np.maximum.at(exact, first, similarity)
-                np.maximum.at(exact, second, similarity)
-            chosen = similarity >= lowest - ROUNDING
-            forest.add(first[chosen], second[chosen], similarity[chosen])
-    first, second, similarity = forest.pairs()
+    with _torch_threads_as_blas() if precision == "bfloat16" else nullcontext():
+        comparison = _Comparison(embeddings, norms, _Screen(embeddings, norms, precision), lowest, keep, rows)
+        for top in range(0, count, rows):
+            report(f"comparing pairs: {1 - ((count - top) / count) ** 2:.0%} done")
+            for left in range(top, count, columns):
+                comparison.tile(slice(top, min(top + rows, count)), slice(left, min(left + columns, count)))
+    first, second, similarity = comparison.forest.pairs()
     below = np.nextafter(np.float32(lowest - ROUNDING), np.float32(-np.inf))
-    nearest = np.where(exact >= lowest - ROUNDING, exact, np.minimum(screened, below))
+    nearest = np.where(comparison.exact >= lowest - ROUNDING, comparison.exact, np.minimum(comparison.screened, below))
     nearest[~np.isfinite(nearest)] = np.nan
     return DuplicatePass(nearest.astype(np.float32), first, second, similarity, float(lowest), precision, keep,
-                         int(crowded.sum()))
+                         int(comparison.crowded.sum()))
+
+
+class _Comparison:
+    """What the tiles found so far: every image's nearest similarity on the screen and compared in float32, the
+    images of crowded tiles, and the forest of the pairs at `lowest` or above."""
+
+    def __init__(self, embeddings: np.ndarray, norms: np.ndarray, screen: _Screen, lowest: float, keep: int,
+                 rows: int):
+        self.embeddings, self.norms, self.screen, self.lowest, self.keep = embeddings, norms, screen, lowest, keep
+        self.floor = lowest - ROUNDING - screen.error  # a pair at `lowest` or above screens at this or above
+        self.screened = np.full(len(norms), -np.inf, np.float32)
+        self.exact = np.full(len(norms), -np.inf, np.float32)
+        self.crowded = np.zeros(len(norms), bool)
+        self.forest = _Forest(len(norms))
+        self.triangle = np.tril(np.ones((rows, rows), bool))
+
+    def tile(self, rows: slice, columns: slice) -> None:
+        screen, size = self.screen, rows.stop - rows.start
+        tile = screen.tile(rows, columns)
+        diagonal = self.triangle[:size, :size] if columns.start == rows.start else None
+        if diagonal is not None:  # an image is not its own neighbour, and each pair counts once
+            tile[:, :size][diagonal] = screen.masked
+        row_best, column_best = screen.maxima(tile, 1), screen.maxima(tile, 0)
+        np.maximum(self.screened[rows], row_best, out=self.screened[rows])
+        np.maximum(self.screened[columns], column_best, out=self.screened[columns])
+        hit_rows = np.flatnonzero(row_best >= self.floor)
+        passed = tile[hit_rows] >= screen.key(self.floor)
+        if np.count_nonzero(passed) > self.keep * size:
+            exact_tile = screen.exact_tile(tile, self.embeddings, self.norms, rows, columns)
+            if diagonal is not None:
+                exact_tile[:, :size][diagonal] = MASKED
+            first, second, similarity = _crowded_pairs(exact_tile, rows.start, columns.start, self.lowest,
+                                                       self.keep, self.crowded)
+            np.maximum(self.exact[rows], exact_tile.max(axis=1), out=self.exact[rows])
+            np.maximum(self.exact[columns], exact_tile.max(axis=0), out=self.exact[columns])
+        else:
+            i, j = np.nonzero(passed)
+            first, second = rows.start + hit_rows[i], columns.start + j
+            similarity = _cosines(self.embeddings, self.norms, first, second)
+            np.maximum.at(self.exact, first, similarity)
+            np.maximum.at(self.exact, second, similarity)
+        chosen = similarity >= self.lowest - ROUNDING
+        self.forest.add(first[chosen], second[chosen], similarity[chosen])
 
 
 def _native_bf16() -> bool:
@@ -133,6 +147,22 @@ def _native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@contextmanager
+def _torch_threads_as_blas():
+    """torch's threads while the pass runs: as many as numpy's BLAS may use (a background job sets that limit, where
+    a torch imported inside the job would keep the job server's one thread), restored after."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max((lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"),
+                              default=before))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class _Screen:
