@@ -243,7 +243,8 @@ def _duplicates_in_fresh_process(url: str, cache_dir: str, dataset: str, screen:
     started = time.perf_counter()
     found = duplicate_pass(view.embeddings, LOWEST, norms=view.norms, precision=screen)
     elapsed, peak = time.perf_counter() - started, _peak_rss()
-    rows = [(f"duplicates pass, exact, {found.screen} screen, {threads or 'all'} threads (a job, once)", _s(elapsed)),
+    cores = f"{threads} thread{'s' if threads != 1 else ''}" if threads else "all threads"
+    rows = [(f"duplicates pass, exact, {found.screen} screen, {cores} (a job, once)", _s(elapsed)),
             ("  its peak RSS (with the opened dataset)", f"{peak / MIB:.0f} MiB"),
             ("regroup at threshold 0.95 (cached forest)", _s(median_s(lambda: duplicate_groups(found, 0.95), 3)))]
     unit = np.asarray(view.embeddings, np.float32) / view.norms[:, None]
