@@ -4,12 +4,15 @@
     python benchmarks/dashboard_queries.py --db /tmp/bench.db --dataset bench [--tsne] [--umap]
     python benchmarks/dashboard_queries.py --synthetic 10000               # writes a fresh one first
     python benchmarks/dashboard_queries.py --db /tmp/bench.db --dataset bench --selection   # selections, trust
+    python benchmarks/dashboard_queries.py --db /tmp/bench.db --dataset bench --duplicates-only   # that pass alone
 
 Opening is timed in fresh processes (imports done first): once with no shared matrix in the cache folder (the
 first process of a generation builds it from the database), once with it there (later processes map its files),
 and again in the same process. The answers are timed with the files mapped, each the median of --repeats runs of
 what the page callbacks do; the gallery page and the scatter go through Dash's callback route (Flask test client),
-JSON encoding included. t-SNE and UMAP (background jobs in the dashboard) run once each when asked for. Memory:
+JSON encoding included. t-SNE and UMAP (background jobs in the dashboard) run once each when asked for, the
+near-duplicate pass always, in a process of its own (its peak memory), checked against every pair of a sample and
+on planted near-copies. Memory:
 --workers processes open the dataset and answer the same requests, then psutil reads each one's resident set (RSS),
 its unique memory (USS) and its proportional share (PSS) while all of them are alive.
 """
@@ -26,8 +29,11 @@ from pathlib import Path
 import diskcache
 import numpy as np
 import psutil
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from threadpoolctl import threadpool_limits
 
-from dashboard.analysis.duplicates import duplicate_groups, duplicate_pass, recall
+from dashboard.analysis.duplicates import duplicate_groups, duplicate_pass
 from dashboard.analysis.projection import REDUCED_DIMENSIONS, pca_components, project
 from dashboard.app import create_app
 from dashboard.clustering_view import (
@@ -131,6 +137,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="processes for the memory measurement")
     parser.add_argument("--tsne", action="store_true", help="time a t-SNE (slow at 100,000 images)")
     parser.add_argument("--umap", action="store_true", help="time a UMAP")
+    parser.add_argument("--duplicates-only", action="store_true",
+                        help="open the dataset and time only the near-duplicate pass (and check it)")
+    parser.add_argument("--duplicates-screen", choices=("auto", "bfloat16", "float32"), default="auto",
+                        help="the pass's screen precision (auto: bf16 where the CPU has it natively)")
+    parser.add_argument("--duplicates-threads", type=int,
+                        help="threads for the pass, as the job server gives a job: cores / quick-lane slots "
+                             "(default: all)")
     parser.add_argument("--selection", action="store_true",
                         help="time a selection of 5,000 images (stored, loaded, shown, exported) and the trust in "
                              "the PCA projection (neighbourhood preservation and trustworthiness on their samples)")
@@ -152,11 +165,15 @@ def main() -> None:
                  ("open, fresh process, shared matrix present (maps it)", _s(mapped)),
                  ("open again in the same process", _s(again))]
         view = DatasetStore(url, cache_dir).view(args.dataset)
-        dash = Dash(url, cache_dir)
-        rows += answers(view, dash, args)
-        if args.selection:
-            rows += selection_answers(view, dash, args.repeats)
-        rows += memory(context, url, cache_dir, args.dataset, args.workers)
+        if not args.duplicates_only:
+            dash = Dash(url, cache_dir)
+            rows += answers(view, dash, args)
+            if args.selection:
+                rows += selection_answers(view, dash, args.repeats)
+        rows += _in_fresh_process(context, _duplicates_in_fresh_process, url, str(cache_dir), args.dataset,
+                                  args.duplicates_screen, args.duplicates_threads)
+        if not args.duplicates_only:
+            rows += memory(context, url, cache_dir, args.dataset, args.workers)
         shared = sum(path.stat().st_size for path in (cache_dir / "matrices").glob("*-g*/*.npy"))
         rows.append(("shared matrix files (mapped by every worker)", f"{shared / MIB:.0f} MiB"))
     print(f"{view.name}: {len(view):,} images x {view.embeddings.shape[1]} dimensions; "
@@ -203,7 +220,6 @@ def answers(view: DatasetView, dash: Dash, args) -> list[tuple[str, str]]:
     rows.append((f"scatter, K-Means k=20 (callback route, {len(body) / MIB:.1f} MiB JSON)",
                  _s(median_s(lambda: dash.call("..clustering-scatter.figure", scatter, "clustering-shown.data"),
                              repeats))))
-    rows += duplicates(view)
     for method, wanted in (("tsne", args.tsne), ("umap", args.umap)):
         if wanted:
             started = time.perf_counter()
@@ -213,30 +229,64 @@ def answers(view: DatasetView, dash: Dash, args) -> list[tuple[str, str]]:
 
 
 PLANTED = 500  # near-copies planted to measure what the duplicates pass finds of them
+CHECKED = 1_000  # images whose every pair the benchmark compares itself, to check the pass
 
 
-def duplicates(view: DatasetView) -> list[tuple[str, str]]:
-    """The near-duplicate pass (a background job, once per generation), regrouping at a threshold, and what it finds:
-    of the dataset's own pairs and nearest neighbours on a sample, and of PLANTED near-copies (cosine about 0.97)."""
+def _duplicates_in_fresh_process(url: str, cache_dir: str, dataset: str, screen: str, threads: int | None,
+                                 queue) -> None:
+    """The near-duplicate pass as the background job runs it (its own process: the peak memory is the pass's and
+    the opening's; `threads`: the job's limit), checked against every pair of a sample, then run again with PLANTED
+    near-copies."""
+    if threads:
+        threadpool_limits(threads)
+    view = DatasetStore(url, Path(cache_dir)).view(dataset)
     started = time.perf_counter()
-    found = duplicate_pass(view.embeddings, view.reduced, LOWEST)
-    rows = [(f"duplicates pass, {found.cells} cells (a background job, once)", _s(time.perf_counter() - started)),
-            ("regroup at threshold 0.95 (cached pairs)", _s(median_s(lambda: duplicate_groups(found, 0.95), 3)))]
-    measured = recall(view.embeddings, found)
-    rows.append((f"  found of {measured.sampled} images' exact nearest neighbours / pairs >= {LOWEST}",
-                 f"{measured.nearest:.0%} / {measured.pairs_found} of {measured.pairs}"))
+    found = duplicate_pass(view.embeddings, LOWEST, norms=view.norms, precision=screen)
+    elapsed, peak = time.perf_counter() - started, _peak_rss()
+    cores = f"{threads} thread{'s' if threads != 1 else ''}" if threads else "all threads"
+    rows = [(f"duplicates pass, exact, {found.screen} screen, {cores} (a job, once)", _s(elapsed)),
+            ("  its peak RSS (with the opened dataset)", f"{peak / MIB:.0f} MiB"),
+            ("regroup at threshold 0.95 (cached forest)", _s(median_s(lambda: duplicate_groups(found, 0.95), 3)))]
+    unit = np.asarray(view.embeddings, np.float32) / view.norms[:, None]
+    sample = np.random.default_rng(0).choice(len(view), CHECKED, replace=False)
+    scores = unit[sample] @ unit.T
+    scores[np.arange(CHECKED), sample] = -np.inf
+    labels = _labels(found, LOWEST)
+    i, j = np.nonzero(scores >= LOWEST)
+    joined = int(np.sum(labels[sample[i]] == labels[j]))
+    best = scores.max(axis=1)
+    close = best >= LOWEST
+    error = np.abs(found.nearest_similarity[sample] - best)
+    rows.append((f"  checked on {CHECKED:,} images against all: pairs >= {LOWEST} in one group",
+                 f"{joined} of {len(i)}"))
+    rows.append((f"  nearest similarity, largest error: >= {LOWEST} ({close.sum()}) / below",
+                 f"{error[close].max(initial=0):.1e} / {error[~close].max(initial=0):.1e}"))
     rng, planted_count = np.random.default_rng(1), min(PLANTED, len(view) // 2)
     originals = rng.choice(len(view), planted_count, replace=False)
     copies = rng.choice(np.setdiff1d(np.arange(len(view)), originals), planted_count, replace=False)
     embeddings = np.array(view.embeddings)
     scale = np.linalg.norm(embeddings[originals], axis=1, keepdims=True) / np.sqrt(embeddings.shape[1])
-    noise = rng.standard_normal((planted_count, embeddings.shape[1]))
-    embeddings[copies] = embeddings[originals] + 0.25 * scale * noise
-    planted = duplicate_pass(embeddings, pca_components(embeddings, REDUCED_DIMENSIONS)[0], LOWEST)
-    known = set(zip(planted.first.tolist(), planted.second.tolist()))
-    hits = sum((min(a, b), max(a, b)) in known for a, b in zip(originals.tolist(), copies.tolist()))
-    rows.append((f"  found of {planted_count} planted near-copies", f"{hits}"))
-    return rows
+    embeddings[copies] = embeddings[originals] + 0.25 * scale * rng.standard_normal((planted_count,
+                                                                                     embeddings.shape[1]))
+    planted = duplicate_pass(embeddings, LOWEST, precision=screen)
+    cosines = np.einsum("ij,ij->i", embeddings[originals], embeddings[copies]) / (
+        np.linalg.norm(embeddings[originals], axis=1) * np.linalg.norm(embeddings[copies], axis=1))
+    # A planted pair is found when it is in one group at its own similarity: no chain of less similar pairs helps.
+    hits = 0
+    for a, b, cosine in zip(originals, copies, cosines - 1e-6):
+        labels = _labels(planted, cosine)
+        hits += int(labels[a] == labels[b])
+    rows.append((f"  found of {planted_count} planted near-copies (cosine {cosines.min():.3f} to {cosines.max():.3f})",
+                 f"{hits}"))
+    queue.put(rows)
+
+
+def _labels(found, threshold: float) -> np.ndarray:
+    """Every image's group (connected component) of the pass's forest at `threshold`."""
+    chosen = found.similarity >= threshold
+    count = len(found.nearest_similarity)
+    graph = coo_matrix((np.ones(chosen.sum()), (found.first[chosen], found.second[chosen])), shape=(count, count))
+    return connected_components(graph, directed=False)[1]
 
 
 SELECTED = 5_000

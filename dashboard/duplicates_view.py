@@ -2,8 +2,8 @@
 of the same model and weights) and near-duplicates (a chain of pairs at the threshold or above), with the histogram
 of every image's nearest-neighbour similarity.
 
-The near-duplicate pass (dashboard.analysis.duplicates) finds the pairs at LOWEST or above once per dataset
-generation and keeps them in the shared results cache; the threshold only regroups them.
+The near-duplicate pass (dashboard.analysis.duplicates) compares every pair of images once per dataset generation and
+keeps a forest of the pairs at LOWEST or above in the shared results cache; the threshold only regroups them.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class ExactGroup:
 
 def pass_key(view: DatasetView) -> str:
     """The pass's key in the shared results cache: a re-index (a new generation) makes a new one."""
-    return f"duplicates/{view.name}/{view.generation}/lowest={LOWEST}"
+    return f"duplicates/{view.name}/{view.generation}/exact/lowest={LOWEST}"
 
 
 def runs_in_background(view: DatasetView) -> bool:
@@ -50,7 +50,17 @@ def runs_in_background(view: DatasetView) -> bool:
 def cached_pass(cache, view: DatasetView, progress: Callable[[str], None] | None = None) -> DuplicatePass:
     """The pass from the shared cache, computed and stored there first if no one has asked for it yet."""
     key = pass_key(view)
-    return computed(cache, key, lambda: duplicate_pass(view.embeddings, view.reduced, LOWEST, progress=progress))
+    return computed(cache, key, lambda: duplicate_pass(view.embeddings, LOWEST, norms=view.norms, progress=progress))
+
+
+def crowding_note(found: DuplicatePass) -> str:
+    """What the pass left out, if anything: said beside the groups."""
+    if not found.crowded:
+        return ""
+    images = f"{found.crowded} image{'s' if found.crowded != 1 else ''}"
+    return (f"{images} had more than {found.keep} near-duplicates at {found.lowest:.2f} or above within one block of "
+            f"the comparison: each kept its {found.keep} most similar of the block, so a group at a low threshold may "
+            "be split.")
 
 
 def same_model(store: DatasetStore, name: str) -> list[str]:

@@ -107,9 +107,9 @@ of pairs at the threshold or above joins them (connected components), so in a la
 similar than the threshold, each close to a third. Where a near-duplicate ends and a merely similar picture begins
 is a choice: look at the groups as you move the threshold.
 
-In a large dataset comparing every pair takes too long, so each image is compared (exactly, on its whole
-embedding) with the images near it on the first 50 principal components: near-copies are near there too, but a
-pair can be missed where the two fall into different regions.
+Every pair of images is compared, so no pair at the threshold or above is missed; in a large dataset a fast,
+rougher first pass picks the pairs to compare exactly. Below 0.85 (where the threshold cannot go) the histogram
+may be off by about 0.01.
 """
 
 COMPARE = _TOKENS + """

@@ -11,13 +11,14 @@ import shutil
 import numpy as np
 import pytest
 from dash.testing.wait import until
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from selenium.webdriver.common.keys import Keys
 
-from dashboard.analysis.duplicates import duplicate_groups, duplicate_pass, recall
-from dashboard.analysis.projection import REDUCED_DIMENSIONS, pca_components
+from dashboard.analysis.duplicates import duplicate_groups, duplicate_pass
 from dashboard.app import create_app
 from dashboard.data import DatasetStore
-from dashboard.duplicates_view import LOWEST, exact_groups, pass_key
+from dashboard.duplicates_view import LOWEST, crowding_note, exact_groups, pass_key
 from dashboard.settings import Settings
 from db.engine import open_database
 from db.mutations import add_images_in_bulk, create_dataset
@@ -27,29 +28,33 @@ from tests.conftest import index_folder
 from tests.images import noise
 
 
-def _planted(count: int = 300, dim: int = 64, seed: int = 0):
-    """Distinct embeddings in clusters, with planted copies: rows 0-2 the same vector (a byte copy's embedding),
-    rows 3 and 4 a near-copy of row 5 (cosine about 0.99), and row 6 one of row 7."""
+def _planted(count: int = 300, dim: int = 64, seed: int = 0, spread: float = 0.8):
+    """Embeddings in clusters (`spread`: the noise around a centre), with planted copies: rows 0-2 the same vector (a
+    byte copy's embedding), rows 3 and 4 a near-copy of row 5 (cosine about 0.99), and row 6 one of row 7."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((10, dim))
-    embeddings = centres[rng.integers(10, size=count)] + 0.8 * rng.standard_normal((count, dim))
+    embeddings = centres[rng.integers(10, size=count)] + spread * rng.standard_normal((count, dim))
     embeddings[1] = embeddings[2] = embeddings[0]
     for copy, original in ((3, 5), (4, 5), (6, 7)):
         embeddings[copy] = embeddings[original] + 0.1 * rng.standard_normal(dim)
     return embeddings.astype(np.float32)
 
 
-@pytest.mark.parametrize("cells", [None, 8])
-def test_planted_copies_and_near_copies_are_grouped_and_distinct_images_are_not(cells):
+def _unit(embeddings):
+    return embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize(("precision", "rows", "columns"), [("float32", 2_048, 16_384), ("bfloat16", 64, 128)])
+def test_planted_copies_and_near_copies_are_grouped_and_distinct_images_are_not(precision, rows, columns):
     embeddings = _planted()
-    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
-    found = duplicate_pass(embeddings, pca_components(embeddings, REDUCED_DIMENSIONS)[0], LOWEST, cells=cells)
+    unit = _unit(embeddings)
+    found = duplicate_pass(embeddings, LOWEST, precision=precision, rows=rows, columns=columns)
     groups = duplicate_groups(found, 0.95)
     assert sorted(sorted(group.rows) for group in groups) == [[0, 1, 2], [3, 4, 5], [6, 7]]
     assert [len(group.rows) for group in groups] == [3, 3, 2]  # the largest first
-    assert found.nearest_similarity[0] == pytest.approx(1.0, abs=1e-5) and found.nearest[0] in (1, 2)
+    assert found.nearest_similarity[0] == pytest.approx(1.0, abs=1e-5)
     assert found.nearest_similarity[6] == pytest.approx(float(unit[6] @ unit[7]), abs=1e-5)
-    # Every reported similarity is the exact cosine of its pair.
+    # Every reported similarity is the float32 cosine of its pair.
     np.testing.assert_allclose(found.similarity, np.einsum("ij,ij->i", unit[found.first], unit[found.second]),
                                atol=1e-5)
     assert (found.first < found.second).all() and (found.similarity >= LOWEST - 1e-6).all()
@@ -58,14 +63,93 @@ def test_planted_copies_and_near_copies_are_grouped_and_distinct_images_are_not(
     assert [sorted(group.rows) for group in exact_only] == [[0, 1, 2]]
 
 
-def test_the_pass_over_cells_finds_every_pair_above_the_lowest_threshold_of_clustered_data():
-    """Compared with every pair: all pairs at LOWEST or above are found; a nearest neighbour in another cell can be
-    missed (the pass then reports a lower similarity, never a higher one)."""
-    embeddings = _planted(count=2_000)
-    found = duplicate_pass(embeddings, pca_components(embeddings, REDUCED_DIMENSIONS)[0], LOWEST, cells=40)
-    measured = recall(embeddings, found, sample=2_000)
-    assert found.cells == 40 and measured.pairs == measured.pairs_found >= 4
-    assert measured.nearest > 0.7
+def _components(unit: np.ndarray, threshold: float) -> list[list[int]]:
+    """The groups that comparing every pair makes: connected components of the pairs at `threshold` or above."""
+    first, second = np.nonzero(np.triu(unit @ unit.T >= threshold - 1e-6, 1))
+    graph = coo_matrix((np.ones(len(first)), (first, second)), shape=(len(unit),) * 2)
+    labels = connected_components(graph, directed=False)[1]
+    groups: dict[int, list[int]] = {}
+    for row in sorted(set(first.tolist()) | set(second.tolist())):
+        groups.setdefault(labels[row], []).append(row)
+    return sorted(groups.values())
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_the_pass_finds_what_comparing_every_pair_finds(precision, monkeypatch):
+    """Clusters whose pairs lie around the lowest threshold (about 8,000 pairs at 0.85 or above), copies and
+    near-copies planted far apart in the row order; tiles of 64 x 200 rows, so pairs cross many tile borders, and a
+    forest reduced whenever 500 pairs wait. At every threshold the groups are those of every pair."""
+    monkeypatch.setattr("dashboard.analysis.duplicates.FOREST_BUFFER", 500)
+    embeddings = _planted(count=1_200, dim=96, spread=0.55)
+    rng = np.random.default_rng(1)
+    for copy, original in ((1_150, 20), (1_199, 600), (640, 30)):
+        embeddings[copy] = embeddings[original] + 0.2 * rng.standard_normal(96)
+    unit = _unit(embeddings)
+    found = duplicate_pass(embeddings, LOWEST, precision=precision, rows=64, columns=200, keep=1_000)
+    assert found.screen == precision and found.crowded == 0 and len(found.first) < len(unit)
+    for threshold in (LOWEST, 0.86, 0.88, 0.9, 0.95, 0.99, 1.0):
+        assert sorted(sorted(group.rows) for group in duplicate_groups(found, threshold)) == \
+            _components(unit, threshold)
+    assert len(duplicate_groups(found, LOWEST)) > 3  # the clusters' own pairs make groups too
+    for copy, original in ((1_150, 20), (1_199, 600), (640, 30)):
+        assert any({copy, original} <= set(group.rows) for group in duplicate_groups(found, 0.95))
+    similarities = unit @ unit.T
+    np.fill_diagonal(similarities, -np.inf)
+    exact, close = similarities.max(axis=1), similarities.max(axis=1) >= LOWEST
+    np.testing.assert_allclose(found.nearest_similarity[close], exact[close], atol=1e-5)
+    below = found.nearest_similarity[~close]
+    assert (below < LOWEST).all() and np.abs(below - exact[~close]).max() <= 0.012
+
+
+def test_pairs_just_above_the_lowest_threshold_are_all_found_through_the_bf16_screen():
+    """The bf16 screen's worst case: vectors of +-1 in 1,017 dimensions, whose unit coordinates (+-1/sqrt(1017))
+    all lose 0.34 % to bf16 rounding, so every screened cosine comes out 0.7 % low. Pairs that differ in 76 signs
+    have cosine 0.8505; screened without the margin of its error bound they fall to 0.844 and would be lost."""
+    rng = np.random.default_rng(2)
+    originals = rng.choice([-1.0, 1.0], size=(100, 1_017))
+    copies = originals.copy()
+    for row in copies:
+        row[rng.choice(1_017, 76, replace=False)] *= -1
+    embeddings = np.concatenate([originals, copies]).astype(np.float32)
+    found = duplicate_pass(embeddings, LOWEST, precision="bfloat16", rows=64, columns=128)
+    pairs = set(zip(found.first.tolist(), found.second.tolist()))
+    assert pairs == {(row, row + 100) for row in range(100)}
+    np.testing.assert_allclose(found.similarity, (1_017 - 2 * 76) / 1_017, atol=1e-5)
+
+
+def test_the_bf16_screen_uses_as_many_threads_as_numpys_blas_may_and_restores_torchs():
+    """As in a background job: numpy's BLAS limited to the job's share of the cores (2), torch at the job server's
+    one thread (OMP_NUM_THREADS=1, read when torch is imported inside the job)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before, seen = torch.get_num_threads(), set()
+    embeddings = _planted(count=200)
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(2, user_api="blas"):
+            duplicate_pass(embeddings, LOWEST, precision="bfloat16", rows=64, columns=128,
+                           progress=lambda _stage: seen.add(torch.get_num_threads()))
+        assert seen == {2} and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_crowded_block_keeps_each_images_most_similar_pairs_and_says_so():
+    """40 near-copies of one picture among 60 other images, 4 pairs kept per image of a crowded tile."""
+    rng = np.random.default_rng(3)
+    embeddings = rng.standard_normal((100, 32)).astype(np.float32)
+    embeddings[:40] = embeddings[0] + 0.01 * rng.standard_normal((40, 32))
+    found = duplicate_pass(embeddings, LOWEST, rows=32, columns=64, keep=4)
+    assert found.crowded == 40
+    assert [sorted(group.rows) for group in duplicate_groups(found, LOWEST)] == [list(range(40))]
+    unit = _unit(embeddings)
+    np.testing.assert_allclose(found.similarity, np.einsum("ij,ij->i", unit[found.first], unit[found.second]),
+                               atol=1e-5)
+    assert crowding_note(found) == (
+        "40 images had more than 4 near-duplicates at 0.85 or above within one block of the comparison: each kept "
+        "its 4 most similar of the block, so a group at a low threshold may be split.")
+    assert crowding_note(duplicate_pass(embeddings, LOWEST, rows=32, columns=64, keep=40)) == ""
 
 
 def _dataset(database, name: str, model: str, hashes: list[str]) -> None:
@@ -156,8 +240,8 @@ def test_the_pass_is_cached_per_generation_and_a_threshold_only_regroups(samples
         first = duplicates_view.cached_pass(results, samples)
         again = duplicates_view.cached_pass(results, samples)
         assert calls == [1] and pass_key(samples) in results
-        np.testing.assert_array_equal(first.nearest, again.nearest)
-    assert pass_key(samples) == f"duplicates/samples/{samples.generation}/lowest={LOWEST}"
+        np.testing.assert_array_equal(first.nearest_similarity, again.nearest_similarity)
+    assert pass_key(samples) == f"duplicates/samples/{samples.generation}/exact/lowest={LOWEST}"
 
 
 # In the browser -------------------------------------------------------------------------------------------------------
@@ -211,7 +295,7 @@ def test_a_selection_keeps_the_groups_that_hold_its_images(dash_duo, copies_db, 
     app = create_app(Settings(f"sqlite:///{copies_db}", tmp_path / "cache", "test-secret"))
     site = app.server.extensions["dinoscope"]
     view = site.store.view("copies")
-    groups = duplicate_groups(duplicate_pass(view.embeddings, view.reduced, LOWEST), 1.0)
+    groups = duplicate_groups(duplicate_pass(view.embeddings, LOWEST), 1.0)
     assert len(groups) == 2
     chosen = int(view.image_ids[groups[1].rows[-1]])  # one image of the second group
     selection = save_selection(site.selections, "copies", [chosen])

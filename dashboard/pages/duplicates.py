@@ -23,6 +23,7 @@ from dashboard.duplicates_view import (
     LOWEST,
     PARAMS,
     cached_pass,
+    crowding_note,
     exact_groups,
     nearest_histogram,
     pass_key,
@@ -178,10 +179,11 @@ def show_groups(site: Site, ready, threshold, page, selection, dataset):
     # A new threshold starts at the first page; opening the page keeps the URL's.
     current = 1 if dash.ctx.triggered_id == PAGE.control_id("threshold") else min(chosen["page"], pages)
     shown = groups[(current - 1) * GROUPS_PER_PAGE:current * GROUPS_PER_PAGE]
-    images = sum(len(group.rows) for group in groups)
+    images, note = sum(len(group.rows) for group in groups), crowding_note(found)
     count = (f"{len(groups)} group{'s' if len(groups) != 1 else ''} of near-duplicates ({images} images) at "
              f"{chosen['threshold']:.3f} or above"
-             + (f", holding images of selection {selection}" if selection else ""))
+             + (f", holding images of selection {selection}" if selection else "")
+             + (f". {note}" if note else ""))
     query = urlencode({"dataset": view.name, "threshold": chosen["threshold"]})
     rows = [_near_row(view, group, (current - 1) * GROUPS_PER_PAGE + number, found)
             for number, group in enumerate(shown, 1)]
