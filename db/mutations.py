@@ -43,28 +43,21 @@ def add_image(session: Session, dataset: Dataset, facts: FileFacts, content: Ima
                   size_bytes=facts.size_bytes, mtime_ns=facts.mtime_ns, width=content.width, height=content.height)
     session.add(image)
     session.flush()
-    _store_content(session, image.id, content)
+    _insert_contents(session, [(image.id, content)])
     return image
 
 
 def add_images_in_bulk(session: Session, dataset: Dataset, images: Sequence[tuple[FileFacts, ImageContent]]) -> None:
     """Add many new images at once: one multi-row INSERT per table, without loading a row back as an object."""
+    if not images:
+        return
     image_ids = session.scalars(
         insert(Image).returning(Image.id, sort_by_parameter_order=True),
         [{"dataset_id": dataset.id, "relpath": facts.relpath, "label": facts.label,
           "content_hash": facts.content_hash, "size_bytes": facts.size_bytes, "mtime_ns": facts.mtime_ns,
           "width": content.width, "height": content.height} for facts, content in images],
     ).all()
-    contents = [content for _, content in images]
-    session.execute(insert(Embedding), [
-        {"image_id": image_id, "normalized": False, **asdict(encode_array(content.embedding, EMBEDDING_DTYPE))}
-        for image_id, content in zip(image_ids, contents)])
-    session.execute(insert(PatchGrid), [
-        {"image_id": image_id, **asdict(encode_array(content.patch_grid, PATCH_GRID_DTYPE))}
-        for image_id, content in zip(image_ids, contents)])
-    session.execute(insert(Thumbnail), [
-        {"image_id": image_id, "kind": kind, "width": t.width, "height": t.height, "jpeg": t.jpeg}
-        for image_id, content in zip(image_ids, contents) for kind, t in content.thumbnails.items()])
+    _insert_contents(session, list(zip(image_ids, [content for _, content in images])))
 
 
 def replace_image_content(session: Session, image_id: int, facts: FileFacts, content: ImageContent) -> None:
@@ -77,7 +70,7 @@ def replace_image_content(session: Session, image_id: int, facts: FileFacts, con
             mtime_ns=facts.mtime_ns, width=content.width, height=content.height, indexed_at=utcnow(),
         )
     )
-    _store_content(session, image_id, content)
+    _insert_contents(session, [(image_id, content)])
 
 
 def stored_content(session: Session, dataset: Dataset, image_id: int) -> ImageContent:
@@ -149,14 +142,14 @@ def remove_dataset(session: Session, dataset: Dataset) -> None:
     session.execute(delete(Dataset).where(Dataset.id == dataset.id))
 
 
-def _store_content(session: Session, image_id: int, content: ImageContent) -> None:
-    embedding = Embedding(image_id=image_id, normalized=False)
-    embedding.set_array(content.embedding, EMBEDDING_DTYPE)
-    grid = PatchGrid(image_id=image_id)
-    grid.set_array(content.patch_grid, PATCH_GRID_DTYPE)
-    session.add_all([embedding, grid])
-    session.add_all(
-        Thumbnail(image_id=image_id, kind=kind, width=t.width, height=t.height, jpeg=t.jpeg)
-        for kind, t in content.thumbnails.items()
-    )
-    session.flush()
+def _insert_contents(session: Session, contents: Sequence[tuple[int, ImageContent]]) -> None:
+    """The derived data of images (by id): one executemany INSERT per table, whatever the number of images."""
+    session.execute(insert(Embedding), [
+        {"image_id": image_id, "normalized": False, **asdict(encode_array(content.embedding, EMBEDDING_DTYPE))}
+        for image_id, content in contents])
+    session.execute(insert(PatchGrid), [
+        {"image_id": image_id, **asdict(encode_array(content.patch_grid, PATCH_GRID_DTYPE))}
+        for image_id, content in contents])
+    session.execute(insert(Thumbnail), [
+        {"image_id": image_id, "kind": kind, "width": t.width, "height": t.height, "jpeg": t.jpeg}
+        for image_id, content in contents for kind, t in content.thumbnails.items()])

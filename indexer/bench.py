@@ -5,18 +5,23 @@
   the resident memory of the indexing process sampled while it runs;
 - the original app's way: one image at a time in float32 at 518 pixels, centre-cropped, keeping only the CLS token.
 
+`dinoscope bench --pipeline` measures the other ceiling, that of everything but the model: `index_folder` with a
+stand-in of negligible cost in the model's place, at several numbers of decode workers, and the database writer
+alone on batches prepared beforehand. A model faster than that ceiling (on a GPU) waits for the pipeline.
+
 Weights are random unless a file is given: the speed of a model does not depend on the values of its weights.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +32,13 @@ import torch
 from PIL import Image
 from timm.data import create_transform
 
-from db.engine import open_database
+from db.engine import open_database, resolve_url
 from db.errors import DinoscopeError
 from db.mutations import remove_dataset
 from db.queries import find_dataset
+from db.records import ImageContent
 from indexer.decode import decode_image
-from indexer.embed import embed_pixels
+from indexer.embed import EmbeddedFile, embed_files, embed_pixels
 from indexer.model import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_MODEL,
@@ -44,7 +50,7 @@ from indexer.model import (
     resolve_device,
     resolve_precision,
 )
-from indexer.run import IndexRequest, index_folder
+from indexer.run import Embedder, IndexRequest, index_folder
 from indexer.samples import sample_sources
 from indexer.scan import scan_folder
 
@@ -52,6 +58,7 @@ ORIGINAL_SIZE = 518  # the original app: timm's pretrained input size for DINOv2
 MEGAPIXELS = (1.0, 4.0)  # the sizes of the generated JPEGs, as photographs from phones and cameras come
 _GRAIN = 6  # +- grey levels of noise, so the JPEGs are as large as a camera's, not smooth upscaled samples
 _MEMORY_SAMPLE_SECONDS = 0.05
+PREPARED_IMAGES = 64  # what `bench --pipeline` gives the database writer alone, over again: the memory stays small
 
 
 class BenchError(DinoscopeError):
@@ -209,9 +216,10 @@ def model_throughput(paths: list[Path], loaded: LoadedModel, device: torch.devic
     return Throughput(len(pixels), time.perf_counter() - started)
 
 
-def indexing_throughput(folder: Path, db: str, settings: BenchSettings) -> tuple[Throughput, MemoryTrace]:
-    """`index_folder` on the folder into a new dataset of the database, as `dinoscope index` runs it, and the
-    memory of this process meanwhile. The dataset is removed afterwards."""
+def indexing_throughput(folder: Path, db: str, settings: BenchSettings,
+                        embed: Embedder = embed_files) -> tuple[Throughput, MemoryTrace]:
+    """`index_folder` on the folder into a new dataset of the database, as `dinoscope index` runs it (unless given
+    another `embed`), and the memory of this process meanwhile. The dataset is removed afterwards."""
     database = open_database(db)
     name = f"dinoscope-bench-{secrets.token_hex(4)}"
     request = IndexRequest(folder, name, model=settings.model, weights=settings.weights,
@@ -219,7 +227,7 @@ def indexing_throughput(folder: Path, db: str, settings: BenchSettings) -> tuple
                            device=settings.device, precision=settings.precision)
     try:
         with sampled_memory() as memory:
-            summary = index_folder(database, request, show_progress=False)
+            summary = index_folder(database, request, show_progress=False, embed=embed)
     finally:
         with database.session() as session:
             if (dataset := find_dataset(session, name)) is not None:
@@ -308,5 +316,124 @@ def bench_table(result: BenchResult) -> str:
         *(f"| peak memory, end to end: {part} | RSS of the indexing process | | {until:.2f} | "
           f"{result.memory.peak(until) / 2**20:.0f} MiB |"
           for part, until in (("first half", half), ("whole run", whole))),
+    ]
+    return "\n".join(lines)
+
+
+class StandInModel(torch.nn.Module):
+    """In the model's place for `bench --pipeline`: tokens of the model's shapes (prefix and patch tokens of its
+    width), each image's filled with the mean of its input, so that the inputs go to the device and the tokens come
+    back as with the model, at no cost worth counting."""
+
+    def __init__(self, tokens: int, width: int) -> None:
+        super().__init__()
+        self.tokens, self.width = tokens, width
+
+    def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        level = pixels.mean(dim=(1, 2, 3))
+        return level[:, None, None].expand(len(pixels), self.tokens, self.width).contiguous()
+
+
+def stand_in(loaded: LoadedModel) -> LoadedModel:
+    """The model as loaded (its input size, preprocessing and output shapes), with the stand-in in its place."""
+    grid_height, grid_width = loaded.grid_size
+    return dataclasses.replace(loaded, model=StandInModel(loaded.num_prefix_tokens + grid_height * grid_width,
+                                                          loaded.embed_dim))
+
+
+def embed_with_stand_in(paths: Sequence[Path], loaded: LoadedModel, device: torch.device, precision: str,
+                        batch_size: int, workers: int) -> Iterator[list[EmbeddedFile]]:
+    """The indexer's embedding (decode workers, batches, copies to and from the device) with the stand-in."""
+    return embed_files(paths, stand_in(loaded), device, precision, batch_size, workers)
+
+
+def embed_prepared(contents: list[ImageContent]) -> Embedder:
+    """An embedder that hands over, batch by batch and at no cost, contents prepared beforehand (the same ones over
+    again where there are more files): all the database writer is given to do."""
+
+    def embed(paths: Sequence[Path], _loaded, _device, _precision, batch_size: int,
+              _workers: int) -> Iterator[list[EmbeddedFile]]:
+        files = [EmbeddedFile(index, contents[index % len(contents)]) for index in range(len(paths))]
+        return iter([files[start:start + batch_size] for start in range(0, len(files), batch_size)])
+
+    return embed
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    settings: BenchSettings
+    device: str
+    precision: str
+    database: str  # "SQLite" or the server's kind
+    folder: Path
+    sizes: list[tuple[int, int]]
+    tokens: tuple[int, int]  # the stand-in's tokens per image and their width
+    by_workers: dict[int, Throughput]  # everything but the model, by decode workers
+    writer: Throughput  # the database writer alone
+
+    @property
+    def ceiling(self) -> tuple[int, Throughput]:
+        """The decode workers that went fastest, and how fast."""
+        return max(self.by_workers.items(), key=lambda item: item[1].images_per_second)
+
+
+def pipeline_workers(asked: int) -> list[int]:
+    """Decode workers to measure: none, one and two, to see what each adds, and as many as asked."""
+    return sorted({0, 1, 2, asked})
+
+
+def run_pipeline_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: None) -> PipelineResult:
+    """Generate (or reuse) the JPEGs, then index them with the stand-in at each number of decode workers, and store
+    batches prepared beforehand with the database writer alone."""
+    device = resolve_device(settings.device)
+    precision = resolve_precision(settings.precision, device)
+    with ExitStack() as cleanup:
+        folder = settings.folder or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="dinoscope-bench-")))
+        say(f"writing {settings.images} JPEGs of {MEGAPIXELS[0]:g} to {MEGAPIXELS[1]:g} megapixels into {folder}")
+        paths = write_bench_images(folder, settings.images)
+        db = settings.db or f"sqlite:///{cleanup.enter_context(tempfile.TemporaryDirectory())}/bench.db"
+        by_workers = {}
+        for workers in pipeline_workers(settings.workers):
+            say(f"everything but the model: indexing {folder} with {workers} decode worker(s)")
+            by_workers[workers], _memory = indexing_throughput(
+                folder, db, dataclasses.replace(settings, workers=workers), embed_with_stand_in)
+
+        say("database writer alone: storing batches prepared beforehand")
+        loaded = stand_in(load_model(settings.model, settings.weights, settings.image_size))
+        contents = [result.content for batch in embed_files(paths[:PREPARED_IMAGES], loaded, device, precision,
+                                                            settings.batch_size, settings.workers) for result in batch]
+        writer, _memory = indexing_throughput(folder, db, settings, embed_prepared(contents))
+    database = "SQLite" if resolve_url(db).startswith("sqlite") else "PostgreSQL"
+    return PipelineResult(settings, str(device), precision, database, folder, [_size(path) for path in paths],
+                          (loaded.model.tokens, loaded.model.width), by_workers, writer)
+
+
+def pipeline_table(result: PipelineResult) -> str:
+    """The result as one Markdown table, under two lines on what was measured, and the ceiling under it."""
+    s = result.settings
+    pixels = [width * height / 1e6 for width, height in result.sizes]
+    setting = f"{s.image_size} px, {result.precision}, batch {s.batch_size}"
+
+    def workers(count: int) -> str:
+        return f"{count} decode worker{'s' if count != 1 else ''}" if count else "decoding in the indexing process"
+
+    rows = [(f"everything but the model, {workers(count)}", setting, t, f"{t.images_per_second / count:.2f}"
+             if count else "") for count, t in result.by_workers.items()]
+    rows.append(("database writer alone (batches prepared beforehand)", f"batch {s.batch_size}, {result.database}",
+                 result.writer, ""))
+    best_workers, best = result.ceiling
+    tokens, width = result.tokens
+    lines = [
+        (f"dinoscope bench --pipeline: everything but the model on {result.device}, the model {s.model} replaced by "
+         f"a stand-in of its output shapes ({tokens} tokens of {width})"),
+        f"{len(result.sizes)} JPEGs of {min(pixels):.1f} to {max(pixels):.1f} megapixels in {result.folder}",
+        "",
+        "| measurement | setting | images | seconds | result | per decode worker |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(f"| {name} | {detail} | {t.images} | {t.seconds:.2f} | {t.images_per_second:.2f} images/s | {per} |"
+          for name, detail, t, per in rows),
+        "",
+        (f"ceiling without the model: {best.images_per_second:.2f} images/s ({workers(best_workers)}); a model "
+         "faster than that waits for decoding or the database"),
     ]
     return "\n".join(lines)

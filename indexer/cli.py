@@ -327,13 +327,19 @@ def synthetic(name, count, dim, clusters, grid, seed, db):
               help="Database for the end-to-end run (its dataset is removed afterwards).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               show_default="random weights; speed does not depend on them", help="Local weights file.")
+@click.option("--pipeline", is_flag=True,
+              help="Measure everything but the model instead: indexing with a stand-in of negligible cost in the "
+                   "model's place, with 0, 1, 2 and --workers decode workers, and the database writer alone. A "
+                   "model faster than this ceiling waits for the pipeline.")
 def bench(model, image_size, batch_size, workers, device, precision, images, original_images, original_size,
-          folder, db, weights):
-    """Measure indexing speed: the model alone, the indexer end to end, and the original app's way."""
-    from indexer.bench import BenchSettings, bench_table, run_bench
+          folder, db, weights, pipeline):
+    """Measure indexing speed: the model alone, the indexer end to end, and the original app's way; or, with
+    --pipeline, everything but the model."""
+    from indexer.bench import BenchSettings, bench_table, pipeline_table, run_bench, run_pipeline_bench
     from indexer.model import WeightsChoice
 
     settings = BenchSettings(model, image_size, precision, batch_size, workers, device, images, original_images,
                              original_size, WeightsChoice("file", weights) if weights else WeightsChoice("random"),
                              folder, db)
-    click.echo(bench_table(run_bench(settings, say=lambda line: click.echo(line, err=True))))
+    say = lambda line: click.echo(line, err=True)
+    click.echo(pipeline_table(run_pipeline_bench(settings, say)) if pipeline else bench_table(run_bench(settings, say)))

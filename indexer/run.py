@@ -3,7 +3,7 @@
 Each batch is one transaction (its images, embeddings, patch grids, thumbnails, failures, the dataset's
 generation and the run's counters of them; in the first batch of a reduced dataset, its patch basis too), so a run
 killed at any moment leaves only whole images behind, its counters say what it committed, and the next run picks up
-the rest.
+the rest. The batches are stored by a writer thread (indexer.writer) while the model computes the next ones.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from db.errors import ConflictingWrite, DinoscopeDbError, DinoscopeError
 from db.holds import hold
 from db.mutations import (
     add_image,
+    add_images_in_bulk,
     bump_generation,
     create_dataset,
     move_image,
@@ -40,7 +41,7 @@ from db.queries import dataset_by_id, find_dataset, image_with_content, stored_i
 from db.records import DatasetProvenance
 from db.runs import check_no_run_in_progress, count_run_changes, end_run, process_alive, start_run
 from db.schema import Dataset
-from indexer.embed import embed_files
+from indexer.embed import EmbeddedFile, embed_files
 from indexer.model import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_MODEL,
@@ -53,6 +54,7 @@ from indexer.model import (
 from indexer.patch_reduction import PatchReduction, check_fittable
 from indexer.plan import WHOLE_FOLDER, IndexPlan, Shard, plan_index
 from indexer.scan import IMAGE_SUFFIXES, FolderScan, content_hash, scan_folder
+from indexer.writer import BatchWriter
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,8 @@ class IndexProgress:
 
 
 ProgressCallback = Callable[[IndexProgress], None]
+# (paths, model, device, precision, batch size, decode workers) -> the embedded files, batch by batch, in order
+Embedder = Callable[[Sequence[Path], LoadedModel, torch.device, str, int, int], Iterator[list[EmbeddedFile]]]
 
 
 @dataclass
@@ -155,10 +159,11 @@ class Changes:
 
 
 def index_folder(database: Database, request: IndexRequest, *, show_progress: bool = True,
-                 progress: ProgressCallback | None = None) -> IndexSummary:
+                 progress: ProgressCallback | None = None, embed: Embedder = embed_files) -> IndexSummary:
     """Index the request's folder into its dataset. Refused (RunInProgress) while another run over the same files
     of the dataset (the whole folder, or the same shard) is running; shards of one job run together. `progress`
-    is told how far the embedding has got (IndexProgress), after each batch."""
+    is told how far the embedding has got (IndexProgress), after each batch. `embed` turns the files into
+    embedded batches (`dinoscope bench --pipeline` passes a stand-in for the model)."""
     started = time.perf_counter()
     folder = request.folder.resolve()
     scan = _scan(folder, request.folder)
@@ -206,7 +211,7 @@ def index_folder(database: Database, request: IndexRequest, *, show_progress: bo
         _apply_changes_without_model(database, dataset_id, run_id, plan, summary)
         if plan.embed:
             _embed_and_store(database, dataset_id, run_id, plan, loaded, device, precision, request, reduction,
-                             summary, show_progress, report)
+                             summary, show_progress, report, embed)
     except BaseException as error:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         summary.seconds = time.perf_counter() - started
@@ -413,37 +418,54 @@ def _apply_changes_without_model(database: Database, dataset_id: int, run_id: in
 
 def _embed_and_store(database: Database, dataset_id: int, run_id: int, plan: IndexPlan, loaded: LoadedModel,
                      device: torch.device, precision: str, request: IndexRequest, reduction: PatchReduction,
-                     summary: IndexSummary, show_progress: bool, report: ProgressCallback) -> None:
+                     summary: IndexSummary, show_progress: bool, report: ProgressCallback, embed: Embedder) -> None:
+    """The model computes batch after batch in this thread while the writer's thread stores the ones before; the
+    summary, the progress and the hold point follow each commit."""
     embedding_started = time.perf_counter()
     done = 0
-    batches = reduction.held_back(embed_files([job.path for job in plan.embed], loaded, device, precision,
-                                              request.batch_size, request.workers))
+    batches = reduction.held_back(embed([job.path for job in plan.embed], loaded, device, precision,
+                                        request.batch_size, request.workers))
     with tqdm(total=len(plan.embed), desc="embedding", unit="img", disable=not show_progress) as progress:
-        for batch in batches:
-            changes = Changes()
-            with database.session() as session:
-                dataset = dataset_by_id(session, dataset_id)
-                for result in reduction.stored(session, dataset, batch):
-                    for facts, replaced in plan.embed[result.index].targets:
-                        if result.content is None:
-                            changes.failures.append((facts.relpath, result.failure))
-                            if replaced is not None:  # the stored vectors describe bytes that are gone
-                                remove_images(session, [replaced])
-                        elif replaced is None:
-                            add_image(session, dataset, facts, result.content)
-                            changes.added += 1
-                        else:
-                            replace_image_content(session, replaced, facts, result.content)
-                            changes.updated += 1
-                changes.record(session, run_id)
-                bump_generation(session, dataset)
-            changes.count_into(summary)
-            summary.embedded += sum(1 for result in batch if result.content is not None)
+
+        def store(batch: list[EmbeddedFile]) -> None:
+            nonlocal done
+            _store_batch(database, dataset_id, run_id, plan, reduction, batch, summary)
             progress.update(len(batch))
             done += len(batch)
             report(_progress(done, len(plan.embed), time.perf_counter() - embedding_started))
             hold("index-batch-committed")
+
+        with BatchWriter(store) as writer:
+            for batch in batches:
+                writer.put(batch)
     summary.embedding_seconds = time.perf_counter() - embedding_started
+
+
+def _store_batch(database: Database, dataset_id: int, run_id: int, plan: IndexPlan, reduction: PatchReduction,
+                 batch: list[EmbeddedFile], summary: IndexSummary) -> None:
+    """One batch in one transaction: its new images in bulk, its changed ones replaced, its failures recorded (a
+    changed file that fails loses its stale vectors), the run's counters and the dataset's generation."""
+    changes = Changes()
+    with database.session() as session:
+        dataset = dataset_by_id(session, dataset_id)
+        new = []
+        for result in reduction.stored(session, dataset, batch):
+            for facts, replaced in plan.embed[result.index].targets:
+                if result.content is None:
+                    changes.failures.append((facts.relpath, result.failure))
+                    if replaced is not None:
+                        remove_images(session, [replaced])
+                elif replaced is None:
+                    new.append((facts, result.content))
+                else:
+                    replace_image_content(session, replaced, facts, result.content)
+                    changes.updated += 1
+        add_images_in_bulk(session, dataset, new)
+        changes.added += len(new)
+        changes.record(session, run_id)
+        bump_generation(session, dataset)
+    changes.count_into(summary)
+    summary.embedded += sum(1 for result in batch if result.content is not None)
 
 
 def _progress(done: int, total: int, seconds: float) -> IndexProgress:

@@ -91,3 +91,34 @@ def test_bench_refuses_a_folder_holding_other_images(tmp_path):
                      expect=1)
     assert "holds 1 image files besides this bench's 2 (such as holiday.png)" in result.output
     assert "give it a folder of its own" in result.output
+
+
+PIPELINE_ROWS = [
+    "everything but the model, decoding in the indexing process",
+    "everything but the model, 1 decode worker",
+    "everything but the model, 2 decode workers",
+    "everything but the model, 3 decode workers",
+    "database writer alone (batches prepared beforehand)",
+]
+
+
+def test_bench_pipeline_prints_the_ceiling_without_the_model_and_leaves_no_dataset(tmp_path):
+    db = tmp_path / "bench.db"
+    result = run_cli("bench", "--pipeline", *TINY, "--images", "5", "--workers", "3", "--folder", tmp_path / "jpegs",
+                     "--db", db)
+
+    header = result.stdout.splitlines()[0]
+    assert f"the model {MODEL} replaced by a stand-in of its output shapes (21 tokens of 384)" in header
+    table = _table(result.stdout)
+    assert list(table) == PIPELINE_ROWS
+    rates = {name: _number(cells[-2], "images/s") for name, cells in table.items()}
+    assert all(cells[1] == "5" and rates[name] > 0 for name, cells in table.items()), table
+    for workers, name in enumerate(PIPELINE_ROWS[1:4], start=1):  # a rate per worker where there are workers
+        assert _number(table[name][-1], "") == pytest.approx(rates[name] / workers, abs=0.01)
+    assert table[PIPELINE_ROWS[0]][-1] == table[PIPELINE_ROWS[-1]][-1] == ""
+    assert table[PIPELINE_ROWS[-1]][0] == "batch 2, SQLite"
+    fastest = max(PIPELINE_ROWS[:4], key=rates.get)
+    assert result.stdout.splitlines()[-1].startswith(f"ceiling without the model: {rates[fastest]:.2f} images/s")
+
+    with open_database(str(db), readonly=True).session() as session:
+        assert dataset_summaries(session) == []  # every run's dataset is removed afterwards
