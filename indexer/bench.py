@@ -1,6 +1,7 @@
 """`dinoscope bench`: how fast the indexer is, measured three ways on the same real-size JPEGs in one run.
 
-- model only: forward passes on inputs decoded beforehand, the ceiling for indexing;
+- model only: forward passes on inputs decoded beforehand, the ceiling for indexing (and, asked for, the same in
+  other precisions: `--compare-precision int8`);
 - end to end: `index_folder` into a fresh dataset (reading, decoding, the model, thumbnails, database writes), with
   the resident memory of the indexing process sampled while it runs;
 - the original app's way: one image at a time in float32 at 518 pixels, centre-cropped, keeping only the CLS token.
@@ -72,6 +73,7 @@ class BenchSettings:
     weights: WeightsChoice = field(default_factory=lambda: WeightsChoice("random"))
     folder: Path | None = None  # None: a temporary folder, removed afterwards
     db: str | None = None  # None: a temporary SQLite file; otherwise a dataset of its own, removed afterwards
+    compare_precisions: tuple[str, ...] = ()  # model only again in each of these
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class BenchResult:
     folder: Path
     sizes: list[tuple[int, int]]  # width and height of every generated JPEG
     model_only: Throughput
+    compared: dict[str, Throughput]  # model only in another precision (as resolved) -> its throughput
     end_to_end: Throughput
     original: Throughput
     memory: MemoryTrace  # of the end-to-end run
@@ -136,6 +139,8 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: No
                          "the original way embeds some of the same images")
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device)
+    others = [other for other in dict.fromkeys(resolve_precision(asked, device) for asked in settings.compare_precisions)
+              if other != precision]
     with ExitStack() as cleanup:
         folder = settings.folder or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="dinoscope-bench-")))
         say(f"writing {settings.images} JPEGs of {MEGAPIXELS[0]:g} to {MEGAPIXELS[1]:g} megapixels into {folder}")
@@ -145,8 +150,14 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: No
         say(f"model only: {settings.model} at {settings.image_size} px, {precision}, batch {settings.batch_size}")
         loaded = load_model(settings.model, settings.weights, settings.image_size)
         weights = loaded.weights.identity
-        model_only = model_throughput(paths, loaded, device, precision, settings.batch_size)
-        del loaded
+        pixels = model_inputs(paths, loaded)
+        model_only = model_throughput(pixels, loaded, device, precision, settings.batch_size)
+        compared = {}
+        for other in others:
+            say(f"model only again in {other}")
+            loaded = load_model(settings.model, settings.weights, settings.image_size)  # a model serves 1 precision
+            compared[other] = model_throughput(pixels, loaded, device, other, settings.batch_size)
+        del loaded, pixels
         gc.collect()
 
         say(f"end to end: indexing {folder} with {settings.workers} decode worker(s)")
@@ -157,7 +168,7 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: No
         original = original_way_throughput(paths[: settings.original_images], settings.model, settings.weights,
                                            settings.original_size, device)
     return BenchResult(settings, str(device), precision, torch.get_num_threads(), cpu_has_native_bf16(), weights,
-                       folder, sizes, model_only, end_to_end, original, memory)
+                       folder, sizes, model_only, compared, end_to_end, original, memory)
 
 
 def write_bench_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
@@ -195,11 +206,15 @@ def _size(path: Path) -> tuple[int, int]:
         return picture.size
 
 
-def model_throughput(paths: list[Path], loaded: LoadedModel, device: torch.device, precision: str,
+def model_inputs(paths: list[Path], loaded: LoadedModel) -> torch.Tensor:
+    """The images decoded and transformed as the indexer does it, stacked: (images, 3, size, size) float32."""
+    return torch.stack([loaded.transform(decode_image(path.read_bytes(), loaded.image_size).rgb) for path in paths])
+
+
+def model_throughput(pixels: torch.Tensor, loaded: LoadedModel, device: torch.device, precision: str,
                      batch_size: int) -> Throughput:
     """Forward passes (with the tokens copied out as the indexer stores them) on inputs decoded beforehand and
     already on the device; the first batch runs once untimed, to warm up."""
-    pixels = torch.stack([loaded.transform(decode_image(path.read_bytes(), loaded.image_size).rgb) for path in paths])
     batches = list(torch.split(pixels.to(device), batch_size))
     model = inference_model(loaded, device, precision)
     embed_pixels(model, batches[0], loaded, device, precision)
@@ -290,6 +305,8 @@ def bench_table(result: BenchResult) -> str:
     half, whole = result.memory.seconds / 2, result.memory.seconds
     rows = [
         ("model only (forward passes on decoded inputs)", setting, result.model_only),
+        *((f"model only in {other}", f"{s.image_size} px, {other}, batch {s.batch_size}", throughput)
+          for other, throughput in result.compared.items()),
         ("end to end (`index`: decode, embed, thumbnails, database writes)", f"{setting}, {workers}",
          result.end_to_end),
         ("original way (one image at a time, CLS only)", f"{s.original_size} px centre crop, fp32, batch 1",
@@ -303,6 +320,7 @@ def bench_table(result: BenchResult) -> str:
         "| --- | --- | --- | --- | --- |",
         *(f"| {name} | {detail} | {t.images} | {t.seconds:.2f} | {t.images_per_second:.2f} images/s |"
           for name, detail, t in rows),
+        *_compared_ratios(result),
         f"| end to end / model only | | | | {result.end_to_end_share:.2f} |",
         f"| dinoscope / original way | end to end / original way | | | {result.speedup:.1f} times |",
         *(f"| peak memory, end to end: {part} | RSS of the indexing process | | {until:.2f} | "
@@ -310,3 +328,11 @@ def bench_table(result: BenchResult) -> str:
           for part, until in (("first half", half), ("whole run", whole))),
     ]
     return "\n".join(lines)
+
+
+def _compared_ratios(result: BenchResult) -> Iterator[str]:
+    """Two table lines per other precision: its model-only speed over --precision's, and over the original way."""
+    for other, throughput in result.compared.items():
+        speed = throughput.images_per_second
+        yield f"| model only: {other} / {result.precision} | | | | {speed / result.model_only.images_per_second:.2f} times |"
+        yield f"| model only in {other} / original way | | | | {speed / result.original.images_per_second:.1f} times |"
