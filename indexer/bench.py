@@ -1,7 +1,7 @@
 """`dinoscope bench`: how fast the indexer is, measured three ways on the same real-size JPEGs in one run.
 
 - model only: forward passes on inputs decoded beforehand, the ceiling for indexing (and, asked for, the same in
-  other precisions: `--compare-precision int8`);
+  other precisions, taking turns batch by batch: `--compare-precision int8`);
 - end to end: `index_folder` into a fresh dataset (reading, decoding, the model, thumbnails, database writes), with
   the resident memory of the indexing process sampled while it runs;
 - the original app's way: one image at a time in float32 at 518 pixels, centre-cropped, keeping only the CLS token.
@@ -148,16 +148,14 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: No
         sizes = [_size(path) for path in paths]
 
         say(f"model only: {settings.model} at {settings.image_size} px, {precision}, batch {settings.batch_size}")
-        loaded = load_model(settings.model, settings.weights, settings.image_size)
-        weights = loaded.weights.identity
-        pixels = model_inputs(paths, loaded)
-        model_only = model_throughput(pixels, loaded, device, precision, settings.batch_size)
-        compared = {}
-        for other in others:
-            say(f"model only again in {other}")
-            loaded = load_model(settings.model, settings.weights, settings.image_size)  # a model serves 1 precision
-            compared[other] = model_throughput(pixels, loaded, device, other, settings.batch_size)
-        del loaded, pixels
+        if others:
+            say(f"and in {', '.join(others)}, taking turns batch by batch")
+        # a LoadedModel serves one precision: the same weights loaded for each
+        models = {each: load_model(settings.model, settings.weights, settings.image_size) for each in [precision, *others]}
+        weights = models[precision].weights.identity
+        compared = model_throughputs(model_inputs(paths, models[precision]), models, device, settings.batch_size)
+        model_only = compared.pop(precision)
+        del models
         gc.collect()
 
         say(f"end to end: indexing {folder} with {settings.workers} decode worker(s)")
@@ -211,17 +209,23 @@ def model_inputs(paths: list[Path], loaded: LoadedModel) -> torch.Tensor:
     return torch.stack([loaded.transform(decode_image(path.read_bytes(), loaded.image_size).rgb) for path in paths])
 
 
-def model_throughput(pixels: torch.Tensor, loaded: LoadedModel, device: torch.device, precision: str,
-                     batch_size: int) -> Throughput:
+def model_throughputs(pixels: torch.Tensor, models: dict[str, LoadedModel], device: torch.device,
+                      batch_size: int) -> dict[str, Throughput]:
     """Forward passes (with the tokens copied out as the indexer stores them) on inputs decoded beforehand and
-    already on the device; the first batch runs once untimed, to warm up."""
+    already on the device, by each precision's model (precision -> its LoadedModel). The precisions take turns
+    batch by batch, so that a shared machine's changing load slows them alike and their ratios hold; each one's
+    first batch runs once untimed, to warm up."""
     batches = list(torch.split(pixels.to(device), batch_size))
-    model = inference_model(loaded, device, precision)
-    embed_pixels(model, batches[0], loaded, device, precision)
-    started = time.perf_counter()
+    networks = {precision: inference_model(loaded, device, precision) for precision, loaded in models.items()}
+    for precision, network in networks.items():
+        embed_pixels(network, batches[0], models[precision], device, precision)
+    seconds = dict.fromkeys(networks, 0.0)
     for batch in batches:
-        embed_pixels(model, batch, loaded, device, precision)
-    return Throughput(len(pixels), time.perf_counter() - started)
+        for precision, network in networks.items():
+            started = time.perf_counter()
+            embed_pixels(network, batch, models[precision], device, precision)
+            seconds[precision] += time.perf_counter() - started
+    return {precision: Throughput(len(pixels), seconds[precision]) for precision in networks}
 
 
 def indexing_throughput(folder: Path, db: str, settings: BenchSettings) -> tuple[Throughput, MemoryTrace]:
