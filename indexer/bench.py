@@ -1,6 +1,7 @@
 """`dinoscope bench`: how fast the indexer is, measured three ways on the same real-size JPEGs in one run.
 
-- model only: forward passes on inputs decoded beforehand, the ceiling for indexing;
+- model only: forward passes on inputs decoded beforehand, the ceiling for indexing (and, asked for, the same in
+  other precisions, taking turns batch by batch: `--compare-precision int8`);
 - end to end: `index_folder` into a fresh dataset (reading, decoding, the model, thumbnails, database writes), with
   the resident memory of the indexing process sampled while it runs;
 - the original app's way: one image at a time in float32 at 518 pixels, centre-cropped, keeping only the CLS token.
@@ -79,6 +80,7 @@ class BenchSettings:
     weights: WeightsChoice = field(default_factory=lambda: WeightsChoice("random"))
     folder: Path | None = None  # None: a temporary folder, removed afterwards
     db: str | None = None  # None: a temporary SQLite file; otherwise a dataset of its own, removed afterwards
+    compare_precisions: tuple[str, ...] = ()  # model only again in each of these
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class BenchResult:
     folder: Path
     sizes: list[tuple[int, int]]  # width and height of every generated JPEG
     model_only: Throughput
+    compared: dict[str, Throughput]  # model only in another precision (as resolved) -> its throughput
     end_to_end: Throughput
     original: Throughput
     memory: MemoryTrace  # of the end-to-end run
@@ -143,6 +146,8 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: No
                          "the original way embeds some of the same images")
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device)
+    others = [other for other in dict.fromkeys(resolve_precision(asked, device) for asked in settings.compare_precisions)
+              if other != precision]
     with ExitStack() as cleanup:
         folder = settings.folder or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="dinoscope-bench-")))
         say(f"writing {settings.images} JPEGs of {MEGAPIXELS[0]:g} to {MEGAPIXELS[1]:g} megapixels into {folder}")
@@ -150,10 +155,14 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: No
         sizes = [_size(path) for path in paths]
 
         say(f"model only: {settings.model} at {settings.image_size} px, {precision}, batch {settings.batch_size}")
-        loaded = load_model(settings.model, settings.weights, settings.image_size)
-        weights = loaded.weights.identity
-        model_only = model_throughput(paths, loaded, device, precision, settings.batch_size)
-        del loaded
+        if others:
+            say(f"and in {', '.join(others)}, taking turns batch by batch")
+        # a LoadedModel serves one precision: the same weights loaded for each
+        models = {each: load_model(settings.model, settings.weights, settings.image_size) for each in [precision, *others]}
+        weights = models[precision].weights.identity
+        compared = model_throughputs(model_inputs(paths, models[precision]), models, device, settings.batch_size)
+        model_only = compared.pop(precision)
+        del models
         gc.collect()
 
         say(f"end to end: indexing {folder} with {settings.workers} decode worker(s)")
@@ -164,7 +173,7 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: No
         original = original_way_throughput(paths[: settings.original_images], settings.model, settings.weights,
                                            settings.original_size, device)
     return BenchResult(settings, str(device), precision, torch.get_num_threads(), cpu_has_native_bf16(), weights,
-                       folder, sizes, model_only, end_to_end, original, memory)
+                       folder, sizes, model_only, compared, end_to_end, original, memory)
 
 
 def write_bench_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
@@ -202,18 +211,28 @@ def _size(path: Path) -> tuple[int, int]:
         return picture.size
 
 
-def model_throughput(paths: list[Path], loaded: LoadedModel, device: torch.device, precision: str,
-                     batch_size: int) -> Throughput:
+def model_inputs(paths: list[Path], loaded: LoadedModel) -> torch.Tensor:
+    """The images decoded and transformed as the indexer does it, stacked: (images, 3, size, size) float32."""
+    return torch.stack([loaded.transform(decode_image(path.read_bytes(), loaded.image_size).rgb) for path in paths])
+
+
+def model_throughputs(pixels: torch.Tensor, models: dict[str, LoadedModel], device: torch.device,
+                      batch_size: int) -> dict[str, Throughput]:
     """Forward passes (with the tokens copied out as the indexer stores them) on inputs decoded beforehand and
-    already on the device; the first batch runs once untimed, to warm up."""
-    pixels = torch.stack([loaded.transform(decode_image(path.read_bytes(), loaded.image_size).rgb) for path in paths])
+    already on the device, by each precision's model (precision -> its LoadedModel). The precisions take turns
+    batch by batch, so that a shared machine's changing load slows them alike and their ratios hold; each one's
+    first batch runs once untimed, to warm up."""
     batches = list(torch.split(pixels.to(device), batch_size))
-    model = inference_model(loaded, device, precision)
-    embed_pixels(model, batches[0], loaded, device, precision)
-    started = time.perf_counter()
+    networks = {precision: inference_model(loaded, device, precision) for precision, loaded in models.items()}
+    for precision, network in networks.items():
+        embed_pixels(network, batches[0], models[precision], device, precision)
+    seconds = dict.fromkeys(networks, 0.0)
     for batch in batches:
-        embed_pixels(model, batch, loaded, device, precision)
-    return Throughput(len(pixels), time.perf_counter() - started)
+        for precision, network in networks.items():
+            started = time.perf_counter()
+            embed_pixels(network, batch, models[precision], device, precision)
+            seconds[precision] += time.perf_counter() - started
+    return {precision: Throughput(len(pixels), seconds[precision]) for precision in networks}
 
 
 def indexing_throughput(folder: Path, db: str, settings: BenchSettings,
@@ -298,6 +317,8 @@ def bench_table(result: BenchResult) -> str:
     half, whole = result.memory.seconds / 2, result.memory.seconds
     rows = [
         ("model only (forward passes on decoded inputs)", setting, result.model_only),
+        *((f"model only in {other}", f"{s.image_size} px, {other}, batch {s.batch_size}", throughput)
+          for other, throughput in result.compared.items()),
         ("end to end (`index`: decode, embed, thumbnails, database writes)", f"{setting}, {workers}",
          result.end_to_end),
         ("original way (one image at a time, CLS only)", f"{s.original_size} px centre crop, fp32, batch 1",
@@ -311,6 +332,7 @@ def bench_table(result: BenchResult) -> str:
         "| --- | --- | --- | --- | --- |",
         *(f"| {name} | {detail} | {t.images} | {t.seconds:.2f} | {t.images_per_second:.2f} images/s |"
           for name, detail, t in rows),
+        *_compared_ratios(result),
         f"| end to end / model only | | | | {result.end_to_end_share:.2f} |",
         f"| dinoscope / original way | end to end / original way | | | {result.speedup:.1f} times |",
         *(f"| peak memory, end to end: {part} | RSS of the indexing process | | {until:.2f} | "
@@ -437,3 +459,11 @@ def pipeline_table(result: PipelineResult) -> str:
          "faster than that waits for decoding or the database"),
     ]
     return "\n".join(lines)
+
+
+def _compared_ratios(result: BenchResult) -> Iterator[str]:
+    """Two table lines per other precision: its model-only speed over --precision's, and over the original way."""
+    for other, throughput in result.compared.items():
+        speed = throughput.images_per_second
+        yield f"| model only: {other} / {result.precision} | | | | {speed / result.model_only.images_per_second:.2f} times |"
+        yield f"| model only in {other} / original way | | | | {speed / result.original.images_per_second:.1f} times |"

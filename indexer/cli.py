@@ -26,7 +26,7 @@ INFO_COMMANDS = ("serve", "worker", "demo", "index")
 LAZY_COMMANDS = {"demo": "indexer.demo", "serve": "dashboard.cli", "users": "dashboard.cli", "worker": "dashboard.cli"}
 # What the model runs on (indexer.model takes these names; it imports torch, so they are listed here).
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 DEFAULT_MODEL = "vit_base_patch14_reg4_dinov2.lvd142m"  # indexer.model.DEFAULT_MODEL, without importing torch
 
 
@@ -54,7 +54,8 @@ def model_run_options(function):
                      help="auto picks CUDA, then Apple MPS, then the CPU."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
                      help="auto is bf16 on CUDA (fp16 where bf16 is missing) and on CPUs with native bf16 "
-                          "(avx512_bf16 or AMX), fp16 on MPS, else fp32."),
+                          "(avx512_bf16 or AMX), fp16 on MPS, else fp32. int8 (CPU only, never auto) quantises the "
+                          "linear layers: faster than fp32 on CPUs without native bf16."),
     )):
         function = option(function)
     return function
@@ -327,12 +328,15 @@ def synthetic(name, count, dim, clusters, grid, seed, db):
               help="Database for the end-to-end run (its dataset is removed afterwards).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               show_default="random weights; speed does not depend on them", help="Local weights file.")
+@click.option("--compare-precision", "compare_precisions", type=click.Choice(PRECISIONS), multiple=True,
+              show_default="none", help="Also time the model alone in this precision: a row, with its ratios to "
+                                        "--precision's and to the original way. Repeat it for more.")
 @click.option("--pipeline", is_flag=True,
               help="Measure everything but the model instead: indexing with a stand-in of negligible cost in the "
                    "model's place, with 0, 1, 2 and --workers decode workers, and the database writer alone. A "
                    "model faster than this ceiling waits for the pipeline.")
 def bench(model, image_size, batch_size, workers, device, precision, images, original_images, original_size,
-          folder, db, weights, pipeline):
+          folder, db, weights, compare_precisions, pipeline):
     """Measure indexing speed: the model alone, the indexer end to end, and the original app's way; or, with
     --pipeline, everything but the model."""
     from indexer.bench import BenchSettings, bench_table, pipeline_table, run_bench, run_pipeline_bench
@@ -340,6 +344,6 @@ def bench(model, image_size, batch_size, workers, device, precision, images, ori
 
     settings = BenchSettings(model, image_size, precision, batch_size, workers, device, images, original_images,
                              original_size, WeightsChoice("file", weights) if weights else WeightsChoice("random"),
-                             folder, db)
+                             folder, db, compare_precisions)
     say = lambda line: click.echo(line, err=True)
     click.echo(pipeline_table(run_pipeline_bench(settings, say)) if pipeline else bench_table(run_bench(settings, say)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import warnings
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,7 @@ class LoadedModel:
     num_prefix_tokens: int  # CLS + registers, ahead of the patch tokens in forward_features
     transform: object
     preprocessing: dict
+    quantized: bool = False  # its linear layers replaced by int8 ones (by inference_model, once)
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -89,6 +91,9 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "int8" and device.type != "cpu":
+        raise ModelError(f"--precision int8 (the linear layers quantised to int8) runs on the CPU only, not on "
+                         f"{device.type}: use --device cpu with it, or --precision bf16 or fp16 on {device.type}")
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -106,15 +111,43 @@ def _autocast(device: torch.device, precision: str) -> AbstractContextManager:
 
 
 def inference_model(loaded: LoadedModel, device: torch.device, precision: str) -> torch.nn.Module:
-    """The model on `device`, ready for `forward_features`, moved (and for bf16 cast) in place.
+    """The model on `device`, ready for `forward_features`, moved (and for bf16 cast, for int8 quantised) in place.
 
     bf16 casts the whole model: bf16 has float32's range, so nothing overflows, and running every layer in bf16
     is about a third faster on CPUs with native bf16 than autocast, which converts activations around each
     LayerNorm and residual addition. fp16 keeps autocast (LayerNorm and softmax in float32), as its range is narrow.
-    A LoadedModel serves one device and precision: the float32 weights are not kept after a bf16 cast.
+    int8 (CPU only) quantises the linear layers, see `_quantize_linear_layers`.
+    A LoadedModel serves one device and precision: the float32 weights are not kept after a bf16 cast or int8.
     """
     model = loaded.model.to(device)
+    if precision == "int8" and not loaded.quantized:
+        _quantize_linear_layers(model)
+        loaded.quantized = True
     return model.to(torch.bfloat16) if precision == "bf16" else model
+
+
+# Torch (2.14 still) warns, at each quantisation, that its eager quantisation is deprecated for the torchao package
+# (a dependency of its own, not taken here), and that quantised tensors are. Both work as documented; the warnings
+# would repeat with every model built and say nothing to the user. Should a later torch drop them, int8 says so.
+_QUANTIZATION_DEPRECATIONS = (
+    (DeprecationWarning, r"torch\.ao\.quantization is deprecated"),
+    (UserWarning, r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor creation"),
+)
+
+
+def _quantize_linear_layers(model: torch.nn.Module) -> None:
+    """Replaces every nn.Linear (attention and MLP: nearly all of a ViT's compute) in place by torch's dynamically
+    quantised one: int8 weights (one scale per layer), activations quantised per batch as they come, int32
+    accumulation, float32 out. LayerNorm, softmax, the patch embedding and the residual stream stay float32."""
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as error:
+        raise ModelError(f"--precision int8 needs torch.ao.quantization, which torch {torch.__version__} does not "
+                         "have: use --precision fp32 (or bf16 on a CPU with native bf16)") from error
+    with warnings.catch_warnings():
+        for category, message in _QUANTIZATION_DEPRECATIONS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 def forward_features(model: torch.nn.Module, pixels: torch.Tensor, device: torch.device,

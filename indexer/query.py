@@ -50,7 +50,8 @@ class RecordedModel:
 
     @property
     def key(self) -> tuple:
-        """Equal for datasets whose vectors come from the same network run the same way (bf16 casts the model)."""
+        """Equal for datasets whose vectors come from the same network run the same way (bf16 casts the model, int8
+        quantises it)."""
         return self.name, self.weights_identity, self.image_size, self.precision
 
 
@@ -122,5 +123,5 @@ def _rebuild(recorded: RecordedModel) -> QueryModel:
             f"with ({recorded.weights_identity}), so uploads cannot be compared with its images: restore those "
             f"weights{' at ' + recorded.weights_source if recorded.weights_kind == 'file' else ''}, or index the "
             "dataset again")
-    device = resolve_device("auto")
+    device = resolve_device("cpu" if recorded.precision == "int8" else "auto")  # int8 runs on the CPU only
     return QueryModel(loaded, inference_model(loaded, device, recorded.precision), device, recorded.precision)

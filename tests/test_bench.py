@@ -62,6 +62,23 @@ def test_bench_prints_every_row_with_sane_numbers_and_leaves_no_dataset(tmp_path
         assert dataset_summaries(session) == []  # the end-to-end run's dataset is removed afterwards
 
 
+def test_bench_times_the_model_again_in_each_precision_compared(tmp_path):
+    result = run_cli("bench", *TINY, "--images", "4", "--original-images", "2", "--workers", "0",
+                     "--folder", tmp_path / "jpegs", "--precision", "fp32", "--compare-precision", "int8",
+                     "--compare-precision", "fp32")  # the measured precision itself is not timed twice
+    table = _table(result.stdout)
+    model_only, int8 = table["model only (forward passes on decoded inputs)"], table["model only in int8"]
+    assert list(table)[:3] == ["model only (forward passes on decoded inputs)", "model only in int8",
+                               "end to end (`index`: decode, embed, thumbnails, database writes)"]
+    assert int8[:2] == ["56 px, int8, batch 2", "4"] and "fp32" in model_only[0]
+    speeds = {name: _number(cells[-1], "images/s") for name, cells in table.items() if cells[-1].endswith("images/s")}
+    assert _number(table["model only: int8 / fp32"][-1], "times") == pytest.approx(
+        speeds["model only in int8"] / speeds["model only (forward passes on decoded inputs)"], rel=0.02, abs=0.01)
+    assert _number(table["model only in int8 / original way"][-1], "times") == pytest.approx(
+        speeds["model only in int8"] / speeds["original way (one image at a time, CLS only)"], rel=0.05, abs=0.1)
+    assert "model only in fp32" not in table
+
+
 def test_bench_jpegs_are_one_to_four_megapixels_and_are_reused(tmp_path):
     paths = write_bench_images(tmp_path, 22)  # each from a different sample photograph
     assert len({path.name for path in paths}) == 22

@@ -287,6 +287,15 @@ def test_the_command_lines_model_names_are_the_models():
         assert model.resolve_precision(precision, torch.device("cpu")) in cli.PRECISIONS[1:]
 
 
+def test_int8_is_offered_by_every_command_that_runs_the_model():
+    from indexer.cli_docs import command
+
+    for path, name in (("index", "precision"), ("bench", "precision"), ("bench", "compare_precisions")):
+        option = next(param for param in command(path).params if param.name == name)
+        assert list(option.type.choices) == ["auto", "fp32", "bf16", "fp16", "int8"], (path, name)
+    assert "int8 (CPU only, never auto)" in " ".join(run_cli("index", "--help").stdout.split())
+
+
 def test_every_option_read_from_the_environment_names_its_variable_in_its_help():
     from indexer.cli_docs import command
 

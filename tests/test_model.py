@@ -15,7 +15,8 @@ from sqlalchemy import select
 from db.engine import open_database
 from db.queries import dataset_by_name, load_embeddings, patch_grid
 from db.schema import Image as ImageRow
-from indexer.model import ModelError, WeightsChoice, load_model
+from db.schema import IndexRun
+from indexer.model import ModelError, WeightsChoice, inference_model, load_model, resolve_precision
 from tests.conftest import FAST, IMAGE_SIZE, MODEL, hub_snapshot, run_cli, run_cli_process
 from tests.images import noise
 
@@ -72,6 +73,41 @@ def test_bf16_embeddings_agree_with_fp32(photos, tmp_path, weights_file):
     for relpath, (cls, _) in runs["fp32"].items():
         bf16 = runs["bf16"][relpath][0]
         assert np.dot(cls, bf16) / np.linalg.norm(cls) / np.linalg.norm(bf16) > 0.999
+
+
+def test_int8_is_recorded_as_the_datasets_precision_and_embeds_close_to_fp32(photos, tmp_path):
+    runs = {}
+    for precision in ("fp32", "int8"):
+        db = tmp_path / f"{precision}.db"
+        run_cli("index", photos, "--db", db, "--random-weights", "--precision", precision, *FAST)
+        runs[precision] = _stored(db, "photos")
+        with open_database(str(db), readonly=True).session() as session:
+            assert dataset_by_name(session, "photos").precision == precision
+            assert [options["precision"] for options in session.scalars(select(IndexRun.options))] == [precision]
+        assert f"dims), {precision}, weights random-init" in run_cli("datasets", "--db", db).stdout
+    for relpath, (cls, grid) in runs["fp32"].items():
+        int8, int8_grid = runs["int8"][relpath]
+        assert not np.array_equal(cls, int8)  # the quantised layers ran, not the float32 ones
+        assert np.dot(cls, int8) / np.linalg.norm(cls) / np.linalg.norm(int8) > 0.995
+        np.testing.assert_allclose(int8_grid.astype(np.float32), grid.astype(np.float32), atol=0.05)
+
+
+def test_int8_quantises_the_linear_layers_once_and_only_on_the_cpu():
+    loaded = load_model(MODEL, WeightsChoice("random"), IMAGE_SIZE)
+    linear_layers = sum(type(module) is torch.nn.Linear for module in loaded.model.modules())
+    model = inference_model(loaded, torch.device("cpu"), "int8")
+    quantised = [module for module in model.modules() if type(module) is torch.ao.nn.quantized.dynamic.Linear]
+    assert loaded.quantized and len(quantised) == linear_layers > 0
+    assert not any(type(module) is torch.nn.Linear for module in model.modules())
+    again = inference_model(loaded, torch.device("cpu"), "int8")
+    assert [module for module in again.modules() if type(module) is torch.ao.nn.quantized.dynamic.Linear] == quantised
+
+    assert resolve_precision("int8", torch.device("cpu")) == "int8"
+    assert resolve_precision("auto", torch.device("cpu")) != "int8"
+    for device in ("cuda", "mps"):
+        with pytest.raises(ModelError, match=rf"^--precision int8 .* runs on the CPU only, not on {device}: use "
+                                             rf"--device cpu with it, or --precision bf16 or fp16 on {device}$"):
+            resolve_precision("int8", torch.device(device))
 
 
 def test_decode_workers_give_the_same_vectors_as_the_main_process(photos, tmp_path):

@@ -196,6 +196,25 @@ def test_an_indexed_file_uploaded_gets_its_stored_embedding_until_the_weights_fi
         embed_upload(QueryModels(), recorded, any_upload)
 
 
+def test_an_upload_to_an_int8_dataset_is_embedded_in_int8(tmp_path, photos):
+    db = tmp_path / "index.db"
+    run_cli("index", photos, "--db", db, "--random-weights", "--precision", "int8", "--batch-size", "1", *FAST)
+    store = DatasetStore(f"sqlite:///{db}")
+    recorded, view = recorded_model(store, "photos"), store.view("photos")
+    assert recorded.precision == "int8"
+    in_fp32 = RecordedModel(recorded.name, recorded.weights_kind, recorded.weights_identity, None,
+                            recorded.image_size, "fp32")
+    models = QueryModels(capacity=2)
+    for position, relpath in enumerate(view.relpaths):
+        upload = data_url((photos / relpath).read_bytes(), mime_type(relpath))
+        # one image a batch, as indexed: the same int8 activation scales, so the same vector to float32 rounding
+        np.testing.assert_allclose(embed_upload(models, recorded, upload).embedding, view.embeddings[position],
+                                   rtol=1e-4, atol=1e-4)
+        assert not np.allclose(embed_upload(models, in_fp32, upload).embedding, view.embeddings[position],
+                               rtol=1e-4, atol=1e-4)
+    assert str(models.get(recorded).device) == "cpu"
+
+
 def test_hub_weights_come_only_from_the_cached_snapshot_the_dataset_names(tmp_path, photos, weights_file,
                                                                           monkeypatch):
     revision = "0123456789abcdef0123456789abcdef01234567"
