@@ -182,8 +182,7 @@ def index_folder(database: Database, request: IndexRequest, *, show_progress: bo
                       lambda files: tqdm(files, desc="hashing", unit="file", disable=not show_progress or
                                          len(files) < 1000), request.shard)
 
-    device = resolve_device(request.device)
-    precision = resolve_precision(request.precision, device)
+    device, precision = _device_and_precision(dataset, request)
     loaded = load_model(model_name, weights, image_size) if plan.embed or dataset is None else None
     _check_patch_dims(dataset, request, loaded, len(plan.embed))
     if dataset is not None and precision != dataset.precision and plan.embed:
@@ -362,6 +361,17 @@ def _check_same_set(session, dataset: Dataset, request: IndexRequest) -> None:
     recorded = uploaded_set(session, dataset)
     if recorded is None or recorded.set_id != request.uploaded_set.set_id:
         raise IndexRefused(f"a dataset named {request.dataset_name!r} exists already: name the image set otherwise")
+
+
+def _device_and_precision(dataset: Dataset | None, request: IndexRequest) -> tuple[torch.device, str]:
+    """The run's device and precision. int8 is never auto's choice, so a dataset built in int8 was asked for so:
+    a later run that leaves the precision to auto (an image set indexed again from the dashboard, say) keeps it, on
+    the CPU unless a device is named."""
+    if request.precision == "auto" and dataset is not None and dataset.precision == "int8":
+        device = resolve_device("cpu" if request.device == "auto" else request.device)
+        return device, resolve_precision("int8", device)
+    device = resolve_device(request.device)
+    return device, resolve_precision(request.precision, device)
 
 
 def _run_options(request: IndexRequest, model: str, image_size: int, device: torch.device, precision: str) -> dict:

@@ -92,6 +92,19 @@ def test_int8_is_recorded_as_the_datasets_precision_and_embeds_close_to_fp32(pho
         np.testing.assert_allclose(int8_grid.astype(np.float32), grid.astype(np.float32), atol=0.05)
 
 
+def test_an_int8_dataset_stays_int8_when_a_later_run_leaves_the_precision_to_auto(photos, tmp_path):
+    db = tmp_path / "index.db"
+    run_cli("index", photos, "--db", db, "--random-weights", "--precision", "int8", *FAST)
+    noise(photos / "b" / "later.png", seed=7, size=(60, 90))
+    output = run_cli("index", photos, "--db", db, "--random-weights", *FAST).stdout
+    assert "1 added" in output and "this run embeds in" not in output
+    with open_database(str(db), readonly=True).session() as session:
+        assert [options["precision"] for options in session.scalars(select(IndexRun.options))] == ["int8", "int8"]
+    later, _grid = _stored(db, "photos")["b/later.png"]
+    run_cli("index", photos, "--db", tmp_path / "fp32.db", "--random-weights", "--precision", "fp32", *FAST)
+    assert not np.array_equal(later, _stored(tmp_path / "fp32.db", "photos")["b/later.png"][0])
+
+
 def test_int8_quantises_the_linear_layers_once_and_only_on_the_cpu():
     loaded = load_model(MODEL, WeightsChoice("random"), IMAGE_SIZE)
     linear_layers = sum(type(module) is torch.nn.Linear for module in loaded.model.modules())
