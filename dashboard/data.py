@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dashboard.analysis.projection import REDUCED_DIMENSIONS, pca_components, row_norms
-from dashboard.analysis.similarity import top_k
+from dashboard.analysis.projection import REDUCED_DIMENSIONS, principal_basis, row_norms
+from dashboard.analysis.similarity import ReducedSearch, bounded_top_k, top_k
 from dashboard.shared_matrix import MatrixKey, SharedContent, one_builder, read_shared, write_shared
 from db.engine import Database, open_database
 from db.patch_pca import PatchPca
@@ -43,7 +43,8 @@ from db.schema import Dataset, UploadedSet
 
 log = logging.getLogger(__name__)
 PATH_SEPARATOR = "\0"  # the one character no file path holds
-SHARED_CONTENT = 2  # the version of what _read_dataset shares: change it with what it stores
+SHARED_CONTENT = 3  # the version of what _read_dataset shares: change it with what it stores
+BOUNDED_SEARCH_FROM = 50_000  # images from which a query reads only the embeddings its bounds cannot rule out
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,9 @@ class DatasetView:
 
     Two derived arrays are computed here unless given: `norms`, the embeddings' L2 norms (N,), so a query never
     normalises the matrix, and `reduced`, the L2-normalised embeddings on their first 50 principal axes (N, <= 50),
-    which K-Means, the PCA projection and the pre-reduction of t-SNE and UMAP use. Arrays may be read-only.
+    which K-Means, the PCA projection and the pre-reduction of t-SNE and UMAP use, with `search`, what bounds a
+    query's scores from them (similarity.ReducedSearch; None when `reduced` is given without it). Arrays may be
+    read-only.
     """
 
     name: str
@@ -88,12 +91,16 @@ class DatasetView:
     embeddings: np.ndarray
     norms: np.ndarray = None
     reduced: np.ndarray = None
+    search: ReducedSearch | None = None
 
     def __post_init__(self) -> None:
         if self.norms is None:
             object.__setattr__(self, "norms", row_norms(self.embeddings))
         if self.reduced is None:
-            object.__setattr__(self, "reduced", pca_components(self.embeddings, REDUCED_DIMENSIONS)[0])
+            basis = principal_basis(self.embeddings, REDUCED_DIMENSIONS)
+            object.__setattr__(self, "reduced", basis.coordinates)
+            object.__setattr__(self, "search", ReducedSearch.of(basis.coordinates, basis.axes, basis.mean,
+                                                                 self.norms))
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -103,7 +110,10 @@ class DatasetView:
         return int(found[0]) if found.size else None
 
     def nearest(self, query: int | np.ndarray, k: int, *, exclude_self: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of the k images most cosine-similar to a row or a vector, and their scores (see top_k)."""
+        """Rows of the k images most cosine-similar to a row or a vector, and their scores (see top_k); from
+        BOUNDED_SEARCH_FROM images on the same answer from bounded_top_k, which reads far fewer embeddings."""
+        if self.search is not None and len(self) >= BOUNDED_SEARCH_FROM:
+            return bounded_top_k(self.embeddings, self.norms, self.search, query, k, exclude_self=exclude_self)
         return top_k(self.embeddings, query, k, exclude_self=exclude_self, norms=self.norms)
 
 
@@ -243,8 +253,9 @@ class DatasetStore:
         arrays, images = shared.arrays, shared.document
         relpaths = images["relpaths"].split(PATH_SEPARATOR) if len(arrays["image_ids"]) else []
         labels = np.array(images["labels"], dtype=object)[arrays["label_codes"]].tolist()
+        search = ReducedSearch(arrays["reduced"], arrays["axes"], arrays["offset"], arrays["residuals"])
         return DatasetView(dataset.name, dataset.generation, arrays["image_ids"], relpaths, labels, arrays["sizes"],
-                           arrays["embeddings"], arrays["norms"], arrays["reduced"])
+                           arrays["embeddings"], arrays["norms"], arrays["reduced"], search)
 
 
 def _provenance(dataset: Dataset, image_count: int, last_indexed: datetime | None,
@@ -276,7 +287,10 @@ def _read_dataset(session, dataset: Dataset) -> SharedContent:
     # Read back fast: paths as one string, labels as codes into the distinct labels, sizes as an array.
     distinct = list(dict.fromkeys(read.labels))
     codes = {label: code for code, label in enumerate(distinct)}
-    arrays = {"image_ids": read.image_ids, "embeddings": read.embeddings, "norms": row_norms(read.embeddings),
-              "reduced": pca_components(read.embeddings, REDUCED_DIMENSIONS)[0],
+    norms, basis = row_norms(read.embeddings), principal_basis(read.embeddings, REDUCED_DIMENSIONS)
+    search = ReducedSearch.of(basis.coordinates, basis.axes, basis.mean, norms)
+    arrays = {"image_ids": read.image_ids, "embeddings": read.embeddings, "norms": norms,
+              "reduced": basis.coordinates, "axes": search.axes, "offset": search.offset,
+              "residuals": search.residuals,
               "label_codes": np.array([codes[label] for label in read.labels], np.int32), "sizes": read.sizes}
     return SharedContent(arrays, {"relpaths": PATH_SEPARATOR.join(read.relpaths), "labels": distinct})

@@ -21,7 +21,8 @@ TSNE_ITERATIONS = 750  # openTSNE's default: 250 with early exaggeration, then 5
 TSNE_REPORT_EVERY = 50
 # Below this UMAP's spectral initialisation fails; a projection of so few points is PCA's to give anyway.
 MIN_NONLINEAR_IMAGES = 4
-UMAP_EXACT_NEIGHBOURS = 4096  # below this UMAP searches neighbours exactly (here with scikit-learn), else NNDescent
+UMAP_EXACT_NEIGHBOURS = 4096
+PCA_CHUNK = 65_536  # rows normalised at a time by pca_components (200 MB at 768 dimensions)  # below this UMAP searches neighbours exactly (here with scikit-learn), else NNDescent
 
 
 @dataclass
@@ -48,15 +49,36 @@ def normalize_rows(matrix: np.ndarray) -> np.ndarray:
     return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
 
 
+@dataclass(frozen=True)
+class PrincipalBasis:
+    """The first principal components of the L2-normalised embeddings: each row's coordinates (N, n) float32, the
+    explained variance ratio (n,), the axes (n, D) float32 and the mean (D,) float32 they are measured from."""
+
+    coordinates: np.ndarray
+    ratio: np.ndarray
+    axes: np.ndarray
+    mean: np.ndarray
+
+
 def pca_components(embeddings: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The first n principal components of the L2-normalised embeddings, as `project(..., "pca")` uses.
 
     Returns coordinates (N, n) float32 and the explained variance ratio (n,); n is clamped to min(N, D). Exact
     (no randomised solver), so the first components do not depend on n.
     """
+    basis = principal_basis(embeddings, n)
+    return basis.coordinates, basis.ratio
+
+
+def principal_basis(embeddings: np.ndarray, n: int, *, chunk: int = PCA_CHUNK) -> PrincipalBasis:
+    """pca_components with the axes and mean. With at least as many images as dimensions the rows are normalised
+    `chunk` at a time and never all at once: memory beyond the result stays a chunk's (a million images of 768
+    dimensions take 3 GB, and a normalised copy would take 3 GB more)."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    return _pca(normalize_rows(embeddings), n)
+    if len(embeddings) < max(2, np.shape(embeddings)[1]):
+        return _pca(normalize_rows(embeddings), n)
+    return _streamed_pca(embeddings, n, chunk)
 
 
 def project(
@@ -112,19 +134,45 @@ def warm_up() -> None:
     project(points, "tsne", perplexity=2)
 
 
-def _pca(vectors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _pca(vectors: np.ndarray, n: int) -> PrincipalBasis:
     """PCA of `vectors`, a matrix this function may overwrite."""
     n = min(n, *vectors.shape)
     if len(vectors) < 2:  # a single point has no variance to explain
-        return np.zeros((len(vectors), n), np.float32), np.zeros(n)
-    # Exact solvers: with many more images than dimensions the D x D covariance is the fast way (about 1 s for
-    # 100,000 x 768); copy=False centres in place instead of copying the matrix once more.
-    solver = "covariance_eigh" if len(vectors) >= vectors.shape[1] else "full"
-    pca = PCA(n_components=n, svd_solver=solver, copy=False)
+        mean = vectors.mean(axis=0).astype(np.float32) if len(vectors) else np.zeros(vectors.shape[1], np.float32)
+        return PrincipalBasis(np.zeros((len(vectors), n), np.float32), np.zeros(n),
+                              np.eye(n, vectors.shape[1], dtype=np.float32), mean)
+    # Exact solver for fewer images than dimensions (more use _streamed_pca); copy=False centres in place.
+    pca = PCA(n_components=n, svd_solver="full", copy=False)
     with np.errstate(invalid="ignore", divide="ignore"):  # identical rows: zero total variance
         coordinates = pca.fit_transform(vectors)
         ratio = np.nan_to_num(pca.explained_variance_ratio_)
-    return coordinates.astype(np.float32), ratio
+    return PrincipalBasis(coordinates.astype(np.float32), ratio, pca.components_.astype(np.float32),
+                          pca.mean_.astype(np.float32))
+
+
+def _streamed_pca(embeddings: np.ndarray, n: int, chunk: int) -> PrincipalBasis:
+    """PCA of the normalised rows from their mean and covariance, summed a chunk at a time (float64), then the
+    D x D eigendecomposition: what scikit-learn's "covariance_eigh" solver does, without a centred copy."""
+    count, dim = embeddings.shape
+    n = min(n, count, dim)
+    total, products = np.zeros(dim), np.zeros((dim, dim))
+    for start in range(0, count, chunk):
+        rows = normalize_rows(embeddings[start:start + chunk])
+        total += rows.sum(axis=0, dtype=np.float64)
+        products += (rows.T @ rows).astype(np.float64)
+    mean = total / count
+    covariance = products / count - np.outer(mean, mean)
+    variances, vectors = np.linalg.eigh(covariance)
+    order = np.argsort(variances)[::-1][:n]
+    axes = vectors[:, order].T  # (n, D), as scikit-learn signs them: each axis's largest entry positive
+    axes *= np.sign(axes[np.arange(n), np.argmax(np.abs(axes), axis=1)])[:, None]
+    axes32, shift = axes.astype(np.float32), (axes @ mean).astype(np.float32)
+    coordinates = np.empty((count, n), np.float32)
+    for start in range(0, count, chunk):
+        coordinates[start:start + chunk] = normalize_rows(embeddings[start:start + chunk]) @ axes32.T - shift
+    kept = np.clip(variances[order], 0.0, None)
+    whole = np.clip(variances, 0.0, None).sum()
+    return PrincipalBasis(coordinates, kept / whole if whole > 0 else np.zeros(n), axes32, mean.astype(np.float32))
 
 
 # Both methods use euclidean distance: on unit vectors it orders neighbours as cosine does, and after the
