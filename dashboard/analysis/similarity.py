@@ -80,7 +80,8 @@ class ReducedSearch:
 
 # Float32 rounding in the coordinates and lengths, far above its size: a bound never falls below a true score.
 BOUND_MARGIN = 1e-3
-FIRST_CANDIDATES = 1_024  # rows read in full at first by the bounded search (times 4 each round that fails)
+FIRST_CANDIDATES = 1_024  # rows of highest bound scored first by the bounded search
+BOUNDED_SHARE = 0.125  # past this share of the rows to score, reading them one by one costs more than a scan
 
 
 def residual_lengths(reduced: np.ndarray, offset: np.ndarray, norms: np.ndarray, chunk: int = 262_144) -> np.ndarray:
@@ -98,9 +99,9 @@ def bounded_top_k(embeddings: np.ndarray, norms: np.ndarray, search: ReducedSear
                   ) -> tuple[np.ndarray, np.ndarray]:
     """top_k's answer, reading full embeddings only where the principal components cannot rule an image out.
 
-    Candidates are the rows of highest bound; once the K-th best exact score among them is above every other
-    row's bound, no other row can enter the top K. The first `first` are read, then four times as many each time, up to a
-    quarter of the rows, past which the whole matrix is scanned (as top_k does)."""
+    The `first` rows of highest bound are scored exactly: their K-th best score is a floor for the answer's, so
+    every row whose bound reaches it is scored too, and no other row can be in the top K. Where more than
+    BOUNDED_SHARE of the rows reach it the whole matrix is scanned instead (as top_k does)."""
     n = len(embeddings)
     if np.ndim(query) == 0:
         index = operator.index(query)
@@ -113,24 +114,26 @@ def bounded_top_k(embeddings: np.ndarray, norms: np.ndarray, search: ReducedSear
     bounds = search.bounds(unit)
     if np.ndim(query) == 0 and exclude_self:
         bounds[index] = -np.inf
-        n -= 1
-    k = min(k, n)
-    if k <= 0:
-        return np.empty(0, np.int64), np.empty(0, np.float32)
     count = max(first, 4 * k)
-    while count < n // 4:
-        order = np.argpartition(-bounds, count)[:count + 1]
-        beyond = order[np.argmin(bounds[order])]  # the highest bound left out
-        candidates = np.sort(order[order != beyond])
-        scores = np.asarray(embeddings[candidates], dtype=np.float32) @ unit
-        np.divide(scores, norms[candidates], out=scores, where=norms[candidates] > 0)
-        best = _largest(scores, k)
-        if scores[best].min() > bounds[beyond]:
-            chosen = candidates[best]
-            order = np.lexsort((chosen, -scores[best]))
-            return chosen[order].astype(np.int64), np.clip(scores[best][order], -1.0, 1.0)
-        count *= 4
-    return top_k(embeddings, query, k, exclude_self=exclude_self, norms=norms)
+    if count >= n * BOUNDED_SHARE:
+        return top_k(embeddings, query, k, exclude_self=exclude_self, norms=norms)
+    leading = np.sort(np.argpartition(-bounds, count)[:count])
+    floor = np.sort(_scores(embeddings, norms, leading, unit))[-k]
+    candidates = np.union1d(leading, np.flatnonzero(bounds >= floor))
+    if len(candidates) > n * BOUNDED_SHARE:
+        return top_k(embeddings, query, k, exclude_self=exclude_self, norms=norms)
+    scores = _scores(embeddings, norms, candidates, unit)
+    if np.ndim(query) == 0 and exclude_self:
+        scores[candidates == index] = -np.inf
+    best = _largest(scores, k)
+    order = np.lexsort((candidates[best], -scores[best]))
+    chosen = best[order]
+    return candidates[chosen].astype(np.int64), np.clip(scores[chosen], -1.0, 1.0)
+
+
+def _scores(embeddings: np.ndarray, norms: np.ndarray, rows: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    scores = np.asarray(embeddings[rows], dtype=np.float32) @ unit
+    return np.divide(scores, norms[rows], out=scores, where=norms[rows] > 0)
 
 
 def cosine_matrix(embeddings: np.ndarray) -> np.ndarray:
