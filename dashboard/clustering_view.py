@@ -43,6 +43,9 @@ CLUSTER_SAMPLE = 5_000
 CLUSTER_IN_REQUEST = 2_000
 MOSTLY = 0.9  # DBSCAN's result is explained when this share of the images is noise, or in one cluster
 CORE_SHARE = 0.9  # the eps DBSCAN's advice suggests makes this share of the images core points
+# K-Means fits its centres on a seeded sample of this many images at most (under a second), then every image takes
+# its nearest centre: a million images' K-Means took 6 s, the sample's 1.
+KMEANS_SAMPLE = 100_000
 SCATTER_POINTS = 200_000  # points drawn at most; larger datasets show a seeded sample
 SMALL_MARKERS = 2_000  # from this many images on, markers are small and have no outline
 
@@ -187,8 +190,11 @@ def cluster_images(view: DatasetView, coordinates: np.ndarray, params: ClusterPa
         else:
             points = normalize_rows(view.embeddings) if params.method == "dbscan" else view.reduced
         report(f"{name} of {len(view):,} images")
-        labels = cluster(points, params.method, **options)
+        labels = cluster(points, params.method, **options, fit_sample=KMEANS_SAMPLE)
         clustered, clustered_labels = points, labels
+        if params.method == "kmeans" and len(view) > KMEANS_SAMPLE:
+            notes.append(f"K-Means placed its centres on a sample of {KMEANS_SAMPLE:,} images; every image then "
+                         "joined its nearest centre")
     else:
         sample = np.sort(np.random.default_rng(0).choice(len(view), CLUSTER_SAMPLE, replace=False))
         if on_projection:

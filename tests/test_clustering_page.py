@@ -9,6 +9,7 @@ import io
 import diskcache
 import numpy as np
 import pytest
+from sklearn import metrics
 
 from dashboard import clustering_view
 from dashboard.analysis.clustering import NOISE
@@ -103,6 +104,18 @@ def test_a_large_dataset_is_clustered_on_a_sample_that_the_others_join(method, m
     result = cluster_images(view, np.zeros((len(view), 2)), ClusterParams(method, k=3, eps=0.3, min_samples=3))
     assert result.metrics.adjusted_rand == pytest.approx(1.0) and result.metrics.n_noise == 0
     assert "a sample of 20 images" in result.notes[0]
+
+
+def test_kmeans_of_a_large_dataset_places_centres_on_a_sample_and_says_so(monkeypatch):
+    view = _blobs(per_blob=30)
+    whole = cluster_images(view, np.zeros((len(view), 2)), ClusterParams("kmeans", k=3))
+    assert whole.notes == []
+    monkeypatch.setattr(clustering_view, "KMEANS_SAMPLE", 12)
+    sampled = cluster_images(view, np.zeros((len(view), 2)), ClusterParams("kmeans", k=3))
+    assert sampled.metrics.adjusted_rand == pytest.approx(1.0)  # every image joined its folder's centre
+    assert metrics.adjusted_rand_score(whole.labels, sampled.labels) == pytest.approx(1.0)
+    assert sampled.notes == [("K-Means placed its centres on a sample of 12 images; every image then joined its "
+                             "nearest centre")]
 
 
 def test_clustering_the_projection_uses_the_two_dimensional_points():
