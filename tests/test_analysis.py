@@ -368,3 +368,20 @@ def test_bounded_top_k_gives_the_full_scan_answer(dimensions):
             found = bounded_top_k(embeddings, norms, search, query, 10, exclude_self=exclude_self, first=16)
             np.testing.assert_array_equal(found[0], expected[0])
             np.testing.assert_allclose(found[1], expected[1], atol=1e-5)
+
+
+def test_tsne_above_the_sample_fits_a_sample_and_places_every_other_image_at_its_nearest():
+    embeddings, _ = blobs(30, 3, 16, spread=0.2, seed=8)
+    stages = []
+    result = project(embeddings, "tsne", perplexity=5, sample=40, progress=stages.append)
+    assert result.coordinates.shape == (90, 2)
+    assert result.notes == ["t-SNE of a sample of 40 images; each of the other 50 is placed where its nearest "
+                            "sampled image is"]
+    assert "placing the other images: 0 of 50" in stages
+    sampled = np.sort(np.random.default_rng(0).choice(90, 40, replace=False))
+    reduced = pca_components(embeddings, 50)[0]
+    for row in np.setdiff1d(np.arange(90), sampled):
+        nearest = sampled[np.argmin(np.linalg.norm(reduced[sampled] - reduced[row], axis=1))]
+        np.testing.assert_array_equal(result.coordinates[row], result.coordinates[nearest])
+    assert len(np.unique(result.coordinates[sampled], axis=0)) == 40  # the sample itself was fitted
+    assert project(embeddings, "tsne", perplexity=5, sample=90).notes == []
