@@ -265,9 +265,16 @@ def test_a_scatter_of_more_points_than_the_browser_draws_well_shows_a_sample(mon
     view = _blobs()
     projection = cached_projection({}, view, ProjectionParams("pca"))
     figure = cluster_scatter(view, projection, cluster_images(view, projection.coordinates, ClusterParams(k=3)))
-    assert sum(len(trace.x) for trace in figure.data) == 12
-    assert figure.layout.title.text == "a sample of 12 of 30 images"
-    assert sorted(trace.name for trace in figure.data) == ["cluster 0 (10)", "cluster 1 (10)", "cluster 2 (10)"]
+    *points, density = figure.data  # the density last: the selection's patches address the points by number
+    assert sum(len(trace.x) for trace in points) == 12
+    assert figure.layout.title.text == "a sample of 12 of 30 images, over the density of all of them"
+    assert sorted(trace.name for trace in points) == ["cluster 0 (10)", "cluster 1 (10)", "cluster 2 (10)"]
+    # every image counts in the density, none in an empty cell; it is never hovered, so hover finds an image id
+    counts = 10 ** (np.nan_to_num(np.asarray(density.z), nan=0.0) - 1)
+    assert density.type == "heatmap" and density.hoverinfo == "skip"
+    assert np.rint(counts[~np.isnan(np.asarray(density.z))]).sum() == 30
+    cell = (np.asarray(density.x[1]) - np.asarray(density.x[0])) / 2
+    assert density.x[0] - cell == pytest.approx(projection.coordinates[:, 0].min(), abs=1e-5)
 
 
 def test_the_scatter_reaches_the_browser_as_binary_typed_arrays(dashboard_app, sample_db, tmp_path):
