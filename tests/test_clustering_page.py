@@ -462,6 +462,26 @@ def test_hovering_shows_the_thumbnail_and_clicking_selects_the_image(dash_duo, d
     assert dash_duo.get_logs() == []
 
 
+def test_a_sampled_scatter_draws_the_density_beneath_and_hover_still_finds_the_image(dash_duo, dashboard_app,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(clustering_view, "SCATTER_POINTS", 20)  # the server runs in this process
+    dash_duo.start_server(dashboard_app)
+    dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples")
+    until(lambda: _trace_count(dash_duo) == 6, timeout=20)  # five clusters' points, then the density
+    assert _figure(dash_duo, "gd._fullData[5].type") == "heatmap"
+    assert _figure(dash_duo, "gd.querySelectorAll('.hm image').length") == 1  # drawn
+    assert _figure(dash_duo, "gd._fullData.slice(0, 5).reduce((n, t) => n + t.x.length, 0)") == 20
+    assert "a sample of 20 of 44 images, over the density of all of them" in _text(dash_duo, "#clustering-scatter")
+    image_id = _figure(dash_duo, "gd._fullData[0].customdata[0]")
+    x, y = _point_on_screen(dash_duo)
+    plot_area = dash_duo.find_element("#clustering-scatter .nsewdrag")
+    ActionChains(dash_duo.driver).move_to_element(plot_area).move_by_offset(int(x), int(y)).perform()
+    dash_duo.wait_for_element("#clustering-hover-card img")
+    source = dash_duo.find_element("#clustering-hover-card img").get_attribute("src")
+    assert source.endswith(f"/thumbnails/{image_id}/gallery.jpg")
+    assert dash_duo.get_logs() == []
+
+
 def test_the_cluster_summary_and_the_csv_download(dash_duo, dashboard_app):
     dash_duo.start_server(dashboard_app)
     dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples&k=4")
