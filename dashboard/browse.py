@@ -49,10 +49,10 @@ def gallery_page(view: DatasetView, label: str | None, page: int, per_page: int 
     elif label:
         matching = [i for i, found in enumerate(view.labels) if found == label]
     else:
-        matching = list(range(len(view)))
+        matching = range(len(view))  # never a list of a million rows for one page of them
     page_count = max(1, math.ceil(len(matching) / per_page))
     page = min(max(1, page), page_count)
-    return GalleryPage(matching[(page - 1) * per_page: page * per_page], page, page_count, len(matching))
+    return GalleryPage(list(matching[(page - 1) * per_page: page * per_page]), page, page_count, len(matching))
 
 
 def image_detail(view: DatasetView, image_id: int, k: int = 8) -> ImageDetail | None:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dashboard.analysis.projection import REDUCED_DIMENSIONS, pca_components, row_norms
-from dashboard.analysis.similarity import top_k
+from dashboard.analysis.projection import REDUCED_DIMENSIONS, principal_basis, row_norms
+from dashboard.analysis.similarity import ReducedSearch, bounded_top_k, top_k
 from dashboard.matrix_content import CONTENT, PATH_SEPARATOR, full_content, next_content
 from dashboard.shared_matrix import MatrixKey, SharedContent, one_builder, previous_shared, read_shared, write_shared
 from db.engine import Database, open_database
@@ -43,6 +43,7 @@ from db.queries import (
 from db.schema import Dataset, UploadedSet
 
 log = logging.getLogger(__name__)
+BOUNDED_SEARCH_FROM = 50_000  # images from which a query reads only the embeddings its bounds cannot rule out
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,9 @@ class DatasetView:
 
     Two derived arrays are computed here unless given: `norms`, the embeddings' L2 norms (N,), so a query never
     normalises the matrix, and `reduced`, the L2-normalised embeddings on their first 50 principal axes (N, <= 50),
-    which K-Means, the PCA projection and the pre-reduction of t-SNE and UMAP use. Arrays may be read-only.
+    which K-Means, the PCA projection and the pre-reduction of t-SNE and UMAP use, with `search`, what bounds a
+    query's scores from them (similarity.ReducedSearch; None when `reduced` is given without it). Arrays may be
+    read-only.
     """
 
     name: str
@@ -87,12 +90,16 @@ class DatasetView:
     embeddings: np.ndarray
     norms: np.ndarray = None
     reduced: np.ndarray = None
+    search: ReducedSearch | None = None
 
     def __post_init__(self) -> None:
         if self.norms is None:
             object.__setattr__(self, "norms", row_norms(self.embeddings))
         if self.reduced is None:
-            object.__setattr__(self, "reduced", pca_components(self.embeddings, REDUCED_DIMENSIONS)[0])
+            basis = principal_basis(self.embeddings, REDUCED_DIMENSIONS)
+            object.__setattr__(self, "reduced", basis.coordinates)
+            object.__setattr__(self, "search", ReducedSearch.of(basis.coordinates, basis.axes, basis.mean,
+                                                                 self.norms))
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -102,7 +109,10 @@ class DatasetView:
         return int(found[0]) if found.size else None
 
     def nearest(self, query: int | np.ndarray, k: int, *, exclude_self: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of the k images most cosine-similar to a row or a vector, and their scores (see top_k)."""
+        """Rows of the k images most cosine-similar to a row or a vector, and their scores (see top_k); from
+        BOUNDED_SEARCH_FROM images on the same answer from bounded_top_k, which reads far fewer embeddings."""
+        if self.search is not None and len(self) >= BOUNDED_SEARCH_FROM:
+            return bounded_top_k(self.embeddings, self.norms, self.search, query, k, exclude_self=exclude_self)
         return top_k(self.embeddings, query, k, exclude_self=exclude_self, norms=self.norms)
 
 
@@ -242,8 +252,9 @@ class DatasetStore:
         arrays, images = shared.arrays, shared.document
         relpaths = images["relpaths"].split(PATH_SEPARATOR) if len(arrays["image_ids"]) else []
         labels = np.array(images["labels"], dtype=object)[arrays["label_codes"]].tolist()
+        search = ReducedSearch(arrays["reduced"], arrays["pca_axes"], arrays["offset"], arrays["residuals"])
         return DatasetView(dataset.name, dataset.generation, arrays["image_ids"], relpaths, labels, arrays["sizes"],
-                           arrays["embeddings"], arrays["norms"], arrays["reduced"])
+                           arrays["embeddings"], arrays["norms"], arrays["reduced"], search)
 
 
 def _provenance(dataset: Dataset, image_count: int, last_indexed: datetime | None,

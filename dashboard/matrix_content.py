@@ -5,7 +5,8 @@ A generation holds the images in relative-path order: `image_ids`, `sizes`, `lab
 distinct `labels`), the paths (the document's `relpaths`, one string), `content_hashes` (each image's content hash
 as 64 bytes, 8 int64), the `embeddings` as stored, their `norms`, and `reduced`: the normalised embeddings on their
 first REDUCED_DIMENSIONS principal axes, with those axes (`pca_mean`, `pca_axes`) and how they came about (the
-document's `pca`: rows fitted, rows added, changed or removed since, and the share of variance the axes kept).
+document's `pca`: rows fitted, rows added, changed or removed since, and the share of variance the axes kept), and
+what bounds a query's scores from them (`offset`, `residuals`: dashboard.analysis.similarity.ReducedSearch).
 
 Built from the previous generation (next_content), as while an index run adds a batch at a time: every image's
 facts are read (ids, paths, labels, sizes, content hashes; no embedding), each image whose content hash is the
@@ -30,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dashboard.analysis.projection import REDUCED_DIMENSIONS, PcaBasis, pca_fit, row_norms
+from dashboard.analysis.similarity import residual_lengths
 from dashboard.shared_matrix import Gathered, SharedContent
 from db.queries import DatasetEmbeddings, dataset_generation, embeddings_of, image_facts
 from db.schema import Dataset
@@ -128,9 +130,11 @@ def _content(image_ids, relpaths, labels, sizes, digests, embeddings, norms, coo
     # Read back fast: paths as one string, labels as codes into the distinct labels, sizes as an array.
     distinct = list(dict.fromkeys(labels))
     codes = {label: code for code, label in enumerate(distinct)}
+    offset = (basis.axes @ basis.mean).astype(np.float32)  # the mean on the axes (similarity.ReducedSearch)
     arrays = {"image_ids": image_ids, "embeddings": embeddings, "norms": norms, "reduced": coordinates,
               "label_codes": np.array([codes[label] for label in labels], np.int32).reshape(-1),
               "sizes": np.asarray(sizes, np.int32).reshape(-1, 2), "content_hashes": digests,
-              "pca_mean": basis.mean, "pca_axes": basis.axes}
+              "pca_mean": basis.mean, "pca_axes": basis.axes, "offset": offset,
+              "residuals": residual_lengths(coordinates, offset, norms)}
     return SharedContent(arrays, {"relpaths": PATH_SEPARATOR.join(relpaths), "labels": distinct,
                                   "pca": {**pca, "kept": basis.kept}})

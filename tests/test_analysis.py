@@ -16,8 +16,8 @@ from dashboard.analysis.clustering import (
     cluster_sizes,
     label_by_nearest_sample,
 )
-from dashboard.analysis.projection import normalize_rows, pca_components, project, row_norms
-from dashboard.analysis.similarity import cosine_matrix, heatmap_indices, top_k
+from dashboard.analysis.projection import normalize_rows, pca_components, principal_basis, project, row_norms
+from dashboard.analysis.similarity import ReducedSearch, bounded_top_k, cosine_matrix, heatmap_indices, top_k
 
 
 def blobs(n_per_blob: int, n_blobs: int, dimensions: int, spread: float = 0.05, seed: int = 0):
@@ -70,6 +70,18 @@ def test_pca_components_match_scikit_learn_and_clamp_n():
     coordinates, ratio = pca_components(embeddings[:4], 10)
     assert coordinates.shape == (4, 4) and ratio.shape == (4,)
     assert ratio.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_pca_components_read_in_chunks_match_scikit_learn_on_the_whole_matrix():
+    embeddings = np.random.default_rng(4).normal(size=(1000, 24)).astype(np.float32) * np.arange(1, 25)
+    basis = principal_basis(embeddings, 5, chunk=64)  # 16 chunks, the last one short
+    coordinates, ratio = basis.coordinates, basis.ratio
+    pca = PCA(n_components=5, svd_solver="full").fit(normalize_rows(embeddings))
+    assert coordinates.dtype == np.float32 and coordinates.shape == (1000, 5)
+    np.testing.assert_allclose(coordinates, pca.transform(normalize_rows(embeddings)), atol=1e-4)  # signs too
+    np.testing.assert_allclose(ratio, pca.explained_variance_ratio_, rtol=1e-4)
+    np.testing.assert_allclose(basis.axes, pca.components_, atol=1e-5)
+    np.testing.assert_allclose(basis.mean, pca.mean_, atol=1e-6)
 
 
 def test_pca_components_are_exact_so_the_first_ones_do_not_depend_on_how_many():
@@ -326,3 +338,50 @@ def test_umap_still_runs_in_a_forked_child_after_running_in_the_parent():
     child.start()
     child.join(120)
     assert child.exitcode == 0 and queue.get(timeout=5) == (40, 2)
+
+
+def _search_of(embeddings: np.ndarray, dimensions: int) -> ReducedSearch:
+    basis = principal_basis(embeddings, dimensions)
+    return ReducedSearch.of(basis.coordinates, basis.axes, basis.mean, row_norms(embeddings))
+
+
+def test_reduced_bounds_are_never_below_the_true_cosine():
+    embeddings, _ = blobs(200, 4, 32, spread=0.4, seed=5)
+    embeddings[7] = 0  # a zero row scores 0
+    search = _search_of(embeddings, 6)
+    for query in (0, 7, 311, 799):
+        unit = normalize_rows(embeddings[query][None, :])[0]
+        true = normalize_rows(embeddings) @ unit
+        assert np.all(search.bounds(unit) >= true)
+
+
+@pytest.mark.parametrize("dimensions", [3, 10])
+def test_bounded_top_k_gives_the_full_scan_answer(dimensions):
+    """With a first round of 16 candidates on 4,000 rows the bounds prune (clustered data) or rounds grow (few
+    dimensions): either way the answer is the full scan's, for row queries and vectors, with or without self."""
+    embeddings, _ = blobs(500, 8, 48, spread=0.6, seed=6)
+    norms, search = row_norms(embeddings), _search_of(embeddings, dimensions)
+    queries = [0, 1234, 3999, embeddings[17] + 0.3, np.random.default_rng(7).normal(size=48)]
+    for query in queries:
+        for exclude_self in (True, False):
+            expected = top_k(embeddings, query, 10, exclude_self=exclude_self)
+            found = bounded_top_k(embeddings, norms, search, query, 10, exclude_self=exclude_self, first=16)
+            np.testing.assert_array_equal(found[0], expected[0])
+            np.testing.assert_allclose(found[1], expected[1], atol=1e-5)
+
+
+def test_tsne_above_the_sample_fits_a_sample_and_places_every_other_image_at_its_nearest():
+    embeddings, _ = blobs(30, 3, 16, spread=0.2, seed=8)
+    stages = []
+    result = project(embeddings, "tsne", perplexity=5, sample=40, progress=stages.append)
+    assert result.coordinates.shape == (90, 2)
+    assert result.notes == [("t-SNE of a sample of 40 images; each of the other 50 is placed where its nearest "
+                            "sampled image is")]
+    assert "placing the other images: 0 of 50" in stages
+    sampled = np.sort(np.random.default_rng(0).choice(90, 40, replace=False))
+    reduced = pca_components(embeddings, 50)[0]
+    for row in np.setdiff1d(np.arange(90), sampled):
+        nearest = sampled[np.argmin(np.linalg.norm(reduced[sampled] - reduced[row], axis=1))]
+        np.testing.assert_array_equal(result.coordinates[row], result.coordinates[nearest])
+    assert len(np.unique(result.coordinates[sampled], axis=0)) == 40  # the sample itself was fitted
+    assert project(embeddings, "tsne", perplexity=5, sample=90).notes == []

@@ -9,6 +9,7 @@ import io
 import diskcache
 import numpy as np
 import pytest
+from sklearn import metrics
 
 from dashboard import clustering_view
 from dashboard.analysis.clustering import NOISE
@@ -103,6 +104,18 @@ def test_a_large_dataset_is_clustered_on_a_sample_that_the_others_join(method, m
     result = cluster_images(view, np.zeros((len(view), 2)), ClusterParams(method, k=3, eps=0.3, min_samples=3))
     assert result.metrics.adjusted_rand == pytest.approx(1.0) and result.metrics.n_noise == 0
     assert "a sample of 20 images" in result.notes[0]
+
+
+def test_kmeans_of_a_large_dataset_places_centres_on_a_sample_and_says_so(monkeypatch):
+    view = _blobs(per_blob=30)
+    whole = cluster_images(view, np.zeros((len(view), 2)), ClusterParams("kmeans", k=3))
+    assert whole.notes == []
+    monkeypatch.setattr(clustering_view, "KMEANS_SAMPLE", 12)
+    sampled = cluster_images(view, np.zeros((len(view), 2)), ClusterParams("kmeans", k=3))
+    assert sampled.metrics.adjusted_rand == pytest.approx(1.0)  # every image joined its folder's centre
+    assert metrics.adjusted_rand_score(whole.labels, sampled.labels) == pytest.approx(1.0)
+    assert sampled.notes == [("K-Means placed its centres on a sample of 12 images; every image then joined its "
+                             "nearest centre")]
 
 
 def test_clustering_the_projection_uses_the_two_dimensional_points():
@@ -252,9 +265,16 @@ def test_a_scatter_of_more_points_than_the_browser_draws_well_shows_a_sample(mon
     view = _blobs()
     projection = cached_projection({}, view, ProjectionParams("pca"))
     figure = cluster_scatter(view, projection, cluster_images(view, projection.coordinates, ClusterParams(k=3)))
-    assert sum(len(trace.x) for trace in figure.data) == 12
-    assert figure.layout.title.text == "a sample of 12 of 30 images"
-    assert sorted(trace.name for trace in figure.data) == ["cluster 0 (10)", "cluster 1 (10)", "cluster 2 (10)"]
+    *points, density = figure.data  # the density last: the selection's patches address the points by number
+    assert sum(len(trace.x) for trace in points) == 12
+    assert figure.layout.title.text == "a sample of 12 of 30 images, over the density of all of them"
+    assert sorted(trace.name for trace in points) == ["cluster 0 (10)", "cluster 1 (10)", "cluster 2 (10)"]
+    # every image counts in the density, none in an empty cell; it is never hovered, so hover finds an image id
+    counts = 10 ** (np.nan_to_num(np.asarray(density.z), nan=0.0) - 1)
+    assert density.type == "heatmap" and density.hoverinfo == "skip"
+    assert np.rint(counts[~np.isnan(np.asarray(density.z))]).sum() == 30
+    cell = (np.asarray(density.x[1]) - np.asarray(density.x[0])) / 2
+    assert density.x[0] - cell == pytest.approx(projection.coordinates[:, 0].min(), abs=1e-5)
 
 
 def test_the_scatter_reaches_the_browser_as_binary_typed_arrays(dashboard_app, sample_db, tmp_path):
@@ -439,6 +459,26 @@ def test_hovering_shows_the_thumbnail_and_clicking_selects_the_image(dash_duo, d
     _when_stable(lambda: dash_duo.find_element("#clustering-why-link").click())
     until(lambda: f"/why?dataset=samples&image={image_id}&other={nearest}" in dash_duo.driver.current_url, timeout=10)
     until(lambda: "patch match" in _text(dash_duo, "#why-summary"), timeout=20)
+    assert dash_duo.get_logs() == []
+
+
+def test_a_sampled_scatter_draws_the_density_beneath_and_hover_still_finds_the_image(dash_duo, dashboard_app,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(clustering_view, "SCATTER_POINTS", 20)  # the server runs in this process
+    dash_duo.start_server(dashboard_app)
+    dash_duo.driver.get(dash_duo.server_url + "/clustering?dataset=samples")
+    until(lambda: _trace_count(dash_duo) == 6, timeout=20)  # five clusters' points, then the density
+    assert _figure(dash_duo, "gd._fullData[5].type") == "heatmap"
+    assert _figure(dash_duo, "gd.querySelectorAll('.hm image').length") == 1  # drawn
+    assert _figure(dash_duo, "gd._fullData.slice(0, 5).reduce((n, t) => n + t.x.length, 0)") == 20
+    assert "a sample of 20 of 44 images, over the density of all of them" in _text(dash_duo, "#clustering-scatter")
+    image_id = _figure(dash_duo, "gd._fullData[0].customdata[0]")
+    x, y = _point_on_screen(dash_duo)
+    plot_area = dash_duo.find_element("#clustering-scatter .nsewdrag")
+    ActionChains(dash_duo.driver).move_to_element(plot_area).move_by_offset(int(x), int(y)).perform()
+    dash_duo.wait_for_element("#clustering-hover-card img")
+    source = dash_duo.find_element("#clustering-hover-card img").get_attribute("src")
+    assert source.endswith(f"/thumbnails/{image_id}/gallery.jpg")
     assert dash_duo.get_logs() == []
 
 

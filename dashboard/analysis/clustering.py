@@ -26,13 +26,16 @@ class ClusterMetrics:
 
 
 def cluster(
-    points: np.ndarray, method: str, *, k: int = 5, eps: float = 0.5, min_samples: int = 5, seed: int = 0
+    points: np.ndarray, method: str, *, k: int = 5, eps: float = 0.5, min_samples: int = 5, seed: int = 0,
+    fit_sample: int | None = None,
 ) -> np.ndarray:
     """Cluster labels (N,) int64 for points (N, D) with "kmeans", "dbscan" or "hierarchical" (Ward).
 
     For cosine geometry pass L2-normalised embeddings. DBSCAN then measures euclidean distance between unit
     vectors, so `eps` is a chord distance, sqrt(2 - 2 cos): eps 0.5 joins neighbours with cosine above 0.875.
     DBSCAN labels noise -1. k is clamped to [1, N]. Ward needs memory quadratic in N: sample large sets first.
+    With more than `fit_sample` points K-Means fits its centres on a seeded sample of that many, and every point
+    then takes its nearest centre.
     """
     if method not in METHODS:
         raise ValueError(f"unknown clustering method {method!r}; expected one of {', '.join(METHODS)}")
@@ -46,7 +49,12 @@ def cluster(
     if k == 1:  # also N == 1, which both estimators reject
         return np.zeros(n, np.int64)
     if method == "kmeans":
-        labels = KMeans(n_clusters=k, random_state=seed).fit_predict(points)
+        kmeans = KMeans(n_clusters=k, random_state=seed)
+        if fit_sample is not None and n > fit_sample:
+            rows = np.sort(np.random.default_rng(seed).choice(n, fit_sample, replace=False))
+            labels = kmeans.fit(points[rows]).predict(points)
+        else:
+            labels = kmeans.fit_predict(points)
     else:
         labels = AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(points)
     return labels.astype(np.int64)

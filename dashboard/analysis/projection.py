@@ -21,7 +21,12 @@ TSNE_ITERATIONS = 750  # openTSNE's default: 250 with early exaggeration, then 5
 TSNE_REPORT_EVERY = 50
 # Below this UMAP's spectral initialisation fails; a projection of so few points is PCA's to give anyway.
 MIN_NONLINEAR_IMAGES = 4
-UMAP_EXACT_NEIGHBOURS = 4096  # below this UMAP searches neighbours exactly (here with scikit-learn), else NNDescent
+UMAP_EXACT_NEIGHBOURS = 4096
+# t-SNE and UMAP fit at most this many images, a seeded sample: every other image is placed where its nearest
+# sampled image is (on the 50 components). t-SNE of 100,000 images took 3 minutes; a million would take hours.
+NONLINEAR_SAMPLE = 50_000
+PLACING_CHUNK = 20_000  # images placed at a time, between two progress reports
+PCA_CHUNK = 65_536  # rows normalised at a time by pca_components (200 MB at 768 dimensions)  # below this UMAP searches neighbours exactly (here with scikit-learn), else NNDescent
 
 
 @dataclass
@@ -48,14 +53,36 @@ def normalize_rows(matrix: np.ndarray) -> np.ndarray:
     return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
 
 
+@dataclass(frozen=True)
+class PrincipalBasis:
+    """The first principal components of the L2-normalised embeddings: each row's coordinates (N, n) float32, the
+    explained variance ratio (n,), the axes (n, D) float32 and the mean (D,) float32 they are measured from."""
+
+    coordinates: np.ndarray
+    ratio: np.ndarray
+    axes: np.ndarray
+    mean: np.ndarray
+
+
 def pca_components(embeddings: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The first n principal components of the L2-normalised embeddings, as `project(..., "pca")` uses.
 
     Returns coordinates (N, n) float32 and the explained variance ratio (n,); n is clamped to min(N, D). Exact
     (no randomised solver), so the first components do not depend on n.
     """
-    coordinates, ratio, _ = pca_fit(embeddings, n)
-    return coordinates, ratio
+    basis = principal_basis(embeddings, n)
+    return basis.coordinates, basis.ratio
+
+
+def principal_basis(embeddings: np.ndarray, n: int, *, chunk: int = PCA_CHUNK) -> PrincipalBasis:
+    """pca_components with the axes and mean. With at least as many images as dimensions the rows are normalised
+    `chunk` at a time and never all at once: memory beyond the result stays a chunk's (a million images of 768
+    dimensions take 3 GB, and a normalised copy would take 3 GB more)."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if len(embeddings) < max(2, np.shape(embeddings)[1]):
+        return _pca(normalize_rows(embeddings), n)
+    return _streamed_pca(embeddings, n, chunk)
 
 
 @dataclass(frozen=True)
@@ -81,9 +108,8 @@ class PcaBasis:
 
 def pca_fit(embeddings: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, PcaBasis]:
     """pca_components's coordinates and explained variance ratio, with the basis they are on."""
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    return _pca(normalize_rows(embeddings), n)
+    fitted = principal_basis(embeddings, n)
+    return fitted.coordinates, fitted.ratio, PcaBasis(fitted.mean, fitted.axes, float(fitted.ratio.sum()))
 
 
 def project(
@@ -96,6 +122,7 @@ def project(
     n_neighbors: int = 15,
     min_dist: float = 0.1,
     progress: Callable[[str], None] | None = None,
+    sample: int = NONLINEAR_SAMPLE,
 ) -> Projection:
     """Project the L2-normalised embeddings (N, D) to 2-D with "pca", "tsne" or "umap".
 
@@ -103,6 +130,8 @@ def project(
     pass them as `reduced` when they are at hand (`pca_components(embeddings, REDUCED_DIMENSIONS)[0]`).
     Parameters invalid for small N are clamped and explained in `notes`; fewer than four images get PCA.
     A fixed `seed` makes the result reproducible (UMAP then runs single-threaded); None lets UMAP use all cores.
+    t-SNE and UMAP of more than `sample` images fit a seeded sample of that many and place the others at their
+    nearest sampled image, which a note says.
     """
     if method not in METHODS:
         raise ValueError(f"unknown projection method {method!r}; expected one of {', '.join(METHODS)}")
@@ -120,11 +149,35 @@ def project(
         coordinates = vectors[:, :2]
         coordinates = np.pad(coordinates, ((0, 0), (0, 2 - coordinates.shape[1])))
     else:
+        rows = np.arange(len(vectors))
+        if len(vectors) > sample:
+            rows = np.sort(np.random.default_rng(0).choice(len(vectors), sample, replace=False))  # t-SNE: any seed
         if method == "tsne":
-            coordinates = _tsne(vectors, seed, perplexity, notes, report)
+            fitted = _tsne(vectors[rows], seed, perplexity, notes, report)
         else:
-            coordinates = _umap(vectors, seed, n_neighbors, min_dist, notes, report)
+            fitted = _umap(vectors[rows], seed, n_neighbors, min_dist, notes, report)
+        coordinates = fitted if len(rows) == len(vectors) else place_by_nearest(vectors, rows, fitted, report)
+        if len(rows) < len(vectors):
+            notes.append(f"{_NAMES[method]} of a sample of {len(rows):,} images; each of the other "
+                         f"{len(vectors) - len(rows):,} is placed where its nearest sampled image is")
     return Projection(np.ascontiguousarray(coordinates, dtype=np.float32), method, notes)
+
+
+def place_by_nearest(vectors: np.ndarray, rows: np.ndarray, fitted: np.ndarray,
+                     report: Callable[[str], None] = lambda message: None) -> np.ndarray:
+    """2-D coordinates (N, 2) for all `vectors` from those `fitted` (len(rows), 2) for `vectors[rows]`: every
+    other vector takes the coordinates of its nearest (euclidean) row of `rows`."""
+    from sklearn.metrics import pairwise_distances_argmin
+
+    coordinates = np.empty((len(vectors), fitted.shape[1]), np.float32)
+    coordinates[rows] = fitted
+    others = np.setdiff1d(np.arange(len(vectors)), rows)
+    sampled = np.asarray(vectors[rows], dtype=np.float32)
+    for start in range(0, len(others), PLACING_CHUNK):
+        report(f"placing the other images: {start:,} of {len(others):,}")
+        chunk = others[start:start + PLACING_CHUNK]
+        coordinates[chunk] = fitted[pairwise_distances_argmin(np.asarray(vectors[chunk], np.float32), sampled)]
+    return coordinates
 
 
 def warm_up() -> None:
@@ -139,22 +192,45 @@ def warm_up() -> None:
     project(points, "tsne", perplexity=2)
 
 
-def _pca(vectors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, PcaBasis]:
+def _pca(vectors: np.ndarray, n: int) -> PrincipalBasis:
     """PCA of `vectors`, a matrix this function may overwrite."""
     n = min(n, *vectors.shape)
     if len(vectors) < 2:  # a single point has no variance to explain
-        basis = PcaBasis(vectors.mean(axis=0) if len(vectors) else np.zeros(vectors.shape[1], np.float32),
-                         np.zeros((n, vectors.shape[1]), np.float32), 0.0)
-        return np.zeros((len(vectors), n), np.float32), np.zeros(n), basis
-    # Exact solvers: with many more images than dimensions the D x D covariance is the fast way (about 1 s for
-    # 100,000 x 768); copy=False centres in place instead of copying the matrix once more.
-    solver = "covariance_eigh" if len(vectors) >= vectors.shape[1] else "full"
-    pca = PCA(n_components=n, svd_solver=solver, copy=False)
+        mean = vectors.mean(axis=0).astype(np.float32) if len(vectors) else np.zeros(vectors.shape[1], np.float32)
+        return PrincipalBasis(np.zeros((len(vectors), n), np.float32), np.zeros(n),
+                              np.eye(n, vectors.shape[1], dtype=np.float32), mean)
+    # Exact solver for fewer images than dimensions (more use _streamed_pca); copy=False centres in place.
+    pca = PCA(n_components=n, svd_solver="full", copy=False)
     with np.errstate(invalid="ignore", divide="ignore"):  # identical rows: zero total variance
         coordinates = pca.fit_transform(vectors)
         ratio = np.nan_to_num(pca.explained_variance_ratio_)
-    basis = PcaBasis(pca.mean_.astype(np.float32), pca.components_.astype(np.float32), float(ratio.sum()))
-    return coordinates.astype(np.float32), ratio, basis
+    return PrincipalBasis(coordinates.astype(np.float32), ratio, pca.components_.astype(np.float32),
+                          pca.mean_.astype(np.float32))
+
+
+def _streamed_pca(embeddings: np.ndarray, n: int, chunk: int) -> PrincipalBasis:
+    """PCA of the normalised rows from their mean and covariance, summed a chunk at a time (float64), then the
+    D x D eigendecomposition: what scikit-learn's "covariance_eigh" solver does, without a centred copy."""
+    count, dim = embeddings.shape
+    n = min(n, count, dim)
+    total, products = np.zeros(dim), np.zeros((dim, dim))
+    for start in range(0, count, chunk):
+        rows = normalize_rows(embeddings[start:start + chunk])
+        total += rows.sum(axis=0, dtype=np.float64)
+        products += (rows.T @ rows).astype(np.float64)
+    mean = total / count
+    covariance = products / count - np.outer(mean, mean)
+    variances, vectors = np.linalg.eigh(covariance)
+    order = np.argsort(variances)[::-1][:n]
+    axes = vectors[:, order].T  # (n, D), as scikit-learn signs them: each axis's largest entry positive
+    axes *= np.sign(axes[np.arange(n), np.argmax(np.abs(axes), axis=1)])[:, None]
+    axes32, shift = axes.astype(np.float32), (axes @ mean).astype(np.float32)
+    coordinates = np.empty((count, n), np.float32)
+    for start in range(0, count, chunk):
+        coordinates[start:start + chunk] = normalize_rows(embeddings[start:start + chunk]) @ axes32.T - shift
+    kept = np.clip(variances[order], 0.0, None)
+    whole = np.clip(variances, 0.0, None).sum()
+    return PrincipalBasis(coordinates, kept / whole if whole > 0 else np.zeros(n), axes32, mean.astype(np.float32))
 
 
 # Both methods use euclidean distance: on unit vectors it orders neighbours as cosine does, and after the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,6 +47,93 @@ def top_k(
     order = np.lexsort((candidates, -scores[candidates]))
     chosen = candidates[order].astype(np.int64)
     return chosen, np.clip(scores[chosen], -1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ReducedSearch:
+    """What bounds every image's cosine to a query from the 50 principal components alone, so that an exact top-K
+    reads only the full embeddings of images whose bound could reach the K-th best score.
+
+    With unit vectors x and q, P the projection onto the principal axes and R the rest, x.q = Px.Pq + Rx.Rq and
+    Rx.Rq <= |Rx| |Rq| (Cauchy-Schwarz). Px is given by the axes' coordinates, `reduced + offset` (the reduced
+    coordinates are measured from the mean; offset = axes @ mean), and |Rx|^2 = |x|^2 - |Px|^2."""
+
+    reduced: np.ndarray  # (N, n) coordinates of the normalised rows on the axes, from the mean
+    axes: np.ndarray  # (n, D) orthonormal rows
+    offset: np.ndarray  # (n,): the mean on the axes
+    residuals: np.ndarray  # (N,): each normalised row's length off the axes' span
+
+    @classmethod
+    def of(cls, reduced: np.ndarray, axes: np.ndarray, mean: np.ndarray, norms: np.ndarray) -> ReducedSearch:
+        offset = (axes @ mean).astype(np.float32)
+        return cls(reduced, axes, offset, residual_lengths(reduced, offset, norms))
+
+    def bounds(self, unit_query: np.ndarray) -> np.ndarray:
+        """The largest cosine each row can have with the unit vector `unit_query` (D,), float32 (N,)."""
+        on_axes = self.axes @ unit_query
+        off_axes = np.sqrt(max(0.0, 1.0 - float(on_axes @ on_axes)))
+        bounds = self.reduced @ on_axes
+        bounds += float(self.offset @ on_axes) + BOUND_MARGIN
+        bounds += off_axes * self.residuals
+        return bounds
+
+
+# Float32 rounding in the coordinates and lengths, far above its size: a bound never falls below a true score.
+BOUND_MARGIN = 1e-3
+FIRST_CANDIDATES = 1_024  # rows of highest bound scored first by the bounded search
+BOUNDED_SHARE = 0.125  # past this share of the rows to score, reading them one by one costs more than a scan
+
+
+def residual_lengths(reduced: np.ndarray, offset: np.ndarray, norms: np.ndarray, chunk: int = 262_144) -> np.ndarray:
+    """Each normalised row's length off the principal axes, sqrt(|x|^2 - |Px|^2), float32 (N,); 0 for a zero row."""
+    lengths = np.empty(len(reduced), np.float32)
+    for start in range(0, len(reduced), chunk):
+        on_axes = reduced[start:start + chunk] + offset
+        squared = (np.asarray(norms[start:start + chunk]) > 0) - np.einsum("ij,ij->i", on_axes, on_axes)
+        lengths[start:start + chunk] = np.sqrt(np.clip(squared, 0.0, None))
+    return lengths
+
+
+def bounded_top_k(embeddings: np.ndarray, norms: np.ndarray, search: ReducedSearch, query: int | np.ndarray,
+                  k: int, *, exclude_self: bool = True, first: int = FIRST_CANDIDATES,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """top_k's answer, reading full embeddings only where the principal components cannot rule an image out.
+
+    The `first` rows of highest bound are scored exactly: their K-th best score is a floor for the answer's, so
+    every row whose bound reaches it is scored too, and no other row can be in the top K. Where more than
+    BOUNDED_SHARE of the rows reach it the whole matrix is scanned instead (as top_k does)."""
+    n = len(embeddings)
+    if np.ndim(query) == 0:
+        index = operator.index(query)
+        if not 0 <= index < n:
+            raise IndexError(f"query index {index} is outside 0..{n - 1}")
+        vector = np.asarray(embeddings[index], dtype=np.float32)
+    else:
+        vector = np.asarray(query, dtype=np.float32)
+    unit = normalize_rows(vector[None, :])[0]
+    bounds = search.bounds(unit)
+    if np.ndim(query) == 0 and exclude_self:
+        bounds[index] = -np.inf
+    count = max(first, 4 * k)
+    if count >= n * BOUNDED_SHARE:
+        return top_k(embeddings, query, k, exclude_self=exclude_self, norms=norms)
+    leading = np.sort(np.argpartition(-bounds, count)[:count])
+    floor = np.sort(_scores(embeddings, norms, leading, unit))[-k]
+    candidates = np.union1d(leading, np.flatnonzero(bounds >= floor))
+    if len(candidates) > n * BOUNDED_SHARE:
+        return top_k(embeddings, query, k, exclude_self=exclude_self, norms=norms)
+    scores = _scores(embeddings, norms, candidates, unit)
+    if np.ndim(query) == 0 and exclude_self:
+        scores[candidates == index] = -np.inf
+    best = _largest(scores, k)
+    order = np.lexsort((candidates[best], -scores[best]))
+    chosen = best[order]
+    return candidates[chosen].astype(np.int64), np.clip(scores[chosen], -1.0, 1.0)
+
+
+def _scores(embeddings: np.ndarray, norms: np.ndarray, rows: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    scores = np.asarray(embeddings[rows], dtype=np.float32) @ unit
+    return np.divide(scores, norms[rows], out=scores, where=norms[rows] > 0)
 
 
 def cosine_matrix(embeddings: np.ndarray) -> np.ndarray:

@@ -154,6 +154,7 @@ def layout(dataset: str | None = None, **query):
                                    clear_on_unhover=True)),
                     dcc.Tooltip(id="clustering-tooltip"),
                     dcc.Store(id="clustering-hovered"),
+                    dcc.Store(id="clustering-figure-changed"),
                     dcc.Store(id="clustering-clicked"),
                     html.Div(id="clustering-trust", className="mt-1"),
                     html.Div(id="clustering-metrics"),
@@ -408,6 +409,10 @@ def _selection_of(site: Site, view, selection) -> np.ndarray | None:
 
 PAGE.clientside_callback(_IMAGE_AT_POINT, Output("clustering-hovered", "data"),
                          Input("clustering-scatter", "hoverData"))
+# That the figure changed, told the server without the figure: as an input the figure itself would travel with every
+# hover (over 16 MiB of decoded points at 200,000, which the server refuses).
+PAGE.clientside_callback("function (figure) { return Date.now(); }", Output("clustering-figure-changed", "data"),
+                         Input("clustering-scatter", "figure"))
 PAGE.clientside_callback(_IMAGE_AT_POINT, Output("clustering-clicked", "data"),
                          Input("clustering-scatter", "clickData"), prevent_initial_call=True)
 
@@ -419,11 +424,12 @@ PAGE.clientside_callback(_EPS_AS_COSINE, Output("clustering-eps-cosine", "childr
 @PAGE.callback(
     Output("clustering-tooltip", "show"), Output("clustering-tooltip", "bbox"),
     Output("clustering-tooltip", "children"),
-    Input("clustering-hovered", "data"), Input("clustering-scatter", "figure"), State("clustering-dataset", "data"),
+    Input("clustering-hovered", "data"), Input("clustering-figure-changed", "data"),
+    State("clustering-dataset", "data"),
 )
-def hover_point(site: Site, point, _figure, dataset):
+def hover_point(site: Site, point, _figure_changed, dataset):
     # The card closes when the pointer leaves the point and whenever the figure changes under it.
-    if not point or dash.ctx.triggered_id == "clustering-scatter":
+    if not point or dash.ctx.triggered_id == "clustering-figure-changed":
         return False, dash.no_update, dash.no_update
     point = inputs.record(ImagePoint, point, "The point")
     view = inputs.dataset_view(site.store, dataset)
