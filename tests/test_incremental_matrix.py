@@ -11,6 +11,7 @@ import pytest
 
 from dashboard import data, matrix_content
 from dashboard.analysis.projection import REDUCED_DIMENSIONS, pca_fit
+from dashboard.analysis.similarity import bounded_top_k, top_k
 from dashboard.data import DatasetStore
 from dashboard.shared_matrix import MatrixKey, read_shared
 from db.engine import open_database
@@ -105,6 +106,12 @@ def test_a_generation_that_only_added_images_is_built_from_the_previous_one(db_u
     centred = second.embeddings[new_rows] / second.norms[new_rows, None] - mean
     np.testing.assert_allclose(second.reduced[new_rows], centred @ axes.T, atol=1e-5)
     assert shared.document["pca"]["changed_since_fit"] == 12
+    # The bounds that let a query skip rows hold on the kept axes too: the bounded search is exact, new rows included.
+    for query in (*new_rows[:4], *old_rows[:4]):
+        exact = top_k(second.embeddings, int(query), 10, norms=second.norms)
+        bounded = bounded_top_k(second.embeddings, second.norms, second.search, int(query), 10, first=10)
+        np.testing.assert_array_equal(bounded[0], exact[0])
+        np.testing.assert_allclose(bounded[1], exact[1], atol=1e-6)
 
 
 def test_changed_moved_and_removed_images_are_patched_in_their_new_order(database, tmp_path, monkeypatch):
