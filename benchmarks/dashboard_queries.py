@@ -75,7 +75,7 @@ def _open_in_fresh_process(url: str, cache_dir: str, dataset: str, queue) -> Non
     started = time.perf_counter()
     store.view(dataset)
     first = time.perf_counter() - started
-    queue.put((first, median_s(lambda: store.view(dataset), 5), _peak_rss()))
+    queue.put((first, median_s(lambda: store.view(dataset), 5), peak_rss()))
 
 
 def _work_like_a_dashboard_worker(url: str, cache_dir: str, dataset: str, queue, finished) -> None:
@@ -83,11 +83,11 @@ def _work_like_a_dashboard_worker(url: str, cache_dir: str, dataset: str, queue,
     view.nearest(0, 8)
     cluster_images(view, view.reduced[:, :2], ClusterParams("kmeans", k=20))
     neighbourhood(view, int(view.image_ids[0]), 8)
-    queue.put((psutil.Process().pid, _peak_rss()))
+    queue.put((psutil.Process().pid, peak_rss()))
     finished.wait()
 
 
-def _peak_rss() -> int:
+def peak_rss() -> int:
     """This process's highest resident set in bytes (Linux's VmHWM: unlike ru_maxrss, it starts afresh at exec, so
     a spawned process does not inherit its parent's)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -96,7 +96,8 @@ def _peak_rss() -> int:
     return 0
 
 
-def _in_fresh_process(context, target, *args):
+def in_fresh_process(context, target, *args):
+    """What `target(*args, queue)` puts on its queue, run in a fresh process of the multiprocessing `context`."""
     queue = context.Queue()
     process = context.Process(target=target, args=(*args, queue))
     process.start()
@@ -148,7 +149,7 @@ def main() -> None:
                         help="threads for the pass, as the job server gives a job: cores / quick-lane slots "
                              "(default: all)")
     parser.add_argument("--no-duplicates", action="store_true",
-                        help="skip the near-duplicate pass and its recall (a background job of about an hour at 1,000,000)")
+                        help="skip the near-duplicate pass and its recall (a job of about an hour at 1,000,000)")
     parser.add_argument("--selection", action="store_true",
                         help="time a selection of 5,000 images (stored, loaded, shown, exported) and the trust in "
                              "the PCA projection (neighbourhood preservation and trustworthiness on their samples)")
@@ -162,9 +163,9 @@ def main() -> None:
             rows.append(("writing the synthetic dataset (dinoscope synthetic)", _s(time.perf_counter() - started)))
         url, cache_dir = resolve_url(args.db), Path(folder) / "cache"
         context = multiprocessing.get_context("spawn")
-        built, _, builder_peak = _in_fresh_process(context, _open_in_fresh_process, url, str(cache_dir),
+        built, _, builder_peak = in_fresh_process(context, _open_in_fresh_process, url, str(cache_dir),
                                                    args.dataset)
-        mapped, again, _ = _in_fresh_process(context, _open_in_fresh_process, url, str(cache_dir), args.dataset)
+        mapped, again, _ = in_fresh_process(context, _open_in_fresh_process, url, str(cache_dir), args.dataset)
         rows += [("open, fresh process, no shared matrix yet (builds it)", _s(built)),
                  ("peak RSS of the process that builds it", f"{builder_peak / MIB:.0f} MiB"),
                  ("open, fresh process, shared matrix present (maps it)", _s(mapped)),
@@ -176,7 +177,7 @@ def main() -> None:
             if args.selection:
                 rows += selection_answers(view, dash, args.repeats)
         if not args.no_duplicates:
-            rows += _in_fresh_process(context, _duplicates_in_fresh_process, url, str(cache_dir), args.dataset,
+            rows += in_fresh_process(context, _duplicates_in_fresh_process, url, str(cache_dir), args.dataset,
                                       args.duplicates_screen, args.duplicates_threads)
         if not args.duplicates_only:
             rows += memory(context, url, cache_dir, args.dataset, args.workers)
@@ -251,7 +252,7 @@ def _duplicates_in_fresh_process(url: str, cache_dir: str, dataset: str, screen:
     view = DatasetStore(url, Path(cache_dir)).view(dataset)
     started = time.perf_counter()
     found = duplicate_pass(view.embeddings, LOWEST, norms=view.norms, precision=screen)
-    elapsed, peak = time.perf_counter() - started, _peak_rss()
+    elapsed, peak = time.perf_counter() - started, peak_rss()
     cores = f"{threads} thread{'s' if threads != 1 else ''}" if threads else "all threads"
     rows = [(f"duplicates pass, exact, {found.screen} screen, {cores} (a job, once)", _s(elapsed)),
             ("  its peak RSS (with the opened dataset)", f"{peak / MIB:.0f} MiB"),

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import multiprocessing
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,9 @@ from db.mutations import add_images_in_bulk, bump_generation, remove_images, sto
 from db.queries import dataset_by_name, image_facts
 from db.records import FileFacts
 
+sys.path.insert(0, str(Path(__file__).parent))
+from dashboard_queries import in_fresh_process, peak_rss  # a sibling script
+
 MIB = 1024**2
 
 
@@ -39,24 +43,7 @@ def _open_in_fresh_process(url: str, cache_dir: str, dataset: str, refit: bool, 
     store = DatasetStore(url, Path(cache_dir))
     started, cpu = time.perf_counter(), time.process_time()
     store.view(dataset)
-    queue.put((time.perf_counter() - started, time.process_time() - cpu, _peak_rss()))
-
-
-def _peak_rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _in_fresh_process(context, *args) -> tuple[float, float, int]:
-    """(seconds, CPU seconds of the process: what a busy machine stretches less, peak RSS) of opening the dataset."""
-    queue = context.Queue()
-    process = context.Process(target=_open_in_fresh_process, args=(*args, queue))
-    process.start()
-    found = queue.get()
-    process.join()
-    return found
+    queue.put((time.perf_counter() - started, time.process_time() - cpu, peak_rss()))
 
 
 def add_batch(url: str, name: str, size: int, number: int, rng: np.random.Generator) -> list[int]:
@@ -97,14 +84,18 @@ def main() -> None:
     url, context, rng = resolve_url(args.db), multiprocessing.get_context("spawn"), np.random.default_rng(0)
     rows: list[tuple[str, str]] = []
     added: list[int] = []
+
+    def opened(cache_dir: str, refit: bool) -> tuple[float, float, int]:
+        return in_fresh_process(context, _open_in_fresh_process, url, cache_dir, args.dataset, refit)
+
     with tempfile.TemporaryDirectory() as folder:
         cache = str(Path(folder) / "cache")
-        rows.append(("first generation, built whole", _row(_in_fresh_process(context, url, cache, args.dataset, False))))
+        rows.append(("first generation, built whole", _row(opened(cache, False))))
         times, cpus, peaks = [], [], []
         try:
             for number in range(args.batches):
                 added = add_batch(url, args.dataset, args.batch, number, rng)
-                seconds, cpu, peak = _in_fresh_process(context, url, cache, args.dataset, False)
+                seconds, cpu, peak = opened(cache, False)
                 times.append(seconds)
                 cpus.append(cpu)
                 peaks.append(peak)
@@ -113,9 +104,9 @@ def main() -> None:
             rows.append((what, f"{median}; {_s(max(times))}"))
             added = add_batch(url, args.dataset, args.batch, args.batches, rng)
             rows.append(("the same with the drift rule refitting the principal axes",
-                         _row(_in_fresh_process(context, url, cache, args.dataset, True))))
+                         _row(opened(cache, True))))
             rows.append(("that generation built whole (no previous one)",
-                         _row(_in_fresh_process(context, url, str(Path(folder) / "empty"), args.dataset, False))))
+                         _row(opened(str(Path(folder) / "empty"), False))))
         finally:
             if added:
                 remove_added(url, args.dataset, added)

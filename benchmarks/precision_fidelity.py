@@ -56,7 +56,8 @@ def model(args: argparse.Namespace, weights: WeightsChoice, unit_layer_scales: b
     return loaded
 
 
-def embeddings(paths: list[Path], loaded: LoadedModel, precision: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def embeddings(paths: list[Path], loaded: LoadedModel, precision: str,
+               batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """CLS embeddings (N, D) float32 and patch grids (N, gh, gw, D) float16 of the files, as the indexer stores them."""
     results = [result for batch in embed_files(paths, loaded, torch.device("cpu"), precision, batch_size, workers=0)
                for result in batch]

@@ -47,8 +47,8 @@ CORE_SHARE = 0.9  # the eps DBSCAN's advice suggests makes this share of the ima
 # its nearest centre: a million images' K-Means took 6 s, the sample's 1.
 KMEANS_SAMPLE = 100_000
 SCATTER_POINTS = 200_000  # points drawn at most; larger datasets show a seeded sample
-SMALL_MARKERS = 2_000
-DENSITY_BINS = 200  # cells per side of the density of all images drawn beneath a sampled scatter  # from this many images on, markers are small and have no outline
+SMALL_MARKERS = 2_000  # from this many images on, markers are small and have no outline
+DENSITY_BINS = 200  # cells per side of the density of all images drawn beneath a sampled scatter
 
 
 @dataclass(frozen=True)

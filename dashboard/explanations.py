@@ -29,8 +29,8 @@ sqrt(2 - 2 cos), between normalised embeddings: eps 0.5 means cosine similarity 
 (Ward)** merges the closest groups step by step, keeping clusters compact, and cuts the tree at k clusters.
 Clustering works on the embeddings, not on the 2-D picture, unless the switch says otherwise: K-Means and Ward on
 their first 50 principal components (which keep the clusters' shape and are fast), DBSCAN on the normalised
-embeddings themselves (so that eps means the cosine shown beside it). In a large dataset DBSCAN and Ward cluster a sample of 5,000 images and every other image
-joins the cluster of its nearest sampled image.
+embeddings themselves (so that eps means the cosine shown beside it). In a large dataset DBSCAN and Ward cluster
+a sample of 5,000 images and every other image joins the cluster of its nearest sampled image.
 
 **Can I trust the picture?** Colour the points by **neighbourhood preservation**: for each image, the share of its
 k nearest neighbours in the embedding (by cosine similarity) that are also among its k nearest on the plot. Blue

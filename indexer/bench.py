@@ -146,8 +146,8 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: No
                          "the original way embeds some of the same images")
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device)
-    others = [other for other in dict.fromkeys(resolve_precision(asked, device) for asked in settings.compare_precisions)
-              if other != precision]
+    asked = dict.fromkeys(resolve_precision(other, device) for other in settings.compare_precisions)
+    others = [other for other in asked if other != precision]
     with ExitStack() as cleanup:
         folder = settings.folder or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="dinoscope-bench-")))
         say(f"writing {settings.images} JPEGs of {MEGAPIXELS[0]:g} to {MEGAPIXELS[1]:g} megapixels into {folder}")
@@ -158,7 +158,8 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = lambda _: No
         if others:
             say(f"and in {', '.join(others)}, taking turns batch by batch")
         # a LoadedModel serves one precision: the same weights loaded for each
-        models = {each: load_model(settings.model, settings.weights, settings.image_size) for each in [precision, *others]}
+        models = {each: load_model(settings.model, settings.weights, settings.image_size)
+                  for each in [precision, *others]}
         weights = models[precision].weights.identity
         compared = model_throughputs(model_inputs(paths, models[precision]), models, device, settings.batch_size)
         model_only = compared.pop(precision)
@@ -465,5 +466,6 @@ def _compared_ratios(result: BenchResult) -> Iterator[str]:
     """Two table lines per other precision: its model-only speed over --precision's, and over the original way."""
     for other, throughput in result.compared.items():
         speed = throughput.images_per_second
-        yield f"| model only: {other} / {result.precision} | | | | {speed / result.model_only.images_per_second:.2f} times |"
+        ratio = speed / result.model_only.images_per_second
+        yield f"| model only: {other} / {result.precision} | | | | {ratio:.2f} times |"
         yield f"| model only in {other} / original way | | | | {speed / result.original.images_per_second:.1f} times |"

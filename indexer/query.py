@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
     from indexer.model import LoadedModel
 
-__all__ = ["IMAGE_SUFFIXES", "DecodedImage", "ModelUnavailable", "QueryModel", "QueryModels", "QueryRefused", "RecordedModel",
-           "UnreadableImage", "decode_image"]
+__all__ = ["IMAGE_SUFFIXES", "DecodedImage", "ModelUnavailable", "QueryModel", "QueryModels", "QueryRefused",
+           "RecordedModel", "UnreadableImage", "decode_image"]
 
 
 class QueryRefused(DinoscopeError):

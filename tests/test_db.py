@@ -38,7 +38,8 @@ def test_arrays_round_trip_with_their_dtype_and_shape():
     grid = np.random.default_rng(0).standard_normal((4, 3, 8)).astype(np.float32)
     encoded = encode_array(grid, "<f2")
     assert (encoded.dtype, encoded.shape) == ("<f2", "4,3,8")
-    decoded = decode_array(encoded.data, encoded.dtype, encoded.shape, expected_dtype="<f2", expected_shape=(4, None, 8))
+    decoded = decode_array(encoded.data, encoded.dtype, encoded.shape, expected_dtype="<f2",
+                           expected_shape=(4, None, 8))
     np.testing.assert_array_equal(decoded, grid.astype(np.float16))
 
 

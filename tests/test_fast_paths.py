@@ -81,7 +81,8 @@ def test_draft_decoding_resamples_the_same_picture_and_keeps_the_thumbnail_sizes
         from_draft, from_full = thumbnails(draft.rgb, (draft.width, draft.height)), thumbnails(full)
         for kind in ("gallery", "preview"):
             assert (from_draft[kind].width, from_draft[kind].height) == (from_full[kind].width, from_full[kind].height)
-            pixels = [np.asarray(Image.open(io.BytesIO(made[kind].jpeg)), np.float32) for made in (from_draft, from_full)]
+            pixels = [np.asarray(Image.open(io.BytesIO(made[kind].jpeg)), np.float32)
+                      for made in (from_draft, from_full)]
             assert np.abs(pixels[0] - pixels[1]).mean() < 8, (path.name, kind)
 
 

@@ -21,12 +21,12 @@ TSNE_ITERATIONS = 750  # openTSNE's default: 250 with early exaggeration, then 5
 TSNE_REPORT_EVERY = 50
 # Below this UMAP's spectral initialisation fails; a projection of so few points is PCA's to give anyway.
 MIN_NONLINEAR_IMAGES = 4
-UMAP_EXACT_NEIGHBOURS = 4096
+UMAP_EXACT_NEIGHBOURS = 4096  # below this UMAP searches neighbours exactly (here with scikit-learn), else NNDescent
 # t-SNE and UMAP fit at most this many images, a seeded sample: every other image is placed where its nearest
 # sampled image is (on the 50 components). t-SNE of 100,000 images took 3 minutes; a million would take hours.
 NONLINEAR_SAMPLE = 50_000
 PLACING_CHUNK = 20_000  # images placed at a time, between two progress reports
-PCA_CHUNK = 65_536  # rows normalised at a time by pca_components (200 MB at 768 dimensions)  # below this UMAP searches neighbours exactly (here with scikit-learn), else NNDescent
+PCA_CHUNK = 65_536  # rows normalised at a time by pca_components (200 MB at 768 dimensions)
 
 
 @dataclass

@@ -170,8 +170,9 @@ def show_reference(site: Site, reference, k, selection, dataset):
         if among is None:
             raise inputs.BadInput(f"There is no selection {inputs.shown(selection)} of dataset {view.name!r}")
         results = similar_among(view, reference, K.coerce(k), among)
-    return (_results(view, reference, results, site.store.grid_shape(view.name)), heatmap_figure(heatmap.matrix, heatmap.relpaths, False),
-            _heatmap_caption(view, heatmap), _heatmap_images(heatmap))
+    return (_results(view, reference, results, site.store.grid_shape(view.name)),
+            heatmap_figure(heatmap.matrix, heatmap.relpaths, False), _heatmap_caption(view, heatmap),
+            _heatmap_images(heatmap))
 
 
 
