@@ -17,21 +17,16 @@ from __future__ import annotations
 
 import argparse
 import resource
-import statistics
+import sys
 import time
+from pathlib import Path
 
 from dashboard.compare_view import agreement_summary, compute_mean_patches, cross_match, cross_retrieval, side_by_side
 from dashboard.data import DatasetStore
 from db.engine import resolve_url
 
-
-def median_s(action, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+sys.path.insert(0, str(Path(__file__).parent))
+from dashboard_queries import median_s  # a sibling script
 
 
 def main() -> None:
