@@ -30,8 +30,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dashboard.analysis.projection import REDUCED_DIMENSIONS, PcaBasis, pca_fit, row_norms
-from dashboard.analysis.similarity import residual_lengths
+from dashboard.analysis.projection import REDUCED_DIMENSIONS, PcaBasis, principal_basis, row_norms
+from dashboard.analysis.similarity import ReducedSearch
 from dashboard.shared_matrix import Gathered, SharedContent
 from db.queries import DatasetEmbeddings, dataset_generation, embeddings_of, image_facts
 from db.schema import Dataset
@@ -46,9 +46,9 @@ MOST_NEW = 0.5  # above this share of new rows a generation is built whole
 
 def full_content(read: DatasetEmbeddings) -> SharedContent:
     """A generation built whole from what db.queries.read_embeddings read."""
-    coordinates, _, basis = pca_fit(read.embeddings, REDUCED_DIMENSIONS)
+    fitted = principal_basis(read.embeddings, REDUCED_DIMENSIONS)
     return _content(read.image_ids, read.relpaths, read.labels, read.sizes, _digests(read.content_hashes),
-                    read.embeddings, row_norms(read.embeddings), coordinates, basis,
+                    read.embeddings, row_norms(read.embeddings), fitted.coordinates, fitted.placement,
                     {"fitted_rows": len(read.image_ids), "changed_since_fit": 0})
 
 
@@ -82,9 +82,9 @@ def next_content(session, dataset: Dataset, previous: SharedContent) -> SharedCo
         log.info("dataset %r, generation %d: principal axes fitted again (%s)", dataset.name, dataset.generation,
                  refit)
         matrix = np.asarray(embeddings)
-        coordinates, _, basis = pca_fit(matrix, REDUCED_DIMENSIONS)
+        fitted = principal_basis(matrix, REDUCED_DIMENSIONS)
         return _content(facts.image_ids, facts.relpaths, facts.labels, facts.sizes, digests, matrix, norms,
-                        coordinates, basis, {"fitted_rows": len(taken), "changed_since_fit": 0})
+                        fitted.coordinates, fitted.placement, {"fitted_rows": len(taken), "changed_since_fit": 0})
     coordinates = np.empty((len(taken), basis.axes.shape[0]), np.float32)
     coordinates[kept], coordinates[fresh_rows] = old["reduced"][taken[kept]], basis.coordinates(fresh)
     return _content(facts.image_ids, facts.relpaths, facts.labels, facts.sizes, digests, embeddings, norms,
@@ -130,11 +130,11 @@ def _content(image_ids, relpaths, labels, sizes, digests, embeddings, norms, coo
     # Read back fast: paths as one string, labels as codes into the distinct labels, sizes as an array.
     distinct = list(dict.fromkeys(labels))
     codes = {label: code for code, label in enumerate(distinct)}
-    offset = (basis.axes @ basis.mean).astype(np.float32)  # the mean on the axes (similarity.ReducedSearch)
+    search = ReducedSearch.of(coordinates, basis.axes, basis.mean, norms)
     arrays = {"image_ids": image_ids, "embeddings": embeddings, "norms": norms, "reduced": coordinates,
               "label_codes": np.array([codes[label] for label in labels], np.int32).reshape(-1),
               "sizes": np.asarray(sizes, np.int32).reshape(-1, 2), "content_hashes": digests,
-              "pca_mean": basis.mean, "pca_axes": basis.axes, "offset": offset,
-              "residuals": residual_lengths(coordinates, offset, norms)}
+              "pca_mean": basis.mean, "pca_axes": basis.axes, "offset": search.offset,
+              "residuals": search.residuals}
     return SharedContent(arrays, {"relpaths": PATH_SEPARATOR.join(relpaths), "labels": distinct,
                                   "pca": {**pca, "kept": basis.kept}})

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dashboard import data, matrix_content
-from dashboard.analysis.projection import REDUCED_DIMENSIONS, pca_fit
+from dashboard.analysis.projection import REDUCED_DIMENSIONS, principal_basis
 from dashboard.analysis.similarity import bounded_top_k, top_k
 from dashboard.data import DatasetStore
 from dashboard.shared_matrix import MatrixKey, read_shared
@@ -196,7 +196,7 @@ def test_the_principal_axes_are_fitted_again_when_enough_rows_changed(database, 
 
 
 def _whole_kept(url: str) -> float:
-    return pca_fit(DatasetStore(url).view("synth").embeddings, REDUCED_DIMENSIONS)[2].kept
+    return principal_basis(DatasetStore(url).view("synth").embeddings, REDUCED_DIMENSIONS).placement.kept
 
 
 def test_the_principal_axes_are_fitted_again_when_new_rows_lie_off_them(database, tmp_path):

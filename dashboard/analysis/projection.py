@@ -63,6 +63,11 @@ class PrincipalBasis:
     axes: np.ndarray
     mean: np.ndarray
 
+    @property
+    def placement(self) -> PcaBasis:
+        """The axes, to place other rows on them."""
+        return PcaBasis(self.mean, self.axes, float(self.ratio.sum()))
+
 
 def pca_components(embeddings: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The first n principal components of the L2-normalised embeddings, as `project(..., "pca")` uses.
@@ -95,7 +100,7 @@ class PcaBasis:
     kept: float
 
     def coordinates(self, embeddings: np.ndarray) -> np.ndarray:
-        """Rows' coordinates on the axes (N, n) float32, as pca_fit gives them for the rows it fitted."""
+        """Rows' coordinates on the axes (N, n) float32, as principal_basis gives them for the rows it fitted."""
         return ((normalize_rows(embeddings) - self.mean) @ self.axes.T).astype(np.float32)
 
     def kept_of(self, embeddings: np.ndarray) -> float:
@@ -104,12 +109,6 @@ class PcaBasis:
         total = float(np.einsum("ij,ij->", centred, centred))
         on_axes = centred @ self.axes.T
         return float(np.einsum("ij,ij->", on_axes, on_axes)) / total if total > 0 else 1.0
-
-
-def pca_fit(embeddings: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, PcaBasis]:
-    """pca_components's coordinates and explained variance ratio, with the basis they are on."""
-    fitted = principal_basis(embeddings, n)
-    return fitted.coordinates, fitted.ratio, PcaBasis(fitted.mean, fitted.axes, float(fitted.ratio.sum()))
 
 
 def project(
