@@ -105,13 +105,13 @@ def test_a_queued_job_can_be_cancelled_and_a_running_one_ended(jobs, tmp_path):
     assert not manager.job_running(second) and jobs.board.job(second)["state"] == "cancelled"
     pid = int((tmp_path / "first.started").read_text())
     manager.terminate_job(first)  # running: its process is ended
-    until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, timeout=10)
-    until(lambda: not manager.job_running(first), timeout=10)
+    until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, timeout=60)
+    until(lambda: not manager.job_running(first), timeout=60)
     third = jobs.submit("third")
-    until(lambda: jobs.started("third"), timeout=30)
+    until(lambda: jobs.started("third"), timeout=60)
     assert not jobs.started("second")
     jobs.release("third")
-    until(lambda: not manager.job_running(third), timeout=30)
+    until(lambda: not manager.job_running(third), timeout=60)
 
 
 def test_a_page_is_told_what_its_job_waits_for(tmp_path):
